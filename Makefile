@@ -1,0 +1,31 @@
+# The two commands a newcomer runs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[codecs,cloud,dev]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/dicomflow demo --out demo-out
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python benchmarks/scan.py
+
+lint: install
+	$(BIN)/ruff check dicomflow tests benchmarks
+	$(BIN)/mypy dicomflow
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

@@ -1,0 +1,279 @@
+"""Read a DICOM header from an open binary file: everything but the Pixel Data value.
+
+pydicom parses up to Pixel Data; we then read only the Pixel Data element header
+(and the item headers of encapsulated data) to locate the bulk data without
+reading it, and parse any elements that follow it. On a remote file this costs a
+few small range requests instead of downloading the whole object.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
+
+import pydicom
+from pydicom import hooks
+from pydicom import config as pydicom_config
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+from dicomflow.dicom.dicomjson import BINARY_VRS
+from dicomflow.dicom.sniff import SNIFF_BYTES, has_dicm_prefix, looks_like_raw_dataset
+from dicomflow.errors import ErrorCode, MalformedDicomError, NotDicomError
+from dicomflow.records import Header
+
+PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+# Values longer than this are skipped while parsing (only their offset is kept).
+DEFER_BYTES = 64 * 1024
+_ITEM = 0xFFFEE000
+_SEQUENCE_DELIMITER = 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+_PIXEL_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"UN"})
+_MAX_FRAGMENTS = 10_000_000
+
+
+@contextmanager
+def pydicom_mode(mode: int) -> Iterator[None]:
+    """Set pydicom's reading validation mode around a read, and keep its warnings quiet.
+
+    pydicom's module flags are process-wide; they are set only around a read,
+    inside the task, and restored afterwards. Its warnings can quote values, so
+    they are silenced rather than forwarded.
+    """
+    settings = pydicom_config.settings
+    previous = settings.reading_validation_mode
+    settings.reading_validation_mode = mode
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        settings.reading_validation_mode = previous
+
+
+def read_header(fp: BinaryIO, *, size: int | None) -> Header:
+    """Parse the header of the DICOM file open in ``fp``.
+
+    Raises :class:`NotDicomError` for content that is not DICOM and
+    :class:`MalformedDicomError` (code ``truncated``, ``too_deep`` or
+    ``malformed``) for DICOM that cannot be parsed. Messages carry no values.
+
+    The first attempt runs pydicom in strict mode so that a file ending early
+    raises instead of being silently cut short. Files that strict mode rejects
+    only for an encoding inconsistency (implicit VR where explicit was
+    declared, an unknown tag in implicit VR) are re-read in pydicom's default,
+    tolerant mode, as ``pydicom.dcmread`` would read them.
+    """
+    head = fp.read(SNIFF_BYTES)
+    if not head:
+        raise NotDicomError("empty file", code=ErrorCode.EMPTY_FILE)
+    if not has_dicm_prefix(head) and not looks_like_raw_dataset(head, size):
+        raise NotDicomError("no DICM prefix and no parseable DICOM header")
+    try:
+        return _read_in_mode(fp, size, pydicom_config.RAISE)
+    except _Inconsistent:
+        return _read_in_mode(fp, size, pydicom_config.WARN)
+
+
+class _Inconsistent(Exception):
+    """Strict mode rejected an encoding inconsistency that tolerant mode handles."""
+
+
+def _read_in_mode(fp: BinaryIO, size: int | None, mode: int) -> Header:
+    fp.seek(0)
+    with pydicom_mode(mode):
+        try:
+            return _parse(fp, size)
+        except MalformedDicomError:
+            raise
+        except RecursionError as exc:
+            raise MalformedDicomError(
+                "sequences nested too deeply to parse", code=ErrorCode.TOO_DEEP
+            ) from exc
+        except (EOFError, struct.error) as exc:
+            raise MalformedDicomError(
+                f"file ends inside the header ({type(exc).__name__})", code=ErrorCode.TRUNCATED
+            ) from exc
+        except (InvalidDicomError, KeyError) as exc:
+            if mode == pydicom_config.RAISE:
+                raise _Inconsistent from exc
+            raise MalformedDicomError(f"header cannot be parsed ({type(exc).__name__})") from exc
+        except (ValueError, TypeError, IndexError, OverflowError, NotImplementedError,
+                AttributeError, LookupError, OSError) as exc:
+            raise MalformedDicomError(f"header cannot be parsed ({type(exc).__name__})") from exc
+
+
+def _parse(fp: BinaryIO, size: int | None) -> Header:
+    meta_probe = pydicom.dcmread(fp, force=True, stop_before_pixels=True, defer_size=DEFER_BYTES)
+    file_meta: FileMetaDataset = meta_probe.file_meta
+    ts = file_meta.get("TransferSyntaxUID")
+    little = bool(meta_probe.is_little_endian)
+    implicit = bool(meta_probe.is_implicit_VR)
+    _reject_empty(meta_probe, file_meta)
+    if ts == DeflatedExplicitVRLittleEndian:
+        return _parse_deflated(fp, file_meta, ts)
+
+    ds = Dataset(meta_probe)  # a plain Dataset: no file handle travels with it
+    _check_complete(ds, size)
+    _check_complete(file_meta, size)
+    _load_deferred_structure(ds, fp)
+    pixel = _locate_pixel_data(fp, size, little=little)
+    if pixel is None:
+        return Header(ds, file_meta, ts, little, implicit, deflated=False)
+    pixel_tag, pixel_vr, value_offset, length, end = pixel
+    trailing_ok = True
+    if size is not None and end < size:
+        trailing_ok = _merge_trailing_elements(fp, ds, end, little=little, implicit=implicit)
+    return Header(ds, file_meta, ts, little, implicit, deflated=False,
+                  pixel_data_tag=pixel_tag, pixel_data_vr=pixel_vr, pixel_data_offset=value_offset,
+                  pixel_data_length=length, trailing_parsed=trailing_ok)
+
+
+def _check_complete(ds: Dataset, size: int | None) -> None:
+    """pydicom returns a short value when a file ends inside it; treat that as truncation."""
+    for tag in ds.keys():
+        raw = ds.get_item(tag, keep_deferred=True)
+        if not isinstance(raw, RawDataElement) or raw.length == _UNDEFINED:
+            continue
+        if raw.value is None:
+            short = size is not None and raw.value_tell + raw.length > size
+        else:
+            short = len(raw.value) < raw.length
+        if short:
+            raise MalformedDicomError(
+                "file ends inside an element value", code=ErrorCode.TRUNCATED
+            )
+
+
+def _load_deferred_structure(ds: Dataset, fp: BinaryIO) -> None:
+    """Read the values pydicom deferred unless they are plain binary.
+
+    Large sequences and text must be parsed later, after the file is closed, so
+    their bytes are loaded now; large OB/OW/UN values stay deferred and become
+    bulk data references.
+    """
+    for tag in ds.keys():
+        elem = ds.get_item(tag, keep_deferred=True)
+        if isinstance(elem, RawDataElement):
+            if elem.value is None and elem.length and _resolved_vr(elem, ds) not in BINARY_VRS:
+                fp.seek(elem.value_tell)
+                ds[tag] = elem._replace(value=fp.read(elem.length))
+        elif elem is not None and elem.VR == "SQ":
+            for item in elem.value:
+                _load_deferred_structure(item, fp)
+
+
+def _resolved_vr(raw: RawDataElement, ds: Dataset) -> str:
+    data: dict[str, object] = {}
+    hooks.raw_element_vr(raw, data, ds=ds)
+    return str(data["VR"])
+
+
+def _merge_trailing_elements(
+    fp: BinaryIO, ds: Dataset, offset: int, *, little: bool, implicit: bool
+) -> bool:
+    """Parse elements stored after Pixel Data (padding, signatures) into ``ds``.
+
+    Returns False when those bytes are not a parseable data set; the header
+    itself is still good, so the caller records a warning rather than failing.
+    """
+    fp.seek(offset)
+    try:
+        trailing = read_dataset(fp, implicit, little, defer_size=DEFER_BYTES)
+    except (EOFError, ValueError, KeyError, struct.error, NotImplementedError):
+        return False
+    for tag in trailing.keys():
+        ds[tag] = trailing.get_item(tag, keep_deferred=True)  # keep the raw element; converted lazily
+    return True
+
+
+def _reject_empty(ds: Dataset, file_meta: FileMetaDataset) -> None:
+    if len(ds) == 0 and len(file_meta) == 0:
+        raise NotDicomError("no DICOM elements could be parsed")
+
+
+def _parse_deflated(fp: BinaryIO, file_meta: FileMetaDataset, ts: str) -> Header:
+    """Deflated data sets must be inflated whole; bulk offsets then refer to the inflated stream."""
+    fp.seek(0)
+    full = pydicom.dcmread(fp, force=True, defer_size=DEFER_BYTES)
+    ds = Dataset(full)
+    pixel_tag = next((t for t in sorted(PIXEL_DATA_TAGS) if t in ds), None)
+    length = vr = None
+    if pixel_tag is not None:
+        raw = ds.get_item(pixel_tag, keep_deferred=True)
+        length, vr = getattr(raw, "length", None), raw.VR
+        del ds[pixel_tag]
+    return Header(ds, file_meta, ts, True, False, deflated=True,
+                  pixel_data_tag=pixel_tag, pixel_data_vr=vr, pixel_data_length=length)
+
+
+def _locate_pixel_data(
+    fp: BinaryIO, size: int | None, *, little: bool
+) -> tuple[int, str | None, int, int | None, int] | None:
+    """Read the Pixel Data element header at the current position, if there is one.
+
+    Returns ``(tag, vr, value_offset, value_length_or_None, end_offset)`` where a
+    ``None`` length means encapsulated (undefined length) data.
+    """
+    start = fp.tell()
+    raw = fp.read(12)
+    if len(raw) < 8:
+        return None
+    order = "<" if little else ">"
+    group, element = struct.unpack(order + "HH", raw[:4])
+    tag = group << 16 | element
+    if tag not in PIXEL_DATA_TAGS:
+        return None
+    # Trust the bytes over the transfer syntax: some files declare explicit VR
+    # but are written implicit (pydicom reads them tolerantly, so do we).
+    vr: str | None = None
+    if raw[4:6] in _PIXEL_VRS:
+        if len(raw) < 12:
+            raise MalformedDicomError(
+                "file ends inside the Pixel Data header", code=ErrorCode.TRUNCATED
+            )
+        (length,) = struct.unpack(order + "L", raw[8:12])
+        value_offset = start + 12
+        vr = raw[4:6].decode("ascii")
+    else:
+        (length,) = struct.unpack(order + "L", raw[4:8])
+        value_offset = start + 8
+    if length != _UNDEFINED:
+        end = value_offset + length
+        if size is not None and end > size:
+            raise MalformedDicomError(
+                "Pixel Data runs past the end of the file", code=ErrorCode.TRUNCATED
+            )
+        return tag, vr, value_offset, length, end
+    end = _skip_fragments(fp, value_offset, size, order)
+    return tag, vr, value_offset, None, end
+
+
+def _skip_fragments(fp: BinaryIO, offset: int, size: int | None, order: str) -> int:
+    """Walk encapsulated item headers without reading fragments; return the end offset."""
+    fp.seek(offset)
+    for _ in range(_MAX_FRAGMENTS):
+        raw = fp.read(8)
+        if len(raw) < 8:
+            raise MalformedDicomError(
+                "encapsulated Pixel Data has no sequence delimiter", code=ErrorCode.TRUNCATED
+            )
+        group, element, length = struct.unpack(order + "HHL", raw)
+        tag = group << 16 | element
+        if tag == _SEQUENCE_DELIMITER:
+            return fp.tell()
+        if tag != _ITEM or length == _UNDEFINED:
+            raise MalformedDicomError("encapsulated Pixel Data has a bad item header")
+        offset = fp.tell() + length
+        if size is not None and offset > size:
+            raise MalformedDicomError(
+                "an encapsulated fragment runs past the end of the file", code=ErrorCode.TRUNCATED
+            )
+        fp.seek(offset)
+    raise MalformedDicomError("encapsulated Pixel Data has too many fragments")

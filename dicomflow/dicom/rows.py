@@ -1,0 +1,105 @@
+"""Flatten one parsed header into one row of the ``instances`` table, and rows into Arrow."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+from pydicom.uid import UID_dictionary
+
+from dicomflow.dicom.dicomjson import EncodeContext, bulk_data_uri, encode_dataset
+from dicomflow.dicom.typed import typed_value
+from dicomflow.records import Header, SourceRef
+from dicomflow.schemas.instances import column_specs, instances_schema
+from dicomflow.schemas.version import INSTANCES_SCHEMA_VERSION
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+_PIXEL_VR = {0x7FE00008: "OF", 0x7FE00009: "OD", 0x7FE00010: "OW"}
+
+
+@dataclass(frozen=True)
+class RowContext:
+    """Per-run facts stamped on every row."""
+
+    run_id: str
+    scanned_at: datetime
+    inline_binary_limit: int = 1024
+
+
+def source_uri(url: str) -> str:
+    """A URI for ``BulkDataURI``: local paths get ``file://``, URLs stay as they are."""
+    return url if "://" in url else f"file://{url}"
+
+
+def header_to_row(header: Header, ref: SourceRef, ctx: RowContext) -> dict[str, Any]:
+    """The ``instances`` row for one header: provenance, typed columns, full JSON."""
+    specs = column_specs()
+    meta_tags = frozenset(s.tag for s in specs if s.tag >> 16 == 0x0002)
+    data_tags = frozenset(s.tag for s in specs if s.tag >> 16 != 0x0002)
+
+    encode_ctx = EncodeContext(
+        source=source_uri(ref.url),
+        offsets_valid=not header.deflated,
+        inline_limit=ctx.inline_binary_limit,
+        capture_tags=data_tags,
+    )
+    dataset_json = encode_dataset(header.dataset, encode_ctx)
+    if header.pixel_data_tag is not None:
+        dataset_json[f"{header.pixel_data_tag:08X}"] = {
+            "vr": header.pixel_data_vr or _PIXEL_VR[header.pixel_data_tag],
+            "BulkDataURI": bulk_data_uri(
+                encode_ctx, header.pixel_data_tag, header.pixel_data_offset,
+                header.pixel_data_length,
+            ),
+        }
+        dataset_json = dict(sorted(dataset_json.items()))
+    meta_ctx = EncodeContext(source=encode_ctx.source, capture_tags=meta_tags)
+    meta_json = encode_dataset(header.file_meta, meta_ctx)
+
+    warnings: list[str] = []
+    if not header.trailing_parsed:
+        warnings.append("bytes after Pixel Data are not a parseable data set")
+    row: dict[str, Any] = {}
+    captured = {**encode_ctx.captured, **meta_ctx.captured}
+    for spec in specs:
+        row[spec.keyword] = typed_value(captured.get(spec.tag), spec, warnings)
+
+    sop_class = row.get("SOPClassUID") or row.get("MediaStorageSOPClassUID")
+    has_pixels = header.pixel_data_tag is not None
+    frames = row.get("NumberOfFrames")
+    row.update(
+        source=ref.url,
+        kind="dicomdir" if sop_class == MEDIA_STORAGE_DIRECTORY else "instance",
+        size_bytes=ref.size,
+        modified=ref.modified,
+        transfer_syntax_uid=header.transfer_syntax_uid,
+        sop_class_name=_uid_name(sop_class),
+        number_of_frames=frames if frames is not None else (1 if has_pixels else None),
+        has_pixel_data=has_pixels,
+        schema_version=INSTANCES_SCHEMA_VERSION,
+        run_id=ctx.run_id,
+        scanned_at=ctx.scanned_at,
+        warnings=warnings,
+        dicom_json=json.dumps(dataset_json, ensure_ascii=False, separators=(",", ":"),
+                              allow_nan=False),
+        file_meta_json=json.dumps(meta_json, ensure_ascii=False, separators=(",", ":"),
+                                  allow_nan=False),
+    )
+    return row
+
+
+def _uid_name(uid: str | None) -> str | None:
+    if not uid:
+        return None
+    entry = UID_dictionary.get(uid)
+    return entry[0] if entry else None
+
+
+def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Build the ``instances`` table column by column, always with the full schema."""
+    schema = instances_schema()
+    arrays = [pa.array([row.get(f.name) for row in rows], type=f.type) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)

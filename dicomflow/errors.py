@@ -1,0 +1,73 @@
+"""The dicomflow exception tree and the codes carried by error rows.
+
+::
+
+    DicomflowError
+    ├── ConfigError (ValueError)          bad options, bad URLs, bad specs
+    ├── SourceError (OSError)             a source could not be listed or read
+    ├── DicomReadError (ValueError)       one input is not usable DICOM
+    │   ├── NotDicomError                 content is not DICOM at all
+    │   └── MalformedDicomError           DICOM, but truncated or broken
+    └── SinkError (OSError)               an output could not be committed
+
+Every error that ends up in an error row carries an :class:`ErrorCode`. Messages
+describe *what* went wrong, never the attribute values involved, so that no
+patient data reaches logs or the ``errors`` table.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Stable, machine-readable codes for the ``code`` column of the errors table."""
+
+    NOT_DICOM = "not_dicom"
+    EMPTY_FILE = "empty_file"
+    UNREADABLE = "unreadable"
+    TRUNCATED = "truncated"
+    MALFORMED = "malformed"
+    TOO_DEEP = "too_deep"
+    INTERNAL = "internal"
+
+
+class DicomflowError(Exception):
+    """Root of every error raised by dicomflow."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+
+class ConfigError(DicomflowError, ValueError):
+    """A configuration, option or URL is invalid."""
+
+
+class SourceError(DicomflowError, OSError):
+    """A source could not be listed or read."""
+
+    code = ErrorCode.UNREADABLE
+
+
+class SinkError(DicomflowError, OSError):
+    """An output could not be written or committed."""
+
+
+class DicomReadError(DicomflowError, ValueError):
+    """One input could not be read as DICOM; becomes an error row."""
+
+    def __init__(self, message: str, *, code: ErrorCode | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class NotDicomError(DicomReadError):
+    """The content is not DICOM (no ``DICM`` marker and no parseable header)."""
+
+    code = ErrorCode.NOT_DICOM
+
+
+class MalformedDicomError(DicomReadError):
+    """The content is DICOM but cannot be parsed (truncated, bad lengths, too deep)."""
+
+    code = ErrorCode.MALFORMED

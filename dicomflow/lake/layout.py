@@ -1,0 +1,44 @@
+"""Where things go in a lake, and the rule for path components made from DICOM values."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from fsspec.core import url_to_fs
+
+from dicomflow.errors import ConfigError
+
+_UID = re.compile(r"^[0-9.]{1,64}$")
+TABLES = ("instances", "errors")
+
+
+def safe_uid_component(value: str) -> str:
+    """A path component from a DICOM value: the UID itself if it is one, else a hash of it."""
+    if _UID.match(value) and value not in (".", "..") and ".." not in value:
+        return value
+    return "h" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class LakeLayout:
+    """A lake root plus storage options; pickles by its arguments like an fsspec URL."""
+
+    root: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.root:
+            raise ConfigError("the lake path is empty")
+
+    def filesystem(self) -> tuple[Any, str]:
+        fs, path = url_to_fs(self.root, **self.storage_options)
+        return fs, path.rstrip("/")
+
+    def table_dir(self, table: str) -> str:
+        if table not in TABLES:
+            raise ConfigError(f"unknown lake table {table!r}")
+        _, root = self.filesystem()
+        return f"{root}/{table}"

@@ -1,0 +1,48 @@
+"""Open a lake written by dicomflow: its tables as pyarrow datasets or tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from dicomflow.lake.layout import LakeLayout
+from dicomflow.schemas import errors_schema, instances_schema
+
+_SCHEMAS = {"instances": instances_schema, "errors": errors_schema}
+
+
+@dataclass(frozen=True)
+class Lake:
+    """A lake on any fsspec filesystem. ``lake.instances()`` and ``lake.errors()`` give tables."""
+
+    root: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def layout(self) -> LakeLayout:
+        return LakeLayout(self.root, self.storage_options)
+
+    def dataset(self, table: str) -> pads.Dataset:
+        """A lazy pyarrow dataset over ``<lake>/<table>/*.parquet`` (empty if none yet)."""
+        fs, _ = self.layout.filesystem()
+        directory = self.layout.table_dir(table)
+        schema = _SCHEMAS[table]()
+        parts = sorted(p for p in fs.glob(f"{directory}/*.parquet"))
+        if not parts:
+            return pads.dataset(pa.table({f.name: pa.array([], f.type) for f in schema},
+                                         schema=schema))
+        return pads.dataset(parts, schema=schema, format="parquet", filesystem=fs)
+
+    def instances(self, columns: list[str] | None = None) -> pa.Table:
+        return self.dataset("instances").to_table(columns=columns)
+
+    def errors(self) -> pa.Table:
+        return self.dataset("errors").to_table()
+
+
+def read_lake(path: str, *, storage_options: dict[str, Any] | None = None) -> Lake:
+    """Open the lake at ``path`` (a local path or any fsspec URL)."""
+    return Lake(path, dict(storage_options or {}))

@@ -1,0 +1,47 @@
+"""Commit one Parquet part atomically: temporary file + rename, or one object put."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from dicomflow.errors import SinkError
+from dicomflow.lake.layout import LakeLayout
+
+logger = logging.getLogger(__name__)
+
+COMPRESSION = "zstd"
+
+
+def write_part(layout: LakeLayout, table_name: str, part_name: str, table: pa.Table) -> str:
+    """Write ``table`` as ``<lake>/<table_name>/<part_name>.parquet`` and return its path.
+
+    On a local filesystem the part is written to a hidden temporary file and
+    renamed into place, so readers never see a partial part. On object stores a
+    single put is already atomic. Re-writing the same part replaces it.
+    """
+    fs, _ = layout.filesystem()
+    directory = layout.table_dir(table_name)
+    final = f"{directory}/{part_name}.parquet"
+    try:
+        fs.makedirs(directory, exist_ok=True)
+        if isinstance(fs, LocalFileSystem):
+            temporary = f"{directory}/.{part_name}.{uuid.uuid4().hex}.tmp"
+            try:
+                with fs.open(temporary, "wb") as fp:
+                    pq.write_table(table, fp, compression=COMPRESSION)
+                fs.mv(temporary, final)
+            finally:
+                if fs.exists(temporary):
+                    fs.rm(temporary)
+        else:
+            with fs.open(final, "wb") as fp:
+                pq.write_table(table, fp, compression=COMPRESSION)
+    except OSError as exc:
+        raise SinkError(f"cannot write {table_name} part {part_name}: {type(exc).__name__}") from exc
+    logger.debug("committed %s part %s (%d rows)", table_name, part_name, table.num_rows)
+    return final

@@ -1,0 +1,41 @@
+"""The ``flatten`` operator: each header becomes one row of the ``instances`` table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from pydicom import config as pydicom_config
+
+from dicomflow.dicom.header import pydicom_mode
+from dicomflow.dicom.rows import RowContext, header_to_row
+from dicomflow.errors import ErrorCode, MalformedDicomError
+from dicomflow.operators.base import map_records
+from dicomflow.records import Batch, InstanceRecord
+
+OUTPUT = "instances"
+
+
+@dataclass(frozen=True)
+class Flatten:
+    """Flatten headers into typed columns plus the full header as DICOM JSON.
+
+    ``inline_binary_limit``: binary values up to this many bytes are inlined as
+    base64; longer ones (and all pixel, overlay and waveform data) become a
+    ``BulkDataURI`` into the source.
+    """
+
+    inline_binary_limit: int = 1024
+
+    name: ClassVar[str] = "flatten"
+
+    def __call__(self, batch: Batch) -> Batch:
+        ctx = RowContext(batch.context.run_id, batch.context.started_at, self.inline_binary_limit)
+        with pydicom_mode(pydicom_config.WARN):  # pydicom's default, with its warnings quiet
+            return map_records(batch, self.name, lambda record: flatten_record(record, ctx))
+
+
+def flatten_record(record: InstanceRecord, ctx: RowContext) -> InstanceRecord:
+    if record.header is None:
+        raise MalformedDicomError("no header was read", code=ErrorCode.INTERNAL)
+    return record.with_output(OUTPUT, header_to_row(record.header, record.ref, ctx))

@@ -1,0 +1,55 @@
+"""Where a pipeline runs: a given scheduler, or a local cluster of processes.
+
+Order of precedence: an explicit ``scheduler`` address, then the
+``DASK_SCHEDULER_ADDRESS`` environment variable, then a fresh ``LocalCluster``
+with one single-threaded worker process per core (pydicom is pure Python, so
+processes, not threads, give parallelism).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from distributed import Client, LocalCluster
+
+from dicomflow.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextmanager
+def open_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Client]:
+    """Yield a connected :class:`distributed.Client`, closing what this call started."""
+    address = scheduler or os.environ.get(SCHEDULER_ENV)
+    if address:
+        if workers is not None:
+            logger.warning("--workers is ignored when connecting to an existing scheduler")
+        try:
+            client = Client(address, timeout="30s")
+        except (OSError, TimeoutError) as exc:
+            raise ConfigError(f"cannot reach the Dask scheduler at {address}") from exc
+        with client:
+            yield client
+        return
+    n_workers = workers or default_workers()
+    if n_workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    with LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        local_directory=tempfile.gettempdir(),
+        silence_logs=logging.ERROR,
+    ) as cluster, Client(cluster) as client:
+        yield client

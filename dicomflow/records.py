@@ -1,0 +1,97 @@
+"""The values that flow through a pipeline: source references, instance records, batches.
+
+Everything here is small and picklable. A record holds no open file or socket:
+connectors open resources inside the task that uses them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from dicomflow.errors import ErrorCode
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    """Where one input lives: a URL plus the identity facts the listing gave us."""
+
+    url: str
+    size: int | None = None
+    modified: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """Why one instance failed: a code, the stage (operator name) and a PHI-free message."""
+
+    stage: str
+    code: ErrorCode
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """A parsed DICOM header (everything before Pixel Data) plus where the bulk data sits."""
+
+    dataset: Dataset
+    file_meta: FileMetaDataset
+    transfer_syntax_uid: str | None
+    is_little_endian: bool
+    is_implicit_vr: bool
+    deflated: bool
+    pixel_data_tag: int | None = None
+    pixel_data_vr: str | None = None
+    pixel_data_offset: int | None = None
+    pixel_data_length: int | None = None
+    trailing_parsed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """One DICOM instance as it moves through the operators of a partition.
+
+    Operators return new records (``dataclasses.replace``) rather than mutating.
+    ``outputs`` collects what the record produced, keyed by output name
+    (for example ``"instances"`` → one flattened row).
+    """
+
+    ref: SourceRef
+    kind: str = "instance"
+    header: Header | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: ErrorInfo | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    def with_error(self, stage: str, code: ErrorCode, message: str) -> InstanceRecord:
+        return dataclasses.replace(self, error=ErrorInfo(stage, code, message))
+
+    def with_output(self, name: str, value: Any) -> InstanceRecord:
+        return dataclasses.replace(self, outputs={**self.outputs, name: value})
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """Facts about the run that every partition needs (resolved on the client)."""
+
+    run_id: str
+    started_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """The records of one partition plus the run context."""
+
+    records: tuple[InstanceRecord, ...]
+    context: RunContext
+
+    def replace_records(self, records: list[InstanceRecord] | tuple[InstanceRecord, ...]) -> Batch:
+        return Batch(tuple(records), self.context)
