@@ -124,6 +124,8 @@ def _encode_element(
         vr = elem.VR
         if vr is None or vr == "UN" or vr in AMBIGUOUS_VR:
             vr = _resolve_vr(elem, ds, encodings)
+        else:
+            vr = vr_name(vr)
         if vr != "SQ" and vr not in AMBIGUOUS_VR:
             return _encode_raw(elem, str(vr), tag, ctx, encodings, path, capture)
     converted = ds[tag]
@@ -135,7 +137,12 @@ def _encode_element(
 def _resolve_vr(raw: RawDataElement, ds: Dataset, encodings: list[str] | None) -> str:
     data: dict[str, Any] = {}
     hooks.raw_element_vr(raw, data, encoding=encodings, ds=ds)
-    return str(data["VR"])
+    return vr_name(data["VR"])
+
+
+def vr_name(vr: object) -> str:
+    """The two-letter VR; pydicom's ``VR`` enum members ``str()`` as ``"VR.SL"`` on 3.11."""
+    return str(getattr(vr, "value", vr))
 
 
 def _encode_sequence(
@@ -260,7 +267,7 @@ def _encode_converted(
     elem: DataElement, tag: int, ctx: EncodeContext, path: str, capture: frozenset[int]
 ) -> dict[str, Any]:
     """Encode an element pydicom already converted (ambiguous VR, UN sequences)."""
-    vr = str(elem.VR)
+    vr = vr_name(elem.VR)
     value = elem.value
     if value is None or value == "" or value == b"":
         return {"vr": vr}
@@ -309,7 +316,7 @@ def _person_names(value: bytes, enc: list[str] | None, _le: bool) -> list[Any]:
 
 
 def _numeric(fmt: str) -> Decoder:
-    size = struct.calcsize(fmt)
+    size = struct.calcsize("<" + fmt)  # standard sizes, not native ("L" is 8 bytes natively)
 
     def decode(value: bytes, _enc: list[str] | None, little: bool) -> list[Any] | None:
         if len(value) % size:

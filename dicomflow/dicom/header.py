@@ -23,7 +23,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from dicomflow.dicom.dicomjson import BINARY_VRS
+from dicomflow.dicom.dicomjson import BINARY_VRS, vr_name
 from dicomflow.dicom.sniff import SNIFF_BYTES, has_dicm_prefix, looks_like_raw_dataset
 from dicomflow.errors import ErrorCode, MalformedDicomError, NotDicomError
 from dicomflow.records import Header
@@ -172,7 +172,7 @@ def _load_deferred_structure(ds: Dataset, fp: BinaryIO) -> None:
 def _resolved_vr(raw: RawDataElement, ds: Dataset) -> str:
     data: dict[str, object] = {}
     hooks.raw_element_vr(raw, data, ds=ds)
-    return str(data["VR"])
+    return vr_name(data["VR"])
 
 
 def _merge_trailing_elements(

@@ -76,7 +76,9 @@ def convert_component(component: Any, spec: ColumnSpec) -> Any:
         return _to_int(component, vr)
     if vr in ("FL", "FD"):
         return _to_float(component)
-    return component if isinstance(component, str) else str(component)
+    text = component if isinstance(component, str) else str(component)
+    # pydicom's PersonName drops empty trailing component groups ("A=I=" -> "A=I").
+    return text.rstrip("=") if vr == "PN" else text
 
 
 def typed_value(captured: Captured | None, spec: ColumnSpec, warnings: list[str]) -> Any:

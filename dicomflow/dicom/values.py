@@ -2,8 +2,8 @@
 
 Each parser takes one already-decoded, stripped value string and returns the
 Python value, or raises ``ValueError`` when the string is not valid for its VR.
-They accept the same forms pydicom does (including the legacy ACR-NEMA forms
-``YYYY.MM.DD`` and ``HH:MM:SS``), so that typed columns equal pydicom's values.
+They accept the same forms pydicom 3 does (including the legacy ACR-NEMA date
+form ``YYYY.MM.DD``), so that typed columns equal pydicom's values.
 """
 
 from __future__ import annotations
@@ -36,9 +36,7 @@ def _fraction(text: str | None) -> int:
 
 
 def parse_tm(value: str) -> time:
-    """TM: ``HH[MM[SS[.FFFFFF]]]`` (or legacy ``HH:MM:SS``)."""
-    if ":" in value:
-        value = value.replace(":", "")
+    """TM: ``HH[MM[SS[.FFFFFF]]]``. Like pydicom 3, the colon form is not accepted."""
     match = _TM.match(value)
     if match is None:
         raise ValueError("not a TM")

@@ -1,0 +1,94 @@
+"""Test helpers: run the read + flatten path in-process, and pydicom's view of the same file."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom import valuerep
+from pydicom.multival import MultiValue
+
+from dicomflow.connectors.files import FilesConnector
+from dicomflow.operators.flatten import OUTPUT, Flatten
+from dicomflow.records import Batch, ErrorInfo, RunContext, SourceRef
+from dicomflow.schemas import ColumnSpec
+
+
+def flatten_path(path: Path) -> tuple[dict[str, Any] | None, ErrorInfo | None]:
+    """Read and flatten one file exactly as a partition task would."""
+    ref = SourceRef(str(path), path.stat().st_size)
+    records = tuple(FilesConnector((str(path),)).fetch([ref]))
+    batch = Flatten()(Batch(records, RunContext("test", datetime.now(UTC))))
+    (record,) = batch.records
+    return record.outputs.get(OUTPUT), record.error
+
+
+def pydicom_read(path: Path) -> pydicom.FileDataset | None:
+    """pydicom's default, tolerant read (None if pydicom cannot read it either)."""
+    try:
+        with quiet():
+            return pydicom.dcmread(path, force=True, stop_before_pixels=True)
+    except Exception:
+        return None
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """pydicom warns about non-conformant values; the tests compare values, not warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _convert(value: Any, vr: str) -> Any:
+    if value is None or value == "":
+        return None
+    if vr == "DA":
+        return valuerep.DA(value) if isinstance(value, str) else value
+    if vr == "TM":
+        return valuerep.TM(value) if isinstance(value, str) else value
+    if vr == "DT":
+        dt = valuerep.DT(value) if isinstance(value, str) else value
+        return dt.replace(tzinfo=None)
+    if vr == "DS":
+        return float(value)
+    if vr in ("IS", "US", "SS", "UL", "SL", "US or SS"):
+        return int(value)
+    if vr == "AT":
+        return f"{int(value):08X}"
+    return str(value)
+
+
+def pydicom_typed(ds: pydicom.FileDataset, spec: ColumnSpec) -> Any:
+    """What pydicom says the typed column should hold (None when pydicom rejects it)."""
+    container = ds.file_meta if spec.tag >> 16 == 0x0002 else ds
+    if spec.tag not in container:
+        return None
+    try:
+        with quiet():
+            value = container[spec.tag].value
+        if value is None or isinstance(value, bytes) or value == "":
+            return None
+        values = list(value) if isinstance(value, MultiValue | list) else [value]
+        converted = []
+        for v in values:
+            try:
+                with quiet():
+                    converted.append(_convert(v, spec.vr))
+            except (ValueError, TypeError, OverflowError):
+                converted.append(None)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if spec.multi:
+        return converted
+    return converted[0] if len(converted) == 1 else None
+
+
+def stored_json(row: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(row["dicom_json"])
