@@ -129,7 +129,7 @@ def _parse(fp: BinaryIO, size: int | None) -> Header:
     pixel_tag, pixel_vr, value_offset, length, end = pixel
     trailing_ok = True
     if size is not None and end < size:
-        trailing_ok = _merge_trailing_elements(fp, ds, end, little=little, implicit=implicit)
+        trailing_ok = _merge_trailing_elements(fp, ds, end, size, little=little, implicit=implicit)
     return Header(ds, file_meta, ts, little, implicit, deflated=False,
                   pixel_data_tag=pixel_tag, pixel_data_vr=pixel_vr, pixel_data_offset=value_offset,
                   pixel_data_length=length, trailing_parsed=trailing_ok)
@@ -176,18 +176,24 @@ def _resolved_vr(raw: RawDataElement, ds: Dataset) -> str:
 
 
 def _merge_trailing_elements(
-    fp: BinaryIO, ds: Dataset, offset: int, *, little: bool, implicit: bool
+    fp: BinaryIO, ds: Dataset, offset: int, size: int, *, little: bool, implicit: bool
 ) -> bool:
     """Parse elements stored after Pixel Data (padding, signatures) into ``ds``.
 
-    Returns False when those bytes are not a parseable data set; the header
-    itself is still good, so the caller records a warning rather than failing.
+    A file that ends inside them is truncated. Bytes that are not a data set at
+    all return False: the header itself is still good, so the caller records a
+    warning rather than failing.
     """
     fp.seek(offset)
     try:
         trailing = read_dataset(fp, implicit, little, defer_size=DEFER_BYTES)
-    except (EOFError, ValueError, KeyError, struct.error, NotImplementedError):
+    except (EOFError, struct.error) as exc:
+        raise MalformedDicomError(
+            "file ends inside the elements after Pixel Data", code=ErrorCode.TRUNCATED
+        ) from exc
+    except (ValueError, KeyError, NotImplementedError):
         return False
+    _check_complete(trailing, size)
     for tag in trailing.keys():
         ds[tag] = trailing.get_item(tag, keep_deferred=True)  # keep the raw element; converted lazily
     return True

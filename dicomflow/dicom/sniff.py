@@ -11,9 +11,9 @@ MAGIC = b"DICM"
 SNIFF_BYTES = PREAMBLE_LENGTH + len(MAGIC)
 
 _VALID_VRS = frozenset(vr.value.encode("ascii") for vr in VR if len(vr.value) == 2)
-# Groups a dataset written without preamble plausibly starts with: command, file meta,
-# directory, identifying, patient.
-_FIRST_GROUPS = frozenset({0x0000, 0x0002, 0x0004, 0x0008, 0x0010})
+# Groups a data set written without preamble plausibly starts with: file meta,
+# directory, identifying, patient. (Zero bytes would look like group 0000.)
+_FIRST_GROUPS = frozenset({0x0002, 0x0004, 0x0008, 0x0010})
 
 
 def has_dicm_prefix(head: bytes) -> bool:
