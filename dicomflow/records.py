@@ -9,12 +9,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dicomflow.errors import ErrorCode
 
-if TYPE_CHECKING:
-    from pydicom.dataset import Dataset, FileMetaDataset
+from dicomflow.dicom.elements import Elements
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +36,10 @@ class ErrorInfo:
 
 @dataclass(frozen=True, slots=True)
 class Header:
-    """A parsed DICOM header (everything before Pixel Data) plus where the bulk data sits."""
+    """A parsed DICOM header (everything but the Pixel Data value) plus where that value sits."""
 
-    dataset: Dataset
-    file_meta: FileMetaDataset
+    elements: Elements
+    file_meta: Elements
     transfer_syntax_uid: str | None
     is_little_endian: bool
     is_implicit_vr: bool

@@ -4,9 +4,8 @@ pydicom's ``Dataset.to_json_dict`` builds a full ``DataElement`` for every
 element, with validation, which costs milliseconds per file. Here each raw
 element's bytes are decoded once, by VR, and the result is used twice: for the
 JSON model, and (for the top-level tags the caller asks for) as the components
-from which typed columns are made. VR lookup for implicit VR, ``UN`` and
-ambiguous VRs, and sequence parsing, are delegated to pydicom so that the
-result agrees with what pydicom reads.
+from which typed columns are made. The input is the :class:`Element` tree that
+both header readers produce, with VRs already resolved the way pydicom does.
 
 Bulk data (Pixel Data, overlays, curves, waveforms, encapsulated documents, and
 any binary value above a threshold) is not inlined: it becomes a
@@ -19,20 +18,21 @@ from __future__ import annotations
 import base64
 import math
 import struct
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom import hooks
 from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.valuerep import AMBIGUOUS_VR, TEXT_VR_DELIMS, PersonName
+from pydicom.valuerep import TEXT_VR_DELIMS, PersonName
 
+from dicomflow.dicom.elements import Element, Elements
 from dicomflow.errors import ErrorCode, MalformedDicomError
 
 DEFAULT_ENCODING = "iso8859"
+SPECIFIC_CHARACTER_SET = 0x00080005
+ESCAPE = b"\x1b"
 MAX_SEQUENCE_DEPTH = 64
 INLINE_BINARY_LIMIT = 1024
 
@@ -40,8 +40,6 @@ BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 NUMERIC_FORMATS = {
     "US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"
 }
-CHARSET_VRS = frozenset({"SH", "LO", "UC", "ST", "LT", "UT", "PN"})
-SINGLE_VALUED_TEXT = frozenset({"ST", "LT", "UT", "UR"})
 NUMBER_STRING_VRS = frozenset({"DS", "IS"})
 _ALWAYS_BULK = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010, 0x54001010, 0x00420011})
 
@@ -73,125 +71,97 @@ class EncodeContext:
     captured: dict[int, Captured] = field(default_factory=dict)
 
 
-def encodings_of(ds: Dataset, inherited: list[str] | None) -> list[str] | None:
-    """The Python codecs for ``ds``: its own Specific Character Set, else the inherited one."""
-    raw = ds.get_item(0x00080005, keep_deferred=True)
-    if raw is None:
-        return inherited
-    value = raw.value
-    if isinstance(raw, RawDataElement):
-        if not value:
-            return inherited if inherited is not None else [DEFAULT_ENCODING]
-        names = [v.strip(" \x00") for v in value.decode(DEFAULT_ENCODING).split("\\")]
+def encodings_of(elements: Elements, inherited: list[str] | None) -> list[str] | None:
+    """The Python codecs for a data set: its own Specific Character Set, else the inherited one."""
+    for element in elements:
+        if element.tag == SPECIFIC_CHARACTER_SET:
+            break
+        if element.tag > SPECIFIC_CHARACTER_SET:
+            return inherited
     else:
+        return inherited
+    value = element.value
+    if element.converted:
         names = list(value) if isinstance(value, MultiValue | list) else [value or ""]
-    return list(convert_encodings(names))
+    elif not value:
+        return inherited if inherited is not None else [DEFAULT_ENCODING]
+    else:
+        names = [v.strip(" \x00") for v in value.decode(DEFAULT_ENCODING).split("\\")]
+    with warnings.catch_warnings():  # pydicom warns (quoting the value) on odd spellings
+        warnings.simplefilter("ignore")
+        return list(convert_encodings(names))
 
 
-def encode_dataset(
-    ds: Dataset,
+def encode_elements(
+    elements: Elements,
     ctx: EncodeContext,
     *,
     encodings: list[str] | None = None,
     depth: int = 0,
     path: str = "",
 ) -> dict[str, Any]:
-    """Return the DICOM JSON object for ``ds`` (keys in tag order)."""
+    """Return the DICOM JSON object for one data set (keys in tag order).
+
+    This loop runs for every element of every file, so it is written flat:
+    one handler call per element, no per-element helper layers.
+    """
     if depth > MAX_SEQUENCE_DEPTH:
         raise MalformedDicomError(
             f"sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels", code=ErrorCode.TOO_DEEP
         )
-    encodings = encodings_of(ds, encodings)
+    encodings = encodings_of(elements, encodings)
+    capture = ctx.capture_tags if depth == 0 else _NOTHING
+    captured = ctx.captured
     out: dict[str, Any] = {}
-    capture = ctx.capture_tags if depth == 0 else frozenset()
-    for tag in sorted(ds.keys()):
+    if any(a.tag >= b.tag for a, b in zip(elements, elements[1:])):
+        elements = tuple(sorted(elements, key=_tag_of))
+    for element in elements:
+        tag, vr, value = element.tag, element.vr, element.value
         key = f"{tag:08X}"
-        out[key] = _encode_element(ds, int(tag), ctx, encodings, depth, path, capture)
+        if vr == "SQ":
+            sequence_path = f"{path}{key}/"
+            items = [
+                encode_elements(item, ctx, encodings=encodings, depth=depth + 1,
+                                path=f"{sequence_path}{i}/")
+                for i, item in enumerate(value or ())
+            ]
+            out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+            continue
+        if element.converted:
+            out[key] = _encode_converted(element, ctx, path, capture)
+            continue
+        handler = _HANDLERS.get(vr)
+        if handler is None or value is None:
+            out[key] = _binary(vr, tag, value, element.offset, element.length, ctx, path)
+            continue
+        if not value:
+            out[key] = {"vr": vr}
+            if tag in capture:
+                captured[tag] = Captured(vr, [])
+            continue
+        try:
+            out[key], components = handler(vr, value, encodings, element.little_endian)
+        except (ValueError, struct.error, LookupError):
+            # undecodable: keep it losslessly as binary; the typed column gets a null
+            out[key] = {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
+            components = [None]
+        if tag in capture:
+            captured[tag] = Captured(vr, components)
     return out
 
 
-def _encode_element(
-    ds: Dataset,
-    tag: int,
-    ctx: EncodeContext,
-    encodings: list[str] | None,
-    depth: int,
-    path: str,
-    capture: frozenset[int],
-) -> dict[str, Any]:
-    elem = ds.get_item(tag, keep_deferred=True)
-    if isinstance(elem, RawDataElement):
-        vr = elem.VR
-        if vr is None or vr == "UN" or vr in AMBIGUOUS_VR:
-            vr = _resolve_vr(elem, ds, encodings)
-        else:
-            vr = vr_name(vr)
-        if vr != "SQ" and vr not in AMBIGUOUS_VR:
-            return _encode_raw(elem, str(vr), tag, ctx, encodings, path, capture)
-    converted = ds[tag]
-    if converted.VR == "SQ":
-        return _encode_sequence(converted, ctx, encodings, depth, f"{path}{tag:08X}/")
-    return _encode_converted(converted, tag, ctx, path, capture)
+_NOTHING: frozenset[int] = frozenset()
 
 
-def _resolve_vr(raw: RawDataElement, ds: Dataset, encodings: list[str] | None) -> str:
-    data: dict[str, Any] = {}
-    hooks.raw_element_vr(raw, data, encoding=encodings, ds=ds)
-    return vr_name(data["VR"])
-
-
-def vr_name(vr: object) -> str:
-    """The two-letter VR; pydicom's ``VR`` enum members ``str()`` as ``"VR.SL"`` on 3.11."""
-    return str(getattr(vr, "value", vr))
-
-
-def _encode_sequence(
-    elem: DataElement, ctx: EncodeContext, encodings: list[str] | None, depth: int, path: str
-) -> dict[str, Any]:
-    items = [
-        encode_dataset(item, ctx, encodings=encodings, depth=depth + 1, path=f"{path}{i}/")
-        for i, item in enumerate(elem.value)
-    ]
-    return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
-
-
-def _encode_raw(
-    raw: RawDataElement,
-    vr: str,
-    tag: int,
-    ctx: EncodeContext,
-    encodings: list[str] | None,
-    path: str,
-    capture: frozenset[int],
-) -> dict[str, Any]:
-    value: bytes | None = raw.value
-    if vr in BINARY_VRS or value is None:
-        return _binary(vr, tag, value, raw.value_tell, raw.length, ctx, path)
-    if not value:
-        if tag in capture:
-            ctx.captured[tag] = Captured(vr, [])
-        return {"vr": vr}
-    decoder = _DECODERS.get(vr)
-    if decoder is None:
-        return _binary(vr, tag, value, raw.value_tell, raw.length, ctx, path)
-    try:
-        components = decoder(value, encodings, raw.is_little_endian)
-    except (ValueError, struct.error, LookupError):
-        components = None
-    if components is None:  # undecodable: keep it losslessly as binary
-        if tag in capture:
-            ctx.captured[tag] = Captured(vr, [None])
-        return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
-    if tag in capture:
-        ctx.captured[tag] = Captured(vr, components)
-    return _json_value(vr, components, value)
+def _tag_of(element: Element) -> int:
+    return element.tag
 
 
 def _binary(
     vr: str,
     tag: int,
     value: bytes | None,
-    offset: int,
+    offset: int | None,
     length: int,
     ctx: EncodeContext,
     path: str,
@@ -211,23 +181,6 @@ def bulk_data_uri(ctx: EncodeContext, tag: int, offset: int | None, length: int 
             return f"{ctx.source}#offset={offset}"
         return f"{ctx.source}#offset={offset}&length={length}"
     return f"{ctx.source}#tag={path}{tag:08X}"
-
-
-def _json_value(vr: str, components: list[Any], value: bytes) -> dict[str, Any]:
-    if components == [""]:
-        return {"vr": vr}
-    if vr == "PN":
-        return {"vr": vr, "Value": [_pn_json(c) for c in components]}
-    if vr in NUMBER_STRING_VRS:
-        numbers = [_number(vr, c) for c in components]
-        if any(n is _INVALID for n in numbers):
-            return {"vr": vr, "Value": [c if c else None for c in components]}
-        return {"vr": vr, "Value": numbers}
-    if vr in ("FL", "FD") and not all(math.isfinite(c) for c in components):
-        return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
-    if len(components) > 1 and vr not in NUMERIC_FORMATS:
-        return {"vr": vr, "Value": [c if c != "" else None for c in components]}
-    return {"vr": vr, "Value": components}
 
 
 _INVALID = object()
@@ -264,15 +217,16 @@ def _pn_json(name: str) -> dict[str, str] | None:
 
 
 def _encode_converted(
-    elem: DataElement, tag: int, ctx: EncodeContext, path: str, capture: frozenset[int]
+    element: Element, ctx: EncodeContext, path: str, capture: frozenset[int]
 ) -> dict[str, Any]:
-    """Encode an element pydicom already converted (ambiguous VR, UN sequences)."""
-    vr = vr_name(elem.VR)
-    value = elem.value
+    """Encode an element pydicom already decoded (ambiguous VR resolved by pydicom)."""
+    tag, vr, value = element.tag, element.vr, element.value
     if value is None or value == "" or value == b"":
+        if tag in capture:
+            ctx.captured[tag] = Captured(vr, [])
         return {"vr": vr}
     if isinstance(value, bytes):
-        return _binary(vr, tag, value, None, len(value), ctx, path)  # type: ignore[arg-type]
+        return _binary(vr, tag, value, element.offset, len(value), ctx, path)
     components = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
     components = [str(c) if isinstance(c, PersonName) else c for c in components]
     if tag in capture:
@@ -281,78 +235,120 @@ def _encode_converted(
         return {"vr": vr, "Value": [_number(vr, str(c)) for c in components]}
     if vr == "PN":
         return {"vr": vr, "Value": [_pn_json(c) for c in components]}
+    if all(isinstance(c, str) for c in components):
+        return _strings(vr, components)[0]
     return {"vr": vr, "Value": components}
 
 
-# --- decoders: bytes -> list of components ---------------------------------------------------
+# --- handlers: (vr, bytes, encodings, little endian) -> (JSON element, components) ---------
+#
+# Components are what typed columns are made from; they follow pydicom's value
+# conversion (which strips what, how multi-values split, how text decodes).
 
-Decoder = Callable[[bytes, "list[str] | None", bool], "list[Any] | None"]
-
-
-def _ascii_multi(value: bytes, _enc: list[str] | None, _le: bool) -> list[Any]:
-    return value.decode(DEFAULT_ENCODING).rstrip(" \x00").split("\\")
-
-
-def _stripped_multi(value: bytes, _enc: list[str] | None, _le: bool) -> list[Any]:
-    return [v.strip(" \x00") for v in value.decode(DEFAULT_ENCODING).split("\\")]
+Handler = Callable[[str, bytes, "list[str] | None", bool], "tuple[dict[str, Any], list[Any]]"]
 
 
-def _ur(value: bytes, _enc: list[str] | None, _le: bool) -> list[Any]:
-    return [value.decode(DEFAULT_ENCODING).rstrip()]
+def _strings(vr: str, components: list[str]) -> tuple[dict[str, Any], list[Any]]:
+    if len(components) == 1:
+        if not components[0]:
+            return {"vr": vr}, components
+        return {"vr": vr, "Value": components}, components
+    return {"vr": vr, "Value": [c if c else None for c in components]}, components
 
 
-def _text_multi(value: bytes, enc: list[str] | None, _le: bool) -> list[Any]:
-    enc = enc or [DEFAULT_ENCODING]
-    return [decode_bytes(v, enc, TEXT_VR_DELIMS).rstrip("\x00 ") for v in value.split(b"\\")]
+def _ascii(vr: str, value: bytes, _enc: list[str] | None, _le: bool) -> tuple[dict, list]:
+    return _strings(vr, value.decode(DEFAULT_ENCODING).rstrip(" \x00").split("\\"))
 
 
-def _text_single(value: bytes, enc: list[str] | None, _le: bool) -> list[Any]:
-    return [decode_bytes(value, enc or [DEFAULT_ENCODING], TEXT_VR_DELIMS).rstrip("\x00 ")]
+def _application_entity(vr: str, value: bytes, _enc: list[str] | None, _le: bool
+                        ) -> tuple[dict, list]:
+    return _strings(vr, [v.strip(" \x00") for v in value.decode(DEFAULT_ENCODING).split("\\")])
 
 
-def _person_names(value: bytes, enc: list[str] | None, _le: bool) -> list[Any]:
-    decoded = decode_bytes(value.rstrip(b"\x00 "), enc or [DEFAULT_ENCODING], TEXT_VR_DELIMS)
-    return decoded.split("\\")
+def _uri(vr: str, value: bytes, _enc: list[str] | None, _le: bool) -> tuple[dict, list]:
+    return _strings(vr, [value.decode(DEFAULT_ENCODING).rstrip()])
 
 
-def _numeric(fmt: str) -> Decoder:
+def _number_strings(vr: str, value: bytes, _enc: list[str] | None, _le: bool
+                    ) -> tuple[dict, list]:
+    components = [v.strip(" \x00") for v in value.decode(DEFAULT_ENCODING).split("\\")]
+    if components == [""]:
+        return {"vr": vr}, components
+    numbers = [_number(vr, c) for c in components]
+    if any(n is _INVALID for n in numbers):  # keep the text rather than lose the value
+        return {"vr": vr, "Value": [c if c else None for c in components]}, components
+    return {"vr": vr, "Value": numbers}, components
+
+
+def _decode_text(value: bytes, encodings: list[str] | None) -> str:
+    if encodings and len(encodings) == 1 and ESCAPE not in value:
+        try:
+            return value.decode(encodings[0])
+        except (UnicodeError, LookupError):
+            pass  # pydicom's decode_bytes replaces undecodable bytes (and warns)
+    return decode_bytes(value, encodings or [DEFAULT_ENCODING], TEXT_VR_DELIMS)
+
+
+def _text(vr: str, value: bytes, enc: list[str] | None, _le: bool) -> tuple[dict, list]:
+    return _strings(vr, [_decode_text(v, enc).rstrip("\x00 ") for v in value.split(b"\\")])
+
+
+def _long_text(vr: str, value: bytes, enc: list[str] | None, _le: bool) -> tuple[dict, list]:
+    return _strings(vr, [_decode_text(value, enc).rstrip("\x00 ")])
+
+
+def _person_names(vr: str, value: bytes, enc: list[str] | None, _le: bool) -> tuple[dict, list]:
+    components = _decode_text(value.rstrip(b"\x00 "), enc).split("\\")
+    if components == [""]:
+        return {"vr": vr}, components
+    return {"vr": vr, "Value": [_pn_json(c) for c in components]}, components
+
+
+def _numbers(fmt: str) -> Handler:
     size = struct.calcsize("<" + fmt)  # standard sizes, not native ("L" is 8 bytes natively)
+    floats = fmt in "fd"
 
-    def decode(value: bytes, _enc: list[str] | None, little: bool) -> list[Any] | None:
+    def handle(vr: str, value: bytes, _enc: list[str] | None, little: bool
+               ) -> tuple[dict, list]:
         if len(value) % size:
-            return None
-        order = "<" if little else ">"
-        return list(struct.unpack(f"{order}{len(value) // size}{fmt}", value))
+            raise ValueError("length is not a multiple of the value size")
+        components = list(struct.unpack(f"{'<' if little else '>'}{len(value) // size}{fmt}",
+                                        value))
+        if floats and not all(math.isfinite(c) for c in components):
+            # JSON has no NaN/Infinity: keep the exact bytes instead
+            return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}, components
+        return {"vr": vr, "Value": components}, components
 
-    return decode
+    return handle
 
 
-def _attribute_tags(value: bytes, _enc: list[str] | None, little: bool) -> list[Any] | None:
+def _attribute_tags(vr: str, value: bytes, _enc: list[str] | None, little: bool
+                    ) -> tuple[dict, list]:
     if len(value) % 4:
-        return None
-    order = "<" if little else ">"
-    pairs = struct.unpack(f"{order}{len(value) // 2}H", value)
-    return [f"{pairs[i]:04X}{pairs[i + 1]:04X}" for i in range(0, len(pairs), 2)]
+        raise ValueError("AT length is not a multiple of 4")
+    pairs = struct.unpack(f"{'<' if little else '>'}{len(value) // 2}H", value)
+    components = [f"{pairs[i]:04X}{pairs[i + 1]:04X}" for i in range(0, len(pairs), 2)]
+    return {"vr": vr, "Value": components}, components
 
 
-_DECODERS: dict[str, Decoder] = {
-    "AE": _stripped_multi,
-    "AS": _ascii_multi,
-    "CS": _ascii_multi,
-    "DA": _ascii_multi,
-    "DT": _ascii_multi,
-    "TM": _ascii_multi,
-    "UI": _ascii_multi,
-    "DS": _stripped_multi,
-    "IS": _stripped_multi,
-    "UR": _ur,
-    "SH": _text_multi,
-    "LO": _text_multi,
-    "UC": _text_multi,
-    "ST": _text_single,
-    "LT": _text_single,
-    "UT": _text_single,
+_HANDLERS: dict[str, Handler] = {
+    "AE": _application_entity,
+    "AS": _ascii,
+    "CS": _ascii,
+    "DA": _ascii,
+    "DT": _ascii,
+    "TM": _ascii,
+    "UI": _ascii,
+    "DS": _number_strings,
+    "IS": _number_strings,
+    "UR": _uri,
+    "SH": _text,
+    "LO": _text,
+    "UC": _text,
+    "ST": _long_text,
+    "LT": _long_text,
+    "UT": _long_text,
     "PN": _person_names,
     "AT": _attribute_tags,
-    **{vr: _numeric(fmt) for vr, fmt in NUMERIC_FORMATS.items()},
+    **{vr: _numbers(fmt) for vr, fmt in NUMERIC_FORMATS.items()},
 }

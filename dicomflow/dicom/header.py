@@ -1,9 +1,11 @@
 """Read a DICOM header from an open binary file: everything but the Pixel Data value.
 
-pydicom parses up to Pixel Data; we then read only the Pixel Data element header
-(and the item headers of encapsulated data) to locate the bulk data without
-reading it, and parse any elements that follow it. On a remote file this costs a
-few small range requests instead of downloading the whole object.
+Two readers produce the same :class:`~dicomflow.dicom.elements.Element` tree:
+the fast reader (:mod:`.fastread`) for ordinary little-endian Part 10 files,
+and the pydicom-backed reader here for everything else. Both stop at Pixel
+Data, read only its element header (and the item headers of encapsulated
+data) to locate it, and parse any elements that follow it. On a remote file
+this costs a few small range requests instead of downloading the object.
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ import struct
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pydicom
-from pydicom import hooks
 from pydicom import config as pydicom_config
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -23,12 +24,13 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from dicomflow.dicom.dicomjson import BINARY_VRS, vr_name
+from dicomflow.dicom.dicomjson import BINARY_VRS
+from dicomflow.dicom.pydicom_tree import resolved_vr, tree_from_dataset
+from dicomflow.dicom.fastread import PIXEL_DATA_TAGS, FastHeader, FastPathUnsupported, read_fast
 from dicomflow.dicom.sniff import SNIFF_BYTES, has_dicm_prefix, looks_like_raw_dataset
 from dicomflow.errors import ErrorCode, MalformedDicomError, NotDicomError
 from dicomflow.records import Header
 
-PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 # Values longer than this are skipped while parsing (only their offset is kept).
 DEFER_BYTES = 64 * 1024
 _ITEM = 0xFFFEE000
@@ -64,28 +66,67 @@ def read_header(fp: BinaryIO, *, size: int | None) -> Header:
     :class:`MalformedDicomError` (code ``truncated``, ``too_deep`` or
     ``malformed``) for DICOM that cannot be parsed. Messages carry no values.
 
-    The first attempt runs pydicom in strict mode so that a file ending early
-    raises instead of being silently cut short. Files that strict mode rejects
-    only for an encoding inconsistency (implicit VR where explicit was
-    declared, an unknown tag in implicit VR) are re-read in pydicom's default,
-    tolerant mode, as ``pydicom.dcmread`` would read them.
+    The fast reader handles ordinary little-endian Part 10 files; everything
+    else (and anything it is unsure of) goes to the pydicom-backed reader.
     """
     head = fp.read(SNIFF_BYTES)
     if not head:
         raise NotDicomError("empty file", code=ErrorCode.EMPTY_FILE)
     if not has_dicm_prefix(head) and not looks_like_raw_dataset(head, size):
         raise NotDicomError("no DICM prefix and no parseable DICOM header")
+    if has_dicm_prefix(head):
+        try:
+            return _from_fast(read_fast(fp, size))
+        except FastPathUnsupported:
+            pass
+    return read_header_with_pydicom(fp, size=size)
+
+
+def _from_fast(fast: FastHeader) -> Header:
+    if fast.pixel is None:
+        return Header(fast.elements, fast.file_meta, fast.transfer_syntax_uid, True,
+                      fast.implicit, deflated=False)
+    tag, vr, offset, length, _ = fast.pixel
+    return Header(fast.elements, fast.file_meta, fast.transfer_syntax_uid, True, fast.implicit,
+                  deflated=False, pixel_data_tag=tag, pixel_data_vr=vr,
+                  pixel_data_offset=offset, pixel_data_length=length)
+
+
+def read_header_with_pydicom(fp: BinaryIO, *, size: int | None) -> Header:
+    """The careful reader: pydicom parses, then its datasets become the element tree.
+
+    The first attempt runs pydicom in strict mode so that a file ending early
+    raises instead of being silently cut short. Files that strict mode rejects
+    only for an encoding inconsistency (implicit VR where explicit was
+    declared, an unknown tag in implicit VR) are re-read in pydicom's default,
+    tolerant mode, as ``pydicom.dcmread`` would read them.
+    """
     try:
-        return _read_in_mode(fp, size, pydicom_config.RAISE)
+        ds, meta, fields = _read_in_mode(fp, size, pydicom_config.RAISE)
     except _Inconsistent:
-        return _read_in_mode(fp, size, pydicom_config.WARN)
+        ds, meta, fields = _read_in_mode(fp, size, pydicom_config.WARN)
+    with pydicom_mode(pydicom_config.WARN):
+        try:
+            return Header(tree_from_dataset(ds), tree_from_dataset(meta), **fields)
+        except RecursionError as exc:
+            raise MalformedDicomError(
+                "sequences nested too deeply to parse", code=ErrorCode.TOO_DEEP
+            ) from exc
+        except (ValueError, KeyError, TypeError, IndexError, OverflowError, EOFError,
+                NotImplementedError, AttributeError, LookupError, struct.error) as exc:
+            if isinstance(exc, MalformedDicomError):
+                raise
+            raise MalformedDicomError(f"header cannot be parsed ({type(exc).__name__})") from exc
 
 
 class _Inconsistent(Exception):
     """Strict mode rejected an encoding inconsistency that tolerant mode handles."""
 
 
-def _read_in_mode(fp: BinaryIO, size: int | None, mode: int) -> Header:
+_Parsed = tuple[Dataset, FileMetaDataset, dict[str, Any]]
+
+
+def _read_in_mode(fp: BinaryIO, size: int | None, mode: int) -> _Parsed:
     fp.seek(0)
     with pydicom_mode(mode):
         try:
@@ -109,15 +150,17 @@ def _read_in_mode(fp: BinaryIO, size: int | None, mode: int) -> Header:
             raise MalformedDicomError(f"header cannot be parsed ({type(exc).__name__})") from exc
 
 
-def _parse(fp: BinaryIO, size: int | None) -> Header:
+def _parse(fp: BinaryIO, size: int | None) -> _Parsed:
     meta_probe = pydicom.dcmread(fp, force=True, stop_before_pixels=True, defer_size=DEFER_BYTES)
     file_meta: FileMetaDataset = meta_probe.file_meta
     ts = file_meta.get("TransferSyntaxUID")
     little = bool(meta_probe.is_little_endian)
     implicit = bool(meta_probe.is_implicit_VR)
+    fields: dict[str, Any] = {"transfer_syntax_uid": ts, "is_little_endian": little,
+                              "is_implicit_vr": implicit, "deflated": False}
     _reject_empty(meta_probe, file_meta)
     if ts == DeflatedExplicitVRLittleEndian:
-        return _parse_deflated(fp, file_meta, ts)
+        return _parse_deflated(fp, file_meta, fields)
 
     ds = Dataset(meta_probe)  # a plain Dataset: no file handle travels with it
     _check_complete(ds, size)
@@ -125,14 +168,15 @@ def _parse(fp: BinaryIO, size: int | None) -> Header:
     _load_deferred_structure(ds, fp)
     pixel = _locate_pixel_data(fp, size, little=little)
     if pixel is None:
-        return Header(ds, file_meta, ts, little, implicit, deflated=False)
+        return ds, file_meta, fields
     pixel_tag, pixel_vr, value_offset, length, end = pixel
-    trailing_ok = True
+    fields.update(pixel_data_tag=pixel_tag, pixel_data_vr=pixel_vr,
+                  pixel_data_offset=value_offset, pixel_data_length=length)
     if size is not None and end < size:
-        trailing_ok = _merge_trailing_elements(fp, ds, end, size, little=little, implicit=implicit)
-    return Header(ds, file_meta, ts, little, implicit, deflated=False,
-                  pixel_data_tag=pixel_tag, pixel_data_vr=pixel_vr, pixel_data_offset=value_offset,
-                  pixel_data_length=length, trailing_parsed=trailing_ok)
+        fields["trailing_parsed"] = _merge_trailing_elements(
+            fp, ds, end, size, little=little, implicit=implicit
+        )
+    return ds, file_meta, fields
 
 
 def _check_complete(ds: Dataset, size: int | None) -> None:
@@ -161,18 +205,12 @@ def _load_deferred_structure(ds: Dataset, fp: BinaryIO) -> None:
     for tag in ds.keys():
         elem = ds.get_item(tag, keep_deferred=True)
         if isinstance(elem, RawDataElement):
-            if elem.value is None and elem.length and _resolved_vr(elem, ds) not in BINARY_VRS:
+            if elem.value is None and elem.length and resolved_vr(elem, ds) not in BINARY_VRS:
                 fp.seek(elem.value_tell)
                 ds[tag] = elem._replace(value=fp.read(elem.length))
         elif elem is not None and elem.VR == "SQ":
             for item in elem.value:
                 _load_deferred_structure(item, fp)
-
-
-def _resolved_vr(raw: RawDataElement, ds: Dataset) -> str:
-    data: dict[str, object] = {}
-    hooks.raw_element_vr(raw, data, ds=ds)
-    return vr_name(data["VR"])
 
 
 def _merge_trailing_elements(
@@ -204,19 +242,18 @@ def _reject_empty(ds: Dataset, file_meta: FileMetaDataset) -> None:
         raise NotDicomError("no DICOM elements could be parsed")
 
 
-def _parse_deflated(fp: BinaryIO, file_meta: FileMetaDataset, ts: str) -> Header:
+def _parse_deflated(fp: BinaryIO, file_meta: FileMetaDataset, fields: dict[str, Any]) -> _Parsed:
     """Deflated data sets must be inflated whole; bulk offsets then refer to the inflated stream."""
     fp.seek(0)
-    full = pydicom.dcmread(fp, force=True, defer_size=DEFER_BYTES)
-    ds = Dataset(full)
+    ds = Dataset(pydicom.dcmread(fp, force=True, defer_size=DEFER_BYTES))
+    fields.update(deflated=True, is_little_endian=True, is_implicit_vr=False)
     pixel_tag = next((t for t in sorted(PIXEL_DATA_TAGS) if t in ds), None)
-    length = vr = None
     if pixel_tag is not None:
         raw = ds.get_item(pixel_tag, keep_deferred=True)
-        length, vr = getattr(raw, "length", None), raw.VR
+        fields.update(pixel_data_tag=pixel_tag, pixel_data_vr=raw.VR,
+                      pixel_data_length=getattr(raw, "length", None))
         del ds[pixel_tag]
-    return Header(ds, file_meta, ts, True, False, deflated=True,
-                  pixel_data_tag=pixel_tag, pixel_data_vr=vr, pixel_data_length=length)
+    return ds, file_meta, fields
 
 
 def _locate_pixel_data(

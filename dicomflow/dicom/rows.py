@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cache
 from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
 from pydicom.uid import UID_dictionary
 
-from dicomflow.dicom.dicomjson import EncodeContext, bulk_data_uri, encode_dataset
+from dicomflow.dicom.dicomjson import EncodeContext, bulk_data_uri, encode_elements
 from dicomflow.dicom.typed import typed_value
 from dicomflow.records import Header, SourceRef
-from dicomflow.schemas.instances import column_specs, instances_schema
+from dicomflow.schemas.instances import ColumnSpec, column_specs, instances_schema
 from dicomflow.schemas.version import INSTANCES_SCHEMA_VERSION
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -36,9 +37,7 @@ def source_uri(url: str) -> str:
 
 def header_to_row(header: Header, ref: SourceRef, ctx: RowContext) -> dict[str, Any]:
     """The ``instances`` row for one header: provenance, typed columns, full JSON."""
-    specs = column_specs()
-    meta_tags = frozenset(s.tag for s in specs if s.tag >> 16 == 0x0002)
-    data_tags = frozenset(s.tag for s in specs if s.tag >> 16 != 0x0002)
+    meta_tags, data_tags = _captured_tags()
 
     encode_ctx = EncodeContext(
         source=source_uri(ref.url),
@@ -46,7 +45,7 @@ def header_to_row(header: Header, ref: SourceRef, ctx: RowContext) -> dict[str, 
         inline_limit=ctx.inline_binary_limit,
         capture_tags=data_tags,
     )
-    dataset_json = encode_dataset(header.dataset, encode_ctx)
+    dataset_json = encode_elements(header.elements, encode_ctx)
     if header.pixel_data_tag is not None:
         dataset_json[f"{header.pixel_data_tag:08X}"] = {
             "vr": header.pixel_data_vr or _PIXEL_VR[header.pixel_data_tag],
@@ -57,15 +56,17 @@ def header_to_row(header: Header, ref: SourceRef, ctx: RowContext) -> dict[str, 
         }
         dataset_json = dict(sorted(dataset_json.items()))
     meta_ctx = EncodeContext(source=encode_ctx.source, capture_tags=meta_tags)
-    meta_json = encode_dataset(header.file_meta, meta_ctx)
+    meta_json = encode_elements(header.file_meta, meta_ctx)
 
     warnings: list[str] = []
     if not header.trailing_parsed:
         warnings.append("bytes after Pixel Data are not a parseable data set")
-    row: dict[str, Any] = {}
-    captured = {**encode_ctx.captured, **meta_ctx.captured}
-    for spec in specs:
-        row[spec.keyword] = typed_value(captured.get(spec.tag), spec, warnings)
+    row: dict[str, Any] = dict.fromkeys(_keywords())
+    specs = _specs_by_tag()
+    for captured in (meta_ctx.captured, encode_ctx.captured):
+        for tag, components in captured.items():
+            spec = specs[tag]
+            row[spec.keyword] = typed_value(components, spec, warnings)
 
     sop_class = row.get("SOPClassUID") or row.get("MediaStorageSOPClassUID")
     has_pixels = header.pixel_data_tag is not None
@@ -89,6 +90,23 @@ def header_to_row(header: Header, ref: SourceRef, ctx: RowContext) -> dict[str, 
                                   allow_nan=False),
     )
     return row
+
+
+@cache
+def _captured_tags() -> tuple[frozenset[int], frozenset[int]]:
+    tags = [spec.tag for spec in column_specs()]
+    return (frozenset(t for t in tags if t >> 16 == 0x0002),
+            frozenset(t for t in tags if t >> 16 != 0x0002))
+
+
+@cache
+def _specs_by_tag() -> dict[int, ColumnSpec]:
+    return {spec.tag: spec for spec in column_specs()}
+
+
+@cache
+def _keywords() -> tuple[str, ...]:
+    return tuple(spec.keyword for spec in column_specs())
 
 
 def _uid_name(uid: str | None) -> str | None:

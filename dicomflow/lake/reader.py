@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.schemas import errors_schema, instances_schema
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as pads
 
 _SCHEMAS = {"instances": instances_schema, "errors": errors_schema}
 
@@ -27,6 +30,8 @@ class Lake:
 
     def dataset(self, table: str) -> pads.Dataset:
         """A lazy pyarrow dataset over ``<lake>/<table>/*.parquet`` (empty if none yet)."""
+        import pyarrow.dataset as pads  # heavy (imports pandas); workers never need it
+
         fs, _ = self.layout.filesystem()
         directory = self.layout.table_dir(table)
         schema = _SCHEMAS[table]()

@@ -31,7 +31,7 @@ class Flatten:
 
     def __call__(self, batch: Batch) -> Batch:
         ctx = RowContext(batch.context.run_id, batch.context.started_at, self.inline_binary_limit)
-        with pydicom_mode(pydicom_config.WARN):  # pydicom's default, with its warnings quiet
+        with pydicom_mode(pydicom_config.WARN):  # charset lookups may warn; keep them quiet
             return map_records(batch, self.name, lambda record: flatten_record(record, ctx))
 
 

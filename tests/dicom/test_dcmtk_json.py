@@ -93,7 +93,10 @@ def _differences(ours: dict, theirs: dict, path: str = "") -> list[str]:
         if a["vr"] != b["vr"] and not (private or "UN" in (a["vr"], b["vr"])):
             problems.append(f"{where} vr {a['vr']} != {b['vr']}")
             continue
-        if a["vr"] != b["vr"] or a["vr"] in BINARY or "BulkDataURI" in a or "InlineBinary" in a:
+        if a["vr"] != b["vr"] or a["vr"] in BINARY:
+            continue
+        if "BulkDataURI" in a or "InlineBinary" in a:
+            problems.append(f"{where} {a['vr']} value stored as binary")
             continue
         if a["vr"] == "SQ":
             items_a, items_b = a.get("Value", []), b.get("Value", [])

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from dicomflow.dicom.header import read_header
+from dicomflow.dicom.header import read_header, read_header_with_pydicom
 from dicomflow.errors import ErrorCode, MalformedDicomError, NotDicomError
 from tests.helpers import flatten_path
 
@@ -126,14 +126,28 @@ def test_reasonable_nesting_is_read_in_full(tmp_path: Path) -> None:
     assert '"0040A730"' in row["dicom_json"]
 
 
-def test_only_header_bytes_are_read_before_pixel_data() -> None:
-    data = CT_SMALL.read_bytes()
-    reader = CountingReader(data)
-    header = read_header(reader, size=len(data))
+def _big_ct() -> bytes:
+    ds = pydicom.dcmread(CT_SMALL)
+    ds.Rows = ds.Columns = 512
+    ds.PixelData = bytes(512 * 512 * 2)
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("reader", ["fast", "pydicom"])
+def test_only_header_bytes_are_read_before_pixel_data(reader: str) -> None:
+    data = _big_ct()
+    counting = CountingReader(data)
+    if reader == "fast":
+        header = read_header(counting, size=len(data))
+    else:
+        header = read_header_with_pydicom(counting, size=len(data))
     assert header.pixel_data_tag == 0x7FE00010
-    pixel_bytes = header.pixel_data_length or 0
-    assert pixel_bytes > 0
-    assert reader.bytes_read <= len(data) - pixel_bytes + 512
+    assert header.pixel_data_length == 512 * 512 * 2
+    assert header.pixel_data_offset is not None
+    assert data[header.pixel_data_offset - 12:header.pixel_data_offset - 8] == b"\xe0\x7f\x10\x00"
+    assert counting.bytes_read < 64 * 1024 < len(data) // 8
 
 
 def test_encapsulated_fragments_are_skipped_not_read() -> None:
