@@ -35,8 +35,8 @@ def run_demo(out: Path, *, workers: int | None = None) -> int:
     click.echo(f"  errors table     {out}/errors/*.parquet")
     click.echo("try:")
     click.echo(
-        "  duckdb -c \"SELECT Modality, count(*) FROM read_parquet("
-        f"'{out}/instances/*.parquet') GROUP BY 1\""
+        "  .venv/bin/python -c \"import duckdb; duckdb.sql(\\\"SELECT Modality, count(*) "
+        f"FROM read_parquet('{out}/instances/*.parquet') GROUP BY 1\\\").show()\""
     )
-    click.echo(f"  python -c \"import dicomflow; print(dicomflow.read_lake('{out}').errors())\"")
+    click.echo(f"  .venv/bin/python -c \"import dicomflow; print(dicomflow.read_lake('{out}').errors())\"")
     return 0 if summary.accounted else 1

@@ -45,6 +45,11 @@ MAX_HEADER_BYTES = 8 * 1024 * 1024
 MAX_TRAILING_BYTES = 1024 * 1024
 
 
+# Element is a NamedTuple whose generated __new__ is Python code; on the hot path the
+# tuple constructor is called directly (same object, a few times faster).
+_new_element = tuple.__new__
+
+
 class FastPathUnsupported(Exception):
     """The file is outside what the fast reader handles; use the pydicom-backed reader."""
 
@@ -253,13 +258,15 @@ class _Parser:
                 if start + length > len(data):
                     raise self._short()
                 items, pos = self._items(start, start + length, depth)
-            return Element(tag, "SQ", items, self.base + start, length), pos
+            return _new_element(Element, (tag, "SQ", items, self.base + start, length, True,
+                                          False)), pos
         if length == UNDEFINED_LENGTH:
             raise FastPathUnsupported  # undefined length outside a sequence (not Pixel Data)
         end = start + length
         if end > len(data):
             raise self._short()
-        return Element(tag, vr, data[start:end], self.base + start, length), end
+        return _new_element(Element, (tag, vr, data[start:end], self.base + start, length, True,
+                                      False)), end
 
     def _items(self, pos: int, end: int | None, depth: int) -> tuple[tuple[Elements, ...], int]:
         data = self.data
