@@ -28,10 +28,10 @@ import pydicom
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from synth import write_ct_series  # noqa: E402
+from synth import write_ct_series
 
-from dicomflow.api import run_scan  # noqa: E402
-from dicomflow.schemas import column_specs  # noqa: E402
+from dicomflow.api import run_scan
+from dicomflow.schemas import column_specs
 
 
 def baseline(paths: list[Path], out: Path) -> float:

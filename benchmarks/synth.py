@@ -24,8 +24,9 @@ def _item(**values: object) -> Dataset:
     return item
 
 
-def ct_dataset(index: int, *, study: str, series: str, frame_of_ref: str, rows: int = 512,
-               cols: int = 512) -> Dataset:
+def ct_dataset(
+    index: int, *, study: str, series: str, frame_of_ref: str, rows: int = 512, cols: int = 512
+) -> Dataset:
     """One CT slice; values vary with ``index`` so rows differ."""
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
@@ -56,8 +57,12 @@ def ct_dataset(index: int, *, study: str, series: str, frame_of_ref: str, rows: 
     ds.OperatorsName = ["Tech^One", "Tech^Two"]
     ds.ManufacturerModelName = "Scanner 9000"
     ds.ReferencedPerformedProcedureStepSequence = Sequence(
-        [_item(ReferencedSOPClassUID="1.2.840.10008.3.1.2.3.3",
-               ReferencedSOPInstanceUID=f"{_ROOT}9.{index}")]
+        [
+            _item(
+                ReferencedSOPClassUID="1.2.840.10008.3.1.2.3.3",
+                ReferencedSOPInstanceUID=f"{_ROOT}9.{index}",
+            )
+        ]
     )
     ds.PatientName = f"Patient^{index // 100:05d}^Q"
     ds.PatientID = f"PID{index // 100:07d}"
@@ -95,8 +100,13 @@ def ct_dataset(index: int, *, study: str, series: str, frame_of_ref: str, rows: 
     ds.SpiralPitchFactor = 0.984375
     ds.CTDIvol = 12.34
     ds.CTDIPhantomTypeCodeSequence = Sequence(
-        [_item(CodeValue="113691", CodingSchemeDesignator="DCM",
-               CodeMeaning="IEC Body Dosimetry Phantom")]
+        [
+            _item(
+                CodeValue="113691",
+                CodingSchemeDesignator="DCM",
+                CodeMeaning="IEC Body Dosimetry Phantom",
+            )
+        ]
     )
     ds.StudyInstanceUID = study
     ds.SeriesInstanceUID = series
@@ -128,10 +138,21 @@ def ct_dataset(index: int, *, study: str, series: str, frame_of_ref: str, rows: 
     ds.WindowCenterWidthExplanation = ["SOFT TISSUE", "LUNG"]
     ds.LossyImageCompression = "00"
     ds.RequestAttributesSequence = Sequence(
-        [_item(RequestedProcedureID=f"RP{index // 100}", ScheduledProcedureStepID="SPS1",
-               ScheduledProtocolCodeSequence=Sequence(
-                   [_item(CodeValue="CTCAP", CodingSchemeDesignator="99LOCAL",
-                          CodeMeaning="CT Chest Abdomen Pelvis")]))]
+        [
+            _item(
+                RequestedProcedureID=f"RP{index // 100}",
+                ScheduledProcedureStepID="SPS1",
+                ScheduledProtocolCodeSequence=Sequence(
+                    [
+                        _item(
+                            CodeValue="CTCAP",
+                            CodingSchemeDesignator="99LOCAL",
+                            CodeMeaning="CT Chest Abdomen Pelvis",
+                        )
+                    ]
+                ),
+            )
+        ]
     )
     ds.PerformedProcedureStepStartDate = "20240105"
     ds.PerformedProcedureStepStartTime = "100900"
@@ -146,8 +167,9 @@ def ct_dataset(index: int, *, study: str, series: str, frame_of_ref: str, rows: 
     return ds
 
 
-def write_ct_series(out: Path, n: int, *, per_series: int = 100, rows: int = 512,
-                    cols: int = 512) -> list[Path]:
+def write_ct_series(
+    out: Path, n: int, *, per_series: int = 100, rows: int = 512, cols: int = 512
+) -> list[Path]:
     """Write ``n`` CT slices under ``out`` (``per_series`` per series); return the paths."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -155,8 +177,9 @@ def write_ct_series(out: Path, n: int, *, per_series: int = 100, rows: int = 512
     for i in range(n):
         if i % per_series == 0:
             study, series, frame_of_ref = generate_uid(), generate_uid(), generate_uid()
-        ds = ct_dataset(i, study=study, series=series, frame_of_ref=frame_of_ref, rows=rows,
-                        cols=cols)
+        ds = ct_dataset(
+            i, study=study, series=series, frame_of_ref=frame_of_ref, rows=rows, cols=cols
+        )
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = ds.SOPClassUID
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
@@ -19,6 +21,7 @@ from dicomflow.errors import ConfigError
 from dicomflow.pipelines.pipeline import RunSummary
 
 EXIT_OK, EXIT_CRASH, EXIT_CONFIG, EXIT_INPUT_ERRORS = 0, 1, 2, 3
+T = TypeVar("T")
 
 
 def _configure_logging(verbose: int) -> None:
@@ -52,15 +55,30 @@ def cli(verbose: int) -> None:
 @cli.command()
 @click.argument("src", nargs=-1, required=True)
 @click.option("--out", required=True, help="Lake directory or fsspec URL to write.")
-@click.option("--scheduler", default=None, help="Dask scheduler address (else DASK_SCHEDULER_ADDRESS, else a local cluster).")
-@click.option("--workers", type=int, default=None, help="Local worker processes (default: one per core).")
+@click.option(
+    "--scheduler",
+    default=None,
+    help="Dask scheduler address (else DASK_SCHEDULER_ADDRESS, else a local cluster).",
+)
+@click.option(
+    "--workers", type=int, default=None, help="Local worker processes (default: one per core)."
+)
 @click.option("--fail-on-error", is_flag=True, help="Exit 3 if any input became an error row.")
 @click.option("--progress/--no-progress", default=None, help="Force the progress bar on or off.")
-def scan(src: tuple[str, ...], out: str, scheduler: str | None, workers: int | None,
-         fail_on_error: bool, progress: bool | None) -> None:
+def scan(
+    src: tuple[str, ...],
+    out: str,
+    scheduler: str | None,
+    workers: int | None,
+    fail_on_error: bool,
+    progress: bool | None,
+) -> None:
     """Scan DICOM headers from SRC (paths, directories, globs, URLs) into a Parquet lake."""
-    summary = _run(lambda: run_scan(list(src), out=out, scheduler=scheduler, workers=workers,
-                                    progress=progress))
+    summary = _run(
+        lambda: run_scan(
+            list(src), out=out, scheduler=scheduler, workers=workers, progress=progress
+        )
+    )
     _print_summary(summary, out)
     _exit_for(summary, fail_on_error)
 
@@ -75,7 +93,8 @@ def demo(out: str, workers: int | None) -> None:
     sys.exit(_run(lambda: run_demo(Path(out), workers=workers)))
 
 
-def _run(job):  # type: ignore[no-untyped-def]
+def _run(job: Callable[[], T]) -> T:
+    """Run ``job``, turning configuration errors into exit code 2 with a clear message."""
     try:
         return job()
     except ConfigError as exc:

@@ -34,9 +34,9 @@ def run_demo(out: Path, *, workers: int | None = None) -> int:
     click.echo(f"  instances table  {out}/instances/*.parquet")
     click.echo(f"  errors table     {out}/errors/*.parquet")
     click.echo("try:")
+    query = f"SELECT Modality, count(*) FROM read_parquet('{out}/instances/*.parquet') GROUP BY 1"  # noqa: S608 (printed, not run)
+    click.echo(f'  .venv/bin/python -c "import duckdb; duckdb.sql(\\"{query}\\").show()"')
     click.echo(
-        "  .venv/bin/python -c \"import duckdb; duckdb.sql(\\\"SELECT Modality, count(*) "
-        f"FROM read_parquet('{out}/instances/*.parquet') GROUP BY 1\\\").show()\""
+        f"  .venv/bin/python -c \"import dicomflow; print(dicomflow.read_lake('{out}').errors())\""
     )
-    click.echo(f"  .venv/bin/python -c \"import dicomflow; print(dicomflow.read_lake('{out}').errors())\"")
     return 0 if summary.accounted else 1

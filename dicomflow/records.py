@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from dicomflow.errors import ErrorCode
-
 from dicomflow.dicom.elements import Elements
+from dicomflow.errors import ErrorCode
 
 
 @dataclass(frozen=True, slots=True)

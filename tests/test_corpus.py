@@ -15,7 +15,7 @@ from pydicom.multival import MultiValue
 from dicomflow.errors import ErrorCode
 from dicomflow.schemas import column_specs
 from tests.conftest import CORPUS, PYDICOM_TEST_FILES, corpus_files, corpus_manifest, pydicom_files
-from tests.helpers import quiet, flatten_path, pydicom_read, pydicom_typed, stored_json
+from tests.helpers import flatten_path, pydicom_read, pydicom_typed, quiet, stored_json
 
 CORPUS_FILES = corpus_files()
 ALL_FILES = [*pydicom_files(), *CORPUS_FILES]
@@ -65,8 +65,7 @@ def _rebuild(key: str, stored_element: dict) -> object:
     """pydicom's value for one stored element, or the stored strings if pydicom rejects them."""
     with quiet():
         try:
-            rebuilt = Dataset.from_json({key: stored_element},
-                                        bulk_data_uri_handler=lambda *_: b"")
+            rebuilt = Dataset.from_json({key: stored_element}, bulk_data_uri_handler=lambda *_: b"")
             return rebuilt[int(key, 16)].value
         except ValueError:
             # pydicom cannot load a non-conformant number (an IS of "1A") from JSON; we
@@ -123,8 +122,9 @@ CHARSET_FILES = _charset_files()
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("path", CHARSET_FILES or [None],
-                         ids=[_id(p) for p in CHARSET_FILES] or ["none"])
+@pytest.mark.parametrize(
+    "path", CHARSET_FILES or [None], ids=[_id(p) for p in CHARSET_FILES] or ["none"]
+)
 def test_character_sets_decode_like_pydicom(path: Path | None) -> None:
     from tests.conftest import require
 

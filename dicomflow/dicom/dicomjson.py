@@ -21,6 +21,7 @@ import struct
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from pydicom.charset import convert_encodings, decode_bytes
@@ -38,7 +39,14 @@ INLINE_BINARY_LIMIT = 1024
 
 BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 NUMERIC_FORMATS = {
-    "US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"
+    "US": "H",
+    "SS": "h",
+    "UL": "L",
+    "SL": "l",
+    "FL": "f",
+    "FD": "d",
+    "UV": "Q",
+    "SV": "q",
 }
 NUMBER_STRING_VRS = frozenset({"DS", "IS"})
 _ALWAYS_BULK = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010, 0x54001010, 0x00420011})
@@ -113,7 +121,7 @@ def encode_elements(
     capture = ctx.capture_tags if depth == 0 else _NOTHING
     captured = ctx.captured
     out: dict[str, Any] = {}
-    if any(a.tag >= b.tag for a, b in zip(elements, elements[1:])):
+    if any(a.tag >= b.tag for a, b in pairwise(elements)):
         elements = tuple(sorted(elements, key=_tag_of))
     for element in elements:
         tag, vr, value = element.tag, element.vr, element.value
@@ -121,8 +129,9 @@ def encode_elements(
         if vr == "SQ":
             sequence_path = f"{path}{key}/"
             items = [
-                encode_elements(item, ctx, encodings=encodings, depth=depth + 1,
-                                path=f"{sequence_path}{i}/")
+                encode_elements(
+                    item, ctx, encodings=encodings, depth=depth + 1, path=f"{sequence_path}{i}/"
+                )
                 for i, item in enumerate(value or ())
             ]
             out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
@@ -173,8 +182,9 @@ def _binary(
     return {"vr": vr, "BulkDataURI": bulk_data_uri(ctx, tag, offset, length, path)}
 
 
-def bulk_data_uri(ctx: EncodeContext, tag: int, offset: int | None, length: int | None,
-                  path: str = "") -> str:
+def bulk_data_uri(
+    ctx: EncodeContext, tag: int, offset: int | None, length: int | None, path: str = ""
+) -> str:
     """Point into the source: by byte range where offsets are real, else by tag path."""
     if ctx.offsets_valid and offset is not None:
         if length is None or length == 0xFFFFFFFF:
@@ -260,8 +270,9 @@ def _ascii(vr: str, value: bytes, _enc: list[str] | None, _le: bool) -> tuple[di
     return _strings(vr, value.decode(DEFAULT_ENCODING).rstrip(" \x00").split("\\"))
 
 
-def _application_entity(vr: str, value: bytes, _enc: list[str] | None, _le: bool
-                        ) -> tuple[dict, list]:
+def _application_entity(
+    vr: str, value: bytes, _enc: list[str] | None, _le: bool
+) -> tuple[dict, list]:
     return _strings(vr, [v.strip(" \x00") for v in value.decode(DEFAULT_ENCODING).split("\\")])
 
 
@@ -269,8 +280,7 @@ def _uri(vr: str, value: bytes, _enc: list[str] | None, _le: bool) -> tuple[dict
     return _strings(vr, [value.decode(DEFAULT_ENCODING).rstrip()])
 
 
-def _number_strings(vr: str, value: bytes, _enc: list[str] | None, _le: bool
-                    ) -> tuple[dict, list]:
+def _number_strings(vr: str, value: bytes, _enc: list[str] | None, _le: bool) -> tuple[dict, list]:
     components = [v.strip(" \x00") for v in value.decode(DEFAULT_ENCODING).split("\\")]
     if components == [""]:
         return {"vr": vr}, components
@@ -308,12 +318,12 @@ def _numbers(fmt: str) -> Handler:
     size = struct.calcsize("<" + fmt)  # standard sizes, not native ("L" is 8 bytes natively)
     floats = fmt in "fd"
 
-    def handle(vr: str, value: bytes, _enc: list[str] | None, little: bool
-               ) -> tuple[dict, list]:
+    def handle(vr: str, value: bytes, _enc: list[str] | None, little: bool) -> tuple[dict, list]:
         if len(value) % size:
             raise ValueError("length is not a multiple of the value size")
-        components = list(struct.unpack(f"{'<' if little else '>'}{len(value) // size}{fmt}",
-                                        value))
+        components = list(
+            struct.unpack(f"{'<' if little else '>'}{len(value) // size}{fmt}", value)
+        )
         if floats and not all(math.isfinite(c) for c in components):
             # JSON has no NaN/Infinity: keep the exact bytes instead
             return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}, components
@@ -322,8 +332,9 @@ def _numbers(fmt: str) -> Handler:
     return handle
 
 
-def _attribute_tags(vr: str, value: bytes, _enc: list[str] | None, little: bool
-                    ) -> tuple[dict, list]:
+def _attribute_tags(
+    vr: str, value: bytes, _enc: list[str] | None, little: bool
+) -> tuple[dict, list]:
     if len(value) % 4:
         raise ValueError("AT length is not a multiple of 4")
     pairs = struct.unpack(f"{'<' if little else '>'}{len(value) // 2}H", value)

@@ -32,13 +32,46 @@ _UNSUPPORTED_SYNTAXES = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.9
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"})
 _VALID_VRS = _LONG_VRS | frozenset(
-    {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN",
-     b"SH", b"SL", b"SS", b"ST", b"SV", b"TM", b"UI", b"UL", b"US", b"UV"}
+    {
+        b"AE",
+        b"AS",
+        b"AT",
+        b"CS",
+        b"DA",
+        b"DS",
+        b"DT",
+        b"FL",
+        b"FD",
+        b"IS",
+        b"LO",
+        b"LT",
+        b"PN",
+        b"SH",
+        b"SL",
+        b"SS",
+        b"ST",
+        b"SV",
+        b"TM",
+        b"UI",
+        b"UL",
+        b"US",
+        b"UV",
+    }
 )
 # 'US or SS' tags pydicom settles with Pixel Representation (0 → US, else SS).
 _US_SS_BY_PIXEL_REPRESENTATION = frozenset(
-    {0x00280104, 0x00280105, 0x00280106, 0x00280107, 0x00280108, 0x00280109, 0x00280110,
-     0x00280111, 0x00280120, 0x00280121}
+    {
+        0x00280104,
+        0x00280105,
+        0x00280106,
+        0x00280107,
+        0x00280108,
+        0x00280109,
+        0x00280110,
+        0x00280111,
+        0x00280120,
+        0x00280121,
+    }
 )
 FIRST_READ = 16 * 1024
 MAX_HEADER_BYTES = 8 * 1024 * 1024
@@ -77,10 +110,16 @@ def _private_vr(tag: int, creator: str) -> str:
 class FastHeader:
     """What the fast reader found: file meta, data set, and where Pixel Data sits."""
 
-    __slots__ = ("elements", "file_meta", "pixel", "transfer_syntax_uid", "implicit")
+    __slots__ = ("elements", "file_meta", "implicit", "pixel", "transfer_syntax_uid")
 
-    def __init__(self, file_meta: Elements, elements: Elements, transfer_syntax_uid: str,
-                 implicit: bool, pixel: tuple[int, str, int, int | None, int] | None) -> None:
+    def __init__(
+        self,
+        file_meta: Elements,
+        elements: Elements,
+        transfer_syntax_uid: str,
+        implicit: bool,
+        pixel: tuple[int, str, int, int | None, int] | None,
+    ) -> None:
         self.file_meta = file_meta
         self.elements = elements
         self.transfer_syntax_uid = transfer_syntax_uid
@@ -125,7 +164,7 @@ class _Parser:
         if syntax is None or syntax in _UNSUPPORTED_SYNTAXES:
             raise FastPathUnsupported
         self.implicit = syntax == IMPLICIT_VR_LITTLE_ENDIAN
-        if self.implicit and len(data) >= pos + 6 and data[pos + 4:pos + 6] in _VALID_VRS:
+        if self.implicit and len(data) >= pos + 6 and data[pos + 4 : pos + 6] in _VALID_VRS:
             raise FastPathUnsupported  # written explicit despite the syntax; pydicom adapts
         elements, pos, pixel_at = self._dataset(pos, None, 0, top=True)
         pixel = None
@@ -136,7 +175,8 @@ class _Parser:
         return FastHeader(meta, elements, syntax, self.implicit, pixel)
 
     def _file_meta(self, pos: int) -> tuple[Elements, int]:
-        data, out = self.data, []
+        data = self.data
+        out: list[Element] = []
         while True:
             if pos + 8 > len(data):
                 raise self._short()
@@ -146,8 +186,9 @@ class _Parser:
             element, pos = self._explicit(pos, {}, None, 0)
             out.append(element)
 
-    def _dataset(self, pos: int, end: int | None, depth: int, *, top: bool = False
-                 ) -> tuple[Elements, int, int | None]:
+    def _dataset(
+        self, pos: int, end: int | None, depth: int, *, top: bool = False
+    ) -> tuple[Elements, int, int | None]:
         """Parse elements from ``pos`` until ``end`` (or an item delimiter when None)."""
         if depth > MAX_SEQUENCE_DEPTH:
             raise MalformedDicomError(
@@ -187,14 +228,15 @@ class _Parser:
             raise FastPathUnsupported
         return tuple(out), pos, None
 
-    def _explicit(self, pos: int, creators: dict[int, str], pixel_rep: int | None,
-                  depth: int) -> tuple[Element, int]:
+    def _explicit(
+        self, pos: int, creators: dict[int, str], pixel_rep: int | None, depth: int
+    ) -> tuple[Element, int]:
         data = self.data
         if pos + 8 > len(data):
             raise self._short()
         tag = unpack_from("<HH", data, pos)
         tag_int = tag[0] << 16 | tag[1]
-        code = data[pos + 4:pos + 6]
+        code = data[pos + 4 : pos + 6]
         if code in _LONG_VRS:
             if pos + 12 > len(data):
                 raise self._short()
@@ -210,8 +252,9 @@ class _Parser:
             vr = self._vr_for_un(tag_int, creators, length)
         return self._value(tag_int, vr, start, length, depth)
 
-    def _implicit(self, pos: int, creators: dict[int, str], pixel_rep: int | None,
-                  depth: int) -> tuple[Element, int]:
+    def _implicit(
+        self, pos: int, creators: dict[int, str], pixel_rep: int | None, depth: int
+    ) -> tuple[Element, int]:
         group, number, length = unpack_from("<HHL", self.data, pos)
         tag = group << 16 | number
         vr = self._implicit_vr(tag, creators, pixel_rep)
@@ -248,8 +291,7 @@ class _Parser:
             raise FastPathUnsupported  # UN-encoded sequences: pydicom re-parses as implicit
         return vr
 
-    def _value(self, tag: int, vr: str, start: int, length: int, depth: int
-               ) -> tuple[Element, int]:
+    def _value(self, tag: int, vr: str, start: int, length: int, depth: int) -> tuple[Element, int]:
         data = self.data
         if vr == "SQ":
             if length == UNDEFINED_LENGTH:
@@ -258,15 +300,17 @@ class _Parser:
                 if start + length > len(data):
                     raise self._short()
                 items, pos = self._items(start, start + length, depth)
-            return _new_element(Element, (tag, "SQ", items, self.base + start, length, True,
-                                          False)), pos
+            return _new_element(
+                Element, (tag, "SQ", items, self.base + start, length, True, False)
+            ), pos
         if length == UNDEFINED_LENGTH:
             raise FastPathUnsupported  # undefined length outside a sequence (not Pixel Data)
         end = start + length
         if end > len(data):
             raise self._short()
-        return _new_element(Element, (tag, vr, data[start:end], self.base + start, length, True,
-                                      False)), end
+        return _new_element(
+            Element, (tag, vr, data[start:end], self.base + start, length, True, False)
+        ), end
 
     def _items(self, pos: int, end: int | None, depth: int) -> tuple[tuple[Elements, ...], int]:
         data = self.data
@@ -293,8 +337,9 @@ class _Parser:
             raise FastPathUnsupported
         return tuple(items), pos
 
-    def _pixel(self, pos: int, fp: BinaryIO, size: int | None
-               ) -> tuple[tuple[int, str, int, int | None, int], int]:
+    def _pixel(
+        self, pos: int, fp: BinaryIO, size: int | None
+    ) -> tuple[tuple[int, str, int, int | None, int], int]:
         """Locate the Pixel Data value without reading it: (tag, vr, offset, length, end)."""
         data = self.data
         if pos + 8 > len(data):
@@ -307,7 +352,7 @@ class _Parser:
         else:
             if pos + 12 > len(data):
                 raise self._short()
-            code = data[pos + 4:pos + 6]
+            code = data[pos + 4 : pos + 6]
             if code not in (b"OB", b"OW", b"OF", b"OD"):
                 raise FastPathUnsupported
             length = unpack_from("<L", data, pos + 8)[0]

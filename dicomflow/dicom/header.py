@@ -25,8 +25,8 @@ from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dicomflow.dicom.dicomjson import BINARY_VRS
-from dicomflow.dicom.pydicom_tree import resolved_vr, tree_from_dataset
 from dicomflow.dicom.fastread import PIXEL_DATA_TAGS, FastHeader, FastPathUnsupported, read_fast
+from dicomflow.dicom.pydicom_tree import resolved_vr, tree_from_dataset
 from dicomflow.dicom.sniff import SNIFF_BYTES, has_dicm_prefix, looks_like_raw_dataset
 from dicomflow.errors import ErrorCode, MalformedDicomError, NotDicomError
 from dicomflow.records import Header
@@ -84,12 +84,27 @@ def read_header(fp: BinaryIO, *, size: int | None) -> Header:
 
 def _from_fast(fast: FastHeader) -> Header:
     if fast.pixel is None:
-        return Header(fast.elements, fast.file_meta, fast.transfer_syntax_uid, True,
-                      fast.implicit, deflated=False)
+        return Header(
+            fast.elements,
+            fast.file_meta,
+            fast.transfer_syntax_uid,
+            True,
+            fast.implicit,
+            deflated=False,
+        )
     tag, vr, offset, length, _ = fast.pixel
-    return Header(fast.elements, fast.file_meta, fast.transfer_syntax_uid, True, fast.implicit,
-                  deflated=False, pixel_data_tag=tag, pixel_data_vr=vr,
-                  pixel_data_offset=offset, pixel_data_length=length)
+    return Header(
+        fast.elements,
+        fast.file_meta,
+        fast.transfer_syntax_uid,
+        True,
+        fast.implicit,
+        deflated=False,
+        pixel_data_tag=tag,
+        pixel_data_vr=vr,
+        pixel_data_offset=offset,
+        pixel_data_length=length,
+    )
 
 
 def read_header_with_pydicom(fp: BinaryIO, *, size: int | None) -> Header:
@@ -112,8 +127,18 @@ def read_header_with_pydicom(fp: BinaryIO, *, size: int | None) -> Header:
             raise MalformedDicomError(
                 "sequences nested too deeply to parse", code=ErrorCode.TOO_DEEP
             ) from exc
-        except (ValueError, KeyError, TypeError, IndexError, OverflowError, EOFError,
-                NotImplementedError, AttributeError, LookupError, struct.error) as exc:
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            IndexError,
+            OverflowError,
+            EOFError,
+            NotImplementedError,
+            AttributeError,
+            LookupError,
+            struct.error,
+        ) as exc:
             if isinstance(exc, MalformedDicomError):
                 raise
             raise MalformedDicomError(f"header cannot be parsed ({type(exc).__name__})") from exc
@@ -145,8 +170,16 @@ def _read_in_mode(fp: BinaryIO, size: int | None, mode: int) -> _Parsed:
             if mode == pydicom_config.RAISE:
                 raise _Inconsistent from exc
             raise MalformedDicomError(f"header cannot be parsed ({type(exc).__name__})") from exc
-        except (ValueError, TypeError, IndexError, OverflowError, NotImplementedError,
-                AttributeError, LookupError, OSError) as exc:
+        except (
+            ValueError,
+            TypeError,
+            IndexError,
+            OverflowError,
+            NotImplementedError,
+            AttributeError,
+            LookupError,
+            OSError,
+        ) as exc:
             raise MalformedDicomError(f"header cannot be parsed ({type(exc).__name__})") from exc
 
 
@@ -156,8 +189,12 @@ def _parse(fp: BinaryIO, size: int | None) -> _Parsed:
     ts = file_meta.get("TransferSyntaxUID")
     little = bool(meta_probe.is_little_endian)
     implicit = bool(meta_probe.is_implicit_VR)
-    fields: dict[str, Any] = {"transfer_syntax_uid": ts, "is_little_endian": little,
-                              "is_implicit_vr": implicit, "deflated": False}
+    fields: dict[str, Any] = {
+        "transfer_syntax_uid": ts,
+        "is_little_endian": little,
+        "is_implicit_vr": implicit,
+        "deflated": False,
+    }
     _reject_empty(meta_probe, file_meta)
     if ts == DeflatedExplicitVRLittleEndian:
         return _parse_deflated(fp, file_meta, fields)
@@ -170,8 +207,12 @@ def _parse(fp: BinaryIO, size: int | None) -> _Parsed:
     if pixel is None:
         return ds, file_meta, fields
     pixel_tag, pixel_vr, value_offset, length, end = pixel
-    fields.update(pixel_data_tag=pixel_tag, pixel_data_vr=pixel_vr,
-                  pixel_data_offset=value_offset, pixel_data_length=length)
+    fields.update(
+        pixel_data_tag=pixel_tag,
+        pixel_data_vr=pixel_vr,
+        pixel_data_offset=value_offset,
+        pixel_data_length=length,
+    )
     if size is not None and end < size:
         fields["trailing_parsed"] = _merge_trailing_elements(
             fp, ds, end, size, little=little, implicit=implicit
@@ -181,7 +222,7 @@ def _parse(fp: BinaryIO, size: int | None) -> _Parsed:
 
 def _check_complete(ds: Dataset, size: int | None) -> None:
     """pydicom returns a short value when a file ends inside it; treat that as truncation."""
-    for tag in ds.keys():
+    for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset yields elements)
         raw = ds.get_item(tag, keep_deferred=True)
         if not isinstance(raw, RawDataElement) or raw.length == _UNDEFINED:
             continue
@@ -190,9 +231,7 @@ def _check_complete(ds: Dataset, size: int | None) -> None:
         else:
             short = len(raw.value) < raw.length
         if short:
-            raise MalformedDicomError(
-                "file ends inside an element value", code=ErrorCode.TRUNCATED
-            )
+            raise MalformedDicomError("file ends inside an element value", code=ErrorCode.TRUNCATED)
 
 
 def _load_deferred_structure(ds: Dataset, fp: BinaryIO) -> None:
@@ -202,7 +241,7 @@ def _load_deferred_structure(ds: Dataset, fp: BinaryIO) -> None:
     their bytes are loaded now; large OB/OW/UN values stay deferred and become
     bulk data references.
     """
-    for tag in ds.keys():
+    for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset yields elements)
         elem = ds.get_item(tag, keep_deferred=True)
         if isinstance(elem, RawDataElement):
             if elem.value is None and elem.length and resolved_vr(elem, ds) not in BINARY_VRS:
@@ -232,8 +271,10 @@ def _merge_trailing_elements(
     except (ValueError, KeyError, NotImplementedError):
         return False
     _check_complete(trailing, size)
-    for tag in trailing.keys():
-        ds[tag] = trailing.get_item(tag, keep_deferred=True)  # keep the raw element; converted lazily
+    for tag in trailing.keys():  # noqa: SIM118 (iterating a Dataset yields elements)
+        ds[tag] = trailing.get_item(
+            tag, keep_deferred=True
+        )  # keep the raw element; converted lazily
     return True
 
 
@@ -250,8 +291,11 @@ def _parse_deflated(fp: BinaryIO, file_meta: FileMetaDataset, fields: dict[str, 
     pixel_tag = next((t for t in sorted(PIXEL_DATA_TAGS) if t in ds), None)
     if pixel_tag is not None:
         raw = ds.get_item(pixel_tag, keep_deferred=True)
-        fields.update(pixel_data_tag=pixel_tag, pixel_data_vr=raw.VR,
-                      pixel_data_length=getattr(raw, "length", None))
+        fields.update(
+            pixel_data_tag=pixel_tag,
+            pixel_data_vr=raw.VR,
+            pixel_data_length=getattr(raw, "length", None),
+        )
         del ds[pixel_tag]
     return ds, file_meta, fields
 

@@ -51,8 +51,16 @@ def tree_from_dataset(ds: Dataset, depth: int = 0, base: int = 0) -> Elements:
             if vr != "SQ" and vr not in AMBIGUOUS_VR:
                 # pydicom gives empty values as None; None here means "not read" (bulk)
                 value = b"" if raw.value is None and raw.length == 0 else raw.value
-                out.append(Element(int(tag), vr, value, base + raw.value_tell, raw.length,
-                                   bool(raw.is_little_endian)))
+                out.append(
+                    Element(
+                        int(tag),
+                        vr,
+                        value,
+                        base + raw.value_tell,
+                        raw.length,
+                        bool(raw.is_little_endian),
+                    )
+                )
                 continue
             if vr == "SQ" and isinstance(raw.value, bytes):
                 # parsed now from its own bytes: nested offsets start at this value

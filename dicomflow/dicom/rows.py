@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cache
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 import pyarrow as pa
@@ -50,7 +50,9 @@ def header_to_row(header: Header, ref: SourceRef, ctx: RowContext) -> dict[str, 
         dataset_json[f"{header.pixel_data_tag:08X}"] = {
             "vr": header.pixel_data_vr or _PIXEL_VR[header.pixel_data_tag],
             "BulkDataURI": bulk_data_uri(
-                encode_ctx, header.pixel_data_tag, header.pixel_data_offset,
+                encode_ctx,
+                header.pixel_data_tag,
+                header.pixel_data_offset,
                 header.pixel_data_length,
             ),
         }
@@ -84,10 +86,12 @@ def header_to_row(header: Header, ref: SourceRef, ctx: RowContext) -> dict[str, 
         run_id=ctx.run_id,
         scanned_at=ctx.scanned_at,
         warnings=warnings,
-        dicom_json=json.dumps(dataset_json, ensure_ascii=False, separators=(",", ":"),
-                              allow_nan=False),
-        file_meta_json=json.dumps(meta_json, ensure_ascii=False, separators=(",", ":"),
-                                  allow_nan=False),
+        dicom_json=json.dumps(
+            dataset_json, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        ),
+        file_meta_json=json.dumps(
+            meta_json, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        ),
     )
     return row
 
@@ -95,8 +99,10 @@ def header_to_row(header: Header, ref: SourceRef, ctx: RowContext) -> dict[str, 
 @cache
 def _captured_tags() -> tuple[frozenset[int], frozenset[int]]:
     tags = [spec.tag for spec in column_specs()]
-    return (frozenset(t for t in tags if t >> 16 == 0x0002),
-            frozenset(t for t in tags if t >> 16 != 0x0002))
+    return (
+        frozenset(t for t in tags if t >> 16 == 0x0002),
+        frozenset(t for t in tags if t >> 16 != 0x0002),
+    )
 
 
 @cache

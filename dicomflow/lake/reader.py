@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-
 import pyarrow as pa
 
 from dicomflow.lake.layout import LakeLayout
@@ -37,8 +36,9 @@ class Lake:
         schema = _SCHEMAS[table]()
         parts = sorted(p for p in fs.glob(f"{directory}/*.parquet"))
         if not parts:
-            return pads.dataset(pa.table({f.name: pa.array([], f.type) for f in schema},
-                                         schema=schema))
+            return pads.dataset(
+                pa.table({f.name: pa.array([], f.type) for f in schema}, schema=schema)
+            )
         return pads.dataset(parts, schema=schema, format="parquet", filesystem=fs)
 
     def instances(self, columns: list[str] | None = None) -> pa.Table:

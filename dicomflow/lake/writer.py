@@ -42,6 +42,8 @@ def write_part(layout: LakeLayout, table_name: str, part_name: str, table: pa.Ta
             with fs.open(final, "wb") as fp:
                 pq.write_table(table, fp, compression=COMPRESSION)
     except OSError as exc:
-        raise SinkError(f"cannot write {table_name} part {part_name}: {type(exc).__name__}") from exc
+        raise SinkError(
+            f"cannot write {table_name} part {part_name}: {type(exc).__name__}"
+        ) from exc
     logger.debug("committed %s part %s (%d rows)", table_name, part_name, table.num_rows)
     return final

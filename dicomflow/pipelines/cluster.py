@@ -44,12 +44,15 @@ def open_client(scheduler: str | None = None, workers: int | None = None) -> Ite
     n_workers = workers or default_workers()
     if n_workers < 1:
         raise ConfigError("--workers must be at least 1")
-    with LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        local_directory=tempfile.gettempdir(),
-        silence_logs=logging.ERROR,
-    ) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            local_directory=tempfile.gettempdir(),
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client

@@ -114,13 +114,25 @@ class Pipeline:
         """The Dask graph: one fused task per partition."""
         task = delayed(run_partition, pure=True)
         return [
-            task(self.source, part, self.operators, self.sinks, context,
-                 dask_key_name=f"dicomflow-{part.name}")
+            task(
+                self.source,
+                part,
+                self.operators,
+                self.sinks,
+                context,
+                dask_key_name=f"dicomflow-{part.name}",
+            )
             for part in partitions
         ]
 
-    def run(self, client: Client, *, run_id: str | None = None,
-            progress: bool | None = None, retries: int = 2) -> RunSummary:
+    def run(
+        self,
+        client: Client,
+        *,
+        run_id: str | None = None,
+        progress: bool | None = None,
+        retries: int = 2,
+    ) -> RunSummary:
         """Plan on the client, run every partition on the cluster, gather the counts."""
         started = time.perf_counter()
         context = RunContext(run_id or new_run_id(), datetime.now(UTC))

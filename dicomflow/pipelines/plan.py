@@ -47,7 +47,9 @@ def _digest(refs: Sequence[SourceRef]) -> str:
     return h.hexdigest()[:20]
 
 
-def plan_partitions(refs: Sequence[SourceRef], policy: PartitionPolicy | None = None) -> list[Partition]:
+def plan_partitions(
+    refs: Sequence[SourceRef], policy: PartitionPolicy | None = None
+) -> list[Partition]:
     """Group sorted ``refs`` into partitions according to ``policy``."""
     policy = policy or PartitionPolicy()
     if not refs:

@@ -13,8 +13,9 @@ class Progress:
 
     def __init__(self, total: int, *, enabled: bool | None = None, unit: str = "file") -> None:
         show = sys.stderr.isatty() if enabled is None else enabled
-        self._bar = tqdm(total=total, unit=unit, disable=not show, dynamic_ncols=True,
-                         smoothing=0.1)
+        self._bar = tqdm(
+            total=total, unit=unit, disable=not show, dynamic_ncols=True, smoothing=0.1
+        )
 
     def advance(self, n: int) -> None:
         self._bar.update(n)
@@ -22,6 +23,10 @@ class Progress:
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self._bar.close()

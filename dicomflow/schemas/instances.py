@@ -95,5 +95,8 @@ def instances_schema() -> pa.Schema:
     typed = [pa.field(spec.keyword, spec.arrow_type) for spec in column_specs()]
     return pa.schema(
         [*PROVENANCE_FIELDS, *typed, *HEADER_FIELDS],
-        metadata={"dicomflow.table": "instances", "dicomflow.schema_version": INSTANCES_SCHEMA_VERSION},
+        metadata={
+            "dicomflow.table": "instances",
+            "dicomflow.schema_version": INSTANCES_SCHEMA_VERSION,
+        },
     )

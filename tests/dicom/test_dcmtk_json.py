@@ -43,8 +43,12 @@ def _dcmtk_json(path: Path, scratch: Path) -> dict[str, Any] | None:
     inline compressed pixel data, and we never inline pixel data anyway)."""
     copy = scratch / "copy.dcm"
     shutil.copyfile(path, copy)
-    subprocess.run(["dcmodify", "-nb", "-imt", "-ie", "-ea", "(7fe0,0010)", str(copy)],
-                   capture_output=True, timeout=60, check=False)
+    subprocess.run(
+        ["dcmodify", "-nb", "-imt", "-ie", "-ea", "(7fe0,0010)", str(copy)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     result = subprocess.run(["dcm2json", "-fc", str(copy)], capture_output=True, timeout=60)
     if result.returncode != 0 or not result.stdout.strip():
         return None
@@ -69,9 +73,7 @@ def _same_value(ours: Any, theirs: Any, vr: str) -> bool:
 def _normalise(element: dict) -> list[Any]:
     values = element.get("Value", [])
     if element["vr"] == "PN":
-        values = [
-            {k: g.rstrip("^") for k, g in (v or {}).items() if g.rstrip("^")} for v in values
-        ]
+        values = [{k: g.rstrip("^") for k, g in (v or {}).items() if g.rstrip("^")} for v in values]
         values = [v or None for v in values]
     # Trailing spaces are padding, not data (PS3.5 6.2); pydicom keeps them inside
     # multi-valued strings (``DERIVED \\PRIMARY``), DCMTK trims them.
@@ -123,7 +125,9 @@ FILES = _files()
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("path", FILES or [None], ids=[str(p.relative_to(CORPUS)) for p in FILES] or ["none"])
+@pytest.mark.parametrize(
+    "path", FILES or [None], ids=[str(p.relative_to(CORPUS)) for p in FILES] or ["none"]
+)
 def test_dicom_json_matches_dcm2json(path: Path | None, tmp_path: Path) -> None:
     require(shutil.which("dcm2json") is not None, "DCMTK's dcm2json (Debian package dcmtk)")
     require(path is not None and path.exists(), "the shared corpus")

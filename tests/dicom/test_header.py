@@ -77,7 +77,9 @@ def test_every_truncation_of_a_file_is_an_error_or_a_row_never_a_crash() -> None
     assert ErrorCode.TRUNCATED in outcomes
 
 
-@pytest.mark.parametrize("cut", [100, 1000, 30000], ids=["in-trailing", "in-pixels", "early-pixels"])
+@pytest.mark.parametrize(
+    "cut", [100, 1000, 30000], ids=["in-trailing", "in-pixels", "early-pixels"]
+)
 def test_a_file_cut_after_its_header_is_truncated(cut: int) -> None:
     data = CT_SMALL.read_bytes()  # 32768 bytes of Pixel Data, then 138 bytes of elements
     with pytest.raises(MalformedDicomError) as info:
@@ -86,7 +88,7 @@ def test_a_file_cut_after_its_header_is_truncated(cut: int) -> None:
 
 
 def _nested_sequences(depth: int) -> bytes:
-    """An explicit VR LE file whose first sequence nests ``depth`` levels deep (undefined lengths)."""
+    """An explicit VR LE file with one sequence nested ``depth`` levels deep (undefined lengths)."""
     meta = pydicom.dataset.FileMetaDataset()
     meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
@@ -146,7 +148,7 @@ def test_only_header_bytes_are_read_before_pixel_data(reader: str) -> None:
     assert header.pixel_data_tag == 0x7FE00010
     assert header.pixel_data_length == 512 * 512 * 2
     assert header.pixel_data_offset is not None
-    assert data[header.pixel_data_offset - 12:header.pixel_data_offset - 8] == b"\xe0\x7f\x10\x00"
+    assert data[header.pixel_data_offset - 12 : header.pixel_data_offset - 8] == b"\xe0\x7f\x10\x00"
     assert counting.bytes_read < 64 * 1024 < len(data) // 8
 
 

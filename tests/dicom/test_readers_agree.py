@@ -55,12 +55,19 @@ def test_fast_reader_matches_pydicom_reader(path: Path) -> None:
     except DicomReadError as exc:
         pytest.fail(f"fast reader accepted a file the careful reader rejects: {exc.code}")
     assert _encoded(fast) == _encoded(careful)
-    for field in ("transfer_syntax_uid", "pixel_data_tag", "pixel_data_offset",
-                  "pixel_data_length", "is_implicit_vr"):
+    for field in (
+        "transfer_syntax_uid",
+        "pixel_data_tag",
+        "pixel_data_offset",
+        "pixel_data_length",
+        "is_implicit_vr",
+    ):
         assert getattr(fast, field) == getattr(careful, field), field
 
 
 def test_fast_reader_covers_most_real_files() -> None:
-    dicom = [p for p in FILES if p.suffix not in (".json", ".txt", ".md", ".tsv", ".gz", ".icc", ".dump")]
+    dicom = [
+        p for p in FILES if p.suffix not in (".json", ".txt", ".md", ".tsv", ".gz", ".icc", ".dump")
+    ]
     taken = sum(_fast(p) is not None for p in dicom)
     assert taken / len(dicom) > 0.6, f"fast reader took only {taken} of {len(dicom)} files"

@@ -67,8 +67,8 @@ def test_lake_is_readable_by_every_usual_reader(pydicom_lake: Path) -> None:
     (count,) = duckdb.sql(f"SELECT count(*) FROM read_parquet('{glob}')").fetchall()[0]
     assert count == n
     (modality,) = duckdb.sql(
-        f"SELECT json_extract_string(dicom_json, '$.00080060.Value[0]') FROM read_parquet('{glob}') "
-        "WHERE source LIKE '%CT_small.dcm'"
+        "SELECT json_extract_string(dicom_json, '$.00080060.Value[0]') "
+        f"FROM read_parquet('{glob}') WHERE source LIKE '%CT_small.dcm'"
     ).fetchall()[0]
     assert modality == "CT"
 
@@ -94,8 +94,9 @@ def test_dicomdir_is_its_own_kind_of_record(pydicom_lake: Path) -> None:
     assert kinds[str(PYDICOM_TEST_FILES / "CT_small.dcm")] == "instance"
 
 
-def test_rerun_replaces_parts_instead_of_duplicating(pydicom_lake: Path, client: Client,
-                                                     tmp_path: Path) -> None:
+def test_rerun_replaces_parts_instead_of_duplicating(
+    pydicom_lake: Path, client: Client, tmp_path: Path
+) -> None:
     out = tmp_path / "lake"
     shutil.copytree(pydicom_lake, out)
     before = sorted(p.name for p in (out / "instances").iterdir())
@@ -106,15 +107,26 @@ def test_rerun_replaces_parts_instead_of_duplicating(pydicom_lake: Path, client:
 def test_two_workers_and_one_worker_give_the_same_table(client: Client) -> None:
     sources = [str(PYDICOM_TEST_FILES)]
     two = dicomflow.scan(sources, client=client, progress=False)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=40) as cluster, Client(cluster) as one:
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=40,
+        ) as cluster,
+        Client(cluster) as one,
+    ):
         single = dicomflow.scan(sources, client=one, progress=False)
     pd.testing.assert_frame_equal(_content(two), _content(single))
 
 
 def test_scan_returns_a_table_and_errors_in_memory(client: Client) -> None:
-    summary = run_scan([str(PYDICOM_TEST_FILES / "CT_small.dcm"), str(PYDICOM_TEST_FILES / "README.txt")],
-                       client=client, progress=False)
+    summary = run_scan(
+        [str(PYDICOM_TEST_FILES / "CT_small.dcm"), str(PYDICOM_TEST_FILES / "README.txt")],
+        client=client,
+        progress=False,
+    )
     assert summary.rows == 1 and summary.errors == 1
     errors = scan_errors(summary)
     assert errors.column("code").to_pylist() == ["not_dicom"]
@@ -139,28 +151,48 @@ def test_whole_corpus_is_accounted_for(corpus: Path, client: Client, tmp_path: P
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dicomflow", *args], capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "dicomflow", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_cli_scan_prints_a_summary_and_exits_zero(tmp_path: Path) -> None:
-    result = _run_cli("scan", str(PYDICOM_TEST_FILES / "dicomdirtests"), "--out",
-                      str(tmp_path / "lake"), "--workers", "1")
+    result = _run_cli(
+        "scan",
+        str(PYDICOM_TEST_FILES / "dicomdirtests"),
+        "--out",
+        str(tmp_path / "lake"),
+        "--workers",
+        "1",
+    )
     assert result.returncode == 0, result.stderr
     assert "files: " in result.stdout and "files/s: " in result.stdout
     assert "\r" not in result.stderr  # no progress bar when not a terminal
 
 
 def test_cli_fail_on_error_exits_three(tmp_path: Path) -> None:
-    result = _run_cli("scan", str(PYDICOM_TEST_FILES / "README.txt"), "--out",
-                      str(tmp_path / "lake"), "--workers", "1", "--fail-on-error")
+    result = _run_cli(
+        "scan",
+        str(PYDICOM_TEST_FILES / "README.txt"),
+        "--out",
+        str(tmp_path / "lake"),
+        "--workers",
+        "1",
+        "--fail-on-error",
+    )
     assert result.returncode == 3
     assert "not_dicom=1" in result.stdout
 
 
 def test_cli_unreachable_scheduler_is_a_config_error(tmp_path: Path) -> None:
-    result = _run_cli("scan", str(PYDICOM_TEST_FILES / "CT_small.dcm"), "--out",
-                      str(tmp_path / "lake"), "--scheduler", "tcp://127.0.0.1:9")
+    result = _run_cli(
+        "scan",
+        str(PYDICOM_TEST_FILES / "CT_small.dcm"),
+        "--out",
+        str(tmp_path / "lake"),
+        "--scheduler",
+        "tcp://127.0.0.1:9",
+    )
     assert result.returncode == 2
     assert "cannot reach the Dask scheduler" in result.stderr
 
