@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -200,3 +201,47 @@ def test_cli_unreachable_scheduler_is_a_config_error(tmp_path: Path) -> None:
 def test_cli_version() -> None:
     result = _run_cli("--version")
     assert result.returncode == 0 and dicomflow.__version__ in result.stdout
+
+
+def test_runs_on_a_scheduler_named_by_address(tmp_path: Path) -> None:
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+    ) as cluster:
+        summary = run_scan(
+            [str(PYDICOM_TEST_FILES / "CT_small.dcm")],
+            scheduler=cluster.scheduler_address,
+            progress=False,
+        )
+        assert summary.rows == 1
+        env = {**os.environ, "DASK_SCHEDULER_ADDRESS": cluster.scheduler_address}
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dicomflow",
+                "scan",
+                str(PYDICOM_TEST_FILES / "MR_small.dcm"),
+                "--out",
+                str(tmp_path / "lake"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "rows: 1" in result.stdout
+
+
+def test_progress_bar_shows_count_rate_and_eta_when_enabled(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from dicomflow.pipelines.progress import Progress
+
+    with Progress(10, enabled=True) as bar:
+        bar.advance(4)
+    err = capsys.readouterr().err
+    assert "4/10" in err and "file/s" in err
+    with Progress(10) as quiet:  # stderr is not a terminal under pytest
+        quiet.advance(10)
+    assert capsys.readouterr().err == ""
