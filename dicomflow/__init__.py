@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 
 from dicomflow._version import __version__
-from dicomflow.api import Lake, read_lake, scan
+from dicomflow.api import Lake, ingest, open_series, read_lake, scan
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-__all__ = ["Lake", "__version__", "read_lake", "scan"]
+__all__ = ["Lake", "__version__", "ingest", "open_series", "read_lake", "scan"]

@@ -16,7 +16,7 @@ from dicomflow.pipelines.plan import PartitionPolicy
 from dicomflow.pipelines.scan import scan_pipeline
 from dicomflow.schemas import errors_schema, instances_schema
 
-__all__ = ["Lake", "read_lake", "run_scan", "scan", "scan_errors"]
+__all__ = ["Lake", "ingest", "open_series", "read_lake", "run_scan", "scan", "scan_errors"]
 
 
 def _current_client() -> Client | None:
@@ -49,6 +49,56 @@ def run_scan(
     manager = nullcontext(active) if active is not None else open_client(scheduler, workers)
     with manager as connected:
         return pipeline.run(connected, progress=progress)
+
+
+def ingest(
+    sources: str | Sequence[str],
+    *,
+    out: str,
+    pixels: bool = True,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    client: Client | None = None,
+    storage_options: dict[str, Any] | None = None,
+    policy: PartitionPolicy | None = None,
+    progress: bool | None = None,
+) -> RunSummary:
+    """Scan ``sources`` into the lake at ``out`` and, with ``pixels``, write every image
+    stack to ``<out>/pixels.zarr`` plus the ``series`` table, all in one run."""
+    from dicomflow.pipelines.ingest import IngestOptions, run_ingest
+
+    urls = [sources] if isinstance(sources, str) else list(sources)
+    active = client or (_current_client() if scheduler is None else None)
+    manager = nullcontext(active) if active is not None else open_client(scheduler, workers)
+    with manager as connected:
+        return run_ingest(
+            connected,
+            urls,
+            out=out,
+            options=IngestOptions(pixels=pixels),
+            storage_options=storage_options,
+            policy=policy,
+            progress=progress,
+        )
+
+
+def open_series(
+    lake: str | Lake, series_uid: str, *, stack: str | None = None, as_numpy: bool = False
+) -> Any:
+    """Open one stack of a series written by ``ingest --pixels``.
+
+    Returns a lazy, dask-backed ``xarray.DataArray`` with ``z``/``y``/``x``
+    coordinates in millimetres along the stack's axes (and the affine, units and
+    UIDs in ``attrs``); with ``as_numpy=True`` returns ``(numpy array, affine)``.
+    """
+    from dicomflow.pixels.open import open_stack
+
+    return open_stack(
+        read_lake(lake) if isinstance(lake, str) else lake,
+        series_uid,
+        stack=stack,
+        as_numpy=as_numpy,
+    )
 
 
 def scan(

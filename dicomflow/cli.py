@@ -84,6 +84,40 @@ def scan(
 
 
 @cli.command()
+@click.argument("src", nargs=-1, required=True)
+@click.option("--out", required=True, help="Lake directory to write.")
+@click.option("--pixels/--no-pixels", default=False, help="Also write image stacks to Zarr.")
+@click.option("--scheduler", default=None, help="Dask scheduler address.")
+@click.option("--workers", type=int, default=None, help="Local worker processes.")
+@click.option("--fail-on-error", is_flag=True, help="Exit 3 if any input became an error row.")
+@click.option("--progress/--no-progress", default=None, help="Force the progress bar on or off.")
+def ingest(
+    src: tuple[str, ...],
+    out: str,
+    pixels: bool,
+    scheduler: str | None,
+    workers: int | None,
+    fail_on_error: bool,
+    progress: bool | None,
+) -> None:
+    """Scan SRC into a lake plus the chosen outputs (--pixels: OME-Zarr stacks), in one run."""
+    from dicomflow.api import ingest as run_ingest
+
+    summary = _run(
+        lambda: run_ingest(
+            list(src),
+            out=out,
+            pixels=pixels,
+            scheduler=scheduler,
+            workers=workers,
+            progress=progress,
+        )
+    )
+    _print_summary(summary, out)
+    _exit_for(summary, fail_on_error)
+
+
+@cli.command()
 @click.option("--out", default="demo-out", show_default=True, help="Where to write the demo lake.")
 @click.option("--workers", type=int, default=None, help="Local worker processes.")
 def demo(out: str, workers: int | None) -> None:

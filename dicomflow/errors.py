@@ -29,6 +29,10 @@ class ErrorCode(StrEnum):
     TRUNCATED = "truncated"
     MALFORMED = "malformed"
     TOO_DEEP = "too_deep"
+    UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
+    UNSUPPORTED_PIXELS = "unsupported_pixels"
+    DECODE_FAILED = "decode_failed"
+    TOO_LARGE = "too_large"
     INTERNAL = "internal"
 
 

@@ -86,10 +86,19 @@ class RunContext:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """The records of one partition plus the run context."""
+    """The records of one partition plus the run context.
+
+    ``tables`` holds rows that belong to the batch rather than to one record
+    (for example one ``series`` row per stack), keyed by table name.
+    """
 
     records: tuple[InstanceRecord, ...]
     context: RunContext
+    tables: dict[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)
 
     def replace_records(self, records: list[InstanceRecord] | tuple[InstanceRecord, ...]) -> Batch:
-        return Batch(tuple(records), self.context)
+        return Batch(tuple(records), self.context, self.tables)
+
+    def with_table_rows(self, table: str, rows: list[dict[str, Any]]) -> Batch:
+        tables = {**self.tables, table: (*self.tables.get(table, ()), *rows)}
+        return Batch(self.records, self.context, tables)

@@ -12,7 +12,7 @@ from fsspec.core import url_to_fs
 from dicomflow.errors import ConfigError
 
 _UID = re.compile(r"^[0-9.]{1,64}$")
-TABLES = ("instances", "errors")
+TABLES = ("instances", "errors", "series")
 
 
 def safe_uid_component(value: str) -> str:

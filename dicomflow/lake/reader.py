@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from dicomflow.lake.layout import LakeLayout
-from dicomflow.schemas import errors_schema, instances_schema
+from dicomflow.schemas import errors_schema, instances_schema, series_schema
 
 if TYPE_CHECKING:
     import pyarrow.dataset as pads
 
-_SCHEMAS = {"instances": instances_schema, "errors": errors_schema}
+_SCHEMAS = {"instances": instances_schema, "errors": errors_schema, "series": series_schema}
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,10 @@ class Lake:
 
     def errors(self) -> pa.Table:
         return self.dataset("errors").to_table()
+
+    def series(self) -> pa.Table:
+        """One row per pixel stack written by ``ingest --pixels``."""
+        return self.dataset("series").to_table()
 
 
 def read_lake(path: str, *, storage_options: dict[str, Any] | None = None) -> Lake:

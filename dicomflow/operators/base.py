@@ -27,6 +27,16 @@ class Operator(Protocol):
     def __call__(self, batch: Batch) -> Batch: ...
 
 
+def describe_failure(exc: BaseException) -> tuple[ErrorCode, str]:
+    """The error code and PHI-free message for a fault in one instance."""
+    if isinstance(exc, DicomflowError):
+        return exc.code, str(exc)
+    if isinstance(exc, RecursionError):
+        return ErrorCode.TOO_DEEP, "data nested too deeply"
+    logger.warning("one instance failed (%s)", type(exc).__name__)
+    return ErrorCode.INTERNAL, f"unexpected {type(exc).__name__}"
+
+
 def map_records(
     batch: Batch,
     stage: str,
@@ -40,13 +50,7 @@ def map_records(
             continue
         try:
             out.append(fn(record))
-        except DicomflowError as exc:
-            out.append(record.with_error(stage, exc.code, str(exc)))
-        except RecursionError:
-            out.append(record.with_error(stage, ErrorCode.TOO_DEEP, "data nested too deeply"))
         except Exception as exc:  # one bad instance must not sink the batch
-            logger.warning("%s failed on one instance (%s)", stage, type(exc).__name__)
-            out.append(
-                record.with_error(stage, ErrorCode.INTERNAL, f"unexpected {type(exc).__name__}")
-            )
+            code, message = describe_failure(exc)
+            out.append(record.with_error(stage, code, message))
     return batch.replace_records(out)

@@ -22,6 +22,7 @@ from dask.delayed import Delayed, delayed
 from distributed import Client, as_completed
 
 from dicomflow.connectors.files import Listing
+from dicomflow.errors import ErrorCode
 from dicomflow.operators.base import Operator
 from dicomflow.pipelines.plan import Partition, PartitionPolicy, plan_partitions
 from dicomflow.pipelines.progress import Progress
@@ -140,20 +141,86 @@ class Pipeline:
         summary = RunSummary(context.run_id, files=sum(len(p.refs) for p in partitions))
         if not partitions:
             logger.warning("no input files were found")
-        futures = client.compute(self.to_delayed(partitions, context), retries=retries)
-        with Progress(summary.files, enabled=progress) as bar:
-            for future in as_completed(futures):
-                result: PartitionResult = future.result()
-                summary.rows += result.rows
-                summary.errors += result.errors
-                summary.error_codes.update(result.error_codes)
-                if result.tables:
-                    for name, table in result.tables.items():
-                        summary.tables.setdefault(name, []).append(table)
-                bar.advance(result.inputs)
-                future.release()
+        jobs = list(zip(partitions, self.to_delayed(partitions, context), strict=True))
+        execute(
+            client,
+            jobs,
+            summary,
+            sinks=self.sinks,
+            context=context,
+            progress=progress,
+            retries=retries,
+        )
         summary.seconds = time.perf_counter() - started
         return summary
+
+
+def run_failed_partition(
+    partition: Partition, sinks: Sequence[Sink], context: RunContext, message: str
+) -> PartitionResult:
+    """Commit an error row for every input of a partition whose task kept failing."""
+    records = tuple(
+        InstanceRecord(ref).with_error("partition", ErrorCode.INTERNAL, message)
+        for ref in partition.refs
+    )
+    batch = Batch(records, context)
+    errors = 0
+    for sink in sinks:
+        errors = sink.write(batch, partition).errors
+    return PartitionResult(
+        partition.index, len(records), 0, errors, {str(ErrorCode.INTERNAL): errors}
+    )
+
+
+def execute(
+    client: Client,
+    jobs: Sequence[tuple[Partition, Delayed]],
+    summary: RunSummary,
+    *,
+    sinks: Sequence[Sink],
+    context: RunContext,
+    progress: bool | None,
+    retries: int,
+) -> None:
+    """Run the partition tasks, folding results into ``summary`` as they finish.
+
+    A partition whose task still fails after its retries is not lost: its inputs
+    are committed as error rows (code ``internal``), and the failure is logged
+    with the exception type only.
+    """
+    futures = client.compute([task for _, task in jobs], retries=retries)
+    partitions = {
+        future.key: partition for future, (partition, _) in zip(futures, jobs, strict=True)
+    }
+    with Progress(summary.files, enabled=progress) as bar:
+        for future in as_completed(futures):
+            partition = partitions[future.key]
+            try:
+                result: PartitionResult = future.result()
+            except Exception as exc:
+                logger.error(
+                    "partition %s failed after %d retries (%s)",
+                    partition.name,
+                    retries,
+                    type(exc).__name__,
+                )
+                message = f"the partition task failed ({type(exc).__name__})"
+                fallback = delayed(run_failed_partition, pure=True)(
+                    partition,
+                    sinks,
+                    context,
+                    message,
+                    dask_key_name=f"dicomflow-failed-{partition.name}",
+                )
+                result = client.compute(fallback).result()
+            summary.rows += result.rows
+            summary.errors += result.errors
+            summary.error_codes.update(result.error_codes)
+            if result.tables:
+                for name, table in result.tables.items():
+                    summary.tables.setdefault(name, []).append(table)
+            bar.advance(result.inputs)
+            future.release()
 
 
 def new_run_id() -> str:

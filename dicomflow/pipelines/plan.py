@@ -66,4 +66,9 @@ def plan_partitions(
             group_bytes = 0
         groups[-1].append(ref)
         group_bytes += size
-    return [Partition(i, f"part-{_digest(g)}", tuple(g)) for i, g in enumerate(groups)]
+    return [partition_named(i, g) for i, g in enumerate(groups)]
+
+
+def partition_named(index: int, refs: Sequence[SourceRef]) -> Partition:
+    """A partition of exactly ``refs`` (for example one series), named by their digest."""
+    return Partition(index, f"part-{_digest(refs)}", tuple(refs))

@@ -19,7 +19,7 @@ from dicomflow.lake.writer import write_part
 from dicomflow.operators.flatten import OUTPUT as INSTANCES
 from dicomflow.pipelines.plan import Partition
 from dicomflow.records import Batch
-from dicomflow.schemas import ERRORS_SCHEMA_VERSION, errors_schema
+from dicomflow.schemas import ERRORS_SCHEMA_VERSION, errors_schema, series_schema
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,9 @@ class LakeSink:
     def write(self, batch: Batch, partition: Partition) -> SinkResult:
         instances = instance_table(batch)
         errors = error_table(batch)
+        if "series" in batch.tables:
+            series = pa.Table.from_pylist(list(batch.tables["series"]), schema=series_schema())
+            write_part(self.layout, "series", partition.name, series)
         write_part(self.layout, "errors", partition.name, errors)
         write_part(self.layout, "instances", partition.name, instances)
         return SinkResult(instances.num_rows, errors.num_rows)

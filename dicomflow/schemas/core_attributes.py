@@ -151,6 +151,11 @@ MODULES: dict[str, tuple[str, ...]] = {
         "WindowWidth",
         "VOILUTFunction",
     ),
+    # MR and multi-phase acquisitions: they decide how a series splits into stacks.
+    "MR Image and Temporal": (
+        "EchoNumbers",
+        "TemporalPositionIdentifier",
+    ),
     "Multi-frame": (
         "NumberOfFrames",
         "FrameIncrementPointer",

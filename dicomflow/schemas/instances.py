@@ -68,6 +68,9 @@ PROVENANCE_FIELDS: tuple[pa.Field, ...] = (
     pa.field("schema_version", pa.string(), nullable=False),
     pa.field("run_id", pa.string(), nullable=False),
     pa.field("scanned_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    # Set when pixels are written (ingest --pixels): where this instance's frames are.
+    pa.field("zarr_path", pa.string()),
+    pa.field("frame_index", pa.int64()),
 )
 
 HEADER_FIELDS: tuple[pa.Field, ...] = (

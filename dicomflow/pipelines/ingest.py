@@ -1,0 +1,157 @@
+"""``ingest``: scan plus the chosen outputs. With pixels, work is batched by series.
+
+Two stages in one run. First every input's header is read, in partitions, to
+learn its series (a few hundred microseconds a file). Then each series becomes
+one task that reads the headers again, flattens them, assembles the stacks,
+decodes the pixels and writes Zarr, and commits the ``instances``, ``series``
+and ``errors`` parts of that series. Inputs with no series (errors, files
+without a SeriesInstanceUID) are committed by ordinary scan partitions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from dask.delayed import delayed
+from distributed import Client
+
+from dicomflow.connectors.files import FilesConnector
+from dicomflow.dicom.elements import Elements
+from dicomflow.lake.layout import LakeLayout
+from dicomflow.operators.flatten import Flatten
+from dicomflow.operators.write_pixels import WritePixels
+from dicomflow.pipelines.pipeline import Pipeline, RunSummary, execute, new_run_id, run_partition
+from dicomflow.pipelines.plan import Partition, PartitionPolicy, partition_named, plan_partitions
+from dicomflow.pipelines.sinks import LakeSink
+from dicomflow.records import RunContext, SourceRef
+
+SERIES_INSTANCE_UID = 0x0020000E
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """What ``ingest`` writes besides the instances table."""
+
+    pixels: bool = True
+    frames_per_chunk: int = 1
+
+
+def series_of(elements: Elements) -> str | None:
+    """The SeriesInstanceUID of a header, read straight from its element tree."""
+    for element in elements:
+        if element.tag == SERIES_INSTANCE_UID and isinstance(element.value, bytes):
+            return element.value.decode("ascii", "replace").rstrip("\x00 ") or None
+        if element.tag > SERIES_INSTANCE_UID:
+            break
+    return None
+
+
+def index_partition(
+    source: FilesConnector, partition: Partition
+) -> list[tuple[SourceRef, str | None]]:
+    """Stage one: which series each input belongs to (None when it has none or fails)."""
+    return [
+        (record.ref, series_of(record.header.elements) if record.header else None)
+        for record in source.fetch(partition.refs)
+    ]
+
+
+def group_by_series(
+    index: Sequence[tuple[SourceRef, str | None]],
+) -> tuple[list[list[SourceRef]], list[SourceRef]]:
+    """Series groups (sorted, deterministic) and the inputs that belong to none."""
+    groups: dict[str, list[SourceRef]] = {}
+    loose: list[SourceRef] = []
+    for ref, series in index:
+        if series is None:
+            loose.append(ref)
+        else:
+            groups.setdefault(series, []).append(ref)
+    ordered = [sorted(refs, key=lambda r: r.url) for _, refs in sorted(groups.items())]
+    return ordered, sorted(loose, key=lambda r: r.url)
+
+
+def run_ingest(
+    client: Client,
+    sources: Sequence[str],
+    *,
+    out: str,
+    options: IngestOptions | None = None,
+    storage_options: dict[str, Any] | None = None,
+    policy: PartitionPolicy | None = None,
+    progress: bool | None = None,
+    retries: int = 2,
+) -> RunSummary:
+    """Run both stages on ``client`` and return the summary."""
+    options = options or IngestOptions()
+    storage = dict(storage_options or {})
+    started = time.perf_counter()
+    context = RunContext(new_run_id(), datetime.now(UTC))
+    layout = LakeLayout(out, storage)
+    source = FilesConnector(tuple(sources), storage)
+    scan = Pipeline(source, (Flatten(),), (LakeSink(layout),), policy or PartitionPolicy())
+    partitions = scan.plan()
+    summary = RunSummary(context.run_id, files=sum(len(p.refs) for p in partitions))
+    if not options.pixels:
+        result = scan.run(client, run_id=context.run_id, progress=progress, retries=retries)
+        return result
+
+    index_task = delayed(index_partition, pure=True)
+    futures = client.compute(
+        [index_task(source, p, dask_key_name=f"dicomflow-index-{p.name}") for p in partitions],
+        retries=retries,
+    )
+    index = [entry for future in futures for entry in future.result()]
+    series_groups, loose = group_by_series(index)
+
+    pixels = Pipeline(
+        source,
+        (Flatten(), WritePixels(layout, storage, frames_per_chunk=options.frames_per_chunk)),
+        (LakeSink(layout),),
+    )
+    task = delayed(run_partition, pure=True)
+    jobs = []
+    for number, refs in enumerate(series_groups):
+        part = partition_named(number, refs)
+        jobs.append(
+            (
+                part,
+                task(
+                    pixels.source,
+                    part,
+                    pixels.operators,
+                    pixels.sinks,
+                    context,
+                    dask_key_name=f"dicomflow-series-{part.name}",
+                ),
+            )
+        )
+    for part in plan_partitions(loose, policy):
+        jobs.append(
+            (
+                part,
+                task(
+                    scan.source,
+                    part,
+                    scan.operators,
+                    scan.sinks,
+                    context,
+                    dask_key_name=f"dicomflow-scan-{part.name}",
+                ),
+            )
+        )
+    execute(
+        client,
+        jobs,
+        summary,
+        sinks=pixels.sinks,
+        context=context,
+        progress=progress,
+        retries=retries,
+    )
+    summary.seconds = time.perf_counter() - started
+    return summary

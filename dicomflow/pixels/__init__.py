@@ -1,0 +1,1 @@
+"""Pixels: decoding Pixel Data into arrays and writing stacks as OME-Zarr."""

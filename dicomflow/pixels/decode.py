@@ -1,0 +1,164 @@
+"""Decode Pixel Data with pydicom's pixel backends, then apply the Modality LUT.
+
+pydicom chooses among its decoder plugins (pylibjpeg with libjpeg, openjpeg and
+rle; python-gdcm; its own native/RLE code). We add what a dataset user needs on
+top: frames always on the first axis, YBR converted to RGB, the Modality LUT
+applied in a dtype that holds the result without loss, a memory check before
+anything is allocated, and errors that name the problem (never a value).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_modality_lut, get_decoder
+
+from dicomflow.errors import DicomReadError, ErrorCode
+
+DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class DecodedPixels:
+    """Frames of one instance, shaped (frames, rows, cols[, samples])."""
+
+    array: np.ndarray
+    rescale_applied: bool
+    units: str | None
+    photometric_interpretation: str
+    window_center: list[float] | None
+    window_width: list[float] | None
+
+
+class PixelDecodeError(DicomReadError):
+    """Pixel Data cannot be decoded (broken stream, short data, unsupported syntax)."""
+
+
+def read_dataset(fp: BinaryIO) -> Dataset:
+    """The whole instance, Pixel Data included, read by pydicom."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(fp, force=True)
+
+
+def header_int(ds: Dataset, keyword: str, default: int) -> int:
+    """An integer attribute, or ``default`` when absent; invalid values are decode errors."""
+    try:
+        value = ds.get(keyword)
+        return default if value in (None, "") else int(value)
+    except (TypeError, ValueError) as exc:
+        raise PixelDecodeError(
+            f"{keyword} is not a valid integer", code=ErrorCode.DECODE_FAILED
+        ) from exc
+
+
+def expected_bytes(ds: Dataset) -> int:
+    """Worst-case bytes of the decoded frames (float64 after the Modality LUT), from the header."""
+    rows, cols = header_int(ds, "Rows", 0), header_int(ds, "Columns", 0)
+    frames = header_int(ds, "NumberOfFrames", 1)
+    samples = header_int(ds, "SamplesPerPixel", 1)
+    return rows * cols * frames * samples * 8
+
+
+def decode(ds: Dataset, *, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> DecodedPixels:
+    """Decode ``ds``'s pixels; raise :class:`PixelDecodeError` with a code on failure."""
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is None:
+        raise PixelDecodeError(
+            "no Transfer Syntax UID in the file meta", code=ErrorCode.UNSUPPORTED_TRANSFER_SYNTAX
+        )
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        decoder = None
+    if decoder is None or not decoder.is_available:
+        raise PixelDecodeError(
+            f"no decoder for transfer syntax {syntax}", code=ErrorCode.UNSUPPORTED_TRANSFER_SYNTAX
+        )
+    if header_int(ds, "BitsAllocated", 0) == 1:
+        raise PixelDecodeError(
+            "Bits Allocated 1 (bit-packed) is not decoded", code=ErrorCode.UNSUPPORTED_PIXELS
+        )
+    if expected_bytes(ds) > memory_budget:
+        raise PixelDecodeError(
+            "decoded pixels would exceed the memory budget", code=ErrorCode.TOO_LARGE
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            array = ds.pixel_array  # YBR_FULL/YBR_FULL_422 -> RGB; palette stays indices
+    except (
+        ValueError,
+        RuntimeError,
+        AttributeError,
+        TypeError,
+        KeyError,
+        IndexError,
+        NotImplementedError,
+        OSError,
+    ) as exc:
+        raise PixelDecodeError(
+            f"Pixel Data cannot be decoded ({type(exc).__name__})", code=ErrorCode.DECODE_FAILED
+        ) from exc
+    frames = header_int(ds, "NumberOfFrames", 1)
+    samples = header_int(ds, "SamplesPerPixel", 1)
+    if frames == 1 and array.ndim == (3 if samples > 1 else 2):
+        array = array[np.newaxis]
+    rescaled, applied = _modality_lut(array, ds)
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if photometric.startswith("YBR") and samples == 3:
+        photometric = "RGB"
+    return DecodedPixels(
+        array=rescaled,
+        rescale_applied=applied,
+        units=_units(ds) if applied else None,
+        photometric_interpretation=photometric,
+        window_center=_numbers(ds.get("WindowCenter")),
+        window_width=_numbers(ds.get("WindowWidth")),
+    )
+
+
+def _modality_lut(array: np.ndarray, ds: Dataset) -> tuple[np.ndarray, bool]:
+    """Physical values (HU for CT) in the narrowest dtype that holds them exactly."""
+    if "ModalityLUTSequence" in ds:
+        return apply_modality_lut(array, ds), True
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is None or intercept is None:
+        return array, False
+    slope, intercept = float(slope), float(intercept)
+    if slope == 1.0 and intercept == 0.0:
+        return array, True
+    if slope.is_integer() and intercept.is_integer() and np.issubdtype(array.dtype, np.integer):
+        info = np.iinfo(array.dtype)
+        ends = [info.min * slope + intercept, info.max * slope + intercept]
+        low, high = min(ends), max(ends)
+        for dtype in (np.int16, np.int32, np.int64):
+            if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
+                out = array.astype(dtype)
+                np.multiply(out, int(slope), out=out)
+                np.add(out, int(intercept), out=out)
+                return out, True
+    # Fractional slope: float64 keeps every (stored * slope + intercept) exact enough.
+    return array.astype(np.float64) * slope + intercept, True
+
+
+def _units(ds: Dataset) -> str | None:
+    if ds.get("RescaleType"):
+        return str(ds.RescaleType)
+    return "HU" if ds.get("Modality") == "CT" else None
+
+
+def _numbers(value: Any) -> list[float] | None:
+    if value is None or value == "":
+        return None
+    values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError):
+        return None
