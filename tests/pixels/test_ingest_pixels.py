@@ -1,0 +1,214 @@
+"""``ingest --pixels`` end to end: arrays equal pydicom's, geometry equals dcm2niix's,
+Zarr/xarray agree, reruns are byte-identical, and bad pixels become error rows."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import struct
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+import zarr
+from distributed import Client
+from pydicom.data import get_testdata_file
+from pydicom.pixels import apply_modality_lut
+
+import dicomflow
+from tests.conftest import CORPUS, IN_CI, PYDICOM_TEST_FILES, require
+
+
+def _sources() -> list[str]:
+    sources = [str(PYDICOM_TEST_FILES)]
+    if CORPUS.exists():
+        sources.append(str(CORPUS))
+    return sources
+
+
+@pytest.fixture(scope="module")
+def pixel_lake(tmp_path_factory: pytest.TempPathFactory, client: Client) -> Path:
+    if IN_CI:
+        require(CORPUS.exists(), "the shared corpus")
+    out = tmp_path_factory.mktemp("pixels")
+    summary = dicomflow.ingest(_sources(), out=str(out), client=client, progress=False)
+    assert summary.accounted
+    return out
+
+
+def _instances(lake: Path) -> list[dict[str, Any]]:
+    table = dicomflow.read_lake(str(lake)).instances(
+        columns=["source", "zarr_path", "frame_index", "number_of_frames", "SOPInstanceUID"]
+    )
+    return [r for r in table.to_pylist() if r["zarr_path"]]
+
+
+def _expected(source: str) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(source)
+        array = ds.pixel_array
+        if "RescaleSlope" in ds or "ModalityLUTSequence" in ds:
+            array = apply_modality_lut(array, ds)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    return array[np.newaxis] if frames == 1 else array
+
+
+def test_every_written_frame_equals_pydicoms_decode(pixel_lake: Path) -> None:
+    rows = _instances(pixel_lake)
+    assert len(rows) > 100 if CORPUS.exists() else len(rows) > 30
+    mismatched = []
+    for row in rows:
+        array = zarr.open_group(str(pixel_lake / row["zarr_path"]), mode="r")["0"]
+        frames = row["number_of_frames"] or 1
+        ours = array[row["frame_index"] : row["frame_index"] + frames]
+        expected = _expected(row["source"])
+        # Lossless and lossy alike: the same pydicom backend decoded both, so exact.
+        if ours.shape != expected.shape or not np.array_equal(
+            ours.astype(np.float64), expected.astype(np.float64)
+        ):
+            mismatched.append(Path(row["source"]).name)
+    assert mismatched == []
+
+
+def test_each_sop_instance_finds_its_frames(pixel_lake: Path) -> None:
+    for row in _instances(pixel_lake)[:200]:
+        group = zarr.open_group(str(pixel_lake / row["zarr_path"]), mode="r")
+        uids = group.attrs["sop_instance_uids"]
+        assert uids[row["frame_index"]] == (row["SOPInstanceUID"] or "")
+
+
+def test_zarr_and_xarray_read_the_same_arrays(pixel_lake: Path) -> None:
+    lake = dicomflow.read_lake(str(pixel_lake))
+    series = lake.series().to_pylist()
+    assert series
+    for row in series[:20]:
+        data = dicomflow.open_series(lake, row["SeriesInstanceUID"], stack=row["stack"])
+        numpy_array, affine = dicomflow.open_series(
+            lake, row["SeriesInstanceUID"], stack=row["stack"], as_numpy=True
+        )
+        assert np.array_equal(data.values, numpy_array)
+        assert list(data.dims[:3]) == ["z", "y", "x"]
+        assert np.allclose(np.asarray(affine).ravel(), row["affine"])
+        assert (
+            data.coords["x"].values[1] == pytest.approx(row["spacing"][2])
+            if data.shape[2] > 1
+            else True
+        )
+
+
+def test_ome_zarr_metadata(pixel_lake: Path) -> None:
+    row = dicomflow.read_lake(str(pixel_lake)).series().to_pylist()[0]
+    attrs = zarr.open_group(str(pixel_lake / row["zarr_path"]), mode="r").attrs.asdict()
+    ome = attrs["ome"]
+    assert ome["version"] == "0.5"
+    (multiscale,) = ome["multiscales"]
+    assert [a["name"] for a in multiscale["axes"]][:3] == ["z", "y", "x"]
+    assert multiscale["axes"][0]["unit"] == "millimeter"
+    transforms = multiscale["datasets"][0]["coordinateTransformations"]
+    assert transforms[0]["scale"][:3] == pytest.approx(row["spacing"])
+    assert attrs["schema_version"] and len(attrs["affine"]) == 4
+
+
+def test_rerun_writes_byte_identical_chunks(client: Client, tmp_path: Path) -> None:
+    sources = [str(PYDICOM_TEST_FILES / "dicomdirtests" / "77654033" / "CT2")]
+    first, second = tmp_path / "a", tmp_path / "b"
+    for out in (first, second):
+        dicomflow.ingest(sources, out=str(out), client=client, progress=False)
+    chunks = sorted(p.relative_to(first) for p in (first / "pixels.zarr").rglob("*") if p.is_file())
+    assert any("/c/" in str(c) for c in chunks)
+    for chunk in chunks:
+        assert (first / chunk).read_bytes() == (second / chunk).read_bytes(), chunk
+
+
+def _nifti_corners(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+    header = path.read_bytes()[:348]
+    dims = struct.unpack("<8h", header[40:56])
+    srow = np.array(struct.unpack("<12f", header[280:328]), float).reshape(3, 4)
+    shape = tuple(dims[1 : 1 + dims[0]])[:3]
+    return shape, _corners(srow, shape)
+
+
+def _corners(matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    points = []
+    for a in (0, shape[0] - 1):
+        for b in (0, shape[1] - 1):
+            for c in (0, shape[2] - 1):
+                points.append(matrix[:3, :3] @ np.array([a, b, c], float) + matrix[:3, 3])
+    # Order by a rounded key so both sides list corners alike; compare the exact values.
+    return np.array(sorted(points, key=lambda p: tuple(np.round(p, 1))))
+
+
+@pytest.mark.integration
+def test_geometry_matches_dcm2niix(pixel_lake: Path, tmp_path: Path) -> None:
+    require(shutil.which("dcm2niix") is not None, "dcm2niix (Debian package dcm2niix)")
+    lake = dicomflow.read_lake(str(pixel_lake))
+    instances = lake.instances(columns=["source", "SeriesInstanceUID", "zarr_path"]).to_pylist()
+    compared = 0
+    for row in lake.series().to_pylist():
+        if row["Modality"] not in ("CT", "MR") or row["frames"] < 3 or row["qc_flags"]:
+            continue
+        files = [r["source"] for r in instances if r["zarr_path"] == row["zarr_path"]]
+        work = tmp_path / row["zarr_path"].replace("/", "_")
+        (work / "in").mkdir(parents=True)
+        for i, source in enumerate(files):
+            shutil.copy(source, work / "in" / f"{i:05d}.dcm")
+        subprocess.run(
+            ["dcm2niix", "-z", "n", "-f", "out", "-o", str(work), str(work / "in")],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        outputs = sorted(work.glob("out*.nii"))
+        if len(outputs) != 1:
+            continue  # dcm2niix split or refused the series: nothing to compare
+        shape, theirs = _nifti_corners(outputs[0])
+        ours_affine = np.asarray(row["affine"]).reshape(4, 4)
+        lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
+        ours = _corners(lps_to_ras @ ours_affine, tuple(row["shape"][:3]))
+        assert sorted(shape) == sorted(row["shape"][:3])
+        assert np.allclose(ours, theirs, rtol=0, atol=1e-3), row["zarr_path"]
+        compared += 1
+    print(f"compared {compared} series with dcm2niix")
+    assert compared >= (3 if CORPUS.exists() else 1)
+
+
+def _write(ds: pydicom.Dataset, path: Path) -> Path:
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def test_bad_pixels_become_error_rows_and_the_rest_is_written(
+    client: Client, tmp_path: Path
+) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    series = sorted((PYDICOM_TEST_FILES / "dicomdirtests" / "77654033" / "CT2").iterdir())
+    for path in series:
+        shutil.copy(path, source / path.name)
+    # Same series, one slice whose Pixel Data is shorter than Rows x Columns implies.
+    short = pydicom.dcmread(series[0])
+    short.SOPInstanceUID = short.SOPInstanceUID + ".9"
+    short.ImagePositionPatient = [float(v) + 0 for v in short.ImagePositionPatient[:2]] + [999.0]
+    short.PixelData = short.PixelData[: len(short.PixelData) // 2]
+    _write(short, source / "short.dcm")
+    # Absurd dimensions: must be refused before anything is allocated.
+    huge = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    huge.Rows = huge.Columns = 65535
+    huge.NumberOfFrames = 100000
+    _write(huge, source / "huge.dcm")
+    out = tmp_path / "lake"
+    dicomflow.ingest([str(source)], out=str(out), client=client, progress=False)
+    lake = dicomflow.read_lake(str(out))
+    errors = {Path(r["source"]).name: r["code"] for r in lake.errors().to_pylist()}
+    assert errors["huge.dcm"] == "too_large"
+    assert errors["short.dcm"] == "decode_failed"
+    written = [r for r in lake.series().to_pylist() if r["Modality"] == "CT"]
+    assert any("missing_frames" in r["qc_flags"] for r in written)
+    assert sum(r["frames"] for r in written) >= len(series)
