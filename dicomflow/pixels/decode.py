@@ -67,7 +67,16 @@ def expected_bytes(ds: Dataset) -> int:
 
 
 def decode(ds: Dataset, *, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> DecodedPixels:
-    """Decode ``ds``'s pixels; raise :class:`PixelDecodeError` with a code on failure."""
+    """Decode ``ds``'s pixels; raise :class:`PixelDecodeError` with a code on failure.
+
+    pydicom's warnings quote values, so they are silenced here, inside the task.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _decode(ds, memory_budget)
+
+
+def _decode(ds: Dataset, memory_budget: int) -> DecodedPixels:
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if syntax is None:
         raise PixelDecodeError(
@@ -90,9 +99,7 @@ def decode(ds: Dataset, *, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Decode
             "decoded pixels would exceed the memory budget", code=ErrorCode.TOO_LARGE
         )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            array = ds.pixel_array  # YBR_FULL/YBR_FULL_422 -> RGB; palette stays indices
+        array = ds.pixel_array  # YBR_FULL/YBR_FULL_422 -> RGB; palette stays indices
     except (
         ValueError,
         RuntimeError,
