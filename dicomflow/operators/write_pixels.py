@@ -76,21 +76,20 @@ class WritePixels:
         reference: DecodedPixels | None = None
         with ExitStack() as scope:
             array = None
+            slab = _Slab()
             frame = 0
             for info in stack.slices:
                 record = records[info.index]
                 try:
                     pixels = self._decode(record)
                     if pixels.array.shape[0] != info.frames:
-                        raise PixelDecodeError(
-                            "decoded frame count differs from the header",
-                            code=ErrorCode.DECODE_FAILED,
-                        )
+                        raise PixelDecodeError("decoded frame count differs from the header",
+                                               code=ErrorCode.DECODE_FAILED)
                     if array is None:
                         reference = pixels
                         array = scope.enter_context(self._open(location, stack, pixels, flags))
                     _check_fits(pixels.array, array)
-                    array[frame : frame + info.frames] = pixels.array
+                    slab.add(array, frame, pixels.array)
                     records[info.index] = _locate(record, location, frame)
                 except Exception as exc:  # one bad instance must not sink the series
                     code, message = describe_failure(exc)
@@ -100,6 +99,7 @@ class WritePixels:
                 frame += info.frames
             if array is None or reference is None:
                 return None
+            slab.flush(array)
         return {
             "StudyInstanceUID": first_row.get("StudyInstanceUID"),
             "SeriesInstanceUID": first_row.get("SeriesInstanceUID"),
@@ -153,6 +153,33 @@ class WritePixels:
                 f"cannot read the source ({type(exc).__name__})", code=ErrorCode.UNREADABLE
             ) from exc
         return decode(ds, memory_budget=self.memory_budget)
+
+
+class _Slab:
+    """Consecutive decoded frames, written to Zarr in one call (per-frame writes are slow)."""
+
+    LIMIT_BYTES = 64 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self.start = 0
+        self.parts: list[np.ndarray] = []
+        self.nbytes = 0
+
+    def add(self, array: Any, frame: int, pixels: np.ndarray) -> None:
+        if self.parts and frame != self.start + sum(len(p) for p in self.parts):
+            self.flush(array)  # a failed instance left a gap: keep slabs contiguous
+        if not self.parts:
+            self.start = frame
+        self.parts.append(pixels)
+        self.nbytes += pixels.nbytes
+        if self.nbytes >= self.LIMIT_BYTES:
+            self.flush(array)
+
+    def flush(self, array: Any) -> None:
+        if self.parts:
+            block = np.concatenate(self.parts).astype(array.dtype, copy=False)
+            array[self.start:self.start + len(block)] = block
+        self.parts, self.nbytes = [], 0
 
 
 def _check_fits(pixels: np.ndarray, array: Any) -> None:
