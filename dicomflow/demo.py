@@ -47,7 +47,7 @@ def run_demo(out: Path, *, workers: int | None = None) -> int:
     if stacks.num_rows:
         uid = stacks.sort_by([("frames", "descending")]).column("SeriesInstanceUID")[0].as_py()
         click.echo(
-            f"  .venv/bin/python -c \"import dicomflow; "
+            f'  .venv/bin/python -c "import dicomflow; '
             f"print(dicomflow.open_series('{out}', '{uid}'))\""
         )
     return 0 if summary.accounted else 1

@@ -3,16 +3,15 @@
 Layout: ``<lake>/pixels.zarr/<StudyInstanceUID>/<SeriesInstanceUID>/<stack>/`` is a
 Zarr v3 group holding the OME ``multiscales`` metadata and one array ``0``
 shaped (frames, rows, cols[, samples]), chunked per frame, compressed with
-Blosc-LZ4. The group is built in a hidden temporary directory and renamed into
-place, so readers never see a half-written stack.
+Blosc-LZ4. The group is built in a hidden temporary directory (workers may
+fill disjoint frame ranges of it in parallel) and renamed into place, so
+readers never see a half-written stack.
 """
 
 from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,19 +68,19 @@ def _ensure_groups(root: Path, location: StackLocation) -> None:
             zarr.open_group(str(path), mode="a", zarr_format=3)
 
 
-@contextmanager
-def stack_writer(
+def create_temporary_stack(
     layout: LakeLayout,
     location: StackLocation,
     *,
     shape: tuple[int, ...],
     dtype: np.dtype,
-    spacing: tuple[float, float, float],
-    affine: np.ndarray,
-    attributes: dict[str, Any],
     frames_per_chunk: int = 1,
-) -> Iterator[zarr.Array]:
-    """Yield the array to fill; on success the stack replaces any previous one atomically."""
+) -> str:
+    """Create the stack's group and empty array in a hidden temporary directory; return it.
+
+    Workers fill the array (disjoint frame ranges, one chunk per frame), then
+    :func:`commit_stack` renames it into place.
+    """
     root = _local_root(layout)
     final = root / location.relative_path
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -89,17 +88,43 @@ def stack_writer(
     temporary = final.parent / f".{final.name}.{uuid.uuid4().hex}.tmp"
     try:
         group = zarr.open_group(str(temporary), mode="w", zarr_format=3)
-        chunks = (frames_per_chunk, *shape[1:])
-        array = group.create_array(
+        group.create_array(
             "0",
             shape=shape,
-            chunks=chunks,
+            chunks=(frames_per_chunk, *shape[1:]),
             dtype=dtype,
             compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")],
             fill_value=0,
             dimension_names=["z", "y", "x", "c"][: len(shape)],
         )
-        yield array
+    except OSError as exc:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise SinkError(f"cannot create a pixel stack ({type(exc).__name__})") from exc
+    return str(temporary)
+
+
+def open_temporary_array(temporary: str) -> zarr.Array:
+    """The array of a stack being written (from any worker on the same filesystem)."""
+    array = zarr.open_array(str(Path(temporary) / "0"), mode="r+")
+    return array
+
+
+def commit_stack(
+    temporary: str,
+    layout: LakeLayout,
+    location: StackLocation,
+    *,
+    spacing: tuple[float, float, float],
+    affine: np.ndarray,
+    attributes: dict[str, Any],
+) -> None:
+    """Write the stack's attributes and rename it into place, replacing any previous one."""
+    root = _local_root(layout)
+    final = root / location.relative_path
+    staged = Path(temporary)
+    try:
+        group = zarr.open_group(str(staged), mode="r+")
+        shape = open_temporary_array(temporary).shape
         group.attrs.update(
             {
                 **attributes,
@@ -111,12 +136,16 @@ def stack_writer(
         if final.exists():
             trash = final.parent / f".{final.name}.{uuid.uuid4().hex}.old"
             final.rename(trash)
-            temporary.rename(final)
+            staged.rename(final)
             shutil.rmtree(trash, ignore_errors=True)
         else:
-            temporary.rename(final)
+            staged.rename(final)
     except OSError as exc:
-        raise SinkError(f"cannot write a pixel stack ({type(exc).__name__})") from exc
+        raise SinkError(f"cannot commit a pixel stack ({type(exc).__name__})") from exc
     finally:
-        if temporary.exists():
-            shutil.rmtree(temporary, ignore_errors=True)
+        if staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
+
+
+def discard_stack(temporary: str) -> None:
+    shutil.rmtree(temporary, ignore_errors=True)

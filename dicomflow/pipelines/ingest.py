@@ -10,24 +10,39 @@ without a SeriesInstanceUID) are committed by ordinary scan partitions.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from dask.delayed import delayed
+from dask.delayed import Delayed, delayed
 from distributed import Client
 
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.dicom.elements import Elements
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.operators.flatten import Flatten
-from dicomflow.operators.write_pixels import WritePixels
-from dicomflow.pipelines.pipeline import Pipeline, RunSummary, execute, new_run_id, run_partition
+from dicomflow.pipelines.pipeline import (
+    PartitionResult,
+    Pipeline,
+    RunSummary,
+    commit_batch,
+    execute,
+    new_run_id,
+    run_partition,
+)
 from dicomflow.pipelines.plan import Partition, PartitionPolicy, partition_named, plan_partitions
 from dicomflow.pipelines.sinks import LakeSink
-from dicomflow.records import RunContext, SourceRef
+from dicomflow.pixels.series_writer import (
+    PixelOptions,
+    SeriesPlan,
+    commit_series,
+    plan_series,
+    write_items,
+)
+from dicomflow.records import Batch, RunContext, SourceRef
 
 SERIES_INSTANCE_UID = 0x0020000E
 
@@ -75,6 +90,54 @@ def group_by_series(
     return ordered, sorted(loose, key=lambda r: r.url)
 
 
+INSTANCES_PER_SHARE = 32
+MAX_SHARES = 16
+
+
+def prepare_series(
+    source: FilesConnector, partition: Partition, context: RunContext, options: PixelOptions
+) -> SeriesPlan:
+    """Task: read and flatten the series' headers, then plan and start its stacks."""
+    batch = Flatten()(Batch(tuple(source.fetch(partition.refs)), context))
+    return plan_series(batch, options)
+
+
+def commit_series_partition(
+    plan: SeriesPlan,
+    shares: list[dict[int, Any]],
+    partition: Partition,
+    context: RunContext,
+    options: PixelOptions,
+    sinks: Sequence[LakeSink],
+) -> PartitionResult:
+    """Task: commit the stacks and the series' table parts."""
+    return commit_batch(commit_series(plan, shares, context, options), partition, sinks)
+
+
+def series_graph(
+    source: FilesConnector,
+    partition: Partition,
+    context: RunContext,
+    options: PixelOptions,
+    sinks: Sequence[LakeSink],
+) -> Delayed:
+    """One series as plan → several decode-and-write shares → commit."""
+    name = partition.name
+    plan = delayed(prepare_series, pure=True)(
+        source, partition, context, options, dask_key_name=f"dicomflow-plan-{name}"
+    )
+    count = max(1, min(MAX_SHARES, math.ceil(len(partition.refs) / INSTANCES_PER_SHARE)))
+    shares = [
+        delayed(write_items, pure=True)(
+            plan, k, count, options, dask_key_name=f"dicomflow-pixels-{name}-{k}"
+        )
+        for k in range(count)
+    ]
+    return delayed(commit_series_partition, pure=True)(
+        plan, shares, partition, context, options, sinks, dask_key_name=f"dicomflow-series-{name}"
+    )
+
+
 def run_ingest(
     client: Client,
     sources: Sequence[str],
@@ -108,50 +171,18 @@ def run_ingest(
     index = [entry for future in futures for entry in future.result()]
     series_groups, loose = group_by_series(index)
 
-    pixels = Pipeline(
-        source,
-        (Flatten(), WritePixels(layout, storage, frames_per_chunk=options.frames_per_chunk)),
-        (LakeSink(layout),),
-    )
-    task = delayed(run_partition, pure=True)
+    pixel_options = PixelOptions(layout, storage, frames_per_chunk=options.frames_per_chunk)
+    sinks = (LakeSink(layout),)
     jobs = []
     for number, refs in enumerate(series_groups):
         part = partition_named(number, refs)
-        jobs.append(
-            (
-                part,
-                task(
-                    pixels.source,
-                    part,
-                    pixels.operators,
-                    pixels.sinks,
-                    context,
-                    dask_key_name=f"dicomflow-series-{part.name}",
-                ),
-            )
-        )
+        jobs.append((part, series_graph(source, part, context, pixel_options, sinks)))
+    scan_task = delayed(run_partition, pure=True)
     for part in plan_partitions(loose, policy):
+        key = f"dicomflow-scan-{part.name}"
         jobs.append(
-            (
-                part,
-                task(
-                    scan.source,
-                    part,
-                    scan.operators,
-                    scan.sinks,
-                    context,
-                    dask_key_name=f"dicomflow-scan-{part.name}",
-                ),
-            )
+            (part, scan_task(source, part, scan.operators, sinks, context, dask_key_name=key))
         )
-    execute(
-        client,
-        jobs,
-        summary,
-        sinks=pixels.sinks,
-        context=context,
-        progress=progress,
-        retries=retries,
-    )
+    execute(client, jobs, summary, sinks=sinks, context=context, progress=progress, retries=retries)
     summary.seconds = time.perf_counter() - started
     return summary

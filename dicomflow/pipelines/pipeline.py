@@ -86,6 +86,12 @@ def run_partition(
     batch = Batch(records, context)
     for operator in operators:
         batch = operator(batch)
+    return commit_batch(batch, partition, sinks)
+
+
+def commit_batch(batch: Batch, partition: Partition, sinks: Sequence[Sink]) -> PartitionResult:
+    """Hand a finished batch to every sink and summarise it."""
+    records = batch.records
     rows = errors = 0
     tables: dict[str, pa.Table] | None = None
     for sink in sinks:

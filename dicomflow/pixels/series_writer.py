@@ -1,0 +1,315 @@
+"""Write a series' pixel stacks in three phases, so one series can use many workers.
+
+1. :func:`plan_series` (one task): plan the stacks from the header rows, decode
+   the first instance of each stack to learn its dtype, create each stack's
+   Zarr array in a temporary directory, and list the remaining instances as
+   work items with their frame offsets.
+2. :func:`write_items` (many tasks): decode work items and write their frames
+   into disjoint frame ranges (one Zarr chunk per frame, so writers never
+   touch the same chunk). Memory: one instance plus one slab.
+3. :func:`commit_series` (one task): set the attributes and QC flags, rename
+   every stack into place, point each instance row at its frames, and emit the
+   ``series`` rows.
+
+An instance that cannot be decoded becomes an error row and its stack is
+flagged ``missing_frames``; the rest of the series is still written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from fsspec.core import url_to_fs
+
+from dicomflow.dicom.geometry import Stack, split_stacks
+from dicomflow.errors import ErrorCode
+from dicomflow.lake.layout import LakeLayout
+from dicomflow.lake.zarr_store import (
+    StackLocation,
+    commit_stack,
+    create_temporary_stack,
+    discard_stack,
+    open_temporary_array,
+)
+from dicomflow.operators.base import describe_failure
+from dicomflow.pixels.decode import (
+    DEFAULT_MEMORY_BUDGET,
+    DecodedPixels,
+    PixelDecodeError,
+    decode,
+    read_dataset,
+)
+from dicomflow.pixels.slices import slice_info
+from dicomflow.records import Batch, ErrorInfo, InstanceRecord, RunContext
+from dicomflow.schemas.series import SERIES_SCHEMA_VERSION
+
+STAGE = "write_pixels"
+INSTANCES = "instances"
+
+
+@dataclass(frozen=True)
+class PixelOptions:
+    """How pixels are read and written (resolved on the client, shipped to workers)."""
+
+    layout: LakeLayout
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    frames_per_chunk: int = 1
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One instance to decode: which record, which stack, where its frames go."""
+
+    record: int
+    stack: int
+    frame: int
+    frames: int
+    url: str
+
+
+@dataclass
+class StackPlan:
+    name: str
+    location: StackLocation
+    stack: Stack
+    temporary: str | None = None
+    reference: dict[str, Any] | None = None
+    dtype: str | None = None
+    shape: tuple[int, ...] | None = None
+
+
+@dataclass
+class SeriesPlan:
+    """Everything phases 2 and 3 need; small enough to travel between workers."""
+
+    records: list[InstanceRecord]
+    stacks: list[StackPlan]
+    items: list[WorkItem]
+    outcomes: dict[int, ErrorInfo | None]  # record index -> None (written) or the error
+
+
+def plan_series(batch: Batch, options: PixelOptions) -> SeriesPlan:
+    """Phase 1: plan stacks, create their arrays, write each stack's first instance."""
+    records = [dataclasses.replace(r, header=None) for r in batch.records]  # headers stay here
+    infos = [info for i, r in enumerate(records) if (info := slice_info(i, r)) is not None]
+    plan = SeriesPlan(records, [], [], {})
+    for number, stack in enumerate(split_stacks(infos)):
+        first_row = records[stack.slices[0].index].outputs[INSTANCES]
+        location = StackLocation(
+            first_row.get("StudyInstanceUID") or "unknown-study",
+            first_row.get("SeriesInstanceUID") or "unknown-series",
+            f"stack-{number}",
+        )
+        stack_plan = StackPlan(location.stack, location, stack)
+        plan.stacks.append(stack_plan)
+        frame = 0
+        for info in stack.slices:
+            item = WorkItem(info.index, number, frame, info.frames, records[info.index].ref.url)
+            frame += info.frames
+            if stack_plan.temporary is not None:
+                plan.items.append(item)
+                continue
+            try:
+                pixels = _decode(item, options)
+                stack_plan.reference = _reference(pixels)
+                stack_plan.dtype = str(pixels.array.dtype)
+                stack_plan.shape = (stack.frames, *pixels.array.shape[1:])
+                stack_plan.temporary = create_temporary_stack(
+                    options.layout,
+                    location,
+                    shape=stack_plan.shape,
+                    dtype=pixels.array.dtype,
+                    frames_per_chunk=options.frames_per_chunk,
+                )
+                open_temporary_array(stack_plan.temporary)[
+                    item.frame : item.frame + item.frames
+                ] = pixels.array
+                plan.outcomes[item.record] = None
+            except Exception as exc:  # one bad instance must not sink the series
+                plan.outcomes[item.record] = _error(exc)
+    return plan
+
+
+def write_items(
+    plan: SeriesPlan, part: int, parts: int, options: PixelOptions
+) -> dict[int, ErrorInfo | None]:
+    """Phase 2: decode and write the ``part``-th of ``parts`` shares of the work items."""
+    items = plan.items[part::parts] if parts > 1 else plan.items
+    outcomes: dict[int, ErrorInfo | None] = {}
+    arrays: dict[int, Any] = {}
+    slabs: dict[int, _Slab] = {}
+    for item in items:
+        stack_plan = plan.stacks[item.stack]
+        try:
+            pixels = _decode(item, options)
+            array = arrays.get(item.stack)
+            if array is None:
+                array = arrays[item.stack] = open_temporary_array(stack_plan.temporary or "")
+                slabs[item.stack] = _Slab()
+            _check_fits(pixels.array, array)
+            slabs[item.stack].add(array, item.frame, pixels.array)
+            outcomes[item.record] = None
+        except Exception as exc:  # one bad instance must not sink the series
+            outcomes[item.record] = _error(exc)
+    for stack_index, slab in slabs.items():
+        slab.flush(arrays[stack_index])
+    return outcomes
+
+
+def commit_series(
+    plan: SeriesPlan,
+    shares: Sequence[dict[int, ErrorInfo | None]],
+    context: RunContext,
+    options: PixelOptions,
+) -> Batch:
+    """Phase 3: commit every stack, annotate rows, record errors, emit ``series`` rows."""
+    outcomes = dict(plan.outcomes)
+    for share in shares:
+        outcomes.update(share)
+    records = list(plan.records)
+    series_rows = []
+    for stack_plan in plan.stacks:
+        written = [i for i in stack_plan.stack.slices if outcomes.get(i.index, True) is None]
+        flags = list(stack_plan.stack.qc_flags)
+        if len(written) < len(stack_plan.stack.slices):
+            flags.append("missing_frames")
+        if stack_plan.temporary is None or stack_plan.reference is None:
+            continue
+        if not written:
+            discard_stack(stack_plan.temporary)
+            continue
+        uids = [i.sop_instance_uid or "" for i in stack_plan.stack.slices for _ in range(i.frames)]
+        commit_stack(
+            stack_plan.temporary,
+            options.layout,
+            stack_plan.location,
+            spacing=stack_plan.stack.spacing,
+            affine=stack_plan.stack.affine,
+            attributes={**stack_plan.reference, "sop_instance_uids": uids, "qc_flags": flags},
+        )
+        frame = 0
+        for info in stack_plan.stack.slices:
+            if outcomes.get(info.index, True) is None:
+                records[info.index] = _locate(records[info.index], stack_plan.location, frame)
+            frame += info.frames
+        series_rows.append(_series_row(records, stack_plan, flags, uids, context.run_id))
+    for index, outcome in outcomes.items():
+        if outcome is not None:
+            records[index] = records[index].with_error(outcome.stage, outcome.code, outcome.message)
+    return Batch(tuple(records), context).with_table_rows("series", series_rows)
+
+
+def _series_row(
+    records: list[InstanceRecord],
+    stack_plan: StackPlan,
+    flags: list[str],
+    uids: list[str],
+    run_id: str,
+) -> dict[str, Any]:
+    first_row = records[stack_plan.stack.slices[0].index].outputs[INSTANCES]
+    reference = stack_plan.reference or {}
+    return {
+        "StudyInstanceUID": first_row.get("StudyInstanceUID"),
+        "SeriesInstanceUID": first_row.get("SeriesInstanceUID"),
+        "stack": stack_plan.name,
+        "Modality": first_row.get("Modality"),
+        "frames": stack_plan.stack.frames,
+        "shape": list(stack_plan.shape or ()),
+        "dtype": stack_plan.dtype,
+        "spacing": list(stack_plan.stack.spacing),
+        "affine": [float(v) for v in np.asarray(stack_plan.stack.affine).ravel()],
+        "qc_flags": flags,
+        "photometric_interpretation": reference.get("photometric_interpretation"),
+        "units": reference.get("units"),
+        "rescale_applied": reference.get("rescale_applied"),
+        "zarr_path": stack_plan.location.relative_path,
+        "sop_instance_uids": uids,
+        "run_id": run_id,
+        "schema_version": SERIES_SCHEMA_VERSION,
+    }
+
+
+def _reference(pixels: DecodedPixels) -> dict[str, Any]:
+    return {
+        "rescale_applied": pixels.rescale_applied,
+        "units": pixels.units,
+        "photometric_interpretation": pixels.photometric_interpretation,
+        "window": {"center": pixels.window_center, "width": pixels.window_width},
+    }
+
+
+def _error(exc: BaseException) -> ErrorInfo:
+    code, message = describe_failure(exc)
+    return ErrorInfo(STAGE, code, message)
+
+
+def _decode(item: WorkItem, options: PixelOptions) -> DecodedPixels:
+    fs, path = url_to_fs(item.url, **options.storage_options)
+    try:
+        with fs.open(path, "rb") as fp:
+            ds = read_dataset(fp)
+    except OSError as exc:
+        raise PixelDecodeError(
+            f"cannot read the source ({type(exc).__name__})", code=ErrorCode.UNREADABLE
+        ) from exc
+    pixels = decode(ds, memory_budget=options.memory_budget)
+    if pixels.array.shape[0] != item.frames:
+        raise PixelDecodeError(
+            "decoded frame count differs from the header", code=ErrorCode.DECODE_FAILED
+        )
+    return pixels
+
+
+def _locate(record: InstanceRecord, location: StackLocation, frame: int) -> InstanceRecord:
+    row = {**record.outputs[INSTANCES], "zarr_path": location.relative_path, "frame_index": frame}
+    return dataclasses.replace(record, outputs={**record.outputs, INSTANCES: row})
+
+
+class _Slab:
+    """Consecutive decoded frames, written to Zarr in one call (per-frame writes are slow)."""
+
+    LIMIT_BYTES = 64 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self.start = 0
+        self.parts: list[np.ndarray] = []
+        self.nbytes = 0
+
+    def add(self, array: Any, frame: int, pixels: np.ndarray) -> None:
+        if self.parts and frame != self.start + sum(len(p) for p in self.parts):
+            self.flush(array)  # not contiguous: write what we have first
+        if not self.parts:
+            self.start = frame
+        self.parts.append(pixels)
+        self.nbytes += pixels.nbytes
+        if self.nbytes >= self.LIMIT_BYTES:
+            self.flush(array)
+
+    def flush(self, array: Any) -> None:
+        if self.parts:
+            block = np.concatenate(self.parts).astype(array.dtype, copy=False)
+            array[self.start : self.start + len(block)] = block
+        self.parts, self.nbytes = [], 0
+
+
+def _check_fits(pixels: np.ndarray, array: Any) -> None:
+    """A later instance must fit the stack's array exactly (shape and value range)."""
+    if pixels.shape[1:] != tuple(array.shape[1:]):
+        raise PixelDecodeError(
+            "frame shape differs from the rest of the stack", code=ErrorCode.DECODE_FAILED
+        )
+    if pixels.dtype == array.dtype or np.can_cast(pixels.dtype, array.dtype):
+        return
+    both_integer = np.issubdtype(array.dtype, np.integer) and np.issubdtype(
+        pixels.dtype, np.integer
+    )
+    limits = np.iinfo(array.dtype) if both_integer else None
+    if limits is None or not (limits.min <= pixels.min() and pixels.max() <= limits.max):
+        raise PixelDecodeError(
+            "pixel values do not fit the stack's data type", code=ErrorCode.DECODE_FAILED
+        )
