@@ -142,17 +142,33 @@ def _modality_lut(array: np.ndarray, ds: Dataset) -> tuple[np.ndarray, bool]:
     if slope == 1.0 and intercept == 0.0:
         return array, True
     if slope.is_integer() and intercept.is_integer() and np.issubdtype(array.dtype, np.integer):
-        info = np.iinfo(array.dtype)
-        ends = [info.min * slope + intercept, info.max * slope + intercept]
+        stored_min, stored_max = _stored_range(ds, array.dtype)
+        ends = [stored_min * slope + intercept, stored_max * slope + intercept]
         low, high = min(ends), max(ends)
         for dtype in (np.int16, np.int32, np.int64):
             if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
-                out = array.astype(dtype)
-                np.multiply(out, int(slope), out=out)
+                # pixel_array is ours: reuse it when the dtype already fits
+                out = array.astype(dtype, copy=False)
+                if slope != 1.0:
+                    np.multiply(out, int(slope), out=out)
                 np.add(out, int(intercept), out=out)
                 return out, True
     # Fractional slope: float64 keeps every (stored * slope + intercept) exact enough.
     return array.astype(np.float64) * slope + intercept, True
+
+
+def _stored_range(ds: Dataset, dtype: np.dtype) -> tuple[int, int]:
+    """The values Bits Stored allows (narrower than the container dtype, often 12 of 16)."""
+    info = np.iinfo(dtype)
+    try:
+        bits = int(ds.get("BitsStored") or 0)
+    except (TypeError, ValueError):
+        bits = 0
+    if not 0 < bits < info.bits:
+        return int(info.min), int(info.max)
+    if info.min < 0:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
 
 
 def _units(ds: Dataset) -> str | None:
