@@ -65,6 +65,7 @@ def write_series(out: Path, n: int, syntax: str, size: int) -> list[Path]:
             i, study=study, series=series, frame_of_ref=frame_of_ref, rows=size, cols=size
         )
         ds.PixelData = phantom(i, size).tobytes()
+        ds.BitsStored, ds.HighBit = 12, 11  # as most CT scanners store
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = ds.SOPClassUID
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

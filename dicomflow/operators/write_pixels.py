@@ -13,7 +13,13 @@ from typing import Any, ClassVar
 
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.pixels.decode import DEFAULT_MEMORY_BUDGET
-from dicomflow.pixels.series_writer import PixelOptions, commit_series, plan_series, write_items
+from dicomflow.pixels.series_writer import (
+    PixelOptions,
+    commit_series,
+    pixel_work,
+    plan_series,
+    write_items,
+)
 from dicomflow.records import Batch
 
 
@@ -37,4 +43,5 @@ class WritePixels:
     def __call__(self, batch: Batch) -> Batch:
         options = self.options
         plan = plan_series(batch, options)
-        return commit_series(plan, [write_items(plan, 0, 1, options)], batch.context, options)
+        shares = [write_items(pixel_work(plan), 0, 1, options)]
+        return commit_series(plan, shares, batch.context, options)

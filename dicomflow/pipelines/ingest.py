@@ -39,6 +39,7 @@ from dicomflow.pixels.series_writer import (
     PixelOptions,
     SeriesPlan,
     commit_series,
+    pixel_work,
     plan_series,
     write_items,
 )
@@ -127,9 +128,12 @@ def series_graph(
         source, partition, context, options, dask_key_name=f"dicomflow-plan-{name}"
     )
     count = max(1, min(MAX_SHARES, math.ceil(len(partition.refs) / INSTANCES_PER_SHARE)))
+    # Shares depend on the small work list, not on the plan (which holds every header
+    # row), so the scheduler is free to spread them over all workers.
+    work = delayed(pixel_work, pure=True)(plan, dask_key_name=f"dicomflow-work-{name}")
     shares = [
         delayed(write_items, pure=True)(
-            plan, k, count, options, dask_key_name=f"dicomflow-pixels-{name}-{k}"
+            work, k, count, options, dask_key_name=f"dicomflow-pixels-{name}-{k}"
         )
         for k in range(count)
     ]

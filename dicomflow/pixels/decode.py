@@ -117,6 +117,8 @@ def _decode(ds: Dataset, memory_budget: int) -> DecodedPixels:
     samples = header_int(ds, "SamplesPerPixel", 1)
     if frames == 1 and array.ndim == (3 if samples > 1 else 2):
         array = array[np.newaxis]
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))  # big endian sources
     rescaled, applied = _modality_lut(array, ds)
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if photometric.startswith("YBR") and samples == 3:

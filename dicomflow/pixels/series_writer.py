@@ -6,7 +6,7 @@
    work items with their frame offsets.
 2. :func:`write_items` (many tasks): decode work items and write their frames
    into disjoint frame ranges (one Zarr chunk per frame, so writers never
-   touch the same chunk). Memory: one instance plus one slab.
+   touch the same chunk). Memory: one instance at a time.
 3. :func:`commit_series` (one task): set the attributes and QC flags, rename
    every stack into place, point each instance row at its frames, and emit the
    ``series`` rows.
@@ -29,6 +29,7 @@ from dicomflow.dicom.geometry import Stack, split_stacks
 from dicomflow.errors import ErrorCode
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.zarr_store import (
+    FrameWriter,
     StackLocation,
     commit_stack,
     create_temporary_stack,
@@ -93,6 +94,20 @@ class SeriesPlan:
     outcomes: dict[int, ErrorInfo | None]  # record index -> None (written) or the error
 
 
+@dataclass(frozen=True)
+class PixelWork:
+    """The part of a plan the decode-and-write shares need: small, so it moves freely
+    between workers (the plan itself carries every header row)."""
+
+    items: tuple[WorkItem, ...]
+    temporaries: dict[int, str]
+
+
+def pixel_work(plan: SeriesPlan) -> PixelWork:
+    temporaries = {i: s.temporary for i, s in enumerate(plan.stacks) if s.temporary}
+    return PixelWork(tuple(plan.items), temporaries)
+
+
 def plan_series(batch: Batch, options: PixelOptions) -> SeriesPlan:
     """Phase 1: plan stacks, create their arrays, write each stack's first instance."""
     records = [dataclasses.replace(r, header=None) for r in batch.records]  # headers stay here
@@ -136,28 +151,23 @@ def plan_series(batch: Batch, options: PixelOptions) -> SeriesPlan:
 
 
 def write_items(
-    plan: SeriesPlan, part: int, parts: int, options: PixelOptions
+    work: PixelWork, part: int, parts: int, options: PixelOptions
 ) -> dict[int, ErrorInfo | None]:
     """Phase 2: decode and write the ``part``-th of ``parts`` shares of the work items."""
-    items = plan.items[part::parts] if parts > 1 else plan.items
+    items = work.items[part::parts] if parts > 1 else work.items
     outcomes: dict[int, ErrorInfo | None] = {}
-    arrays: dict[int, Any] = {}
-    slabs: dict[int, _Slab] = {}
+    writers: dict[int, FrameWriter] = {}
     for item in items:
-        stack_plan = plan.stacks[item.stack]
         try:
             pixels = _decode(item, options)
-            array = arrays.get(item.stack)
-            if array is None:
-                array = arrays[item.stack] = open_temporary_array(stack_plan.temporary or "")
-                slabs[item.stack] = _Slab()
-            _check_fits(pixels.array, array)
-            slabs[item.stack].add(array, item.frame, pixels.array)
+            writer = writers.get(item.stack)
+            if writer is None:
+                writer = writers[item.stack] = FrameWriter(work.temporaries[item.stack])
+            _check_fits(pixels.array, writer.array)
+            writer.write(item.frame, pixels.array)
             outcomes[item.record] = None
         except Exception as exc:  # one bad instance must not sink the series
             outcomes[item.record] = _error(exc)
-    for stack_index, slab in slabs.items():
-        slab.flush(arrays[stack_index])
     return outcomes
 
 
@@ -268,33 +278,6 @@ def _decode(item: WorkItem, options: PixelOptions) -> DecodedPixels:
 def _locate(record: InstanceRecord, location: StackLocation, frame: int) -> InstanceRecord:
     row = {**record.outputs[INSTANCES], "zarr_path": location.relative_path, "frame_index": frame}
     return dataclasses.replace(record, outputs={**record.outputs, INSTANCES: row})
-
-
-class _Slab:
-    """Consecutive decoded frames, written to Zarr in one call (per-frame writes are slow)."""
-
-    LIMIT_BYTES = 64 * 1024 * 1024
-
-    def __init__(self) -> None:
-        self.start = 0
-        self.parts: list[np.ndarray] = []
-        self.nbytes = 0
-
-    def add(self, array: Any, frame: int, pixels: np.ndarray) -> None:
-        if self.parts and frame != self.start + sum(len(p) for p in self.parts):
-            self.flush(array)  # not contiguous: write what we have first
-        if not self.parts:
-            self.start = frame
-        self.parts.append(pixels)
-        self.nbytes += pixels.nbytes
-        if self.nbytes >= self.LIMIT_BYTES:
-            self.flush(array)
-
-    def flush(self, array: Any) -> None:
-        if self.parts:
-            block = np.concatenate(self.parts).astype(array.dtype, copy=False)
-            array[self.start : self.start + len(block)] = block
-        self.parts, self.nbytes = [], 0
 
 
 def _check_fits(pixels: np.ndarray, array: Any) -> None:
