@@ -1,0 +1,68 @@
+"""The direct chunk writer produces exactly the bytes zarr writes, and readers agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from dicomflow.lake.layout import LakeLayout
+from dicomflow.lake.zarr_store import (
+    FrameWriter,
+    StackLocation,
+    commit_stack,
+    create_temporary_stack,
+    open_temporary_array,
+)
+
+SHAPES = {"grey": (4, 33, 47), "rgb": (3, 16, 20, 3)}
+
+
+@pytest.mark.parametrize("kind", SHAPES)
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "uint16", "int32", "float64"])
+def test_direct_chunks_are_the_bytes_zarr_writes(tmp_path: Path, kind: str, dtype: str) -> None:
+    shape = SHAPES[kind]
+    rng = np.random.default_rng(7)
+    data = (rng.normal(0, 300, shape)).astype(dtype)
+    data[1] = 0  # an all-zero frame: zarr writes no chunk for it, nor do we
+    layout = LakeLayout(str(tmp_path / "lake"))
+    ours = create_temporary_stack(
+        layout, StackLocation("1.2", "1.2.3", "stack-0"), shape=shape, dtype=data.dtype
+    )
+    theirs = create_temporary_stack(
+        layout, StackLocation("1.2", "1.2.3", "stack-1"), shape=shape, dtype=data.dtype
+    )
+    FrameWriter(ours).write(0, data)
+    open_temporary_array(theirs)[:] = data
+    ours_chunks = {
+        p.relative_to(ours): p.read_bytes() for p in Path(ours).rglob("c/**/*") if p.is_file()
+    }
+    theirs_chunks = {
+        p.relative_to(theirs): p.read_bytes() for p in Path(theirs).rglob("c/**/*") if p.is_file()
+    }
+    assert ours_chunks == theirs_chunks
+    assert len(ours_chunks) == shape[0] - 1
+    assert np.array_equal(open_temporary_array(ours)[:], data)
+
+
+def test_commit_moves_the_stack_into_place_atomically(tmp_path: Path) -> None:
+    layout = LakeLayout(str(tmp_path / "lake"))
+    location = StackLocation("1.2", "1.2.3", "stack-0")
+    for value in (1, 2):  # a rerun replaces the previous stack
+        temporary = create_temporary_stack(layout, location, shape=(2, 4, 4), dtype=np.dtype("u1"))
+        FrameWriter(temporary).write(0, np.full((2, 4, 4), value, "u1"))
+        commit_stack(
+            temporary,
+            layout,
+            location,
+            spacing=(1.0, 1.0, 1.0),
+            affine=np.eye(4),
+            attributes={"units": None},
+        )
+        assert not Path(temporary).exists()
+    final = tmp_path / "lake" / location.relative_path
+    assert zarr.open_group(str(final), mode="r")["0"][0, 0, 0] == 2
+    hidden = [p for p in final.parent.iterdir() if p.name.startswith(".")]
+    assert hidden == []
