@@ -17,9 +17,11 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, get_decoder
+from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
+from pydicom.uid import RLELossless
 
 from dicomflow.errors import DicomReadError, ErrorCode
+from dicomflow.pixels import imagecodecs_plugin
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 
@@ -99,7 +101,7 @@ def _decode(ds: Dataset, memory_budget: int) -> DecodedPixels:
             "decoded pixels would exceed the memory budget", code=ErrorCode.TOO_LARGE
         )
     try:
-        array = ds.pixel_array  # YBR_FULL/YBR_FULL_422 -> RGB; palette stays indices
+        array = _pixel_array(ds, syntax)  # YBR_FULL/YBR_FULL_422 -> RGB; palette: indices
     except (
         ValueError,
         RuntimeError,
@@ -131,6 +133,16 @@ def _decode(ds: Dataset, memory_budget: int) -> DecodedPixels:
         window_center=_numbers(ds.get("WindowCenter")),
         window_width=_numbers(ds.get("WindowWidth")),
     )
+
+
+def _pixel_array(ds: Dataset, syntax: str) -> np.ndarray:
+    """pydicom's decode; the faster imagecodecs plugin first where it applies."""
+    if syntax == RLELossless and imagecodecs_plugin.register():
+        try:
+            return pixel_array(ds, decoding_plugin=imagecodecs_plugin.LABEL)
+        except (ValueError, RuntimeError):
+            pass  # fall back to pydicom's default plugins
+    return ds.pixel_array
 
 
 def _modality_lut(array: np.ndarray, ds: Dataset) -> tuple[np.ndarray, bool]:
