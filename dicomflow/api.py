@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import pyarrow as pa
@@ -28,6 +28,15 @@ def _current_client() -> Client | None:
         return None
 
 
+def _connected(
+    client: Client | None, scheduler: str | None, workers: int | None
+) -> AbstractContextManager[Client]:
+    """``client`` if given, else an already-active client, else the scheduler named by
+    ``scheduler``/``DASK_SCHEDULER_ADDRESS``, else a new local cluster (closed after)."""
+    active = client or (_current_client() if scheduler is None else None)
+    return nullcontext(active) if active is not None else open_client(scheduler, workers)
+
+
 def run_scan(
     sources: Sequence[str],
     *,
@@ -45,9 +54,7 @@ def run_scan(
     named by ``scheduler``/``DASK_SCHEDULER_ADDRESS``, else a local cluster.
     """
     pipeline = scan_pipeline(sources, out=out, storage_options=storage_options, policy=policy)
-    active = client or (_current_client() if scheduler is None else None)
-    manager = nullcontext(active) if active is not None else open_client(scheduler, workers)
-    with manager as connected:
+    with _connected(client, scheduler, workers) as connected:
         return pipeline.run(connected, progress=progress)
 
 
@@ -68,9 +75,7 @@ def ingest(
     from dicomflow.pipelines.ingest import IngestOptions, run_ingest
 
     urls = [sources] if isinstance(sources, str) else list(sources)
-    active = client or (_current_client() if scheduler is None else None)
-    manager = nullcontext(active) if active is not None else open_client(scheduler, workers)
-    with manager as connected:
+    with _connected(client, scheduler, workers) as connected:
         return run_ingest(
             connected,
             urls,

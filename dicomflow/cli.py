@@ -52,19 +52,36 @@ def cli(verbose: int) -> None:
     _configure_logging(verbose)
 
 
+def _run_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options every job command shares: where to run, and how to report."""
+    options = [
+        click.option(
+            "--scheduler",
+            default=None,
+            help="Dask scheduler address (else DASK_SCHEDULER_ADDRESS, else a local cluster).",
+        ),
+        click.option(
+            "--workers",
+            type=int,
+            default=None,
+            help="Local worker processes (default: one per core).",
+        ),
+        click.option(
+            "--fail-on-error", is_flag=True, help="Exit 3 if any input became an error row."
+        ),
+        click.option(
+            "--progress/--no-progress", default=None, help="Force the progress bar on or off."
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @cli.command()
 @click.argument("src", nargs=-1, required=True)
 @click.option("--out", required=True, help="Lake directory or fsspec URL to write.")
-@click.option(
-    "--scheduler",
-    default=None,
-    help="Dask scheduler address (else DASK_SCHEDULER_ADDRESS, else a local cluster).",
-)
-@click.option(
-    "--workers", type=int, default=None, help="Local worker processes (default: one per core)."
-)
-@click.option("--fail-on-error", is_flag=True, help="Exit 3 if any input became an error row.")
-@click.option("--progress/--no-progress", default=None, help="Force the progress bar on or off.")
+@_run_options
 def scan(
     src: tuple[str, ...],
     out: str,
@@ -87,10 +104,7 @@ def scan(
 @click.argument("src", nargs=-1, required=True)
 @click.option("--out", required=True, help="Lake directory to write.")
 @click.option("--pixels/--no-pixels", default=False, help="Also write image stacks to Zarr.")
-@click.option("--scheduler", default=None, help="Dask scheduler address.")
-@click.option("--workers", type=int, default=None, help="Local worker processes.")
-@click.option("--fail-on-error", is_flag=True, help="Exit 3 if any input became an error row.")
-@click.option("--progress/--no-progress", default=None, help="Force the progress bar on or off.")
+@_run_options
 def ingest(
     src: tuple[str, ...],
     out: str,

@@ -83,16 +83,15 @@ def read_header(fp: BinaryIO, *, size: int | None) -> Header:
 
 
 def _from_fast(fast: FastHeader) -> Header:
-    if fast.pixel is None:
-        return Header(
-            fast.elements,
-            fast.file_meta,
-            fast.transfer_syntax_uid,
-            True,
-            fast.implicit,
-            deflated=False,
-        )
-    tag, vr, offset, length, _ = fast.pixel
+    pixel: dict[str, Any] = {}
+    if fast.pixel is not None:
+        tag, vr, offset, length, _ = fast.pixel
+        pixel = {
+            "pixel_data_tag": tag,
+            "pixel_data_vr": vr,
+            "pixel_data_offset": offset,
+            "pixel_data_length": length,
+        }
     return Header(
         fast.elements,
         fast.file_meta,
@@ -100,10 +99,7 @@ def _from_fast(fast: FastHeader) -> Header:
         True,
         fast.implicit,
         deflated=False,
-        pixel_data_tag=tag,
-        pixel_data_vr=vr,
-        pixel_data_offset=offset,
-        pixel_data_length=length,
+        **pixel,
     )
 
 

@@ -8,11 +8,9 @@ by several workers at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
-from dicomflow.lake.layout import LakeLayout
-from dicomflow.pixels.decode import DEFAULT_MEMORY_BUDGET
 from dicomflow.pixels.series_writer import (
     PixelOptions,
     commit_series,
@@ -27,21 +25,11 @@ from dicomflow.records import Batch
 class WritePixels:
     """Write every image stack of the batch's series under ``<lake>/pixels.zarr``."""
 
-    layout: LakeLayout
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    memory_budget: int = DEFAULT_MEMORY_BUDGET
-    frames_per_chunk: int = 1
+    options: PixelOptions
 
     name: ClassVar[str] = "write_pixels"
 
-    @property
-    def options(self) -> PixelOptions:
-        return PixelOptions(
-            self.layout, self.storage_options, self.memory_budget, self.frames_per_chunk
-        )
-
     def __call__(self, batch: Batch) -> Batch:
-        options = self.options
-        plan = plan_series(batch, options)
-        shares = [write_items(pixel_work(plan), 0, 1, options)]
-        return commit_series(plan, shares, batch.context, options)
+        plan = plan_series(batch, self.options)
+        shares = [write_items(pixel_work(plan), 0, 1, self.options)]
+        return commit_series(plan, shares, batch.context, self.options)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -11,11 +12,15 @@ from dicomflow import registry
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.lake.layout import LakeLayout, safe_uid_component
 from dicomflow.operators import Flatten, Operator
+from dicomflow.operators.write_pixels import WritePixels
 from dicomflow.pipelines.scan import scan_pipeline
 from dicomflow.pipelines.sinks import CollectSink, LakeSink
-from dicomflow.records import Batch, RunContext
+from dicomflow.pixels.series_writer import PixelOptions
+from dicomflow.records import Batch, RunContext, SourceRef
+from tests.conftest import PYDICOM_TEST_FILES
 
 UNITS = [
+    WritePixels(PixelOptions(LakeLayout("/tmp/lake"))),
     Flatten(),
     Flatten(inline_binary_limit=64),
     FilesConnector(("/data",), {"anon": True}),
@@ -36,6 +41,22 @@ def test_operators_follow_the_contract_and_are_registered() -> None:
     assert registry.connectors.get("file") is FilesConnector
     empty = Batch((), RunContext("r", datetime.now(UTC)))
     assert Flatten()(empty).records == ()
+
+
+def test_write_pixels_runs_without_a_cluster(tmp_path: Path) -> None:
+    series = PYDICOM_TEST_FILES / "dicomdirtests" / "77654033" / "CT2"
+    refs = [SourceRef(str(p), p.stat().st_size) for p in sorted(series.iterdir())]
+    batch = Batch(
+        tuple(FilesConnector((str(series),)).fetch(refs)), RunContext("r", datetime.now(UTC))
+    )
+    layout = LakeLayout(str(tmp_path))
+    out = WritePixels(PixelOptions(layout))(Flatten()(batch))
+    rows = out.tables["series"]
+    assert sum(row["frames"] for row in rows) == len(refs)
+    paths = {row["zarr_path"] for row in rows}
+    assert {r.outputs["instances"]["zarr_path"] for r in out.records} == paths
+    assert all((tmp_path / path / "zarr.json").exists() for path in paths)
+    assert registry.operators.get("write_pixels") is WritePixels
 
 
 def test_unknown_registry_names_are_config_errors() -> None:
