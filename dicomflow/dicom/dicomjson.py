@@ -16,6 +16,7 @@ that points into the source file.
 from __future__ import annotations
 
 import base64
+import json
 import math
 import struct
 import warnings
@@ -77,6 +78,8 @@ class EncodeContext:
     inline_limit: int = INLINE_BINARY_LIMIT
     capture_tags: frozenset[int] = frozenset()
     captured: dict[int, Captured] = field(default_factory=dict)
+    # Shared by every file of a batch: decoded values repeat across files.
+    memo: dict[Any, Any] = field(default_factory=dict)
 
 
 def encodings_of(elements: Elements, inherited: list[str] | None) -> list[str] | None:
@@ -105,58 +108,90 @@ def encode_elements(
     ctx: EncodeContext,
     *,
     encodings: list[str] | None = None,
+) -> dict[str, Any]:
+    """The DICOM JSON object for one data set, as Python objects (see :func:`encode_json`)."""
+    result: dict[str, Any] = json.loads(encode_json(elements, ctx, encodings=encodings))
+    return result
+
+
+def encode_json(
+    elements: Elements,
+    ctx: EncodeContext,
+    *,
+    encodings: list[str] | None = None,
     depth: int = 0,
     path: str = "",
-) -> dict[str, Any]:
-    """Return the DICOM JSON object for one data set (keys in tag order).
+) -> str:
+    """The DICOM JSON text of one data set (keys in tag order, compact separators).
 
-    This loop runs for every element of every file, so it is written flat:
-    one handler call per element, no per-element helper layers.
+    This loop runs for every element of every file. Most values repeat across
+    the files of a batch (patient, study, equipment, protocol), so each decoded
+    value's JSON text and components are memoised in ``ctx.memo`` by
+    (VR, bytes, character set, byte order); bulk data, which names its source,
+    is never memoised.
     """
     if depth > MAX_SEQUENCE_DEPTH:
         raise MalformedDicomError(
             f"sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels", code=ErrorCode.TOO_DEEP
         )
     encodings = encodings_of(elements, encodings)
+    encodings_key = tuple(encodings) if encodings else None
     capture = ctx.capture_tags if depth == 0 else _NOTHING
     captured = ctx.captured
-    out: dict[str, Any] = {}
+    memo = ctx.memo
+    parts: list[str] = []
     if any(a.tag >= b.tag for a, b in pairwise(elements)):
         elements = tuple(sorted(elements, key=_tag_of))
     for element in elements:
         tag, vr, value = element.tag, element.vr, element.value
-        key = f"{tag:08X}"
         if vr == "SQ":
-            sequence_path = f"{path}{key}/"
-            items = [
-                encode_elements(
+            sequence_path = f"{path}{tag:08X}/"
+            items = ",".join(
+                encode_json(
                     item, ctx, encodings=encodings, depth=depth + 1, path=f"{sequence_path}{i}/"
                 )
                 for i, item in enumerate(value or ())
-            ]
-            out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+            )
+            parts.append(
+                f'"{tag:08X}":{{"vr":"SQ","Value":[{items}]}}'
+                if items
+                else f'"{tag:08X}":{{"vr":"SQ"}}'
+            )
             continue
         if element.converted:
-            out[key] = _encode_converted(element, ctx, path, capture)
-            continue
-        handler = _HANDLERS.get(vr)
-        if handler is None or value is None:
-            out[key] = _binary(vr, tag, value, element.offset, element.length, ctx, path)
-            continue
-        if not value:
-            out[key] = {"vr": vr}
+            fragment = _dumps(_encode_converted(element, ctx, path, capture))
+        elif value is None or vr not in _HANDLERS:
+            fragment = _dumps(_binary(vr, tag, value, element.offset, element.length, ctx, path))
+        elif not value:
+            fragment = f'{{"vr":"{vr}"}}'
             if tag in capture:
                 captured[tag] = Captured(vr, [])
-            continue
-        try:
-            out[key], components = handler(vr, value, encodings, element.little_endian)
-        except (ValueError, struct.error, LookupError):
-            # undecodable: keep it losslessly as binary; the typed column gets a null
-            out[key] = {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
-            components = [None]
-        if tag in capture:
-            captured[tag] = Captured(vr, components)
-    return out
+        else:
+            key = (vr, value, encodings_key, element.little_endian)
+            hit = memo.get(key)
+            if hit is None:
+                hit = memo[key] = _encode_value(vr, value, encodings, element.little_endian)
+            fragment, components = hit
+            if tag in capture:
+                captured[tag] = Captured(vr, components)
+        parts.append(f'"{tag:08X}":{fragment}')
+    return "{" + ",".join(parts) + "}"
+
+
+def _encode_value(
+    vr: str, value: bytes, encodings: list[str] | None, little: bool
+) -> tuple[str, list[Any]]:
+    try:
+        element, components = _HANDLERS[vr](vr, value, encodings, little)
+    except (ValueError, struct.error, LookupError):
+        # undecodable: keep it losslessly as binary; the typed column gets a null
+        element = {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
+        components = [None]
+    return _dumps(element), components
+
+
+def _dumps(element: dict[str, Any]) -> str:
+    return json.dumps(element, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 _NOTHING: frozenset[int] = frozenset()

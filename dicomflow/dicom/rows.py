@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -11,7 +10,8 @@ from typing import Any
 import pyarrow as pa
 from pydicom.uid import UID_dictionary
 
-from dicomflow.dicom.dicomjson import EncodeContext, bulk_data_uri, encode_elements
+from dicomflow.dicom.dicomjson import EncodeContext, encode_json
+from dicomflow.dicom.elements import UNDEFINED_LENGTH, Element
 from dicomflow.dicom.typed import typed_value
 from dicomflow.records import Header, SourceRef
 from dicomflow.schemas.instances import ColumnSpec, column_specs, instances_schema
@@ -35,7 +35,9 @@ def source_uri(url: str) -> str:
     return url if "://" in url else f"file://{url}"
 
 
-def header_to_row(header: Header, ref: SourceRef, ctx: RowContext) -> dict[str, Any]:
+def header_to_row(
+    header: Header, ref: SourceRef, ctx: RowContext, memo: dict[Any, Any] | None = None
+) -> dict[str, Any]:
     """The ``instances`` row for one header: provenance, typed columns, full JSON."""
     meta_tags, data_tags = _captured_tags()
 
@@ -44,31 +46,38 @@ def header_to_row(header: Header, ref: SourceRef, ctx: RowContext) -> dict[str, 
         offsets_valid=not header.deflated,
         inline_limit=ctx.inline_binary_limit,
         capture_tags=data_tags,
+        memo=memo if memo is not None else {},
     )
-    dataset_json = encode_elements(header.elements, encode_ctx)
-    if header.pixel_data_tag is not None:
-        dataset_json[f"{header.pixel_data_tag:08X}"] = {
-            "vr": header.pixel_data_vr or _PIXEL_VR[header.pixel_data_tag],
-            "BulkDataURI": bulk_data_uri(
-                encode_ctx,
-                header.pixel_data_tag,
-                header.pixel_data_offset,
-                header.pixel_data_length,
-            ),
-        }
-        dataset_json = dict(sorted(dataset_json.items()))
-    meta_ctx = EncodeContext(source=encode_ctx.source, capture_tags=meta_tags)
-    meta_json = encode_elements(header.file_meta, meta_ctx)
+    elements = header.elements
+    if header.pixel_data_tag is not None:  # located, not read: a bulk data reference
+        pixel = Element(
+            header.pixel_data_tag,
+            header.pixel_data_vr or _PIXEL_VR[header.pixel_data_tag],
+            None,
+            header.pixel_data_offset,
+            header.pixel_data_length or UNDEFINED_LENGTH,
+        )
+        elements = (*elements, pixel)
+    dataset_json = encode_json(elements, encode_ctx)
+    meta_ctx = EncodeContext(source=encode_ctx.source, capture_tags=meta_tags, memo=encode_ctx.memo)
+    meta_json = encode_json(header.file_meta, meta_ctx)
 
     warnings: list[str] = []
     if not header.trailing_parsed:
         warnings.append("bytes after Pixel Data are not a parseable data set")
     row: dict[str, Any] = dict.fromkeys(_keywords())
     specs = _specs_by_tag()
+    memo = encode_ctx.memo
     for captured in (meta_ctx.captured, encode_ctx.captured):
         for tag, components in captured.items():
             spec = specs[tag]
-            row[spec.keyword] = typed_value(components, spec, warnings)
+            key = ("typed", tag, components.vr, tuple(components.components))
+            hit = memo.get(key)
+            if hit is None:
+                found: list[str] = []
+                hit = memo[key] = (typed_value(components, spec, found), tuple(found))
+            row[spec.keyword] = hit[0]
+            warnings.extend(hit[1])
 
     sop_class = row.get("SOPClassUID") or row.get("MediaStorageSOPClassUID")
     has_pixels = header.pixel_data_tag is not None
@@ -86,12 +95,8 @@ def header_to_row(header: Header, ref: SourceRef, ctx: RowContext) -> dict[str, 
         run_id=ctx.run_id,
         scanned_at=ctx.scanned_at,
         warnings=warnings,
-        dicom_json=json.dumps(
-            dataset_json, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        ),
-        file_meta_json=json.dumps(
-            meta_json, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        ),
+        dicom_json=dataset_json,
+        file_meta_json=meta_json,
     )
     return row
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydicom import config as pydicom_config
 
@@ -31,11 +31,14 @@ class Flatten:
 
     def __call__(self, batch: Batch) -> Batch:
         ctx = RowContext(batch.context.run_id, batch.context.started_at, self.inline_binary_limit)
+        memo: dict[Any, Any] = {}  # decoded values repeat across a batch's files
         with pydicom_mode(pydicom_config.WARN):  # charset lookups may warn; keep them quiet
-            return map_records(batch, self.name, lambda record: flatten_record(record, ctx))
+            return map_records(batch, self.name, lambda record: flatten_record(record, ctx, memo))
 
 
-def flatten_record(record: InstanceRecord, ctx: RowContext) -> InstanceRecord:
+def flatten_record(
+    record: InstanceRecord, ctx: RowContext, memo: dict[Any, Any] | None = None
+) -> InstanceRecord:
     if record.header is None:
         raise MalformedDicomError("no header was read", code=ErrorCode.INTERNAL)
-    return record.with_output(OUTPUT, header_to_row(record.header, record.ref, ctx))
+    return record.with_output(OUTPUT, header_to_row(record.header, record.ref, ctx, memo))
