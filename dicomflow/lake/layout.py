@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,9 @@ class LakeLayout:
     def __post_init__(self) -> None:
         if not self.root:
             raise ConfigError("the lake path is empty")
+        if "://" not in self.root:
+            # Resolved here, on the client: workers may run in another directory.
+            object.__setattr__(self, "root", os.path.abspath(self.root))
 
     def filesystem(self) -> tuple[Any, str]:
         fs, path = url_to_fs(self.root, **self.storage_options)
