@@ -11,12 +11,17 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
+import pyarrow.parquet as pq
 
 from dicomflow._version import __version__
 from dicomflow.api import run_scan
+from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions, TlsOptions
+from dicomflow.connectors.dimse.association import DimseError
+from dicomflow.connectors.dimse.echo import c_echo
+from dicomflow.connectors.dimse.find import find_table
 from dicomflow.errors import ConfigError
 from dicomflow.pipelines.pipeline import RunSummary
 
@@ -129,6 +134,134 @@ def ingest(
     )
     _print_summary(summary, out)
     _exit_for(summary, fail_on_error)
+
+
+def _dimse_options(command: Callable[..., None]) -> Callable[..., None]:
+    """How to reach a DICOM peer: our AE title, TLS files, user identity."""
+    options = [
+        click.option("--calling-ae", default="DICOMFLOW", show_default=True, help="Our AE title."),
+        click.option("--tls-ca", default=None, help="CA bundle to verify the peer (enables TLS)."),
+        click.option("--tls-cert", default=None, help="Our certificate, for mutual TLS."),
+        click.option("--tls-key", default=None, help="Our private key, for mutual TLS."),
+        click.option("--username", default=None, help="User identity (username)."),
+        click.option(
+            "--password-env",
+            default=None,
+            help="Name of the environment variable holding the password.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _build_dimse_options(
+    calling_ae: str,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    username: str | None,
+    password_env: str | None,
+) -> DimseOptions:
+    tls = TlsOptions(tls_ca, tls_cert, tls_key) if (tls_ca or tls_cert) else None
+    return DimseOptions(
+        calling_ae=calling_ae, tls=tls, username=username, password_env=password_env
+    )
+
+
+@cli.command()
+@click.argument("url")
+@_dimse_options
+@click.option(
+    "-v",
+    "--verbose",
+    "show_contexts",
+    is_flag=True,
+    help="Also print the negotiated presentation contexts.",
+)
+def echo(url: str, show_contexts: bool, **dimse: Any) -> None:
+    """C-ECHO a DICOM peer (dimse://CALLED_AE@host:port). Exit 0 if it answers, else 1."""
+    address = _run(lambda: DimseAddress.parse(url))
+    options = _run(lambda: _build_dimse_options(**dimse))
+    try:
+        result = c_echo(address, options)
+    except DimseError as exc:
+        click.echo(f"C-ECHO failed: {exc}", err=True)
+        sys.exit(EXIT_CRASH)
+    click.echo(f"C-ECHO {address}: success in {result.round_trip_ms:.1f} ms")
+    if show_contexts:
+        for context in result.contexts:
+            click.echo(f"  accepted {context}")
+
+
+@cli.command()
+@click.argument("url")
+@click.option(
+    "--level",
+    type=click.Choice(["patient", "study", "series", "image"]),
+    default="study",
+    show_default=True,
+)
+@click.option(
+    "--model",
+    type=click.Choice(["study", "patient"]),
+    default="study",
+    show_default=True,
+    help="Query/retrieve information model (root).",
+)
+@click.option(
+    "-q",
+    "--query",
+    "queries",
+    multiple=True,
+    metavar="KEYWORD=VALUE",
+    help="Matching key, e.g. -q PatientName=DOE* -q StudyDate=20240101-20241231.",
+)
+@click.option("--return-key", "return_keys", multiple=True, help="Extra keyword to return.")
+@click.option("--limit", type=int, default=None, help="Stop (C-CANCEL) after N matches.")
+@click.option("--out", required=True, help="Parquet file to write.")
+@_dimse_options
+def query(
+    url: str,
+    level: str,
+    model: str,
+    queries: tuple[str, ...],
+    return_keys: tuple[str, ...],
+    limit: int | None,
+    out: str,
+    **dimse: Any,
+) -> None:
+    """C-FIND a DICOM peer and write the matches as Parquet (typed like instances)."""
+    address = _run(lambda: DimseAddress.parse(url))
+    options = _run(lambda: _build_dimse_options(**dimse))
+    matching = _run(lambda: _parse_queries(queries))
+    try:
+        table = _run(
+            lambda: find_table(
+                address,
+                level,  # type: ignore[arg-type]
+                matching,
+                model=model,  # type: ignore[arg-type]
+                return_keys=return_keys,
+                limit=limit,
+                options=options,
+            )
+        )
+    except DimseError as exc:
+        click.echo(f"C-FIND failed: {exc}", err=True)
+        sys.exit(EXIT_CRASH)
+    pq.write_table(table, out, compression="zstd")
+    click.echo(f"matches: {table.num_rows}  written: {out}")
+
+
+def _parse_queries(queries: tuple[str, ...]) -> dict[str, str]:
+    matching = {}
+    for item in queries:
+        keyword, sep, value = item.partition("=")
+        if not sep or not keyword:
+            raise ConfigError("each -q takes KEYWORD=VALUE")
+        matching[keyword.strip()] = value
+    return matching
 
 
 @cli.command()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fsspec.core import url_to_fs
@@ -35,7 +35,7 @@ class LakeLayout:
             raise ConfigError("the lake path is empty")
         if "://" not in self.root:
             # Resolved here, on the client: workers may run in another directory.
-            object.__setattr__(self, "root", os.path.abspath(self.root))
+            object.__setattr__(self, "root", str(Path(self.root).absolute()))
 
     def filesystem(self) -> tuple[Any, str]:
         fs, path = url_to_fs(self.root, **self.storage_options)

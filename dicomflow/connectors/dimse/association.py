@@ -1,0 +1,121 @@
+"""Open an association safely: timeouts, TCP_NODELAY, TLS, user identity, quiet logs.
+
+pynetdicom never sets ``TCP_NODELAY``; with Nagle's algorithm and delayed ACKs
+every small message waits, so it is set on the association's socket as soon as
+the association is up. pynetdicom
+logs identifiers at DEBUG; its loggers are kept at WARNING inside the task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from pynetdicom import AE, Association
+
+from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
+from dicomflow.errors import ConfigError, DicomflowError, ErrorCode
+
+logger = logging.getLogger(__name__)
+
+
+class DimseError(DicomflowError, ConnectionError):
+    """A DICOM peer could not be reached, refused us, or failed an operation."""
+
+    code = ErrorCode.UNREADABLE
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message if status is None else f"{message} (status 0x{status:04X})")
+        self.status = status
+
+
+def _quiet_pynetdicom() -> None:
+    for name in ("pynetdicom", "pynetdicom.assoc", "pynetdicom.events", "pynetdicom.dsutils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _tls_context(options: DimseOptions) -> ssl.SSLContext | None:
+    if options.tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=options.tls.ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if options.tls.cert_file:
+        context.load_cert_chain(options.tls.cert_file, options.tls.key_file)
+    return context
+
+
+def _user_identity(options: DimseOptions) -> dict[str, Any]:
+    if not options.username:
+        return {}
+    password = os.environ.get(options.password_env or "", "") if options.password_env else ""
+    if options.password_env and not password:
+        raise ConfigError("the password environment variable named by --password-env is empty")
+    if password:
+        return {"ext_neg": [_identity(2, options.username.encode(), password.encode())]}
+    return {"ext_neg": [_identity(1, options.username.encode(), b"")]}
+
+
+def _identity(kind: int, primary: bytes, secondary: bytes) -> Any:
+    from pynetdicom.pdu_primitives import UserIdentityNegotiation
+
+    item = UserIdentityNegotiation()
+    item.user_identity_type = kind
+    item.primary_field = primary
+    if secondary:
+        item.secondary_field = secondary
+    return item
+
+
+@contextmanager
+def associate(
+    address: DimseAddress,
+    options: DimseOptions,
+    contexts: Sequence[tuple[str, Sequence[str] | None]],
+) -> Iterator[Association]:
+    """Yield an established association proposing ``contexts`` (abstract syntax, syntaxes)."""
+    _quiet_pynetdicom()
+    ae = AE(ae_title=options.calling_ae)
+    ae.connection_timeout = options.connect_timeout
+    ae.acse_timeout = options.acse_timeout
+    ae.dimse_timeout = options.dimse_timeout
+    ae.network_timeout = options.network_timeout
+    ae.maximum_pdu_size = options.max_pdu
+    for abstract, syntaxes in contexts:
+        if syntaxes:
+            ae.add_requested_context(abstract, list(syntaxes))
+        else:
+            ae.add_requested_context(abstract)
+    context = _tls_context(options)
+    tls_args = (context, address.host) if context else None
+    started = time.perf_counter()
+    assoc = ae.associate(
+        address.host,
+        address.port,
+        ae_title=address.called_ae,
+        tls_args=tls_args,
+        **_user_identity(options),
+    )
+    if not assoc.is_established:
+        reason = "rejected the association" if assoc.is_rejected else "could not be reached"
+        raise DimseError(f"{address} {reason}")
+    _set_nodelay(assoc)
+    logger.info("associated with %s in %.0f ms", address, 1000 * (time.perf_counter() - started))
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def _set_nodelay(assoc: Association) -> None:
+    """Disable Nagle on the association's socket (pynetdicom leaves it on)."""
+    transport = getattr(assoc.dul, "socket", None)
+    raw = getattr(transport, "socket", None)
+    if isinstance(raw, socket.socket):
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -1,0 +1,175 @@
+"""C-FIND: query a PACS and stream matches into an Arrow table typed like ``instances``.
+
+Matching is the peer's: wildcards (``*``, ``?``), date and time ranges
+(``20240101-20241231``, open ``-20241231``), UID lists (``uid1\\uid2``) are
+passed through as DICOM query values. Queries and identifiers are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Literal
+
+import pyarrow as pa
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+)
+
+from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
+from dicomflow.connectors.dimse.association import DimseError, associate
+from dicomflow.dicom.pydicom_tree import tree_from_dataset
+from dicomflow.dicom.rows import RowContext, header_to_row, rows_to_table
+from dicomflow.errors import ConfigError
+from dicomflow.records import Header, SourceRef
+
+logger = logging.getLogger(__name__)
+
+Level = Literal["patient", "study", "series", "image"]
+Model = Literal["patient", "study"]
+MODELS = {
+    "patient": PatientRootQueryRetrieveInformationModelFind,
+    "study": StudyRootQueryRetrieveInformationModelFind,
+}
+RETURN_KEYS: dict[str, tuple[str, ...]] = {
+    "patient": (
+        "PatientID",
+        "PatientName",
+        "PatientBirthDate",
+        "PatientSex",
+        "NumberOfPatientRelatedStudies",
+    ),
+    "study": (
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "StudyID",
+        "PatientID",
+        "PatientName",
+        "StudyDescription",
+        "ModalitiesInStudy",
+        "ReferringPhysicianName",
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+    ),
+    "series": (
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "Modality",
+        "SeriesNumber",
+        "SeriesDescription",
+        "BodyPartExamined",
+        "NumberOfSeriesRelatedInstances",
+    ),
+    "image": (
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "SOPClassUID",
+        "InstanceNumber",
+    ),
+}
+_PENDING = (0xFF00, 0xFF01)
+_CANCELLED = 0xFE00
+
+
+def query_dataset(
+    level: Level, query: Mapping[str, str], return_keys: Sequence[str] = ()
+) -> Dataset:
+    """The C-FIND identifier: the level, the matching keys, and empty return keys."""
+    if level not in RETURN_KEYS:
+        raise ConfigError(f"unknown query level {level!r}; use patient, study, series or image")
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "IMAGE" if level == "image" else level.upper()
+    with warnings.catch_warnings():  # ranges and wildcards are not valid stored values
+        warnings.simplefilter("ignore")
+        for keyword in (*RETURN_KEYS[level], *return_keys, *query):
+            if tag_for_keyword(keyword) is None:
+                raise ConfigError(f"{keyword!r} is not a DICOM keyword")
+            setattr(ds, keyword, query.get(keyword, None))
+    return ds
+
+
+def c_find(
+    address: DimseAddress,
+    level: Level,
+    query: Mapping[str, str],
+    *,
+    model: Model = "study",
+    return_keys: Sequence[str] = (),
+    limit: int | None = None,
+    options: DimseOptions | None = None,
+) -> Iterator[Dataset]:
+    """Yield matching identifiers; after ``limit`` matches send C-CANCEL and stop."""
+    if model == "study" and level == "patient":
+        raise ConfigError("the study-root model has no PATIENT level; use model='patient'")
+    options = options or DimseOptions()
+    information_model = MODELS[model]
+    identifier = query_dataset(level, query, return_keys)
+    with associate(address, options, [(information_model, None)]) as assoc:
+        started, count, cancelled = time.perf_counter(), 0, False
+        context_id = next(
+            cx.context_id
+            for cx in assoc.accepted_contexts
+            if cx.abstract_syntax == information_model
+        )
+        for status, found in assoc.send_c_find(identifier, information_model, msg_id=1):
+            code = getattr(status, "Status", None)
+            if code is None:
+                raise DimseError(f"{address} stopped answering the C-FIND")
+            if code in _PENDING and found is not None:
+                if limit is not None and count >= limit:
+                    continue  # matches still in flight after the cancel
+                count += 1
+                yield found
+                if limit is not None and count >= limit and not cancelled:
+                    assoc.send_c_cancel(1, context_id)
+                    cancelled = True
+            elif code not in (0x0000, _CANCELLED):
+                raise DimseError(f"{address} failed the C-FIND", status=code)
+        logger.info(
+            "C-FIND at %s level: %d matches in %.0f ms",
+            level,
+            count,
+            1000 * (time.perf_counter() - started),
+        )
+
+
+def find_table(
+    address: DimseAddress,
+    level: Level,
+    query: Mapping[str, str],
+    *,
+    model: Model = "study",
+    return_keys: Sequence[str] = (),
+    limit: int | None = None,
+    options: DimseOptions | None = None,
+) -> pa.Table:
+    """The matches as an Arrow table with the ``instances`` schema (typed columns,
+    ``dicom_json``), one row per match; ``source`` is the peer and match number."""
+    context = RowContext(f"query-{datetime.now(UTC):%Y%m%dT%H%M%SZ}", datetime.now(UTC))
+    memo: dict[object, object] = {}
+    rows = []
+    for number, found in enumerate(
+        c_find(
+            address,
+            level,
+            query,
+            model=model,
+            return_keys=return_keys,
+            limit=limit,
+            options=options,
+        )
+    ):
+        header = Header(tree_from_dataset(found), (), None, True, False, deflated=False)
+        row = header_to_row(header, SourceRef(f"{address}#{level}/{number}"), context, memo)
+        row["kind"] = f"query:{level}"
+        rows.append(row)
+    return rows_to_table(rows)

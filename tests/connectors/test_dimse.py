@@ -1,0 +1,109 @@
+"""DIMSE against a real Orthanc: C-ECHO and C-FIND, through the API and the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from dicomflow.connectors.dimse import DimseAddress, DimseOptions, c_echo, c_find, find_table
+from dicomflow.connectors.dimse.association import DimseError
+from dicomflow.errors import ConfigError
+from tests.conftest import PYDICOM_TEST_FILES, require
+from tests.peers.orthanc import Orthanc, free_port, orthanc_binary, running_orthanc
+
+UPLOADED = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm"]
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    require(orthanc_binary() is not None, "Orthanc (Debian package orthanc)")
+    with running_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
+        for name in UPLOADED:
+            assert server.upload(PYDICOM_TEST_FILES / name)
+        yield server
+
+
+def test_address_parsing_and_secrets_stay_out_of_urls() -> None:
+    address = DimseAddress.parse("dimse://PACS@10.0.0.1:104")
+    assert (address.called_ae, address.host, address.port) == ("PACS", "10.0.0.1", 104)
+    with pytest.raises(ConfigError, match="never in the URL"):
+        DimseAddress.parse("dimse://PACS:secret@10.0.0.1:104")
+    with pytest.raises(ConfigError):
+        DimseAddress.parse("http://PACS@10.0.0.1:104")
+    with pytest.raises(ConfigError):
+        DimseOptions(calling_ae="THIS-AE-TITLE-IS-TOO-LONG")
+
+
+def test_c_echo_succeeds_and_reports_contexts(orthanc: Orthanc) -> None:
+    result = c_echo(DimseAddress.parse(orthanc.url))
+    assert result.round_trip_ms > 0
+    assert any(c.startswith("1.2.840.10008.1.1 ") for c in result.contexts)
+
+
+def test_c_echo_to_a_closed_port_is_a_clear_error() -> None:
+    address = DimseAddress("NOBODY", "127.0.0.1", free_port())
+    with pytest.raises(DimseError, match="could not be reached"):
+        c_echo(address, DimseOptions(connect_timeout=2, acse_timeout=2))
+
+
+def test_wrong_called_ae_is_rejected(orthanc: Orthanc) -> None:
+    address = DimseAddress("NOT-ORTHANC", "127.0.0.1", orthanc.dicom_port)
+    with pytest.raises(DimseError, match="rejected"):
+        c_echo(address)
+
+
+def test_study_level_find_matches_orthancs_own_index(orthanc: Orthanc) -> None:
+    table = find_table(DimseAddress.parse(orthanc.url), "study", {})
+    studies = orthanc.get("/studies")
+    assert table.num_rows == len(studies)  # type: ignore[arg-type]
+    ours = set(table.column("StudyInstanceUID").to_pylist())
+    theirs = {
+        orthanc.get(f"/studies/{s}")["MainDicomTags"]["StudyInstanceUID"]  # type: ignore[index]
+        for s in studies
+    }  # type: ignore[union-attr]
+    assert ours == theirs
+    assert table.schema.field("StudyDate").type.equals(__import__("pyarrow").date32())
+
+
+def test_wildcards_and_date_ranges(orthanc: Orthanc) -> None:
+    address = DimseAddress.parse(orthanc.url)
+    ct = find_table(address, "series", {"Modality": "CT"})
+    assert set(ct.column("Modality").to_pylist()) == {"CT"}
+    dated = find_table(address, "study", {"StudyDate": "19000101-20991231"})
+    undated = find_table(address, "study", {"StudyDate": "-18991231"})
+    assert dated.num_rows >= 1 and undated.num_rows == 0
+    images = find_table(address, "image", {})
+    assert images.num_rows == len(UPLOADED)
+    uids = sorted(images.column("SOPInstanceUID").to_pylist())[:2]
+    listed = find_table(address, "image", {"SOPInstanceUID": "\\".join(uids)})
+    assert sorted(listed.column("SOPInstanceUID").to_pylist()) == uids
+
+
+def test_limit_cancels_after_n_matches(orthanc: Orthanc) -> None:
+    matches = list(c_find(DimseAddress.parse(orthanc.url), "image", {}, limit=2))
+    assert len(matches) == 2
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dicomflow", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_echo_and_query(orthanc: Orthanc, tmp_path: Path) -> None:
+    ok = _cli("echo", orthanc.url, "-v")
+    assert ok.returncode == 0, ok.stderr
+    assert "success in" in ok.stdout and "accepted 1.2.840.10008.1.1" in ok.stdout
+    down = _cli("echo", f"dimse://X@127.0.0.1:{free_port()}")
+    assert down.returncode == 1 and "C-ECHO failed" in down.stderr
+    out = tmp_path / "studies.parquet"
+    found = _cli("query", orthanc.url, "--level", "study", "-q", "PatientName=*", "--out", str(out))
+    assert found.returncode == 0, found.stderr
+    assert pq.read_table(out).num_rows >= 1
+    bad = _cli("query", orthanc.url, "-q", "NotAKeyword=1", "--out", str(out))
+    assert bad.returncode == 2 and "not a DICOM keyword" in bad.stderr

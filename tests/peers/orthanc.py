@@ -1,0 +1,122 @@
+"""A real Orthanc PACS for tests: generated configuration, free ports, loopback only."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ORTHANC_AET = "ORTHANC"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def orthanc_binary() -> str | None:
+    return shutil.which("Orthanc") or (
+        "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None
+    )
+
+
+@dataclass(frozen=True)
+class Orthanc:
+    """A running Orthanc: its DICOM port, AE title and REST root."""
+
+    dicom_port: int
+    http_port: int
+    aet: str = ORTHANC_AET
+
+    @property
+    def url(self) -> str:
+        return f"dimse://{self.aet}@127.0.0.1:{self.dicom_port}"
+
+    @property
+    def rest(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def get(self, path: str) -> object:
+        with urllib.request.urlopen(f"{self.rest}{path}", timeout=30) as response:
+            return json.loads(response.read())
+
+    def upload(self, path: Path) -> bool:
+        """POST one file to /instances; False when Orthanc refuses it (not DICOM, say)."""
+        request = urllib.request.Request(
+            f"{self.rest}/instances", data=path.read_bytes(), method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60):
+                return True
+        except urllib.error.HTTPError:
+            return False
+
+
+@contextmanager
+def running_orthanc(
+    workdir: Path, *, calling_aets: dict[str, int] | None = None
+) -> Iterator[Orthanc]:
+    """Start Orthanc in ``workdir`` and stop it afterwards."""
+    binary = orthanc_binary()
+    if binary is None:
+        raise FileNotFoundError("Orthanc is not installed")
+    dicom_port, http_port = free_port(), free_port()
+    modalities = {
+        name.lower(): [name, "127.0.0.1", port]
+        for name, port in (calling_aets or {"DICOMFLOW": 11112}).items()
+    }
+    config = {
+        "Name": "dicomflow-tests",
+        "StorageDirectory": str(workdir / "storage"),
+        "IndexDirectory": str(workdir / "storage"),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": ORTHANC_AET,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": True,
+        "DicomAlwaysAllowEcho": True,
+        "DicomAlwaysAllowFind": True,
+        "DicomAlwaysAllowGet": True,
+        "DicomAlwaysAllowMove": True,
+        "DicomAlwaysAllowStore": True,
+        "DicomModalities": modalities,
+        "Plugins": [],
+        "StableAge": 1,
+    }
+    config_path = workdir / "orthanc.json"
+    config_path.write_text(json.dumps(config))
+    log = (workdir / "orthanc.log").open("wb")
+    process = subprocess.Popen(
+        [binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=workdir
+    )
+    try:
+        server = Orthanc(dicom_port, http_port)
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError("Orthanc exited at start-up; see orthanc.log")
+            try:
+                server.get("/system")
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("Orthanc did not start within 60 s") from None
+                time.sleep(0.2)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
