@@ -107,3 +107,52 @@ def test_cli_echo_and_query(orthanc: Orthanc, tmp_path: Path) -> None:
     assert pq.read_table(out).num_rows >= 1
     bad = _cli("query", orthanc.url, "-q", "NotAKeyword=1", "--out", str(out))
     assert bad.returncode == 2 and "not a DICOM keyword" in bad.stderr
+
+
+def test_c_get_stores_every_instance_durably(orthanc: Orthanc, tmp_path: Path) -> None:
+    import pydicom
+
+    from dicomflow.connectors.dimse.get import UNCOMPRESSED, c_get
+
+    address = DimseAddress.parse(orthanc.url)
+    images = find_table(address, "image", {}, return_keys=["SOPClassUID"])
+    expected = dict(
+        zip(
+            images.column("SOPInstanceUID").to_pylist(),
+            images.column("SOPClassUID").to_pylist(),
+            strict=True,
+        )
+    )
+    studies = set(images.column("StudyInstanceUID").to_pylist())
+    received: dict[str, Path] = {}
+    for study in sorted(studies):
+        result = c_get(
+            address,
+            "study",
+            {"StudyInstanceUID": study},
+            tmp_path / "in",
+            sop_classes=list(expected.values()),
+        )
+        assert result.failed == 0
+        received.update(result.received)
+    assert set(received) == set(expected)
+    originals = {pydicom.dcmread(PYDICOM_TEST_FILES / n).SOPInstanceUID: n for n in UPLOADED}
+    for sop_uid, path in received.items():
+        ours = pydicom.dcmread(path)
+        original = pydicom.dcmread(PYDICOM_TEST_FILES / originals[sop_uid])
+        assert ours.SOPInstanceUID == sop_uid
+        syntax = original.file_meta.TransferSyntaxUID
+        if syntax.is_compressed:  # sent as stored: its own compressed context
+            assert ours.file_meta.TransferSyntaxUID == syntax
+        else:  # either little-endian uncompressed syntax carries the same values
+            assert ours.file_meta.TransferSyntaxUID in UNCOMPRESSED
+        if "PixelData" in original:  # the instance as the PACS holds it, not transcoded
+            assert ours.PixelData == original.PixelData
+    assert not [p for p in (tmp_path / "in").iterdir() if p.name.startswith(".")]
+
+
+def test_c_get_without_expected_classes_is_a_config_error(orthanc: Orthanc, tmp_path: Path) -> None:
+    from dicomflow.connectors.dimse.get import c_get
+
+    with pytest.raises(ConfigError):
+        c_get(DimseAddress.parse(orthanc.url), "study", {}, tmp_path, sop_classes=[])

@@ -50,15 +50,16 @@ def _tls_context(options: DimseOptions) -> ssl.SSLContext | None:
     return context
 
 
-def _user_identity(options: DimseOptions) -> dict[str, Any]:
+def _user_identity(options: DimseOptions) -> list[Any]:
+    """The user identity negotiation item, if a username is configured."""
     if not options.username:
-        return {}
+        return []
     password = os.environ.get(options.password_env or "", "") if options.password_env else ""
     if options.password_env and not password:
         raise ConfigError("the password environment variable named by --password-env is empty")
     if password:
-        return {"ext_neg": [_identity(2, options.username.encode(), password.encode())]}
-    return {"ext_neg": [_identity(1, options.username.encode(), b"")]}
+        return [_identity(2, options.username.encode(), password.encode())]
+    return [_identity(1, options.username.encode(), b"")]
 
 
 def _identity(kind: int, primary: bytes, secondary: bytes) -> Any:
@@ -77,8 +78,15 @@ def associate(
     address: DimseAddress,
     options: DimseOptions,
     contexts: Sequence[tuple[str, Sequence[str] | None]],
+    *,
+    roles: Sequence[Any] = (),
+    handlers: Sequence[tuple[Any, Any]] = (),
 ) -> Iterator[Association]:
-    """Yield an established association proposing ``contexts`` (abstract syntax, syntaxes)."""
+    """Yield an established association proposing ``contexts`` (abstract syntax, syntaxes).
+
+    ``roles`` are SCP/SCU role selections (C-GET storage); ``handlers`` are
+    pynetdicom event handlers bound to the association.
+    """
     _quiet_pynetdicom()
     ae = AE(ae_title=options.calling_ae)
     ae.connection_timeout = options.connect_timeout
@@ -99,7 +107,8 @@ def associate(
         address.port,
         ae_title=address.called_ae,
         tls_args=tls_args,
-        **_user_identity(options),
+        ext_neg=[*_user_identity(options), *roles] or None,
+        evt_handlers=list(handlers) or None,
     )
     if not assoc.is_established:
         reason = "rejected the association" if assoc.is_rejected else "could not be reached"
