@@ -30,7 +30,6 @@ from pydicom.uid import (
     JPEGLosslessSV1,
     JPEGLSLossless,
     RLELossless,
-    DeflatedExplicitVRLittleEndian,
 )
 from pynetdicom import build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
