@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 from distributed import Client
 
+from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
+from dicomflow.errors import ConfigError
+from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.reader import Lake, read_lake
 from dicomflow.pipelines.cluster import open_client
-from dicomflow.pipelines.pipeline import RunSummary
+from dicomflow.pipelines.pipeline import RunSummary, new_run_id
 from dicomflow.pipelines.plan import PartitionPolicy
+from dicomflow.pipelines.retrieve import report_missing, retrieve
 from dicomflow.pipelines.scan import scan_pipeline
+from dicomflow.records import RunContext
 from dicomflow.schemas import errors_schema, instances_schema
 
 __all__ = ["Lake", "ingest", "open_series", "read_lake", "run_scan", "scan", "scan_errors"]
@@ -63,6 +69,9 @@ def ingest(
     *,
     out: str,
     pixels: bool = True,
+    query: Mapping[str, str] | None = None,
+    dimse: DimseOptions | None = None,
+    max_associations: int = 2,
     scheduler: str | None = None,
     workers: int | None = None,
     client: Client | None = None,
@@ -70,21 +79,50 @@ def ingest(
     policy: PartitionPolicy | None = None,
     progress: bool | None = None,
 ) -> RunSummary:
-    """Scan ``sources`` into the lake at ``out`` and, with ``pixels``, write every image
-    stack to ``<out>/pixels.zarr`` plus the ``series`` table, all in one run."""
+    """Ingest ``sources`` into the lake at ``out``, all in one run.
+
+    Sources are files, folders, globs or fsspec URLs, and ``dimse://AE@host:port``
+    peers (retrieved with C-GET by ``query``, e.g. ``{"StudyInstanceUID": …}``, at
+    most ``max_associations`` at a time). With ``pixels``, every image stack is
+    written to ``<out>/pixels.zarr`` plus the ``series`` table.
+    """
     from dicomflow.pipelines.ingest import IngestOptions, run_ingest
 
     urls = [sources] if isinstance(sources, str) else list(sources)
+    peers = [DimseAddress.parse(u) for u in urls if u.startswith("dimse://")]
+    files = [u for u in urls if not u.startswith("dimse://")]
+    if peers and not query:
+        raise ConfigError("a dimse:// source needs a query (-q KEYWORD=VALUE)")
     with _connected(client, scheduler, workers) as connected:
-        return run_ingest(
+        missing = 0
+        layout = LakeLayout(out, dict(storage_options or {}))
+        for peer in peers:
+            paths, lost = retrieve(
+                connected,
+                peer,
+                query or {},
+                layout=layout,
+                options=dimse or DimseOptions(),
+                max_associations=max_associations,
+            )
+            files.extend(paths)
+            missing += report_missing(
+                layout, peer, lost, RunContext(new_run_id(), datetime.now(UTC))
+            )
+        summary = run_ingest(
             connected,
-            urls,
+            files,
             out=out,
             options=IngestOptions(pixels=pixels),
             storage_options=storage_options,
             policy=policy,
             progress=progress,
         )
+    summary.files += missing
+    summary.errors += missing
+    if missing:
+        summary.error_codes["not_retrieved"] += missing
+    return summary
 
 
 def open_series(

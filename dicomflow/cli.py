@@ -83,59 +83,6 @@ def _run_options(command: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
-@cli.command()
-@click.argument("src", nargs=-1, required=True)
-@click.option("--out", required=True, help="Lake directory or fsspec URL to write.")
-@_run_options
-def scan(
-    src: tuple[str, ...],
-    out: str,
-    scheduler: str | None,
-    workers: int | None,
-    fail_on_error: bool,
-    progress: bool | None,
-) -> None:
-    """Scan DICOM headers from SRC (paths, directories, globs, URLs) into a Parquet lake."""
-    summary = _run(
-        lambda: run_scan(
-            list(src), out=out, scheduler=scheduler, workers=workers, progress=progress
-        )
-    )
-    _print_summary(summary, out)
-    _exit_for(summary, fail_on_error)
-
-
-@cli.command()
-@click.argument("src", nargs=-1, required=True)
-@click.option("--out", required=True, help="Lake directory to write.")
-@click.option("--pixels/--no-pixels", default=False, help="Also write image stacks to Zarr.")
-@_run_options
-def ingest(
-    src: tuple[str, ...],
-    out: str,
-    pixels: bool,
-    scheduler: str | None,
-    workers: int | None,
-    fail_on_error: bool,
-    progress: bool | None,
-) -> None:
-    """Scan SRC into a lake plus the chosen outputs (--pixels: OME-Zarr stacks), in one run."""
-    from dicomflow.api import ingest as run_ingest
-
-    summary = _run(
-        lambda: run_ingest(
-            list(src),
-            out=out,
-            pixels=pixels,
-            scheduler=scheduler,
-            workers=workers,
-            progress=progress,
-        )
-    )
-    _print_summary(summary, out)
-    _exit_for(summary, fail_on_error)
-
-
 def _dimse_options(command: Callable[..., None]) -> Callable[..., None]:
     """How to reach a DICOM peer: our AE title, TLS files, user identity."""
     options = [
@@ -167,6 +114,87 @@ def _build_dimse_options(
     return DimseOptions(
         calling_ae=calling_ae, tls=tls, username=username, password_env=password_env
     )
+
+
+@cli.command()
+@click.argument("src", nargs=-1, required=True)
+@click.option("--out", required=True, help="Lake directory or fsspec URL to write.")
+@_run_options
+def scan(
+    src: tuple[str, ...],
+    out: str,
+    scheduler: str | None,
+    workers: int | None,
+    fail_on_error: bool,
+    progress: bool | None,
+) -> None:
+    """Scan DICOM headers from SRC (paths, directories, globs, URLs) into a Parquet lake."""
+    summary = _run(
+        lambda: run_scan(
+            list(src), out=out, scheduler=scheduler, workers=workers, progress=progress
+        )
+    )
+    _print_summary(summary, out)
+    _exit_for(summary, fail_on_error)
+
+
+@cli.command()
+@click.argument("src", nargs=-1, required=True)
+@click.option("--out", required=True, help="Lake directory to write.")
+@click.option("--pixels/--no-pixels", default=False, help="Also write image stacks to Zarr.")
+@click.option(
+    "-q",
+    "--query",
+    "queries",
+    multiple=True,
+    metavar="KEYWORD=VALUE",
+    help="For dimse:// sources: what to retrieve, e.g. -q StudyInstanceUID=1.2.3.",
+)
+@click.option(
+    "--max-associations",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Concurrent associations per PACS, across the whole cluster.",
+)
+@_run_options
+@_dimse_options
+def ingest(
+    src: tuple[str, ...],
+    out: str,
+    pixels: bool,
+    queries: tuple[str, ...],
+    max_associations: int,
+    scheduler: str | None,
+    workers: int | None,
+    fail_on_error: bool,
+    progress: bool | None,
+    **dimse: Any,
+) -> None:
+    """Ingest SRC (files, folders, URLs, dimse://AE@host:port) into a lake, in one run."""
+    from dicomflow.api import ingest as run_ingest
+
+    options = _run(lambda: _build_dimse_options(**dimse))
+    matching = _run(lambda: _parse_queries(queries))
+    try:
+        summary = _run(
+            lambda: run_ingest(
+                list(src),
+                out=out,
+                pixels=pixels,
+                query=matching,
+                dimse=options,
+                max_associations=max_associations,
+                scheduler=scheduler,
+                workers=workers,
+                progress=progress,
+            )
+        )
+    except DimseError as exc:
+        click.echo(f"retrieve failed: {exc}", err=True)
+        sys.exit(EXIT_CRASH)
+    _print_summary(summary, out)
+    _exit_for(summary, fail_on_error)
 
 
 @cli.command()

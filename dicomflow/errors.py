@@ -33,6 +33,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_PIXELS = "unsupported_pixels"
     DECODE_FAILED = "decode_failed"
     TOO_LARGE = "too_large"
+    NOT_RETRIEVED = "not_retrieved"
     INTERNAL = "internal"
 
 

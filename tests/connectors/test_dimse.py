@@ -156,3 +156,72 @@ def test_c_get_without_expected_classes_is_a_config_error(orthanc: Orthanc, tmp_
 
     with pytest.raises(ConfigError):
         c_get(DimseAddress.parse(orthanc.url), "study", {}, tmp_path, sop_classes=[])
+
+
+def test_ingest_from_the_pacs_writes_the_lake_and_reruns_fetch_nothing(
+    orthanc: Orthanc, tmp_path: Path, client: object
+) -> None:
+    import pydicom
+
+    import dicomflow
+
+    study = pydicom.dcmread(PYDICOM_TEST_FILES / "CT_small.dcm").StudyInstanceUID
+    out = tmp_path / "lake"
+    summary = dicomflow.ingest(
+        [orthanc.url],
+        out=str(out),
+        query={"StudyInstanceUID": study},
+        client=client,
+        progress=False,
+    )
+    assert summary.errors == 0 and summary.rows >= 1
+    lake = dicomflow.read_lake(str(out))
+    assert set(lake.instances(columns=["StudyInstanceUID"]).column(0).to_pylist()) == {study}
+    assert lake.series().num_rows >= 1  # pixels written from what the PACS sent
+    retrieved = sorted((out / "_retrieved").rglob("*.dcm"))
+    stamps = [p.stat().st_mtime_ns for p in retrieved]
+    again = dicomflow.ingest(
+        [orthanc.url],
+        out=str(out),
+        query={"StudyInstanceUID": study},
+        client=client,
+        progress=False,
+    )
+    assert again.rows == summary.rows
+    assert [p.stat().st_mtime_ns for p in sorted((out / "_retrieved").rglob("*.dcm"))] == stamps
+
+
+@pytest.mark.integration
+def test_instances_the_pacs_cannot_send_become_not_retrieved(
+    tmp_path: Path, client: object
+) -> None:
+    """Orthanc 1.10 cannot transcode JPEG XL, and we propose no JPEG XL context."""
+    import dicomflow
+    from tests.conftest import CORPUS
+
+    jxl = CORPUS / "kaitakeradiology__orthanc-jxl" / "test_ct1_jxl.dcm"
+    require(jxl.exists() and orthanc_binary() is not None, "the corpus JPEG XL file and Orthanc")
+    import pydicom
+
+    with running_orthanc(tmp_path / "pacs") as server:
+        assert server.upload(jxl)
+        study = pydicom.dcmread(jxl, stop_before_pixels=True).StudyInstanceUID
+        summary = dicomflow.ingest(
+            [server.url],
+            out=str(tmp_path / "lake"),
+            pixels=False,
+            query={"StudyInstanceUID": study},
+            client=client,
+            progress=False,
+        )
+    assert summary.error_codes.get("not_retrieved") == 1
+    errors = dicomflow.read_lake(str(tmp_path / "lake")).errors().to_pylist()
+    assert [e["code"] for e in errors] == ["not_retrieved"]
+    assert errors[0]["source"].startswith(server.url)
+
+
+def test_dimse_source_needs_a_query(tmp_path: Path) -> None:
+    import dicomflow
+
+    with pytest.raises(ConfigError, match="needs a query"):
+        dicomflow.ingest(["dimse://PACS@127.0.0.1:104"], out=str(tmp_path))

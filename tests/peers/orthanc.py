@@ -69,6 +69,7 @@ def running_orthanc(
     binary = orthanc_binary()
     if binary is None:
         raise FileNotFoundError("Orthanc is not installed")
+    workdir.mkdir(parents=True, exist_ok=True)
     dicom_port, http_port = free_port(), free_port()
     modalities = {
         name.lower(): [name, "127.0.0.1", port]

@@ -1,0 +1,163 @@
+"""Retrieve from a PACS into the lake, then ingest what arrived.
+
+1. On the client, an IMAGE-level C-FIND lists what the query should bring
+   (SOP Instance UIDs and classes, by series).
+2. One Dask task per series C-GETs it into ``<lake>/_retrieved/<study>/<series>/``
+   (validated path components), holding a cluster-wide semaphore so no more
+   than ``max_associations`` associations hit the PACS at once. Instances the
+   lake already holds are not fetched again; instances missing after the
+   series-level C-GET are asked for once more by SOP Instance UID.
+3. The retrieved files go through the usual ingest; whatever is still missing
+   becomes an error row ``not_retrieved``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dask.delayed import delayed
+from distributed import Client, Semaphore
+
+from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
+from dicomflow.connectors.dimse.find import c_find
+from dicomflow.connectors.dimse.get import c_get
+from dicomflow.errors import ErrorCode
+from dicomflow.lake.layout import LakeLayout, safe_uid_component
+from dicomflow.pipelines.plan import partition_named
+from dicomflow.pipelines.sinks import LakeSink
+from dicomflow.records import Batch, InstanceRecord, RunContext, SourceRef
+
+RETRIEVED = "_retrieved"
+
+
+@dataclass(frozen=True)
+class SeriesRequest:
+    """One series to fetch: its UIDs and the instances (UID → SOP class) it should hold."""
+
+    study_uid: str
+    series_uid: str
+    instances: dict[str, str]
+
+
+def plan_requests(
+    address: DimseAddress, query: Mapping[str, str], options: DimseOptions
+) -> list[SeriesRequest]:
+    """What the query should bring, from an IMAGE-level C-FIND, grouped by series."""
+    series: dict[tuple[str, str], dict[str, str]] = {}
+    for found in c_find(address, "image", query, options=options, return_keys=("SOPClassUID",)):
+        key = (str(found.get("StudyInstanceUID", "")), str(found.get("SeriesInstanceUID", "")))
+        series.setdefault(key, {})[str(found.get("SOPInstanceUID", ""))] = str(
+            found.get("SOPClassUID", "")
+        )
+    return [
+        SeriesRequest(study, uid, instances) for (study, uid), instances in sorted(series.items())
+    ]
+
+
+def series_folder(layout: LakeLayout, request: SeriesRequest) -> Path:
+    _, root = layout.filesystem()
+    return (
+        Path(root)
+        / RETRIEVED
+        / safe_uid_component(request.study_uid)
+        / safe_uid_component(request.series_uid)
+    )
+
+
+def retrieve_series(
+    address: DimseAddress,
+    options: DimseOptions,
+    request: SeriesRequest,
+    layout: LakeLayout,
+    max_associations: int,
+) -> dict[str, str]:
+    """Task: fetch one series (only what is not already there); SOP UID → path."""
+    folder = series_folder(layout, request)
+    have = {uid: folder / f"{safe_uid_component(uid)}.dcm" for uid in request.instances}
+    have = {uid: path for uid, path in have.items() if path.exists()}
+    missing = [uid for uid in request.instances if uid not in have]
+    if missing:
+        classes = sorted(set(request.instances.values()))
+        with Semaphore(max_leases=max_associations, name=f"dicomflow-dimse-{address}"):
+            result = c_get(
+                address,
+                "series",
+                {"StudyInstanceUID": request.study_uid, "SeriesInstanceUID": request.series_uid},
+                folder,
+                sop_classes=classes,
+                options=options,
+            )
+            have.update(result.received)
+            still = [uid for uid in request.instances if uid not in have]
+            if still:  # one more try, instance by instance
+                retry = c_get(
+                    address,
+                    "image",
+                    {
+                        "StudyInstanceUID": request.study_uid,
+                        "SeriesInstanceUID": request.series_uid,
+                        "SOPInstanceUID": "\\".join(still),
+                    },
+                    folder,
+                    sop_classes=classes,
+                    options=options,
+                )
+                have.update(retry.received)
+    return {uid: str(path) for uid, path in have.items() if uid in request.instances}
+
+
+def report_missing(
+    layout: LakeLayout, address: DimseAddress, missing: Sequence[str], context: RunContext
+) -> int:
+    """Commit one ``not_retrieved`` error row per instance the PACS did not deliver."""
+    if not missing:
+        return 0
+    refs = [SourceRef(f"{address}#sop={uid}") for uid in sorted(missing)]
+    records = tuple(
+        InstanceRecord(ref).with_error(
+            "retrieve", ErrorCode.NOT_RETRIEVED, "the PACS did not deliver this instance"
+        )
+        for ref in refs
+    )
+    partition = partition_named(0, refs)
+    LakeSink(layout).write(Batch(records, context), partition)
+    return len(records)
+
+
+def retrieve(
+    client: Client,
+    address: DimseAddress,
+    query: Mapping[str, str],
+    *,
+    layout: LakeLayout,
+    options: DimseOptions,
+    max_associations: int = 2,
+    retries: int = 1,
+) -> tuple[list[str], list[str]]:
+    """Fetch everything the query names; return (retrieved paths, missing SOP UIDs)."""
+    requests = plan_requests(address, query, options)
+    task = delayed(retrieve_series, pure=False)
+    graph = [
+        task(
+            address,
+            options,
+            request,
+            layout,
+            max_associations,
+            dask_key_name=f"dicomflow-retrieve-{number}",
+        )
+        for number, request in enumerate(requests)
+    ]
+    results = client.compute(graph, retries=retries)
+    paths: list[str] = []
+    missing: list[str] = []
+    for request, future in zip(requests, results, strict=True):
+        try:
+            got = future.result()
+        except Exception:
+            got = {}
+        paths.extend(got.values())
+        missing.extend(uid for uid in request.instances if uid not in got)
+    return sorted(paths), missing
