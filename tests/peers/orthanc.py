@@ -61,9 +61,22 @@ class Orthanc:
             return False
 
 
+@dataclass(frozen=True)
+class OrthancTls:
+    """DICOM TLS for Orthanc: its certificate and key, and the certificates it trusts."""
+
+    certificate: Path
+    private_key: Path
+    trusted: Path
+    require_client_certificate: bool = True
+
+
 @contextmanager
 def running_orthanc(
-    workdir: Path, *, calling_aets: dict[str, int] | None = None
+    workdir: Path,
+    *,
+    calling_aets: dict[str, int] | None = None,
+    tls: OrthancTls | None = None,
 ) -> Iterator[Orthanc]:
     """Start Orthanc in ``workdir`` and stop it afterwards."""
     binary = orthanc_binary()
@@ -94,6 +107,16 @@ def running_orthanc(
         "Plugins": [],
         "StableAge": 1,
     }
+    if tls is not None:
+        config.update(
+            {
+                "DicomTlsEnabled": True,
+                "DicomTlsCertificate": str(tls.certificate),
+                "DicomTlsPrivateKey": str(tls.private_key),
+                "DicomTlsTrustedCertificates": str(tls.trusted),
+                "DicomTlsRemoteCertificateRequired": tls.require_client_certificate,
+            }
+        )
     config_path = workdir / "orthanc.json"
     config_path.write_text(json.dumps(config))
     log = (workdir / "orthanc.log").open("wb")
