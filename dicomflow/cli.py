@@ -282,6 +282,34 @@ def query(
     click.echo(f"matches: {table.num_rows}  written: {out}")
 
 
+@cli.command()
+@click.argument("src", nargs=-1, required=True)
+@click.option("--to", "url", required=True, help="The peer: dimse://CALLED_AE@host:port.")
+@_dimse_options
+def send(src: tuple[str, ...], url: str, **dimse: Any) -> None:
+    """C-STORE files or folders to a DICOM peer. Exit 0 if all were stored, 3 if some failed."""
+    from dicomflow.connectors.dimse.store import c_store
+
+    address = _run(lambda: DimseAddress.parse(url))
+    options = _run(lambda: _build_dimse_options(**dimse))
+    paths = sorted(
+        p
+        for s in src
+        for p in (Path(s).rglob("*") if Path(s).is_dir() else [Path(s)])
+        if p.is_file()
+    )
+    try:
+        outcomes = _run(lambda: c_store(address, paths, options))
+    except DimseError as exc:
+        click.echo(f"C-STORE failed: {exc}", err=True)
+        sys.exit(EXIT_CRASH)
+    failed = [o for o in outcomes if not o.ok]
+    click.echo(f"sent: {len(outcomes) - len(failed)}  failed: {len(failed)}")
+    for outcome in failed[:20]:
+        click.echo(f"  not stored: {outcome.path} ({outcome.message})", err=True)
+    sys.exit(EXIT_INPUT_ERRORS if failed else EXIT_OK)
+
+
 def _parse_queries(queries: tuple[str, ...]) -> dict[str, str]:
     matching = {}
     for item in queries:
