@@ -87,3 +87,41 @@ def test_cli_send(storescp: tuple[str, Path]) -> None:
     assert result.returncode == 0, result.stderr
     assert "sent: 1  failed: 0" in result.stdout
     assert len(list(out.iterdir())) == 1
+
+
+def test_c_move_to_our_own_storage_scp(tmp_path: Path) -> None:
+    from dicomflow.connectors.dimse.move import c_move
+    from dicomflow.connectors.dimse.scp import storage_scp
+    from tests.peers.orthanc import free_port
+
+    require(orthanc_binary() is not None, "Orthanc (Debian package orthanc)")
+    port = free_port()
+    with (
+        running_orthanc(tmp_path / "pacs", calling_aets={"DICOMFLOW": port}) as server,
+        storage_scp("DICOMFLOW", port, tmp_path / "moved") as received,
+    ):
+        outcomes = c_store(DimseAddress.parse(server.url), _paths()[:4])
+        assert all(o.ok for o in outcomes)
+        studies = {
+            pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID for p in _paths()[:4]
+        }
+        for study in sorted(studies):
+            result = c_move(
+                DimseAddress.parse(server.url), "study", {"StudyInstanceUID": study}, "DICOMFLOW"
+            )
+            assert result.failed == 0
+    expected = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in _paths()[:4]}
+    assert set(received.received) == expected
+    assert all(p.exists() for p in received.received.values())
+
+
+def test_c_move_to_an_unknown_destination_fails_clearly(tmp_path: Path) -> None:
+    from dicomflow.connectors.dimse.association import DimseError
+    from dicomflow.connectors.dimse.move import c_move
+
+    require(orthanc_binary() is not None, "Orthanc (Debian package orthanc)")
+    with running_orthanc(tmp_path / "pacs") as server:
+        c_store(DimseAddress.parse(server.url), _paths()[:1])
+        study = pydicom.dcmread(_paths()[0], stop_before_pixels=True).StudyInstanceUID
+        with pytest.raises(DimseError, match="C-MOVE"):
+            c_move(DimseAddress.parse(server.url), "study", {"StudyInstanceUID": study}, "NOBODY")

@@ -78,7 +78,7 @@ class GetResult:
     status: int | None = None
 
 
-def _store_handler(
+def store_handler(
     destination: Path, result: GetResult, on_progress: Callable[[int], None] | None
 ) -> Callable[[evt.Event], int]:
     def handle(event: evt.Event) -> int:
@@ -137,7 +137,7 @@ def c_get(
     result = GetResult()
     information_model = MODELS[model]
     contexts = [(information_model, None), *storage_contexts(classes)]
-    handlers = [(evt.EVT_C_STORE, _store_handler(destination, result, on_progress))]
+    handlers = [(evt.EVT_C_STORE, store_handler(destination, result, on_progress))]
     identifier = query_dataset(level, query)
     roles = [build_role(c, scp_role=True) for c in classes]
     started = time.perf_counter()

@@ -1,0 +1,63 @@
+"""A Storage SCP: dicomflow's own C-STORE receiver (a C-MOVE destination).
+
+Every storage SOP class is accepted in the uncompressed and common compressed
+syntaxes; each instance is written durably before it is acknowledged (the same
+handler as C-GET uses), and ``TCP_NODELAY`` is set on every accepted socket.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+from dicomflow.connectors.dimse.address import DimseOptions, valid_ae_title
+from dicomflow.connectors.dimse.association import DimseError
+from dicomflow.connectors.dimse.get import COMPRESSED, UNCOMPRESSED, GetResult, store_handler
+
+
+def _nodelay(event: evt.Event) -> None:
+    raw = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if isinstance(raw, socket.socket):
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+@contextmanager
+def storage_scp(
+    ae_title: str,
+    port: int,
+    destination: Path,
+    *,
+    host: str = "127.0.0.1",
+    options: DimseOptions | None = None,
+    allowed_callers: frozenset[str] | None = None,
+) -> Iterator[GetResult]:
+    """Listen on ``host:port`` as ``ae_title`` while the block runs; yield what arrives."""
+    options = options or DimseOptions()
+    destination.mkdir(parents=True, exist_ok=True)
+    ae = AE(ae_title=valid_ae_title(ae_title))
+    ae.maximum_pdu_size = options.max_pdu
+    ae.network_timeout = options.network_timeout
+    ae.acse_timeout = options.acse_timeout
+    ae.dimse_timeout = options.dimse_timeout
+    if allowed_callers is not None:
+        ae.require_calling_aet = sorted(allowed_callers)
+    for context in AllStoragePresentationContexts:
+        if context.abstract_syntax is not None:
+            ae.add_supported_context(context.abstract_syntax, [*UNCOMPRESSED, *COMPRESSED])
+    received = GetResult()
+    handlers: list[Any] = [
+        (evt.EVT_C_STORE, store_handler(destination, received, None)),
+        (evt.EVT_CONN_OPEN, _nodelay),
+    ]
+    server = ae.start_server((host, port), block=False, evt_handlers=handlers)
+    if server is None:
+        raise DimseError(f"cannot listen on {host}:{port}")
+    try:
+        yield received
+    finally:
+        server.shutdown()
