@@ -23,6 +23,7 @@ from distributed import Client, Semaphore
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
 from dicomflow.connectors.dimse.find import c_find
 from dicomflow.connectors.dimse.get import c_get
+from dicomflow.connectors.dimse.reliability import RetryPolicy
 from dicomflow.errors import ErrorCode
 from dicomflow.lake.layout import LakeLayout, safe_uid_component
 from dicomflow.pipelines.plan import partition_named
@@ -80,29 +81,22 @@ def retrieve_series(
     missing = [uid for uid in request.instances if uid not in have]
     if missing:
         classes = sorted(set(request.instances.values()))
+        policy = RetryPolicy()  # transient failures: backoff with jitter, then a breaker
+        series = {"StudyInstanceUID": request.study_uid, "SeriesInstanceUID": request.series_uid}
         with Semaphore(max_leases=max_associations, name=f"dicomflow-dimse-{address}"):
-            result = c_get(
-                address,
-                "series",
-                {"StudyInstanceUID": request.study_uid, "SeriesInstanceUID": request.series_uid},
-                folder,
-                sop_classes=classes,
-                options=options,
+            result = policy.call(
+                lambda: c_get(
+                    address, "series", series, folder, sop_classes=classes, options=options
+                )
             )
             have.update(result.received)
             still = [uid for uid in request.instances if uid not in have]
             if still:  # one more try, instance by instance
-                retry = c_get(
-                    address,
-                    "image",
-                    {
-                        "StudyInstanceUID": request.study_uid,
-                        "SeriesInstanceUID": request.series_uid,
-                        "SOPInstanceUID": "\\".join(still),
-                    },
-                    folder,
-                    sop_classes=classes,
-                    options=options,
+                by_uid = {**series, "SOPInstanceUID": "\\".join(still)}
+                retry = policy.call(
+                    lambda: c_get(
+                        address, "image", by_uid, folder, sop_classes=classes, options=options
+                    )
                 )
                 have.update(retry.received)
     return {uid: str(path) for uid, path in have.items() if uid in request.instances}

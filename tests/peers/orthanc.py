@@ -77,13 +77,14 @@ def running_orthanc(
     *,
     calling_aets: dict[str, int] | None = None,
     tls: OrthancTls | None = None,
+    dicom_port: int | None = None,
 ) -> Iterator[Orthanc]:
     """Start Orthanc in ``workdir`` and stop it afterwards."""
     binary = orthanc_binary()
     if binary is None:
         raise FileNotFoundError("Orthanc is not installed")
     workdir.mkdir(parents=True, exist_ok=True)
-    dicom_port, http_port = free_port(), free_port()
+    dicom_port, http_port = dicom_port or free_port(), free_port()
     modalities = {
         name.lower(): [name, "127.0.0.1", port]
         for name, port in (calling_aets or {"DICOMFLOW": 11112}).items()
