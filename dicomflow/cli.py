@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 import pyarrow.parquet as pq
@@ -21,7 +21,7 @@ from dicomflow.api import run_scan
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions, TlsOptions
 from dicomflow.connectors.dimse.association import DimseError
 from dicomflow.connectors.dimse.echo import c_echo
-from dicomflow.connectors.dimse.find import find_table
+from dicomflow.connectors.dimse.find import Level, Model, find_cohort, find_table, read_cohort
 from dicomflow.errors import ConfigError
 from dicomflow.pipelines.pipeline import RunSummary
 
@@ -247,6 +247,12 @@ def echo(url: str, show_contexts: bool, **dimse: Any) -> None:
 )
 @click.option("--return-key", "return_keys", multiple=True, help="Extra keyword to return.")
 @click.option("--limit", type=int, default=None, help="Stop (C-CANCEL) after N matches.")
+@click.option(
+    "--cohort",
+    default=None,
+    help="CSV with an AccessionNumber, PatientID or StudyInstanceUID column: "
+    "one C-FIND per row, results joined.",
+)
 @click.option("--out", required=True, help="Parquet file to write.")
 @_dimse_options
 def query(
@@ -256,6 +262,7 @@ def query(
     queries: tuple[str, ...],
     return_keys: tuple[str, ...],
     limit: int | None,
+    cohort: str | None,
     out: str,
     **dimse: Any,
 ) -> None:
@@ -263,18 +270,34 @@ def query(
     address = _run(lambda: DimseAddress.parse(url))
     options = _run(lambda: _build_dimse_options(**dimse))
     matching = _run(lambda: _parse_queries(queries))
+    find_level, find_model = cast(Level, level), cast(Model, model)
     try:
-        table = _run(
-            lambda: find_table(
-                address,
-                level,  # type: ignore[arg-type]
-                matching,
-                model=model,  # type: ignore[arg-type]
-                return_keys=return_keys,
-                limit=limit,
-                options=options,
+        if cohort:
+            column, values = _run(lambda: read_cohort(cohort))
+            table = _run(
+                lambda: find_cohort(
+                    address,
+                    find_level,
+                    column,
+                    values,
+                    query=matching,
+                    model=find_model,
+                    return_keys=return_keys,
+                    options=options,
+                )
             )
-        )
+        else:
+            table = _run(
+                lambda: find_table(
+                    address,
+                    find_level,
+                    matching,
+                    model=find_model,
+                    return_keys=return_keys,
+                    limit=limit,
+                    options=options,
+                )
+            )
     except DimseError as exc:
         click.echo(f"C-FIND failed: {exc}", err=True)
         sys.exit(EXIT_CRASH)

@@ -225,3 +225,29 @@ def test_dimse_source_needs_a_query(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="needs a query"):
         dicomflow.ingest(["dimse://PACS@127.0.0.1:104"], out=str(tmp_path))
+
+
+def test_cohort_csv_runs_one_find_per_row_and_joins(orthanc: Orthanc, tmp_path: Path) -> None:
+    import pydicom
+
+    studies = [
+        pydicom.dcmread(PYDICOM_TEST_FILES / n, stop_before_pixels=True).StudyInstanceUID
+        for n in ("CT_small.dcm", "MR_small.dcm")
+    ]
+    cohort = tmp_path / "cohort.csv"
+    cohort.write_text(
+        "StudyInstanceUID,note\n"
+        + "".join(f"{s},x\n" for s in studies)
+        + "1.2.3.4.5.6.7.8.9.999,not in the PACS\n"
+    )
+    out = tmp_path / "cohort.parquet"
+    result = _cli(
+        "query", orthanc.url, "--level", "study", "--cohort", str(cohort), "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    found = pq.read_table(out).column("StudyInstanceUID").to_pylist()
+    assert sorted(found) == sorted(studies)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Name\nx\n")
+    refused = _cli("query", orthanc.url, "--cohort", str(bad), "--out", str(out))
+    assert refused.returncode == 2 and "cohort CSV needs a column" in refused.stderr

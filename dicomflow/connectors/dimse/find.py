@@ -12,7 +12,8 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import pyarrow as pa
 from pydicom.datadict import tag_for_keyword
@@ -140,6 +141,60 @@ def c_find(
             count,
             1000 * (time.perf_counter() - started),
         )
+
+
+COHORT_KEYS = ("AccessionNumber", "PatientID", "StudyInstanceUID")
+
+
+def read_cohort(path: str) -> tuple[str, list[str]]:
+    """The identifier column of a cohort CSV (the first of COHORT_KEYS in its header)."""
+    import csv
+
+    with Path(path).open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        column = next((k for k in COHORT_KEYS if k in (reader.fieldnames or [])), None)
+        if column is None:
+            raise ConfigError(f"the cohort CSV needs a column named one of {COHORT_KEYS}")
+        values = [row[column].strip() for row in reader if row.get(column, "").strip()]
+    return column, values
+
+
+def find_cohort(
+    address: DimseAddress,
+    level: Level,
+    column: str,
+    values: Sequence[str],
+    *,
+    query: Mapping[str, str] | None = None,
+    model: Model = "study",
+    return_keys: Sequence[str] = (),
+    options: DimseOptions | None = None,
+) -> pa.Table:
+    """One C-FIND per cohort value (over one association), results joined in one table."""
+    options = options or DimseOptions()
+    context = RowContext(f"query-{datetime.now(UTC):%Y%m%dT%H%M%SZ}", datetime.now(UTC))
+    memo: dict[object, object] = {}
+    information_model = MODELS[model]
+    rows: list[dict[str, Any]] = []
+    with associate(address, options, [(information_model, None)]) as assoc:
+        for value in values:
+            identifier = query_dataset(
+                level, {**(query or {}), column: value}, (*return_keys, column)
+            )
+            for status, found in assoc.send_c_find(identifier, information_model):
+                code = getattr(status, "Status", None)
+                if code is None:
+                    raise DimseError(f"{address} stopped answering the C-FIND")
+                if code in _PENDING and found is not None:
+                    header = Header(tree_from_dataset(found), (), None, True, False, deflated=False)
+                    row = header_to_row(
+                        header, SourceRef(f"{address}#{level}/{len(rows)}"), context, memo
+                    )
+                    row["kind"] = f"query:{level}"
+                    rows.append(row)
+                elif code not in (0x0000, _CANCELLED):
+                    raise DimseError(f"{address} failed the C-FIND", status=code)
+    return rows_to_table(rows)
 
 
 def find_table(
