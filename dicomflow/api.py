@@ -22,7 +22,16 @@ from dicomflow.pipelines.scan import scan_pipeline
 from dicomflow.records import RunContext
 from dicomflow.schemas import errors_schema, instances_schema
 
-__all__ = ["Lake", "ingest", "open_series", "read_lake", "run_scan", "scan", "scan_errors"]
+__all__ = [
+    "Lake",
+    "connect_client",
+    "ingest",
+    "open_series",
+    "read_lake",
+    "run_scan",
+    "scan",
+    "scan_errors",
+]
 
 
 def _current_client() -> Client | None:
@@ -34,7 +43,7 @@ def _current_client() -> Client | None:
         return None
 
 
-def _connected(
+def connect_client(
     client: Client | None, scheduler: str | None, workers: int | None
 ) -> AbstractContextManager[Client]:
     """``client`` if given, else an already-active client, else the scheduler named by
@@ -60,7 +69,7 @@ def run_scan(
     named by ``scheduler``/``DASK_SCHEDULER_ADDRESS``, else a local cluster.
     """
     pipeline = scan_pipeline(sources, out=out, storage_options=storage_options, policy=policy)
-    with _connected(client, scheduler, workers) as connected:
+    with connect_client(client, scheduler, workers) as connected:
         return pipeline.run(connected, progress=progress)
 
 
@@ -93,7 +102,7 @@ def ingest(
     files = [u for u in urls if not u.startswith("dimse://")]
     if peers and not query:
         raise ConfigError("a dimse:// source needs a query (-q KEYWORD=VALUE)")
-    with _connected(client, scheduler, workers) as connected:
+    with connect_client(client, scheduler, workers) as connected:
         missing = 0
         layout = LakeLayout(out, dict(storage_options or {}))
         for peer in peers:

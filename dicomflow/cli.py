@@ -333,6 +333,65 @@ def send(src: tuple[str, ...], url: str, **dimse: Any) -> None:
     sys.exit(EXIT_INPUT_ERRORS if failed else EXIT_OK)
 
 
+@cli.command()
+@click.option("--ae", "ae_title", required=True, help="Our AE title as a Storage SCP.")
+@click.option("--port", type=int, required=True, help="Port to listen on.")
+@click.option("--out", required=True, help="Lake directory to write.")
+@click.option("--pixels/--no-pixels", default=False, help="Also write image stacks to Zarr.")
+@click.option("--allow", "allowed", multiple=True, help="Calling AE titles to accept (repeat).")
+@click.option(
+    "--batch-seconds",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="How often received instances are ingested.",
+)
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to bind.")  # noqa: S104
+@click.option("--workers", type=int, default=None, help="Local worker processes.")
+@click.option("--scheduler", default=None, help="Dask scheduler address.")
+@_dimse_options
+def listen(
+    ae_title: str,
+    port: int,
+    out: str,
+    pixels: bool,
+    allowed: tuple[str, ...],
+    batch_seconds: float,
+    host: str,
+    workers: int | None,
+    scheduler: str | None,
+    **dimse: Any,
+) -> None:
+    """Receive pushed instances (C-STORE) and ingest them in micro-batches, until stopped.
+
+    TLS: --tls-cert/--tls-key serve TLS; with --tls-ca, callers must present a
+    certificate signed by it.
+    """
+    from dicomflow.api import connect_client
+    from dicomflow.pipelines.listen import listen as run_listen
+
+    options = _run(lambda: _build_dimse_options(**dimse))
+
+    def report(summary: RunSummary) -> None:
+        click.echo(f"batch: files {summary.files}  rows {summary.rows}  errors {summary.errors}")
+
+    with connect_client(None, scheduler, workers) as client:
+        click.echo(f"listening as {ae_title} on {host}:{port}; stop with Ctrl-C")
+        totals = run_listen(
+            client,
+            ae_title=ae_title,
+            port=port,
+            out=out,
+            pixels=pixels,
+            options=options,
+            allowed_callers=frozenset(allowed) or None,
+            batch_seconds=batch_seconds,
+            host=host,
+            on_batch=report,
+        )
+    _print_summary(totals, out)
+
+
 def _parse_queries(queries: tuple[str, ...]) -> dict[str, str]:
     matching = {}
     for item in queries:

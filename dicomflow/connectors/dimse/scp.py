@@ -8,6 +8,7 @@ handler as C-GET uses), and ``TCP_NODELAY`` is set on every accepted socket.
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,17 @@ def _nodelay(event: evt.Event) -> None:
     raw = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if isinstance(raw, socket.socket):
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _server_tls(options: DimseOptions) -> ssl.SSLContext | None:
+    """TLS 1.2+ for the SCP; with a CA configured, callers must present a certificate."""
+    if options.tls is None or not options.tls.cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=options.tls.ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(options.tls.cert_file, options.tls.key_file)
+    context.verify_mode = ssl.CERT_REQUIRED if options.tls.ca_file else ssl.CERT_NONE
+    return context
 
 
 @contextmanager
@@ -54,7 +66,9 @@ def storage_scp(
         (evt.EVT_C_STORE, store_handler(destination, received, None)),
         (evt.EVT_CONN_OPEN, _nodelay),
     ]
-    server = ae.start_server((host, port), block=False, evt_handlers=handlers)
+    server = ae.start_server(
+        (host, port), block=False, evt_handlers=handlers, ssl_context=_server_tls(options)
+    )
     if server is None:
         raise DimseError(f"cannot listen on {host}:{port}")
     try:
