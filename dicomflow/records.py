@@ -13,15 +13,24 @@ from typing import Any
 
 from dicomflow.dicom.elements import Elements
 from dicomflow.errors import ErrorCode
+from dicomflow.urls import redact_url
 
 
 @dataclass(frozen=True, slots=True)
 class SourceRef:
-    """Where one input lives: a URL plus the identity facts the listing gave us."""
+    """Where one input lives: a URL plus the identity facts the listing gave us.
+
+    ``url`` is what is fetched (it may carry a signed query string); ``source`` is
+    what rows, error rows and logs show, with credentials and query removed.
+    """
 
     url: str
     size: int | None = None
     modified: datetime | None = None
+
+    @property
+    def source(self) -> str:
+        return redact_url(self.url)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ shared corpus, with readable ids.
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,11 @@ def test_typed_columns_equal_pydicom(dicom_file: Path) -> None:
 
 def _rebuild(key: str, stored_element: dict) -> object:
     """pydicom's value for one stored element, or the stored strings if pydicom rejects them."""
+    if "InlineBinary" in stored_element and stored_element["vr"] in ("DS", "IS"):
+        # a non-conformant number (an IS of "1A") is kept as its bytes: compare the text
+        text = base64.b64decode(stored_element["InlineBinary"]).decode("latin-1")
+        values = [v.strip(" \x00") for v in text.split("\\")]
+        return values[0] if len(values) == 1 else values
     with quiet():
         try:
             rebuilt = Dataset.from_json({key: stored_element}, bulk_data_uri_handler=lambda *_: b"")

@@ -22,7 +22,6 @@ from fsspec.implementations.local import LocalFileSystem
 from dicomflow.dicom.header import read_header
 from dicomflow.errors import DicomReadError, ErrorCode, SourceError
 from dicomflow.records import InstanceRecord, SourceRef
-from dicomflow.urls import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ class FilesConnector:
                     refs.setdefault(ref.url, ref)
             except (OSError, ValueError) as exc:
                 logger.warning("cannot list an input (%s)", type(exc).__name__)
-                failures.append((SourceRef(redact_url(url)), _describe(exc)))
+                failures.append((SourceRef(url), _describe(exc)))
         return Listing(sorted(refs.values(), key=lambda r: r.url), failures)
 
     def fetch(self, refs: Iterable[SourceRef]) -> Iterator[InstanceRecord]:
@@ -81,8 +80,10 @@ def _describe(exc: BaseException) -> str:
 def _expand(url: str, storage_options: dict[str, Any]) -> Iterator[SourceRef]:
     fs, path = url_to_fs(url, **storage_options)
     local = isinstance(fs, LocalFileSystem)
-    if any(ch in path for ch in _GLOB_CHARS):
+    if any(ch in path for ch in _GLOB_CHARS) and not fs.exists(path):
         found = fs.glob(path, detail=True)
+        if not found:
+            raise FileNotFoundError(path)  # a pattern that matches nothing is reported
         entries = {p: info for p, info in found.items() if info.get("type") != "directory"}
         for sub, info in list(found.items()):
             if info.get("type") == "directory":
@@ -93,7 +94,7 @@ def _expand(url: str, storage_options: dict[str, Any]) -> Iterator[SourceRef]:
         entries = {path: fs.info(path)}
     for entry_path, info in entries.items():
         yield SourceRef(
-            url=entry_path if local else redact_url(fs.unstrip_protocol(entry_path)),
+            url=entry_path if local else fs.unstrip_protocol(entry_path),
             size=info.get("size"),
             modified=_modified(info),
         )
@@ -132,6 +133,11 @@ def _read_one(
         return record.with_error(STAGE, exc.code, str(exc))
     except (OSError, SourceError) as exc:
         return record.with_error(STAGE, ErrorCode.UNREADABLE, _describe(exc))
+    except Exception as exc:  # a reader fault on one file must not sink the partition
+        logger.warning("reading one input failed (%s)", type(exc).__name__)
+        return record.with_error(
+            STAGE, ErrorCode.MALFORMED, f"header cannot be parsed ({type(exc).__name__})"
+        )
     return InstanceRecord(ref, header=header)
 
 

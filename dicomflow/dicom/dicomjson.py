@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import struct
 import warnings
 from collections.abc import Callable
@@ -58,7 +59,8 @@ def is_bulk_tag(tag: int) -> bool:
     if tag in _ALWAYS_BULK:
         return True
     group, element = tag >> 16, tag & 0xFFFF
-    return element == 0x3000 and group & 0xFF00 in (0x6000, 0x5000) and group % 2 == 0
+    in_repeating_group = 0x6000 <= group <= 0x601E or 0x5000 <= group <= 0x501E
+    return element == 0x3000 and in_repeating_group and group % 2 == 0
 
 
 @dataclass
@@ -94,6 +96,8 @@ def encodings_of(elements: Elements, inherited: list[str] | None) -> list[str] |
     value = element.value
     if element.converted:
         names = list(value) if isinstance(value, MultiValue | list) else [value or ""]
+    elif not isinstance(value, bytes):  # not text (a sequence, say): the default applies
+        return inherited
     elif not value:
         return inherited if inherited is not None else [DEFAULT_ENCODING]
     else:
@@ -231,9 +235,14 @@ def bulk_data_uri(
 _INVALID = object()
 
 
+_NUMBER_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
 def _number(vr: str, text: str) -> Any:
     if not text:
         return None
+    if not _NUMBER_TEXT.match(text):  # int()/float() would accept "1_5", "nan", "inf"
+        return _INVALID
     try:
         number = int(text) if vr == "IS" else float(text)
     except ValueError:
@@ -320,8 +329,8 @@ def _number_strings(vr: str, value: bytes, _enc: list[str] | None, _le: bool) ->
     if components == [""]:
         return {"vr": vr}, components
     numbers = [_number(vr, c) for c in components]
-    if any(n is _INVALID for n in numbers):  # keep the text rather than lose the value
-        return {"vr": vr, "Value": [c if c else None for c in components]}, components
+    if any(n is _INVALID for n in numbers):  # JSON numbers cannot hold it: keep the bytes
+        return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}, components
     return {"vr": vr, "Value": numbers}, components
 
 

@@ -30,7 +30,9 @@ PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 _UNSUPPORTED_SYNTAXES = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"})
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
 _VALID_VRS = _LONG_VRS | frozenset(
     {
         b"AE",
@@ -73,6 +75,7 @@ _US_SS_BY_PIXEL_REPRESENTATION = frozenset(
         0x00280121,
     }
 )
+IMPLICIT_PIXEL_VR = {0x7FE00008: "OF", 0x7FE00009: "OD", 0x7FE00010: "OW"}
 FIRST_READ = 16 * 1024
 MAX_HEADER_BYTES = 8 * 1024 * 1024
 MAX_TRAILING_BYTES = 1024 * 1024
@@ -139,7 +142,7 @@ def read_fast(fp: BinaryIO, size: int | None) -> FastHeader:
         except _NeedMore:
             if whole or want >= MAX_HEADER_BYTES:
                 raise FastPathUnsupported from None
-            want *= 4
+            want = min(want * 4, MAX_HEADER_BYTES)
 
 
 class _Parser:
@@ -184,6 +187,8 @@ class _Parser:
             if group != 0x0002:
                 return tuple(out), pos
             element, pos = self._explicit(pos, {}, None, 0)
+            if out and element.tag <= out[-1].tag:
+                raise FastPathUnsupported  # repeated meta elements: pydicom keeps the last
             out.append(element)
 
     def _dataset(
@@ -200,6 +205,7 @@ class _Parser:
         creators: dict[int, str] = {}
         pixel_rep: int | None = None
         limit = len(data) if end is None else end
+        previous = -1
         while pos < limit or end is None:
             if pos + 8 > len(data):
                 if top and self.whole and end is None and pos == len(data):
@@ -207,6 +213,9 @@ class _Parser:
                 raise self._short()
             group, number = unpack_from("<HH", data, pos)
             tag = group << 16 | number
+            if tag <= previous and tag != _ITEM_END:
+                raise FastPathUnsupported  # repeated or out-of-order tags: pydicom's rules
+            previous = tag
             if tag == _ITEM_END:
                 if end is not None or top:
                     raise FastPathUnsupported
@@ -220,7 +229,9 @@ class _Parser:
             else:
                 element, pos = self._explicit(pos, creators, pixel_rep, depth)
             if group & 1 and 0x10 <= number <= 0xFF and isinstance(element.value, bytes):
-                creators[tag] = element.value.decode("iso8859").strip(" \x00")
+                if element.vr not in ("LO", "UN"):
+                    raise FastPathUnsupported  # an odd creator encoding: let pydicom decide
+                creators[tag] = element.value.decode("iso8859").rstrip(" \x00")
             elif tag == 0x00280103 and element.length == 2:
                 pixel_rep = unpack_from("<H", element.value)[0]
             out.append(element)
@@ -269,7 +280,7 @@ class _Parser:
             if number == 0:
                 return "UL"
             raise FastPathUnsupported
-        if vr == "OB or OW" and (tag == 0x7FE00010 or tag & 0xFF01FFFF == 0x60003000):
+        if vr == "OB or OW" and (tag == 0x7FE00010 or _is_overlay_data(tag)):
             return "OW"  # PS3.5 A.1: implicit VR little endian encodes pixels and overlays as OW
         if vr == "US or SS":
             if tag in _US_SS_BY_PIXEL_REPRESENTATION and pixel_rep is not None:
@@ -285,6 +296,8 @@ class _Parser:
             vr = _private_element_vr(tag, creators)
         elif length != UNDEFINED_LENGTH and length < 0xFFFF:
             vr = _public_vr(tag) or "UN"
+        elif _public_vr(tag) is not None:
+            raise FastPathUnsupported  # pydicom's choice here depends on its defer size
         else:
             vr = "UN"
         if vr == "SQ" or " or " in vr or (vr == "UN" and length == UNDEFINED_LENGTH):
@@ -348,7 +361,7 @@ class _Parser:
         tag = group << 16 | number
         if self.implicit:
             length = unpack_from("<L", data, pos + 4)[0]
-            start, vr = pos + 8, "OW"
+            start, vr = pos + 8, IMPLICIT_PIXEL_VR[tag]
         else:
             if pos + 12 > len(data):
                 raise self._short()
@@ -385,7 +398,16 @@ def _private_element_vr(tag: int, creators: dict[int, str]) -> str:
     if number < 0x1000:
         return "UN"
     creator = creators.get((tag & 0xFFFF0000) | number >> 8)
+    if creator is None:
+        # pydicom looks for the creator in the whole data set (it may come later, or
+        # before Pixel Data for trailing elements); leave those cases to it.
+        raise FastPathUnsupported
     return _private_vr(tag, creator) if creator else "UN"
+
+
+def _is_overlay_data(tag: int) -> bool:
+    group = tag >> 16
+    return tag & 0xFFFF == 0x3000 and 0x6000 <= group <= 0x601E and group % 2 == 0
 
 
 def _transfer_syntax(meta: Elements) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 import warnings
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
@@ -25,7 +26,13 @@ from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dicomflow.dicom.dicomjson import BINARY_VRS
-from dicomflow.dicom.fastread import PIXEL_DATA_TAGS, FastHeader, FastPathUnsupported, read_fast
+from dicomflow.dicom.fastread import (
+    IMPLICIT_PIXEL_VR,
+    PIXEL_DATA_TAGS,
+    FastHeader,
+    FastPathUnsupported,
+    read_fast,
+)
 from dicomflow.dicom.pydicom_tree import resolved_vr, tree_from_dataset
 from dicomflow.dicom.sniff import SNIFF_BYTES, has_dicm_prefix, looks_like_raw_dataset
 from dicomflow.errors import ErrorCode, MalformedDicomError, NotDicomError
@@ -162,6 +169,8 @@ def _read_in_mode(fp: BinaryIO, size: int | None, mode: int) -> _Parsed:
             raise MalformedDicomError(
                 f"file ends inside the header ({type(exc).__name__})", code=ErrorCode.TRUNCATED
             ) from exc
+        except zlib.error as exc:
+            raise MalformedDicomError("deflated data set cannot be inflated") from exc
         except (InvalidDicomError, KeyError) as exc:
             if mode == pydicom_config.RAISE:
                 raise _Inconsistent from exc
@@ -324,9 +333,10 @@ def _locate_pixel_data(
         (length,) = struct.unpack(order + "L", raw[8:12])
         value_offset = start + 12
         vr = raw[4:6].decode("ascii")
-    else:
+    else:  # implicit VR: the dictionary's VR for the pixel tag
         (length,) = struct.unpack(order + "L", raw[4:8])
         value_offset = start + 8
+        vr = IMPLICIT_PIXEL_VR[tag]
     if length != _UNDEFINED:
         end = value_offset + length
         if size is not None and end > size:

@@ -66,6 +66,19 @@ def tree_from_dataset(ds: Dataset, depth: int = 0, base: int = 0) -> Elements:
                 # parsed now from its own bytes: nested offsets start at this value
                 out.append(_from_converted(ds[tag], depth, base + raw.value_tell))
                 continue
+            settled = ds[tag]  # pydicom settles the ambiguous VR
+            if isinstance(settled.value, bytes):  # binary: keep it raw, with its offset
+                out.append(
+                    Element(
+                        int(tag),
+                        vr_name(settled.VR),
+                        settled.value,
+                        base + raw.value_tell,
+                        raw.length,
+                        bool(raw.is_little_endian),
+                    )
+                )
+                continue
         out.append(_from_converted(ds[tag], depth, base))
     return tuple(out)
 

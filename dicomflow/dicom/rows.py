@@ -42,7 +42,7 @@ def header_to_row(
     meta_tags, data_tags = _captured_tags()
 
     encode_ctx = EncodeContext(
-        source=source_uri(ref.url),
+        source=source_uri(ref.source),
         offsets_valid=not header.deflated,
         inline_limit=ctx.inline_binary_limit,
         capture_tags=data_tags,
@@ -83,7 +83,7 @@ def header_to_row(
     has_pixels = header.pixel_data_tag is not None
     frames = row.get("NumberOfFrames")
     row.update(
-        source=ref.url,
+        source=ref.source,
         kind="dicomdir" if sop_class == MEDIA_STORAGE_DIRECTORY else "instance",
         size_bytes=ref.size,
         modified=ref.modified,

@@ -39,8 +39,10 @@ def write_part(layout: LakeLayout, table_name: str, part_name: str, table: pa.Ta
                 if fs.exists(temporary):
                     fs.rm(temporary)
         else:
-            with fs.open(final, "wb") as fp:
-                pq.write_table(table, fp, compression=COMPRESSION)
+            # One put of a complete buffer: a failed write never leaves a partial object.
+            buffer = pa.BufferOutputStream()
+            pq.write_table(table, buffer, compression=COMPRESSION)
+            fs.pipe_file(final, buffer.getvalue().to_pybytes())
     except OSError as exc:
         raise SinkError(
             f"cannot write {table_name} part {part_name}: {type(exc).__name__}"

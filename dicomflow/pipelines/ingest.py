@@ -172,7 +172,12 @@ def run_ingest(
         [index_task(source, p, dask_key_name=f"dicomflow-index-{p.name}") for p in partitions],
         retries=retries,
     )
-    index = [entry for future in futures for entry in future.result()]
+    index: list[tuple[SourceRef, str | None]] = []
+    for partition, future in zip(partitions, futures, strict=True):
+        try:
+            index.extend(future.result())
+        except Exception:  # unindexed inputs still go through a scan and get their rows
+            index.extend((ref, None) for ref in partition.refs)
     series_groups, loose = group_by_series(index)
 
     pixel_options = PixelOptions(layout, storage, frames_per_chunk=options.frames_per_chunk)

@@ -218,7 +218,16 @@ def execute(
                     message,
                     dask_key_name=f"dicomflow-failed-{partition.name}",
                 )
-                result = client.compute(fallback).result()
+                try:
+                    result = client.compute(fallback).result()
+                except Exception as fallback_exc:  # the sink itself is failing: report, go on
+                    logger.error(
+                        "cannot record the failed partition %s (%s)",
+                        partition.name,
+                        type(fallback_exc).__name__,
+                    )
+                    bar.advance(len(partition.refs))
+                    continue
             summary.rows += result.rows
             summary.errors += result.errors
             summary.error_codes.update(result.error_codes)

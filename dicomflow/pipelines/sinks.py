@@ -43,7 +43,7 @@ def instance_table(batch: Batch) -> pa.Table:
 def error_table(batch: Batch) -> pa.Table:
     failed = [r for r in batch.records if r.error is not None]
     columns: dict[str, list[Any]] = {
-        "source": [r.ref.url for r in failed],
+        "source": [r.ref.source for r in failed],
         "stage": [r.error.stage for r in failed if r.error],
         "code": [str(r.error.code) for r in failed if r.error],
         "message": [r.error.message for r in failed if r.error],
