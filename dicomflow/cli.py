@@ -176,23 +176,20 @@ def ingest(
 
     options = _run(lambda: _build_dimse_options(**dimse))
     matching = _run(lambda: _parse_queries(queries))
-    try:
-        summary = _run(
-            lambda: run_ingest(
-                list(src),
-                out=out,
-                pixels=pixels,
-                query=matching,
-                dimse=options,
-                max_associations=max_associations,
-                scheduler=scheduler,
-                workers=workers,
-                progress=progress,
-            )
-        )
-    except DimseError as exc:
-        click.echo(f"retrieve failed: {exc}", err=True)
-        sys.exit(EXIT_CRASH)
+    summary = _dimse(
+        "retrieve",
+        lambda: run_ingest(
+            list(src),
+            out=out,
+            pixels=pixels,
+            query=matching,
+            dimse=options,
+            max_associations=max_associations,
+            scheduler=scheduler,
+            workers=workers,
+            progress=progress,
+        ),
+    )
     _print_summary(summary, out)
     _exit_for(summary, fail_on_error)
 
@@ -211,11 +208,7 @@ def echo(url: str, show_contexts: bool, **dimse: Any) -> None:
     """C-ECHO a DICOM peer (dimse://CALLED_AE@host:port). Exit 0 if it answers, else 1."""
     address = _run(lambda: DimseAddress.parse(url))
     options = _run(lambda: _build_dimse_options(**dimse))
-    try:
-        result = c_echo(address, options)
-    except DimseError as exc:
-        click.echo(f"C-ECHO failed: {exc}", err=True)
-        sys.exit(EXIT_CRASH)
+    result = _dimse("C-ECHO", lambda: c_echo(address, options))
     click.echo(f"C-ECHO {address}: success in {result.round_trip_ms:.1f} ms")
     if show_contexts:
         for context in result.contexts:
@@ -271,36 +264,34 @@ def query(
     options = _run(lambda: _build_dimse_options(**dimse))
     matching = _run(lambda: _parse_queries(queries))
     find_level, find_model = cast(Level, level), cast(Model, model)
-    try:
-        if cohort:
-            column, values = _run(lambda: read_cohort(cohort))
-            table = _run(
-                lambda: find_cohort(
-                    address,
-                    find_level,
-                    column,
-                    values,
-                    query=matching,
-                    model=find_model,
-                    return_keys=return_keys,
-                    options=options,
-                )
-            )
-        else:
-            table = _run(
-                lambda: find_table(
-                    address,
-                    find_level,
-                    matching,
-                    model=find_model,
-                    return_keys=return_keys,
-                    limit=limit,
-                    options=options,
-                )
-            )
-    except DimseError as exc:
-        click.echo(f"C-FIND failed: {exc}", err=True)
-        sys.exit(EXIT_CRASH)
+    if cohort:
+        column, values = _run(lambda: read_cohort(cohort))
+        table = _dimse(
+            "C-FIND",
+            lambda: find_cohort(
+                address,
+                find_level,
+                column,
+                values,
+                query=matching,
+                model=find_model,
+                return_keys=return_keys,
+                options=options,
+            ),
+        )
+    else:
+        table = _dimse(
+            "C-FIND",
+            lambda: find_table(
+                address,
+                find_level,
+                matching,
+                model=find_model,
+                return_keys=return_keys,
+                limit=limit,
+                options=options,
+            ),
+        )
     pq.write_table(table, out, compression="zstd")
     click.echo(f"matches: {table.num_rows}  written: {out}")
 
@@ -321,11 +312,7 @@ def send(src: tuple[str, ...], url: str, **dimse: Any) -> None:
         for p in (Path(s).rglob("*") if Path(s).is_dir() else [Path(s)])
         if p.is_file()
     )
-    try:
-        outcomes = _run(lambda: c_store(address, paths, options))
-    except DimseError as exc:
-        click.echo(f"C-STORE failed: {exc}", err=True)
-        sys.exit(EXIT_CRASH)
+    outcomes = _dimse("C-STORE", lambda: c_store(address, paths, options))
     failed = [o for o in outcomes if not o.ok]
     click.echo(f"sent: {len(outcomes) - len(failed)}  failed: {len(failed)}")
     for outcome in failed[:20]:
@@ -419,6 +406,15 @@ def _run(job: Callable[[], T]) -> T:
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
+
+
+def _dimse(label: str, job: Callable[[], T]) -> T:
+    """Run a DIMSE job: configuration errors exit 2, a failing peer exits 1, both clearly."""
+    try:
+        return _run(job)
+    except DimseError as exc:
+        click.echo(f"{label} failed: {exc}", err=True)
+        sys.exit(EXIT_CRASH)
 
 
 def _exit_for(summary: RunSummary, fail_on_error: bool) -> None:

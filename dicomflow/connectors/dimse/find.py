@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
 
@@ -111,36 +112,62 @@ def c_find(
     """Yield matching identifiers; after ``limit`` matches send C-CANCEL and stop."""
     if model == "study" and level == "patient":
         raise ConfigError("the study-root model has no PATIENT level; use model='patient'")
-    options = options or DimseOptions()
     information_model = MODELS[model]
     identifier = query_dataset(level, query, return_keys)
-    with associate(address, options, [(information_model, None)]) as assoc:
-        started, count, cancelled = time.perf_counter(), 0, False
-        context_id = next(
-            cx.context_id
-            for cx in assoc.accepted_contexts
-            if cx.abstract_syntax == information_model
-        )
-        for status, found in assoc.send_c_find(identifier, information_model, msg_id=1):
-            code = getattr(status, "Status", None)
-            if code is None:
-                raise DimseError(f"{address} stopped answering the C-FIND")
-            if code in _PENDING and found is not None:
-                if limit is not None and count >= limit:
-                    continue  # matches still in flight after the cancel
-                count += 1
-                yield found
-                if limit is not None and count >= limit and not cancelled:
-                    assoc.send_c_cancel(1, context_id)
-                    cancelled = True
-            elif code not in (0x0000, _CANCELLED):
-                raise DimseError(f"{address} failed the C-FIND", status=code)
+    with associate(address, options or DimseOptions(), [(information_model, None)]) as assoc:
+        started = time.perf_counter()
+        count = 0
+        for found in _matches(assoc, identifier, information_model, address, limit):
+            count += 1
+            yield found
         logger.info(
             "C-FIND at %s level: %d matches in %.0f ms",
             level,
             count,
             1000 * (time.perf_counter() - started),
         )
+
+
+def _matches(
+    assoc: Any,
+    identifier: Dataset,
+    information_model: str,
+    address: DimseAddress,
+    limit: int | None = None,
+) -> Iterator[Dataset]:
+    """One C-FIND on an open association: the matches, with C-CANCEL after ``limit``."""
+    context_id = next(
+        cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == information_model
+    )
+    count, cancelled = 0, False
+    for status, found in assoc.send_c_find(identifier, information_model, msg_id=1):
+        code = getattr(status, "Status", None)
+        if code is None:
+            raise DimseError(f"{address} stopped answering the C-FIND")
+        if code in _PENDING and found is not None:
+            if limit is not None and count >= limit:
+                continue  # matches still in flight after the cancel
+            count += 1
+            yield found
+            if limit is not None and count >= limit and not cancelled:
+                assoc.send_c_cancel(1, context_id)
+                cancelled = True
+        elif code not in (0x0000, _CANCELLED):
+            raise DimseError(f"{address} failed the C-FIND", status=code)
+
+
+def matches_table(matches: Iterable[Dataset], address: DimseAddress, level: Level) -> pa.Table:
+    """Identifiers as an Arrow table with the ``instances`` schema (typed columns,
+    ``dicom_json``), one row per match; ``source`` is the peer and match number."""
+    context = RowContext(f"query-{datetime.now(UTC):%Y%m%dT%H%M%SZ}", datetime.now(UTC))
+    memo: dict[object, object] = {}
+    rows: list[dict[str, Any]] = []
+    for number, found in enumerate(matches):
+        header = Header(tree_from_dataset(found), (), None, True, False, deflated=False)
+        row = header_to_row(header, SourceRef(f"{address}#{level}/{number}"), context, memo)
+        row["kind"] = f"query:{level}"
+        rows.append(row)
+    return rows_to_table(rows)
 
 
 COHORT_KEYS = ("AccessionNumber", "PatientID", "StudyInstanceUID")
@@ -171,30 +198,18 @@ def find_cohort(
     options: DimseOptions | None = None,
 ) -> pa.Table:
     """One C-FIND per cohort value (over one association), results joined in one table."""
-    options = options or DimseOptions()
-    context = RowContext(f"query-{datetime.now(UTC):%Y%m%dT%H%M%SZ}", datetime.now(UTC))
-    memo: dict[object, object] = {}
     information_model = MODELS[model]
-    rows: list[dict[str, Any]] = []
-    with associate(address, options, [(information_model, None)]) as assoc:
-        for value in values:
-            identifier = query_dataset(
-                level, {**(query or {}), column: value}, (*return_keys, column)
+    with associate(address, options or DimseOptions(), [(information_model, None)]) as assoc:
+        found = chain.from_iterable(
+            _matches(
+                assoc,
+                query_dataset(level, {**(query or {}), column: value}, (*return_keys, column)),
+                information_model,
+                address,
             )
-            for status, found in assoc.send_c_find(identifier, information_model):
-                code = getattr(status, "Status", None)
-                if code is None:
-                    raise DimseError(f"{address} stopped answering the C-FIND")
-                if code in _PENDING and found is not None:
-                    header = Header(tree_from_dataset(found), (), None, True, False, deflated=False)
-                    row = header_to_row(
-                        header, SourceRef(f"{address}#{level}/{len(rows)}"), context, memo
-                    )
-                    row["kind"] = f"query:{level}"
-                    rows.append(row)
-                elif code not in (0x0000, _CANCELLED):
-                    raise DimseError(f"{address} failed the C-FIND", status=code)
-    return rows_to_table(rows)
+            for value in values
+        )
+        return matches_table(found, address, level)
 
 
 def find_table(
@@ -207,24 +222,8 @@ def find_table(
     limit: int | None = None,
     options: DimseOptions | None = None,
 ) -> pa.Table:
-    """The matches as an Arrow table with the ``instances`` schema (typed columns,
-    ``dicom_json``), one row per match; ``source`` is the peer and match number."""
-    context = RowContext(f"query-{datetime.now(UTC):%Y%m%dT%H%M%SZ}", datetime.now(UTC))
-    memo: dict[object, object] = {}
-    rows = []
-    for number, found in enumerate(
-        c_find(
-            address,
-            level,
-            query,
-            model=model,
-            return_keys=return_keys,
-            limit=limit,
-            options=options,
-        )
-    ):
-        header = Header(tree_from_dataset(found), (), None, True, False, deflated=False)
-        row = header_to_row(header, SourceRef(f"{address}#{level}/{number}"), context, memo)
-        row["kind"] = f"query:{level}"
-        rows.append(row)
-    return rows_to_table(rows)
+    """The matches of one C-FIND as an Arrow table (see :func:`matches_table`)."""
+    found = c_find(
+        address, level, query, model=model, return_keys=return_keys, limit=limit, options=options
+    )
+    return matches_table(found, address, level)
