@@ -77,6 +77,7 @@ _US_SS_BY_PIXEL_REPRESENTATION = frozenset(
 )
 IMPLICIT_PIXEL_VR = {0x7FE00008: "OF", 0x7FE00009: "OD", 0x7FE00010: "OW"}
 FIRST_READ = 16 * 1024
+MAX_FRAGMENTS = 10_000_000
 MAX_HEADER_BYTES = 8 * 1024 * 1024
 MAX_TRAILING_BYTES = 1024 * 1024
 
@@ -376,7 +377,10 @@ class _Parser:
             if size is None or end > size:
                 raise FastPathUnsupported  # truncated (or unknown size): pydicom path decides
             return (tag, vr, offset, length, end), end
-        end = _skip_fragments(fp, offset, size)
+        try:
+            end = skip_fragments(fp, offset, size)
+        except MalformedDicomError:
+            raise FastPathUnsupported from None  # the careful reader classifies it
         return (tag, vr, offset, None, end), end
 
     def _trailing(self, fp: BinaryIO, offset: int, size: int) -> Elements:
@@ -417,20 +421,29 @@ def _transfer_syntax(meta: Elements) -> str | None:
     return None
 
 
-def _skip_fragments(fp: BinaryIO, offset: int, size: int | None) -> int:
-    """Walk encapsulated item headers with seeks (fragments are never read); return the end."""
+def skip_fragments(fp: BinaryIO, offset: int, size: int | None, order: str = "<") -> int:
+    """Walk encapsulated item headers without reading fragments; return the end offset.
+
+    Shared by both readers. A file that ends early or has a bad item header raises
+    :class:`MalformedDicomError` (the fast reader turns that into a fallback).
+    """
     fp.seek(offset)
-    while True:
+    for _ in range(MAX_FRAGMENTS):
         raw = fp.read(8)
         if len(raw) < 8:
-            raise FastPathUnsupported
-        group, number, length = unpack_from("<HHL", raw)
+            raise MalformedDicomError(
+                "encapsulated Pixel Data has no sequence delimiter", code=ErrorCode.TRUNCATED
+            )
+        group, number, length = unpack_from(order + "HHL", raw)
         tag = group << 16 | number
         if tag == _SEQUENCE_END:
             return fp.tell()
         if tag != _ITEM or length == UNDEFINED_LENGTH:
-            raise FastPathUnsupported
+            raise MalformedDicomError("encapsulated Pixel Data has a bad item header")
         offset = fp.tell() + length
         if size is not None and offset > size:
-            raise FastPathUnsupported
+            raise MalformedDicomError(
+                "an encapsulated fragment runs past the end of the file", code=ErrorCode.TRUNCATED
+            )
         fp.seek(offset)
+    raise MalformedDicomError("encapsulated Pixel Data has too many fragments")

@@ -26,12 +26,14 @@ from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dicomflow.dicom.dicomjson import BINARY_VRS
+from dicomflow.dicom.elements import UNDEFINED_LENGTH
 from dicomflow.dicom.fastread import (
     IMPLICIT_PIXEL_VR,
     PIXEL_DATA_TAGS,
     FastHeader,
     FastPathUnsupported,
     read_fast,
+    skip_fragments,
 )
 from dicomflow.dicom.pydicom_tree import resolved_vr, tree_from_dataset
 from dicomflow.dicom.sniff import SNIFF_BYTES, has_dicm_prefix, looks_like_raw_dataset
@@ -40,11 +42,8 @@ from dicomflow.records import Header
 
 # Values longer than this are skipped while parsing (only their offset is kept).
 DEFER_BYTES = 64 * 1024
-_ITEM = 0xFFFEE000
-_SEQUENCE_DELIMITER = 0xFFFEE0DD
-_UNDEFINED = 0xFFFFFFFF
+
 _PIXEL_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"UN"})
-_MAX_FRAGMENTS = 10_000_000
 
 
 @contextmanager
@@ -229,7 +228,7 @@ def _check_complete(ds: Dataset, size: int | None) -> None:
     """pydicom returns a short value when a file ends inside it; treat that as truncation."""
     for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset yields elements)
         raw = ds.get_item(tag, keep_deferred=True)
-        if not isinstance(raw, RawDataElement) or raw.length == _UNDEFINED:
+        if not isinstance(raw, RawDataElement) or raw.length == UNDEFINED_LENGTH:
             continue
         if raw.value is None:
             short = size is not None and raw.value_tell + raw.length > size
@@ -337,36 +336,12 @@ def _locate_pixel_data(
         (length,) = struct.unpack(order + "L", raw[4:8])
         value_offset = start + 8
         vr = IMPLICIT_PIXEL_VR[tag]
-    if length != _UNDEFINED:
+    if length != UNDEFINED_LENGTH:
         end = value_offset + length
         if size is not None and end > size:
             raise MalformedDicomError(
                 "Pixel Data runs past the end of the file", code=ErrorCode.TRUNCATED
             )
         return tag, vr, value_offset, length, end
-    end = _skip_fragments(fp, value_offset, size, order)
+    end = skip_fragments(fp, value_offset, size, order)
     return tag, vr, value_offset, None, end
-
-
-def _skip_fragments(fp: BinaryIO, offset: int, size: int | None, order: str) -> int:
-    """Walk encapsulated item headers without reading fragments; return the end offset."""
-    fp.seek(offset)
-    for _ in range(_MAX_FRAGMENTS):
-        raw = fp.read(8)
-        if len(raw) < 8:
-            raise MalformedDicomError(
-                "encapsulated Pixel Data has no sequence delimiter", code=ErrorCode.TRUNCATED
-            )
-        group, element, length = struct.unpack(order + "HHL", raw)
-        tag = group << 16 | element
-        if tag == _SEQUENCE_DELIMITER:
-            return fp.tell()
-        if tag != _ITEM or length == _UNDEFINED:
-            raise MalformedDicomError("encapsulated Pixel Data has a bad item header")
-        offset = fp.tell() + length
-        if size is not None and offset > size:
-            raise MalformedDicomError(
-                "an encapsulated fragment runs past the end of the file", code=ErrorCode.TRUNCATED
-            )
-        fp.seek(offset)
-    raise MalformedDicomError("encapsulated Pixel Data has too many fragments")

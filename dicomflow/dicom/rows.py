@@ -12,13 +12,13 @@ from pydicom.uid import UID_dictionary
 
 from dicomflow.dicom.dicomjson import EncodeContext, encode_json
 from dicomflow.dicom.elements import UNDEFINED_LENGTH, Element
+from dicomflow.dicom.fastread import IMPLICIT_PIXEL_VR
 from dicomflow.dicom.typed import typed_value
 from dicomflow.records import Header, SourceRef
 from dicomflow.schemas.instances import ColumnSpec, column_specs, instances_schema
 from dicomflow.schemas.version import INSTANCES_SCHEMA_VERSION
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
-_PIXEL_VR = {0x7FE00008: "OF", 0x7FE00009: "OD", 0x7FE00010: "OW"}
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def header_to_row(
     if header.pixel_data_tag is not None:  # located, not read: a bulk data reference
         pixel = Element(
             header.pixel_data_tag,
-            header.pixel_data_vr or _PIXEL_VR[header.pixel_data_tag],
+            header.pixel_data_vr or IMPLICIT_PIXEL_VR[header.pixel_data_tag],
             None,
             header.pixel_data_offset,
             header.pixel_data_length or UNDEFINED_LENGTH,
