@@ -32,6 +32,7 @@ from dicomflow.pipelines.pipeline import (
     execute,
     new_run_id,
     run_partition,
+    task_key,
 )
 from dicomflow.pipelines.plan import Partition, PartitionPolicy, partition_named, plan_partitions
 from dicomflow.pipelines.sinks import LakeSink
@@ -125,20 +126,26 @@ def series_graph(
     """One series as plan → several decode-and-write shares → commit."""
     name = partition.name
     plan = delayed(prepare_series, pure=True)(
-        source, partition, context, options, dask_key_name=f"dicomflow-plan-{name}"
+        source, partition, context, options, dask_key_name=task_key("plan", context, name)
     )
     count = max(1, min(MAX_SHARES, math.ceil(len(partition.refs) / INSTANCES_PER_SHARE)))
     # Shares depend on the small work list, not on the plan (which holds every header
     # row), so the scheduler is free to spread them over all workers.
-    work = delayed(pixel_work, pure=True)(plan, dask_key_name=f"dicomflow-work-{name}")
+    work = delayed(pixel_work, pure=True)(plan, dask_key_name=task_key("work", context, name))
     shares = [
         delayed(write_items, pure=True)(
-            work, k, count, options, dask_key_name=f"dicomflow-pixels-{name}-{k}"
+            work, k, count, options, dask_key_name=task_key("pixels", context, f"{name}-{k}")
         )
         for k in range(count)
     ]
     return delayed(commit_series_partition, pure=True)(
-        plan, shares, partition, context, options, sinks, dask_key_name=f"dicomflow-series-{name}"
+        plan,
+        shares,
+        partition,
+        context,
+        options,
+        sinks,
+        dask_key_name=task_key("series", context, name),
     )
 
 
@@ -169,7 +176,10 @@ def run_ingest(
 
     index_task = delayed(index_partition, pure=True)
     futures = client.compute(
-        [index_task(source, p, dask_key_name=f"dicomflow-index-{p.name}") for p in partitions],
+        [
+            index_task(source, p, dask_key_name=task_key("index", context, p.name))
+            for p in partitions
+        ],
         retries=retries,
     )
     index: list[tuple[SourceRef, str | None]] = []
@@ -188,7 +198,7 @@ def run_ingest(
         jobs.append((part, series_graph(source, part, context, pixel_options, sinks)))
     scan_task = delayed(run_partition, pure=True)
     for part in plan_partitions(loose, policy):
-        key = f"dicomflow-scan-{part.name}"
+        key = task_key("scan", context, part.name)
         jobs.append(
             (part, scan_task(source, part, scan.operators, sinks, context, dask_key_name=key))
         )

@@ -127,7 +127,7 @@ class Pipeline:
                 self.operators,
                 self.sinks,
                 context,
-                dask_key_name=f"dicomflow-{part.name}",
+                dask_key_name=task_key("scan", context, part.name),
             )
             for part in partitions
         ]
@@ -216,7 +216,7 @@ def execute(
                     sinks,
                     context,
                     message,
-                    dask_key_name=f"dicomflow-failed-{partition.name}",
+                    dask_key_name=task_key("failed", context, partition.name),
                 )
                 try:
                     result = client.compute(fallback).result()
@@ -236,6 +236,12 @@ def execute(
                     summary.tables.setdefault(name, []).append(table)
             bar.advance(result.inputs)
             future.release()
+
+
+def task_key(stage: str, context: RunContext, name: str) -> str:
+    """A Dask key unique to this run: the same inputs in another run (or with other
+    operators) must never be answered from a result the scheduler still holds."""
+    return f"dicomflow-{stage}-{context.run_id}-{name}"
 
 
 def new_run_id() -> str:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,7 @@ def retrieve(
     """Fetch everything the query names; return (retrieved paths, missing SOP UIDs)."""
     requests = plan_requests(address, query, options)
     task = delayed(retrieve_series, pure=False)
+    token = uuid.uuid4().hex[:12]  # keys unique to this retrieval
     graph = [
         task(
             address,
@@ -140,7 +142,7 @@ def retrieve(
             request,
             layout,
             max_associations,
-            dask_key_name=f"dicomflow-retrieve-{number}",
+            dask_key_name=f"dicomflow-retrieve-{token}-{number}",
         )
         for number, request in enumerate(requests)
     ]

@@ -245,3 +245,12 @@ def test_progress_bar_shows_count_rate_and_eta_when_enabled(
     with Progress(10) as quiet:  # stderr is not a terminal under pytest
         quiet.advance(10)
     assert capsys.readouterr().err == ""
+
+
+def test_back_to_back_runs_never_share_task_results(client: Client, tmp_path: Path) -> None:
+    """The same inputs with another sink must not be answered from the first run's tasks."""
+    sources = [str(PYDICOM_TEST_FILES)]
+    written = run_scan(sources, out=str(tmp_path / "lake"), client=client, progress=False)
+    collected = run_scan(sources, client=client, progress=False)
+    rows = sum(t.num_rows for t in collected.tables["instances"])
+    assert rows == collected.rows == written.rows
