@@ -59,19 +59,10 @@ def corpus() -> Path:
 
 @pytest.fixture(scope="session")
 def client() -> Iterator[object]:
-    """A two-process local cluster shared by the pipeline tests."""
-    from distributed import Client, LocalCluster
+    """A two-process local cluster shared by the pipeline tests (the product's own)."""
+    from dicomflow.pipelines.cluster import open_client
 
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=40,
-        ) as cluster,
-        Client(cluster) as c,
-    ):
+    with open_client(workers=2) as c:
         yield c
 
 

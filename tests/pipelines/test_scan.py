@@ -20,6 +20,7 @@ from distributed import Client, LocalCluster
 
 import dicomflow
 from dicomflow.api import run_scan, scan_errors
+from dicomflow.pipelines.cluster import open_client
 from dicomflow.schemas import errors_schema, instances_schema
 from tests.conftest import PYDICOM_TEST_FILES, corpus_files, pydicom_files
 
@@ -108,16 +109,7 @@ def test_rerun_replaces_parts_instead_of_duplicating(
 def test_two_workers_and_one_worker_give_the_same_table(client: Client) -> None:
     sources = [str(PYDICOM_TEST_FILES)]
     two = dicomflow.scan(sources, client=client, progress=False)
-    with (
-        LocalCluster(
-            n_workers=1,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=40,
-        ) as cluster,
-        Client(cluster) as one,
-    ):
+    with open_client(workers=1) as one:
         single = dicomflow.scan(sources, client=one, progress=False)
     pd.testing.assert_frame_equal(_content(two), _content(single))
 
