@@ -10,10 +10,13 @@ from typing import Any
 import pyarrow as pa
 from distributed import Client
 
+from dicomflow.anonymize.config import deidentifier
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
 from dicomflow.errors import ConfigError
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.reader import Lake, read_lake
+from dicomflow.lake.dicom_files import remove_files
+from dicomflow.pipelines.anonymize import AnonymizeSettings
 from dicomflow.pipelines.cluster import open_client
 from dicomflow.pipelines.pipeline import RunSummary, new_run_id
 from dicomflow.pipelines.plan import PartitionPolicy
@@ -23,8 +26,10 @@ from dicomflow.records import RunContext
 from dicomflow.schemas import errors_schema, instances_schema
 
 __all__ = [
+    "AnonymizeSettings",
     "Lake",
     "connect_client",
+    "deidentifier",
     "ingest",
     "open_series",
     "read_lake",
@@ -87,13 +92,17 @@ def ingest(
     storage_options: dict[str, Any] | None = None,
     policy: PartitionPolicy | None = None,
     progress: bool | None = None,
+    anonymize: AnonymizeSettings | None = None,
 ) -> RunSummary:
     """Ingest ``sources`` into the lake at ``out``, all in one run.
 
     Sources are files, folders, globs or fsspec URLs, and ``dimse://AE@host:port``
     peers (retrieved with C-GET by ``query``, e.g. ``{"StudyInstanceUID": …}``, at
     most ``max_associations`` at a time). With ``pixels``, every image stack is
-    written to ``<out>/pixels.zarr`` plus the ``series`` table.
+    written to ``<out>/pixels.zarr`` plus the ``series`` table. With
+    ``anonymize`` (see :func:`deidentifier`), every input is de-identified first
+    and all outputs are made from the de-identified data; retrieved originals
+    are deleted once de-identified.
     """
     from dicomflow.pipelines.ingest import IngestOptions, run_ingest
 
@@ -104,6 +113,7 @@ def ingest(
         raise ConfigError("a dimse:// source needs a query (-q KEYWORD=VALUE)")
     with connect_client(client, scheduler, workers) as connected:
         missing = 0
+        retrieved: list[str] = []
         layout = LakeLayout(out, dict(storage_options or {}))
         for peer in peers:
             paths, lost = retrieve(
@@ -115,6 +125,7 @@ def ingest(
                 max_associations=max_associations,
             )
             files.extend(paths)
+            retrieved.extend(paths)
             missing += report_missing(
                 layout, peer, lost, RunContext(new_run_id(), datetime.now(UTC))
             )
@@ -126,7 +137,10 @@ def ingest(
             storage_options=storage_options,
             policy=policy,
             progress=progress,
+            anonymize=anonymize,
         )
+        if anonymize is not None and retrieved:
+            remove_files(layout, retrieved)  # originals must not stay in a de-identified lake
     summary.files += missing
     summary.errors += missing
     if missing:

@@ -138,10 +138,95 @@ def scan(
     _exit_for(summary, fail_on_error)
 
 
+def _anonymize_options(command: Callable[..., None]) -> Callable[..., None]:
+    """How to de-identify: profile, options, key (never on the command line), extras."""
+    options = [
+        click.option("--profile", default="basic", show_default=True, help="PS3.15 profile."),
+        click.option(
+            "--option",
+            "deid_options",
+            multiple=True,
+            metavar="NAME",
+            help="PS3.15 option, e.g. retain-longitudinal-modified, clean-descriptors (repeat).",
+        ),
+        click.option("--key-file", default=None, help="File holding the pseudonymisation key."),
+        click.option(
+            "--key-env", default=None, help="Environment variable holding the pseudonymisation key."
+        ),
+        click.option(
+            "--keep",
+            "keep_attributes",
+            multiple=True,
+            metavar="KEYWORD",
+            help="Project override: keep this attribute as it is (repeat).",
+        ),
+        click.option(
+            "--action",
+            "actions",
+            multiple=True,
+            metavar="KEYWORD=CODE",
+            help="Project override: apply X, Z, D, K, C or U to this attribute (repeat).",
+        ),
+        click.option(
+            "--pixel-rules", default=None, help="JSON rules of regions to black out per device."
+        ),
+        click.option(
+            "--safe-private", default=None, help="JSON file adding safe private attributes."
+        ),
+        click.option("--vocabulary", default=None, help="File of extra words clean-* keeps."),
+        click.option(
+            "--mapping",
+            default=None,
+            help="Folder (outside the lake) for the original-to-pseudonym mapping.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _build_anonymize(
+    *,
+    write_dicom: bool,
+    profile: str,
+    deid_options: tuple[str, ...],
+    key_file: str | None,
+    key_env: str | None,
+    keep_attributes: tuple[str, ...],
+    actions: tuple[str, ...],
+    pixel_rules: str | None,
+    safe_private: str | None,
+    vocabulary: str | None,
+    mapping: str | None,
+) -> Any:
+    from dicomflow.api import AnonymizeSettings, deidentifier
+
+    overrides = {keyword: "K" for keyword in keep_attributes}
+    overrides.update(_parse_queries(actions, "--action"))
+    engine = deidentifier(
+        key_file=key_file,
+        key_env=key_env,
+        profile=profile,
+        options=deid_options,
+        overrides=overrides,
+        pixel_rules=pixel_rules,
+        safe_private=safe_private,
+        vocabulary=vocabulary,
+        keep_mapping=mapping is not None,
+    )
+    return AnonymizeSettings(engine, write_dicom=write_dicom, mapping_dir=mapping)
+
+
 @cli.command()
 @click.argument("src", nargs=-1, required=True)
 @click.option("--out", required=True, help="Lake directory to write.")
 @click.option("--pixels/--no-pixels", default=False, help="Also write image stacks to Zarr.")
+@click.option(
+    "--anonymize", is_flag=True, help="De-identify (PS3.15 Annex E) before any output is made."
+)
+@click.option(
+    "--dicom", "write_dicom", is_flag=True, help="With --anonymize: keep de-identified DICOM files."
+)
 @click.option(
     "-q",
     "--query",
@@ -157,12 +242,25 @@ def scan(
     show_default=True,
     help="Concurrent associations per PACS, across the whole cluster.",
 )
+@_anonymize_options
 @_run_options
 @_dimse_options
 def ingest(
     src: tuple[str, ...],
     out: str,
     pixels: bool,
+    anonymize: bool,
+    write_dicom: bool,
+    profile: str,
+    deid_options: tuple[str, ...],
+    key_file: str | None,
+    key_env: str | None,
+    keep_attributes: tuple[str, ...],
+    actions: tuple[str, ...],
+    pixel_rules: str | None,
+    safe_private: str | None,
+    vocabulary: str | None,
+    mapping: str | None,
     queries: tuple[str, ...],
     max_associations: int,
     scheduler: str | None,
@@ -176,6 +274,25 @@ def ingest(
 
     options = _run(lambda: _build_dimse_options(**dimse))
     matching = _run(lambda: _parse_queries(queries))
+    settings = None
+    if anonymize:
+        settings = _run(
+            lambda: _build_anonymize(
+                write_dicom=write_dicom,
+                profile=profile,
+                deid_options=deid_options,
+                key_file=key_file,
+                key_env=key_env,
+                keep_attributes=keep_attributes,
+                actions=actions,
+                pixel_rules=pixel_rules,
+                safe_private=safe_private,
+                vocabulary=vocabulary,
+                mapping=mapping,
+            )
+        )
+    elif write_dicom:
+        _run(lambda: _config_error("--dicom writes de-identified files: it needs --anonymize"))
     summary = _dimse(
         "retrieve",
         lambda: run_ingest(
@@ -188,9 +305,45 @@ def ingest(
             scheduler=scheduler,
             workers=workers,
             progress=progress,
+            anonymize=settings,
         ),
     )
     _print_summary(summary, out)
+    _exit_for(summary, fail_on_error)
+
+
+@cli.command()
+@click.argument("src", nargs=-1, required=True)
+@click.option("--out", required=True, help="Folder to write (a lake holding dicom/ and tables).")
+@_anonymize_options
+@_run_options
+def anonymize(
+    src: tuple[str, ...],
+    out: str,
+    scheduler: str | None,
+    workers: int | None,
+    fail_on_error: bool,
+    progress: bool | None,
+    **deid: Any,
+) -> None:
+    """De-identify SRC into OUT/dicom/<study>/<series>/<sop>.dcm (shortcut for
+    ``ingest --anonymize --dicom``); the tables are made from the output files."""
+    from dicomflow.api import ingest as run_ingest
+
+    settings = _run(lambda: _build_anonymize(write_dicom=True, **deid))
+    summary = _run(
+        lambda: run_ingest(
+            list(src),
+            out=out,
+            pixels=False,
+            scheduler=scheduler,
+            workers=workers,
+            progress=progress,
+            anonymize=settings,
+        )
+    )
+    _print_summary(summary, out)
+    click.echo(f"de-identified DICOM: {Path(out) / 'dicom'}")
     _exit_for(summary, fail_on_error)
 
 
@@ -379,12 +532,16 @@ def listen(
     _print_summary(totals, out)
 
 
-def _parse_queries(queries: tuple[str, ...]) -> dict[str, str]:
+def _config_error(message: str) -> None:
+    raise ConfigError(message)
+
+
+def _parse_queries(queries: tuple[str, ...], option: str = "-q") -> dict[str, str]:
     matching = {}
     for item in queries:
         keyword, sep, value = item.partition("=")
         if not sep or not keyword:
-            raise ConfigError("each -q takes KEYWORD=VALUE")
+            raise ConfigError(f"each {option} takes KEYWORD=VALUE")
         matching[keyword.strip()] = value
     return matching
 

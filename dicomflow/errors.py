@@ -34,6 +34,8 @@ class ErrorCode(StrEnum):
     DECODE_FAILED = "decode_failed"
     TOO_LARGE = "too_large"
     NOT_RETRIEVED = "not_retrieved"
+    BURNED_IN_ANNOTATION = "burned_in_annotation"
+    DEIDENTIFICATION_FAILED = "deidentification_failed"
     INTERNAL = "internal"
 
 
@@ -76,3 +78,14 @@ class MalformedDicomError(DicomReadError):
     """The content is DICOM but cannot be parsed (truncated, bad lengths, too deep)."""
 
     code = ErrorCode.MALFORMED
+
+
+class DeidentificationError(DicomflowError, ValueError):
+    """One instance could not be de-identified; it becomes an error row, never an output."""
+
+    code = ErrorCode.DEIDENTIFICATION_FAILED
+
+    def __init__(self, message: str, *, code: ErrorCode | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code

@@ -22,15 +22,18 @@ class SourceRef:
 
     ``url`` is what is fetched (it may carry a signed query string); ``source`` is
     what rows, error rows and logs show, with credentials and query removed.
+    ``label``, when set, is shown instead of the URL (a pseudonymous identifier
+    for an input whose path may carry PHI).
     """
 
     url: str
     size: int | None = None
     modified: datetime | None = None
+    label: str | None = None
 
     @property
     def source(self) -> str:
-        return redact_url(self.url)
+        return self.label if self.label is not None else redact_url(self.url)
 
 
 @dataclass(frozen=True, slots=True)

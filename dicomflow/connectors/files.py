@@ -66,6 +66,15 @@ class FilesConnector:
         for ref in refs:
             yield _read_one(ref, self.storage_options, fs_cache)
 
+    def read_bytes(
+        self, ref: SourceRef, fs_cache: dict[str, fsspec.AbstractFileSystem] | None = None
+    ) -> bytes:
+        """The whole content of one input (for operators that rewrite instances)."""
+        fs, path = _filesystem(ref.url, self.storage_options, {} if fs_cache is None else fs_cache)
+        with fs.open(path, "rb") as fp:
+            data: bytes = fp.read()
+        return data
+
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, FileNotFoundError):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from dicomflow.errors import SinkError
@@ -26,26 +28,43 @@ def write_part(layout: LakeLayout, table_name: str, part_name: str, table: pa.Ta
     """
     fs, _ = layout.filesystem()
     directory = layout.table_dir(table_name)
-    final = f"{directory}/{part_name}.parquet"
     try:
-        fs.makedirs(directory, exist_ok=True)
-        if isinstance(fs, LocalFileSystem):
-            temporary = f"{directory}/.{part_name}.{uuid.uuid4().hex}.tmp"
-            try:
-                with fs.open(temporary, "wb") as fp:
-                    pq.write_table(table, fp, compression=COMPRESSION)
-                fs.mv(temporary, final)
-            finally:
-                if fs.exists(temporary):
-                    fs.rm(temporary)
-        else:
-            # One put of a complete buffer: a failed write never leaves a partial object.
-            buffer = pa.BufferOutputStream()
-            pq.write_table(table, buffer, compression=COMPRESSION)
-            fs.pipe_file(final, buffer.getvalue().to_pybytes())
+        final = _write_atomically(fs, directory, part_name, table)
     except OSError as exc:
         raise SinkError(
             f"cannot write {table_name} part {part_name}: {type(exc).__name__}"
         ) from exc
     logger.debug("committed %s part %s (%d rows)", table_name, part_name, table.num_rows)
+    return final
+
+
+def write_table_file(
+    url: str, table: pa.Table, storage_options: dict[str, Any] | None = None
+) -> str:
+    """Write ``table`` to the Parquet file ``url`` (any fsspec URL), atomically."""
+    fs, path = url_to_fs(url, **(storage_options or {}))
+    directory, _, filename = path.rpartition("/")
+    try:
+        return _write_atomically(fs, directory, filename.removesuffix(".parquet"), table)
+    except OSError as exc:
+        raise SinkError(f"cannot write a Parquet file: {type(exc).__name__}") from exc
+
+
+def _write_atomically(fs: Any, directory: str, part_name: str, table: pa.Table) -> str:
+    final = f"{directory}/{part_name}.parquet"
+    fs.makedirs(directory, exist_ok=True)
+    if isinstance(fs, LocalFileSystem):
+        temporary = f"{directory}/.{part_name}.{uuid.uuid4().hex}.tmp"
+        try:
+            with fs.open(temporary, "wb") as fp:
+                pq.write_table(table, fp, compression=COMPRESSION)
+            fs.mv(temporary, final)
+        finally:
+            if fs.exists(temporary):
+                fs.rm(temporary)
+    else:
+        # One put of a complete buffer: a failed write never leaves a partial object.
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer, compression=COMPRESSION)
+        fs.pipe_file(final, buffer.getvalue().to_pybytes())
     return final

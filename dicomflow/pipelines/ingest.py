@@ -24,6 +24,7 @@ from dicomflow.connectors.files import FilesConnector
 from dicomflow.dicom.elements import Elements
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.operators.flatten import Flatten
+from dicomflow.pipelines.anonymize import AnonymizeSettings, run_deidentify
 from dicomflow.pipelines.pipeline import (
     PartitionResult,
     Pipeline,
@@ -159,8 +160,14 @@ def run_ingest(
     policy: PartitionPolicy | None = None,
     progress: bool | None = None,
     retries: int = 2,
+    anonymize: AnonymizeSettings | None = None,
 ) -> RunSummary:
-    """Run both stages on ``client`` and return the summary."""
+    """Run the stages on ``client`` and return the summary.
+
+    With ``anonymize``, every input is first de-identified (see
+    :mod:`dicomflow.pipelines.anonymize`) and the later stages read only the
+    de-identified files.
+    """
     options = options or IngestOptions()
     storage = dict(storage_options or {})
     started = time.perf_counter()
@@ -170,6 +177,32 @@ def run_ingest(
     scan = Pipeline(source, (Flatten(),), (LakeSink(layout),), policy or PartitionPolicy())
     partitions = scan.plan()
     summary = RunSummary(context.run_id, files=sum(len(p.refs) for p in partitions))
+    stages = _Stages(client, layout, context, options, policy, progress, retries)
+    if anonymize is not None:
+        stage_one, destination, written = run_deidentify(
+            client,
+            partitions,
+            reader=source,
+            layout=layout,
+            settings=anonymize,
+            context=context,
+            progress=progress,
+            retries=retries,
+        )
+        summary.errors += stage_one.errors
+        summary.error_codes.update(stage_one.error_codes)
+        lake_files = FilesConnector((), layout.storage_options)
+        try:
+            if options.pixels:
+                groups, loose = group_by_series(written)
+            else:
+                groups, loose = [], [ref for ref, _ in written]
+            stages.run(lake_files, groups, loose, summary)
+        finally:
+            if not anonymize.write_dicom:
+                destination.remove()
+        summary.seconds = time.perf_counter() - started
+        return summary
     if not options.pixels:
         result = scan.run(client, run_id=context.run_id, progress=progress, retries=retries)
         return result
@@ -189,19 +222,52 @@ def run_ingest(
         except Exception:  # unindexed inputs still go through a scan and get their rows
             index.extend((ref, None) for ref in partition.refs)
     series_groups, loose = group_by_series(index)
-
-    pixel_options = PixelOptions(layout, storage, frames_per_chunk=options.frames_per_chunk)
-    sinks = (LakeSink(layout),)
-    jobs = []
-    for number, refs in enumerate(series_groups):
-        part = partition_named(number, refs)
-        jobs.append((part, series_graph(source, part, context, pixel_options, sinks)))
-    scan_task = delayed(run_partition, pure=True)
-    for part in plan_partitions(loose, policy):
-        key = task_key("scan", context, part.name)
-        jobs.append(
-            (part, scan_task(source, part, scan.operators, sinks, context, dask_key_name=key))
-        )
-    execute(client, jobs, summary, sinks=sinks, context=context, progress=progress, retries=retries)
+    stages.run(source, series_groups, loose, summary)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+@dataclass(frozen=True)
+class _Stages:
+    """The last stage of ingest: one graph per series, scan partitions for the rest."""
+
+    client: Client
+    layout: LakeLayout
+    context: RunContext
+    options: IngestOptions
+    policy: PartitionPolicy | None
+    progress: bool | None
+    retries: int
+
+    def run(
+        self,
+        source: FilesConnector,
+        series_groups: Sequence[Sequence[SourceRef]],
+        loose: Sequence[SourceRef],
+        summary: RunSummary,
+    ) -> None:
+        context = self.context
+        pixel_options = PixelOptions(
+            self.layout, self.layout.storage_options, frames_per_chunk=self.options.frames_per_chunk
+        )
+        sinks = (LakeSink(self.layout),)
+        jobs = []
+        for number, refs in enumerate(series_groups):
+            part = partition_named(number, refs)
+            jobs.append((part, series_graph(source, part, context, pixel_options, sinks)))
+        scan_task = delayed(run_partition, pure=True)
+        operators = (Flatten(),)
+        for part in plan_partitions(loose, self.policy):
+            key = task_key("scan", context, part.name)
+            jobs.append(
+                (part, scan_task(source, part, operators, sinks, context, dask_key_name=key))
+            )
+        execute(
+            self.client,
+            jobs,
+            summary,
+            sinks=sinks,
+            context=context,
+            progress=self.progress,
+            retries=self.retries,
+        )

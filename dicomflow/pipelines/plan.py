@@ -43,7 +43,8 @@ def _digest(refs: Sequence[SourceRef]) -> str:
     h = hashlib.sha256()
     for ref in refs:
         stamp = ref.modified.isoformat() if ref.modified else ""
-        h.update(f"{ref.url}\0{ref.size}\0{stamp}\n".encode())
+        identity = ref.label if ref.label is not None else ref.url
+        h.update(f"{identity}\0{ref.size}\0{stamp}\n".encode())
     return h.hexdigest()[:20]
 
 
