@@ -13,9 +13,9 @@ from distributed import Client
 from dicomflow.anonymize.config import deidentifier
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
 from dicomflow.errors import ConfigError
+from dicomflow.lake.dicom_files import remove_files
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.reader import Lake, read_lake
-from dicomflow.lake.dicom_files import remove_files
 from dicomflow.pipelines.anonymize import AnonymizeSettings
 from dicomflow.pipelines.cluster import open_client
 from dicomflow.pipelines.pipeline import RunSummary, new_run_id

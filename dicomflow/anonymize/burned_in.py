@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,7 +69,7 @@ def load_rules(path: str) -> tuple[PixelRule, ...]:
     """Rules from a JSON file: ``[{"manufacturer", "model", "rows", "columns",
     "regions": [[x, y, width, height], ...]}, ...]``."""
     try:
-        with open(path, encoding="utf-8") as fp:
+        with Path(path).open(encoding="utf-8") as fp:
             raw = json.load(fp)
         return tuple(_rule(item) for item in raw)
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -78,7 +79,11 @@ def load_rules(path: str) -> tuple[PixelRule, ...]:
 def _rule(item: Mapping[str, Any]) -> PixelRule:
     regions = tuple(Region(*(int(v) for v in r)) for r in item["regions"])
     return PixelRule(
-        str(item["manufacturer"]), str(item["model"]), int(item["rows"]), int(item["columns"]), regions
+        str(item["manufacturer"]),
+        str(item["model"]),
+        int(item["rows"]),
+        int(item["columns"]),
+        regions,
     )
 
 

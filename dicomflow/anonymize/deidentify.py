@@ -88,7 +88,8 @@ def deidentify_dataset(ds: Dataset, walk: Walk) -> None:
 def _dataset(ds: Dataset, walk: Walk, leaves: Leaves) -> None:
     kept_blocks: set[tuple[int, int]] = set()
     creators: list[int] = []
-    for tag in list(ds.keys()):
+    for key in list(ds.keys()):
+        tag = int(key)
         group, element = tag >> 16, tag & 0xFFFF
         if group % 2:
             if 0x0010 <= element <= 0x00FF:
@@ -119,7 +120,7 @@ def _dataset(ds: Dataset, walk: Walk, leaves: Leaves) -> None:
     for tag in creators:
         if (tag >> 16, tag & 0xFF) not in kept_blocks:
             del ds[tag]
-    for group in walk.removed_overlays & {t >> 16 for t in ds.keys()}:
+    for group in walk.removed_overlays & {tag >> 16 for tag in map(int, ds.keys())}:
         _drop_group(ds, group)
 
 
@@ -140,7 +141,7 @@ def _pattern(group: int, element: int) -> Pattern | None:
 
 def _drop_group(ds: Dataset, group: int) -> None:
     """Remove a whole overlay plane whose data was removed (keeps the module valid)."""
-    for tag in [t for t in ds.keys() if t >> 16 == group]:
+    for tag in [t for t in map(int, ds.keys()) if t >> 16 == group]:
         del ds[tag]
 
 

@@ -15,14 +15,20 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    UID,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    UID,
 )
 
 from dicomflow._version import __version__
-from dicomflow.anonymize.burned_in import PixelRule, blank_regions, find_rule, is_suspect, quarantine
+from dicomflow.anonymize.burned_in import (
+    PixelRule,
+    blank_regions,
+    find_rule,
+    is_suspect,
+    quarantine,
+)
 from dicomflow.anonymize.deidentify import Walk, deidentify_dataset, patient_key
 from dicomflow.anonymize.keys import SecretKey
 from dicomflow.anonymize.private import SafePrivateKey
@@ -33,7 +39,7 @@ from dicomflow.dicom.header import read_header
 from dicomflow.errors import DeidentificationError, DicomflowError
 
 # A UUID-derived UID (PS3.5 B.2) naming dicomflow as the writer of the file meta.
-IMPLEMENTATION_CLASS_UID = "2.25.254828032729054574551006967159846512413"
+IMPLEMENTATION_CLASS_UID = UID("2.25.254828032729054574551006967159846512413")
 IMPLEMENTATION_VERSION_NAME = f"DICOMFLOW_{__version__}"[:16]
 LONGITUDINAL = {"full": "UNMODIFIED", "modified": "MODIFIED", "removed": "REMOVED"}
 
@@ -83,7 +89,9 @@ class Deidentifier:
             self.profile,
             pseudonyms,
             self.vocabulary,
-            self.safe_private if Option.RETAIN_SAFE_PRIVATE in self.profile.options else frozenset(),
+            self.safe_private
+            if Option.RETAIN_SAFE_PRIVATE in self.profile.options
+            else frozenset(),
             key,
             pseudonyms.day_shift(key),
             pseudonyms.second_shift(key),
@@ -116,11 +124,11 @@ class Deidentifier:
 
     def _file_meta(self, ds: Dataset, original_meta_sop: str) -> None:
         old = getattr(ds, "file_meta", None) or FileMetaDataset()
-        sop_uid = str(ds.get("SOPInstanceUID", "") or "")
+        sop_uid = UID(str(ds.get("SOPInstanceUID", "") or ""))
         if not sop_uid:
             if not original_meta_sop:
                 raise DeidentificationError("the instance has no SOP Instance UID")
-            sop_uid = self.pseudonyms.uid(original_meta_sop)
+            sop_uid = UID(self.pseudonyms.uid(original_meta_sop))
             ds.SOPInstanceUID = sop_uid
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = ds.get("SOPClassUID") or old.get("MediaStorageSOPClassUID")
@@ -137,8 +145,7 @@ class Deidentifier:
         # error code a scan would give it, instead of being half-read and rewritten.
         read_header(io.BytesIO(data), size=len(data))
         try:
-            ds = dcmread(io.BytesIO(data), force=True)
-            ds, mapping = self.dataset(ds)
+            ds, mapping = self.dataset(dcmread(io.BytesIO(data), force=True))
             out = io.BytesIO()
             ds.save_as(out, enforce_file_format=True)
         except DicomflowError:

@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterable, Mapping
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 SAFE_PRIVATE_FILE = "safe_private.json"
@@ -38,5 +39,5 @@ def default_safe_private() -> frozenset[SafePrivateKey]:
 
 def load_safe_private(path: str) -> frozenset[SafePrivateKey]:
     """Extra entries from a project JSON file with the same ``attributes`` rows."""
-    with open(path, encoding="utf-8") as fp:
+    with Path(path).open(encoding="utf-8") as fp:
         return _entries(json.load(fp)["attributes"])

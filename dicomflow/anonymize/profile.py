@@ -200,7 +200,9 @@ def parse_option(text: str) -> Option:
         return Option(text.strip().lower())
     except ValueError:
         names = ", ".join(o.value for o in Option)
-        raise ConfigError(f"unknown de-identification option {text!r} (choose from {names})") from None
+        raise ConfigError(
+            f"unknown de-identification option {text!r} (choose from {names})"
+        ) from None
 
 
 def parse_tag(text: str) -> int:
@@ -244,9 +246,7 @@ class Profile:
             actions[0x00100010] = Action.CLEAN
             actions[0x00100020] = Action.CLEAN
         actions.update(self.overrides)
-        patterns = {
-            row.pattern: resolve_action(row, options) for row in table.rows if row.pattern
-        }
+        patterns = {row.pattern: resolve_action(row, options) for row in table.rows if row.pattern}
         object.__setattr__(self, "actions", actions)
         object.__setattr__(self, "patterns", patterns)
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from pydicom import config as pydicom_config
@@ -87,7 +88,7 @@ def default_vocabulary() -> frozenset[str]:
 def load_vocabulary(path: str) -> frozenset[str]:
     """Extra words from a project file (whitespace-separated, ``#`` starts a comment)."""
     try:
-        with open(path, encoding="utf-8") as fp:
+        with Path(path).open(encoding="utf-8") as fp:
             return _words(fp.read())
     except OSError as exc:
         raise ConfigError(f"cannot read the vocabulary file ({type(exc).__name__})") from None

@@ -47,7 +47,9 @@ class Anonymize:
         relabelled = batch.replace_records(
             [
                 InstanceRecord(
-                    SourceRef(r.ref.url, r.ref.size, r.ref.modified, pseudonyms.input_id(r.ref.url)),
+                    SourceRef(
+                        r.ref.url, r.ref.size, r.ref.modified, pseudonyms.input_id(r.ref.url)
+                    ),
                     error=r.error,
                 )
                 for r in batch.records
@@ -63,10 +65,14 @@ class Anonymize:
         except OSError as exc:
             raise DeidentificationError(f"cannot read the input ({type(exc).__name__})") from None
         result = self.deidentifier.instance(data)
-        path = self.destination.write(result.study_uid, result.series_uid, result.sop_uid, result.data)
+        path = self.destination.write(
+            result.study_uid, result.series_uid, result.sop_uid, result.data
+        )
         label = None if self.label_outputs else record.ref.label
         written = SourceRef(path, len(result.data), None, label)
         out = InstanceRecord(written, outputs={SERIES_OUTPUT: result.series_uid or None})
         if result.mapping:
-            out = out.with_output(MAPPING_OUTPUT, (record.ref.url, record.ref.label, result.mapping))
+            out = out.with_output(
+                MAPPING_OUTPUT, (record.ref.url, record.ref.label, result.mapping)
+            )
         return out

@@ -105,7 +105,7 @@ def deidentify_partition(
 
 
 def _write_mapping(mapping_dir: str, part_name: str, records: Sequence[InstanceRecord]) -> None:
-    rows = []
+    rows: list[dict[str, str | None]] = []
     for record in records:
         if MAPPING_OUTPUT not in record.outputs:
             continue
@@ -115,13 +115,23 @@ def _write_mapping(mapping_dir: str, part_name: str, records: Sequence[InstanceR
             for k, o, p in pairs
         )
         rows.append(
-            {"source": source, "input_id": input_id, "kind": "file", "original": source,
-             "pseudonym": record.ref.url}
+            {
+                "source": source,
+                "input_id": input_id,
+                "kind": "file",
+                "original": source,
+                "pseudonym": record.ref.url,
+            }
         )
-    write_table_file(f"{mapping_dir.rstrip('/')}/{part_name}.parquet", pa.Table.from_pylist(rows, schema=MAPPING_SCHEMA))
+    write_table_file(
+        f"{mapping_dir.rstrip('/')}/{part_name}.parquet",
+        pa.Table.from_pylist(rows, schema=MAPPING_SCHEMA),
+    )
 
 
-def keyed_partitions(partitions: Sequence[Partition], deidentifier: Deidentifier) -> list[Partition]:
+def keyed_partitions(
+    partitions: Sequence[Partition], deidentifier: Deidentifier
+) -> list[Partition]:
     """Partitions whose names and input labels are keyed pseudonyms of the originals."""
     pseudonyms = deidentifier.pseudonyms
     keyed = []
@@ -148,16 +158,26 @@ def run_deidentify(
     """Stage one on the cluster: the summary (error rows only), where the files went,
     and each written file with its (pseudonymous) series UID."""
     check_mapping_dir(settings, layout)
-    destination = DicomFiles(layout) if settings.write_dicom else DicomFiles.staging(layout, context.run_id)
-    operator = Anonymize(settings.deidentifier, reader, destination, label_outputs=settings.write_dicom)
+    destination = (
+        DicomFiles(layout) if settings.write_dicom else DicomFiles.staging(layout, context.run_id)
+    )
+    operator = Anonymize(
+        settings.deidentifier, reader, destination, label_outputs=settings.write_dicom
+    )
     sinks = (LakeSink(layout),)
     keyed = keyed_partitions(partitions, settings.deidentifier)
     task = delayed(deidentify_partition, pure=True)
     jobs = [
         (
             part,
-            task(part, operator, sinks, context, settings.mapping_dir,
-                 dask_key_name=task_key("deidentify", context, part.name)),
+            task(
+                part,
+                operator,
+                sinks,
+                context,
+                settings.mapping_dir,
+                dask_key_name=task_key("deidentify", context, part.name),
+            ),
         )
         for part in keyed
     ]
