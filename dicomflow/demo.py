@@ -8,8 +8,12 @@ from pathlib import Path
 import click
 import pydicom.data
 
-from dicomflow.api import ingest
+from dicomflow.anonymize.keys import SecretKey
+from dicomflow.api import AnonymizeSettings, connect_client, deidentifier, ingest
 from dicomflow.lake.reader import read_lake
+
+# Only for the demo's public sample files: real data needs a secret key (--key-file).
+DEMO_KEY = SecretKey(b"dicomflow-demo-key-public-never-use-for-real-data")
 
 
 def sample_data_dir() -> Path:
@@ -22,7 +26,16 @@ def run_demo(out: Path, *, workers: int | None = None) -> int:
     out = out.resolve()
     samples = sample_data_dir()
     click.echo(f"ingesting {samples} → {out}")
-    summary = ingest([str(samples)], out=str(out), pixels=True, workers=workers)
+    with connect_client(None, None, workers) as client:
+        summary = ingest([str(samples)], out=str(out), pixels=True, client=client)
+        deid_out = out.parent / f"{out.name}-deidentified"
+        click.echo(f"de-identifying the same files (PS3.15 basic profile, demo key) → {deid_out}")
+        settings = AnonymizeSettings(
+            deidentifier(key=DEMO_KEY, options=["retain-longitudinal-modified"]), write_dicom=True
+        )
+        deid = ingest(
+            [str(samples)], out=str(deid_out), pixels=True, client=client, anonymize=settings
+        )
     lake = read_lake(str(out))
     stacks = lake.series()
     instances = lake.instances(columns=["Modality"])
@@ -38,6 +51,12 @@ def run_demo(out: Path, *, workers: int | None = None) -> int:
     click.echo(f"  series table     {out}/series/*.parquet")
     click.echo(f"  errors table     {out}/errors/*.parquet")
     click.echo(f"  pixels (Zarr)    {out}/pixels.zarr/<study>/<series>/<stack>")
+    click.echo(
+        f"de-identified: files {deid.files}  rows {deid.rows}  errors {deid.errors} "
+        "(quarantined burned-in candidates and unreadable inputs are error rows)"
+    )
+    click.echo(f"  DICOM            {deid_out}/dicom/<study>/<series>/<sop>.dcm")
+    click.echo(f"  tables and Zarr  {deid_out}/instances, series, errors, pixels.zarr")
     click.echo("try:")
     query = f"SELECT Modality, count(*) FROM read_parquet('{out}/instances/*.parquet') GROUP BY 1"  # noqa: S608 (printed, not run)
     click.echo(f'  .venv/bin/python -c "import duckdb; duckdb.sql(\\"{query}\\").show()"')
@@ -50,4 +69,4 @@ def run_demo(out: Path, *, workers: int | None = None) -> int:
             f'  .venv/bin/python -c "import dicomflow; '
             f"print(dicomflow.open_series('{out}', '{uid}'))\""
         )
-    return 0 if summary.accounted else 1
+    return 0 if summary.accounted and deid.accounted else 1

@@ -61,9 +61,12 @@ class DicomFiles:
 
     def remove(self) -> None:
         """Delete the whole folder (used for a run's staging area)."""
-        fs, _ = self.layout.filesystem()
+        fs, root = self.layout.filesystem()
         if fs.exists(self.root()):
             fs.rm(self.root(), recursive=True)
+        parent = self.root().rsplit("/", 1)[0]
+        if parent != root and fs.exists(parent) and not fs.ls(parent):
+            fs.rmdir(parent)
 
 
 def remove_files(layout: LakeLayout, paths: list[str]) -> None:
