@@ -7,8 +7,11 @@ never climb out of the lake.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from fsspec.implementations.local import LocalFileSystem
 
@@ -39,25 +42,42 @@ class DicomFiles:
         return f"{self.root()}/{parts[0]}/{parts[1]}/{safe_uid_component(sop_uid)}.dcm"
 
     def write(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> str:
-        """Write one file (temporary name + rename locally, one put elsewhere); its path."""
+        """Write one file and return its path.
+
+        The same bytes at the same path are left as they are (a rerun). Different
+        bytes under an existing SOP Instance UID (two inputs claiming one UID) are
+        never overwritten: the newcomer goes to ``<sop>-<content digest>.dcm``.
+        Locally the file appears atomically (temporary file, then a hard link that
+        fails if the name is taken); elsewhere it is one put.
+        """
         fs, _ = self.layout.filesystem()
         final = self.path_for(study_uid, series_uid, sop_uid)
-        directory = final.rsplit("/", 1)[0]
         try:
-            fs.makedirs(directory, exist_ok=True)
             if isinstance(fs, LocalFileSystem):
-                temporary = f"{directory}/.{uuid.uuid4().hex}.tmp"
-                try:
-                    fs.pipe_file(temporary, data)
-                    fs.mv(temporary, final)
-                finally:
-                    if fs.exists(temporary):
-                        fs.rm(temporary)
-            else:
-                fs.pipe_file(final, data)
+                return self._write_local(final, data)
+            if fs.exists(final) and fs.cat_file(final) != data:
+                final = _alternative(final, data)
+            fs.pipe_file(final, data)
         except OSError as exc:
             raise SinkError(f"cannot write a DICOM file: {type(exc).__name__}") from exc
         return final
+
+    def _write_local(self, final: str, data: bytes) -> str:
+        directory = Path(final).parent
+        directory.mkdir(parents=True, exist_ok=True)
+        temporary = directory / f".{uuid.uuid4().hex}.tmp"
+        try:
+            temporary.write_bytes(data)
+            for candidate in (final, _alternative(final, data)):
+                try:
+                    os.link(temporary, candidate)
+                    return candidate
+                except FileExistsError:
+                    if Path(candidate).read_bytes() == data:
+                        return candidate
+            raise SinkError("two different inputs share one SOP Instance UID and content digest")
+        finally:
+            temporary.unlink(missing_ok=True)
 
     def remove(self) -> None:
         """Delete the whole folder (used for a run's staging area)."""
@@ -75,3 +95,8 @@ def remove_files(layout: LakeLayout, paths: list[str]) -> None:
     for path in paths:
         if path.startswith(root + "/") and fs.exists(path):
             fs.rm(path)
+
+
+def _alternative(final: str, data: bytes) -> str:
+    """The path for a second, different instance under an already used SOP Instance UID."""
+    return f"{final.removesuffix('.dcm')}-{hashlib.sha256(data).hexdigest()[:12]}.dcm"
