@@ -452,9 +452,29 @@ def query(
 @cli.command()
 @click.argument("src", nargs=-1, required=True)
 @click.option("--to", "url", required=True, help="The peer: dimse://CALLED_AE@host:port.")
+@click.option(
+    "--commit",
+    "commit_port",
+    type=int,
+    default=None,
+    metavar="PORT",
+    help="Then request Storage Commitment; the peer's report is accepted on PORT "
+    "(or on the same association).",
+)
+@click.option(
+    "--commit-timeout", type=float, default=60.0, show_default=True, help="Seconds to wait."
+)
 @_dimse_options
-def send(src: tuple[str, ...], url: str, **dimse: Any) -> None:
-    """C-STORE files or folders to a DICOM peer. Exit 0 if all were stored, 3 if some failed."""
+def send(
+    src: tuple[str, ...],
+    url: str,
+    commit_port: int | None,
+    commit_timeout: float,
+    **dimse: Any,
+) -> None:
+    """C-STORE files or folders to a DICOM peer. Exit 0 if all were stored (and committed,
+    with --commit), 3 if some failed."""
+    from dicomflow.connectors.dimse.commitment import request_commitment
     from dicomflow.connectors.dimse.store import c_store
 
     address = _run(lambda: DimseAddress.parse(url))
@@ -470,7 +490,24 @@ def send(src: tuple[str, ...], url: str, **dimse: Any) -> None:
     click.echo(f"sent: {len(outcomes) - len(failed)}  failed: {len(failed)}")
     for outcome in failed[:20]:
         click.echo(f"  not stored: {outcome.path} ({outcome.message})", err=True)
-    sys.exit(EXIT_INPUT_ERRORS if failed else EXIT_OK)
+    uncommitted = 0
+    if commit_port is not None:
+        sent = [(o.sop_class_uid, o.sop_instance_uid) for o in outcomes if o.ok]
+        result = _dimse(
+            "storage commitment",
+            lambda: request_commitment(
+                address, sent, options, report_port=commit_port, timeout=commit_timeout
+            ),
+        )
+        uncommitted = len(result.failed) + len(result.missing)
+        click.echo(
+            f"committed: {len(result.committed)}  failed: {len(result.failed)}  "
+            f"unreported: {len(result.missing)}"
+        )
+        for uid, reason in list(result.failed.items())[:20]:
+            code = f"0x{reason:04X}" if reason is not None else "no reason given"
+            click.echo(f"  not committed: {uid} ({code})", err=True)
+    sys.exit(EXIT_INPUT_ERRORS if failed or uncommitted else EXIT_OK)
 
 
 @cli.command()

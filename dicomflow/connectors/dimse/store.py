@@ -9,6 +9,7 @@ the rest.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import warnings
@@ -34,17 +35,19 @@ class StoreOutcome:
     path: str
     status: int | None
     message: str = ""
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
 
     @property
     def ok(self) -> bool:
         return self.status is not None and (self.status == 0 or self.status >> 12 == 0xB)
 
 
-def _identity(path: Path) -> tuple[str, str]:
+def _identity(path: Path) -> tuple[str, str, str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)
+    return str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID), str(ds.SOPInstanceUID)
 
 
 def c_store(
@@ -53,15 +56,15 @@ def c_store(
     """Send every file in ``paths`` over one association; an outcome per file."""
     options = options or DimseOptions()
     outcomes: list[StoreOutcome] = []
-    identities: dict[Path, tuple[str, str]] = {}
+    identities: dict[Path, tuple[str, str, str]] = {}
     for path in paths:
         try:
             identities[path] = _identity(path)
         except Exception as exc:
             outcomes.append(StoreOutcome(str(path), None, f"not sendable ({type(exc).__name__})"))
     pairs = sorted(
-        {pair for pair in identities.values()}
-        | {(sop, ExplicitVRLittleEndian) for sop, _ in identities.values()}
+        {(sop, syntax) for sop, syntax, _ in identities.values()}
+        | {(sop, ExplicitVRLittleEndian) for sop, _, _ in identities.values()}
     )
     if len(pairs) > MAX_CONTEXTS:
         raise ConfigError("too many SOP class and transfer syntax pairs for one association")
@@ -72,8 +75,11 @@ def c_store(
         accepted = {
             (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
         }
-        for path, (sop_class, syntax) in identities.items():
-            outcomes.append(_send(assoc, path, sop_class, syntax, accepted))
+        for path, (sop_class, syntax, sop_uid) in identities.items():
+            outcome = _send(assoc, path, sop_class, syntax, accepted)
+            outcomes.append(
+                dataclasses.replace(outcome, sop_class_uid=sop_class, sop_instance_uid=sop_uid)
+            )
     sent = sum(o.ok for o in outcomes)
     logger.info(
         "C-STORE to %s: %d of %d sent in %.0f ms",
