@@ -16,8 +16,10 @@ from dicomflow.errors import ConfigError
 from dicomflow.lake.dicom_files import remove_files
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.reader import Lake, read_lake
+from dicomflow.operators.store import Store
 from dicomflow.pipelines.anonymize import AnonymizeSettings
 from dicomflow.pipelines.cluster import open_client
+from dicomflow.pipelines.limits import associations_limit
 from dicomflow.pipelines.pipeline import RunSummary, new_run_id
 from dicomflow.pipelines.plan import PartitionPolicy
 from dicomflow.pipelines.retrieve import report_missing, retrieve
@@ -93,6 +95,7 @@ def ingest(
     policy: PartitionPolicy | None = None,
     progress: bool | None = None,
     anonymize: AnonymizeSettings | None = None,
+    send_to: str | None = None,
 ) -> RunSummary:
     """Ingest ``sources`` into the lake at ``out``, all in one run.
 
@@ -102,11 +105,19 @@ def ingest(
     written to ``<out>/pixels.zarr`` plus the ``series`` table. With
     ``anonymize`` (see :func:`deidentifier`), every input is de-identified first
     and all outputs are made from the de-identified data; retrieved originals
-    are deleted once de-identified.
+    are deleted once de-identified. With ``send_to`` (``dimse://AE@host:port``),
+    every instance written is also sent there with C-STORE (the de-identified files
+    when anonymizing), at most ``max_associations`` at a time; failures are
+    ``not_stored`` error rows.
     """
     from dicomflow.pipelines.ingest import IngestOptions, run_ingest
 
     urls = [sources] if isinstance(sources, str) else list(sources)
+    after: tuple[Store, ...] = ()
+    if send_to is not None:
+        target = DimseAddress.parse(send_to)
+        limit = associations_limit(target, max_associations)
+        after = (Store(target, dimse or DimseOptions(), limit),)
     peers = [DimseAddress.parse(u) for u in urls if u.startswith("dimse://")]
     files = [u for u in urls if not u.startswith("dimse://")]
     if peers and not query:
@@ -133,7 +144,7 @@ def ingest(
             connected,
             files,
             out=out,
-            options=IngestOptions(pixels=pixels),
+            options=IngestOptions(pixels=pixels, after_flatten=after),
             storage_options=storage_options,
             policy=policy,
             progress=progress,

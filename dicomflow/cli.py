@@ -242,6 +242,13 @@ def _build_anonymize(
     show_default=True,
     help="Concurrent associations per PACS, across the whole cluster.",
 )
+@click.option(
+    "--send",
+    "send_to",
+    default=None,
+    metavar="dimse://AE@host:port",
+    help="Also C-STORE every instance written (de-identified ones with --anonymize).",
+)
 @_anonymize_options
 @_run_options
 @_dimse_options
@@ -263,6 +270,7 @@ def ingest(
     mapping: str | None,
     queries: tuple[str, ...],
     max_associations: int,
+    send_to: str | None,
     scheduler: str | None,
     workers: int | None,
     fail_on_error: bool,
@@ -306,6 +314,7 @@ def ingest(
             workers=workers,
             progress=progress,
             anonymize=settings,
+            send_to=send_to,
         ),
     )
     _print_summary(summary, out)

@@ -34,6 +34,7 @@ class ErrorCode(StrEnum):
     DECODE_FAILED = "decode_failed"
     TOO_LARGE = "too_large"
     NOT_RETRIEVED = "not_retrieved"
+    NOT_STORED = "not_stored"
     BURNED_IN_ANNOTATION = "burned_in_annotation"
     DEIDENTIFICATION_FAILED = "deidentification_failed"
     INTERNAL = "internal"

@@ -23,6 +23,7 @@ from distributed import Client
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.dicom.elements import Elements
 from dicomflow.lake.layout import LakeLayout
+from dicomflow.operators.base import Operator
 from dicomflow.operators.flatten import Flatten
 from dicomflow.pipelines.anonymize import AnonymizeSettings, run_deidentify
 from dicomflow.pipelines.pipeline import (
@@ -56,6 +57,7 @@ class IngestOptions:
 
     pixels: bool = True
     frames_per_chunk: int = 1
+    after_flatten: tuple[Operator, ...] = ()  # e.g. ``store`` to send instances on
 
 
 def series_of(elements: Elements) -> str | None:
@@ -98,10 +100,17 @@ MAX_SHARES = 16
 
 
 def prepare_series(
-    source: FilesConnector, partition: Partition, context: RunContext, options: PixelOptions
+    source: FilesConnector,
+    partition: Partition,
+    context: RunContext,
+    options: PixelOptions,
+    operators: Sequence[Operator] = (Flatten(),),
 ) -> SeriesPlan:
-    """Task: read and flatten the series' headers, then plan and start its stacks."""
-    batch = Flatten()(Batch(tuple(source.fetch(partition.refs)), context))
+    """Task: read the series' headers, run the metadata operators (flatten first), then
+    plan and start its stacks."""
+    batch = Batch(tuple(source.fetch(partition.refs)), context)
+    for operator in operators:
+        batch = operator(batch)
     return plan_series(batch, options)
 
 
@@ -123,11 +132,17 @@ def series_graph(
     context: RunContext,
     options: PixelOptions,
     sinks: Sequence[LakeSink],
+    operators: Sequence[Operator] = (Flatten(),),
 ) -> Delayed:
     """One series as plan → several decode-and-write shares → commit."""
     name = partition.name
     plan = delayed(prepare_series, pure=True)(
-        source, partition, context, options, dask_key_name=task_key("plan", context, name)
+        source,
+        partition,
+        context,
+        options,
+        tuple(operators),
+        dask_key_name=task_key("plan", context, name),
     )
     count = max(1, min(MAX_SHARES, math.ceil(len(partition.refs) / INSTANCES_PER_SHARE)))
     # Shares depend on the small work list, not on the plan (which holds every header
@@ -174,7 +189,12 @@ def run_ingest(
     context = RunContext(new_run_id(), datetime.now(UTC))
     layout = LakeLayout(out, storage)
     source = FilesConnector(tuple(sources), storage)
-    scan = Pipeline(source, (Flatten(),), (LakeSink(layout),), policy or PartitionPolicy())
+    scan = Pipeline(
+        source,
+        (Flatten(), *options.after_flatten),
+        (LakeSink(layout),),
+        policy or PartitionPolicy(),
+    )
     partitions = scan.plan()
     summary = RunSummary(context.run_id, files=sum(len(p.refs) for p in partitions))
     stages = _Stages(client, layout, context, options, policy, progress, retries)
@@ -251,12 +271,14 @@ class _Stages:
             self.layout, self.layout.storage_options, frames_per_chunk=self.options.frames_per_chunk
         )
         sinks = (LakeSink(self.layout),)
+        operators = (Flatten(), *self.options.after_flatten)
         jobs = []
         for number, refs in enumerate(series_groups):
             part = partition_named(number, refs)
-            jobs.append((part, series_graph(source, part, context, pixel_options, sinks)))
+            jobs.append(
+                (part, series_graph(source, part, context, pixel_options, sinks, operators))
+            )
         scan_task = delayed(run_partition, pure=True)
-        operators = (Flatten(),)
         for part in plan_partitions(loose, self.policy):
             key = task_key("scan", context, part.name)
             jobs.append(

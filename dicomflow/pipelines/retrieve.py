@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dask.delayed import delayed
-from distributed import Client, Semaphore
+from distributed import Client
 
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
 from dicomflow.connectors.dimse.find import c_find
@@ -27,6 +27,7 @@ from dicomflow.connectors.dimse.get import c_get
 from dicomflow.connectors.dimse.reliability import RetryPolicy
 from dicomflow.errors import ErrorCode
 from dicomflow.lake.layout import LakeLayout, safe_uid_component
+from dicomflow.pipelines.limits import associations_limit
 from dicomflow.pipelines.plan import partition_named
 from dicomflow.pipelines.sinks import LakeSink
 from dicomflow.records import Batch, InstanceRecord, RunContext, SourceRef
@@ -84,7 +85,7 @@ def retrieve_series(
         classes = sorted(set(request.instances.values()))
         policy = RetryPolicy()  # transient failures: backoff with jitter, then a breaker
         series = {"StudyInstanceUID": request.study_uid, "SeriesInstanceUID": request.series_uid}
-        with Semaphore(max_leases=max_associations, name=f"dicomflow-dimse-{address}"):
+        with associations_limit(address, max_associations)():
             result = policy.call(
                 lambda: c_get(
                     address, "series", series, folder, sop_classes=classes, options=options

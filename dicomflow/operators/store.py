@@ -1,0 +1,65 @@
+"""The ``store`` operator: send each instance's file to a DICOM peer with C-STORE.
+
+One association per batch (reused for every instance in it), optionally under a
+concurrency limit shared across the cluster. An instance the peer did not
+store becomes an error row ``not_stored``; if the peer cannot be reached at
+all, every instance of the batch does. Records keep their other outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
+from dicomflow.connectors.dimse.association import DimseError
+from dicomflow.connectors.dimse.store import StoreOutcome, c_store
+from dicomflow.errors import DicomflowError, ErrorCode
+from dicomflow.operators.base import map_records
+from dicomflow.records import Batch, InstanceRecord
+
+
+class NotStoredError(DicomflowError):
+    code = ErrorCode.NOT_STORED
+
+
+@dataclass(frozen=True)
+class Store:
+    """C-STORE every record's file (a local path) to ``address``.
+
+    ``limit``, when given, is called in the task to get a context manager that
+    holds one association slot (a cluster-wide semaphore in pipelines).
+    """
+
+    address: DimseAddress
+    options: DimseOptions
+    limit: Callable[[], AbstractContextManager[Any]] | None = None
+
+    name: ClassVar[str] = "store"
+
+    def __call__(self, batch: Batch) -> Batch:
+        paths = [Path(r.ref.url) for r in batch.records if not r.failed]
+        if not paths:
+            return batch
+        try:
+            with self.limit() if self.limit is not None else nullcontext():
+                outcomes = {o.path: o for o in c_store(self.address, paths, self.options)}
+        except DimseError as exc:
+            message = f"not stored: {exc}"
+            return map_records(batch, self.name, lambda r: _fail(message))
+        return map_records(batch, self.name, lambda r: _check(r, outcomes))
+
+
+def _fail(message: str) -> InstanceRecord:
+    raise NotStoredError(message)
+
+
+def _check(record: InstanceRecord, outcomes: dict[str, StoreOutcome]) -> InstanceRecord:
+    outcome = outcomes.get(str(Path(record.ref.url)))
+    if outcome is None or not outcome.ok:
+        reason = outcome.message if outcome is not None else "not sent"
+        raise NotStoredError(f"the peer did not store it ({reason})")
+    return record
