@@ -16,6 +16,7 @@ from typing import Any, TypeVar, cast
 import click
 import pyarrow.parquet as pq
 
+from dicomflow import logs
 from dicomflow._version import __version__
 from dicomflow.api import run_scan
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions, TlsOptions
@@ -29,12 +30,14 @@ EXIT_OK, EXIT_CRASH, EXIT_CONFIG, EXIT_INPUT_ERRORS = 0, 1, 2, 3
 T = TypeVar("T")
 
 
-def _configure_logging(verbose: int) -> None:
+def _configure_logging(verbose: int, json_lines: bool = False) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(level, json_lines=json_lines)
     # pynetdicom and pydicom can log identifiers; keep them at WARNING whatever -v says.
-    for noisy in ("pydicom", "pynetdicom", "distributed", "fsspec"):
+    for noisy in ("pydicom", "pynetdicom", "distributed", "fsspec", "bokeh"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # Whenever a cluster is started or joined, say where its dashboard is.
+    logging.getLogger("dicomflow.pipelines.cluster").setLevel(logging.INFO)
 
 
 def _print_summary(summary: RunSummary, out: str | None) -> None:
@@ -52,9 +55,10 @@ def _print_summary(summary: RunSummary, out: str | None) -> None:
 @click.group()
 @click.version_option(__version__, prog_name="dicomflow")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
-def cli(verbose: int) -> None:
+@click.option("--log-json", is_flag=True, help="Log one JSON object per line (for collectors).")
+def cli(verbose: int, log_json: bool) -> None:
     """Turn DICOM sources into analysis-ready data at cohort scale."""
-    _configure_logging(verbose)
+    _configure_logging(verbose, log_json)
 
 
 def _run_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -580,6 +584,55 @@ def listen(
 
 def _config_error(message: str) -> None:
     raise ConfigError(message)
+
+
+@cli.command()
+@click.argument("spec_file", metavar="SPEC.yaml")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="PATH=VALUE",
+    help="Override a field, e.g. --set sinks.0.path=/data/lake (repeat).",
+)
+def validate(spec_file: str, sets: tuple[str, ...]) -> None:
+    """Check a pipeline spec; print it with every default filled in. Exit 0 or 2."""
+    from dicomflow.spec_runner import load_spec
+
+    spec = _run(lambda: load_spec(spec_file, sets))
+    click.echo(spec.to_yaml(), nl=False)
+    click.echo(f"# valid: {spec.name}", err=True)
+
+
+@cli.command(name="run")
+@click.argument("spec_file", metavar="SPEC.yaml")
+@click.option("--set", "sets", multiple=True, metavar="PATH=VALUE", help="Override a field.")
+@click.option(
+    "--max-error-rate",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Exit 3 when more than this fraction of inputs failed (default: the spec's limit).",
+)
+@click.option("--progress/--no-progress", default=None, help="Force the progress bar on or off.")
+def run_command(
+    spec_file: str, sets: tuple[str, ...], max_error_rate: float | None, progress: bool | None
+) -> None:
+    """Run a pipeline spec (YAML). Exit 0 all good, 3 too many failed inputs, 2 config
+    error, 1 crash."""
+    from dicomflow.spec_runner import load_spec, run_spec
+
+    spec = _run(lambda: load_spec(spec_file, sets))
+    summary = _dimse("run", lambda: run_spec(spec, progress=progress))
+    _print_summary(summary, spec.lake.path)
+    limit = spec.limits.max_error_rate if max_error_rate is None else max_error_rate
+    if not summary.accounted:
+        click.echo("error: some inputs were neither written nor reported as errors", err=True)
+        sys.exit(EXIT_CRASH)
+    rate = summary.errors / summary.files if summary.files else 0.0
+    if rate > limit:
+        click.echo(f"error rate {rate:.1%} is above the limit {limit:.1%}", err=True)
+        sys.exit(EXIT_INPUT_ERRORS)
+    sys.exit(EXIT_OK)
 
 
 def _parse_queries(queries: tuple[str, ...], option: str = "-q") -> dict[str, str]:

@@ -39,6 +39,7 @@ def open_client(scheduler: str | None = None, workers: int | None = None) -> Ite
         except (OSError, TimeoutError) as exc:
             raise ConfigError(f"cannot reach the Dask scheduler at {address}") from exc
         with client:
+            logger.info("Dask dashboard: %s", client.dashboard_link)
             yield client
         return
     n_workers = workers or default_workers()
@@ -49,10 +50,21 @@ def open_client(scheduler: str | None = None, workers: int | None = None) -> Ite
             n_workers=n_workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0" if _has_dashboard() else None,
             local_directory=tempfile.gettempdir(),
             silence_logs=logging.ERROR,
         ) as cluster,
         Client(cluster) as client,
     ):
+        if _has_dashboard():
+            logger.info("Dask dashboard: %s", client.dashboard_link)
         yield client
+
+
+def _has_dashboard() -> bool:
+    """The dashboard needs bokeh (the ``diagnostics`` extra of dask)."""
+    try:
+        import bokeh  # noqa: F401
+    except ImportError:
+        return False
+    return True
