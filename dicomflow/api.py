@@ -96,6 +96,8 @@ def ingest(
     progress: bool | None = None,
     anonymize: AnonymizeSettings | None = None,
     send_to: str | None = None,
+    name: str = "ingest",
+    retries: int = 2,
 ) -> RunSummary:
     """Ingest ``sources`` into the lake at ``out``, all in one run.
 
@@ -149,6 +151,8 @@ def ingest(
             policy=policy,
             progress=progress,
             anonymize=anonymize,
+            name=name,
+            retries=retries,
         )
         if anonymize is not None and retrieved:
             remove_files(layout, retrieved)  # originals must not stay in a de-identified lake

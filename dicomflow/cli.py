@@ -44,12 +44,15 @@ def _print_summary(summary: RunSummary, out: str | None) -> None:
     click.echo(
         f"files: {summary.files}  rows: {summary.rows}  errors: {summary.errors}  "
         f"seconds: {summary.seconds:.1f}  files/s: {summary.files_per_second:.0f}"
+        + (f"  skipped (already committed): {summary.skipped}" if summary.skipped else "")
     )
     if summary.error_codes:
         codes = ", ".join(f"{code}={n}" for code, n in sorted(summary.error_codes.items()))
         click.echo(f"errors by code: {codes}")
     if out:
         click.echo(f"lake: {out}")
+    if summary.report:
+        click.echo(f"report: {summary.report} (and .html)")
 
 
 @click.group()

@@ -23,13 +23,16 @@ class SourceRef:
     ``url`` is what is fetched (it may carry a signed query string); ``source`` is
     what rows, error rows and logs show, with credentials and query removed.
     ``label``, when set, is shown instead of the URL (a pseudonymous identifier
-    for an input whose path may carry PHI).
+    for an input whose path may carry PHI). ``identity``, when set, is the
+    ledger identity of the original input this one was derived from (a
+    de-identified file stands for the file it was made from).
     """
 
     url: str
     size: int | None = None
     modified: datetime | None = None
     label: str | None = None
+    identity: str | None = None
 
     @property
     def source(self) -> str:

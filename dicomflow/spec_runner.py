@@ -145,6 +145,8 @@ def run_spec(spec: PipelineSpec, *, progress: bool | None = None) -> RunSummary:
             progress=progress,
             anonymize=anonymize,
             send_to=send,
+            name=spec.name,
+            retries=spec.limits.retries,
         )
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pydicom
 import pyarrow.parquet as pq
+import pydicom
 
 from dicomflow.demo import run_demo, sample_data_dir
 

@@ -15,7 +15,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff() -> None:
-    result = _run("ruff", "check", "dicomflow", "tests", "benchmarks")
+    result = _run("ruff", "check", "dicomflow", "tests", "benchmarks", "examples")
     assert result.returncode == 0, result.stdout
 
 

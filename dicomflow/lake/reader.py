@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from dicomflow.lake.layout import LakeLayout
+from dicomflow.lake.ledger import Ledger
 from dicomflow.schemas import errors_schema, instances_schema, series_schema
 
 if TYPE_CHECKING:
@@ -28,13 +29,21 @@ class Lake:
         return LakeLayout(self.root, self.storage_options)
 
     def dataset(self, table: str) -> pads.Dataset:
-        """A lazy pyarrow dataset over ``<lake>/<table>/*.parquet`` (empty if none yet)."""
+        """A lazy pyarrow dataset over the committed parts of ``<lake>/<table>/``.
+
+        When the lake has a ledger, only parts a live ledger entry committed are read
+        (never the leftovers of an interrupted run, nor superseded parts).
+        """
         import pyarrow.dataset as pads  # heavy (imports pandas); workers never need it
 
-        fs, _ = self.layout.filesystem()
+        fs, root = self.layout.filesystem()
         directory = self.layout.table_dir(table)
         schema = _SCHEMAS[table]()
         parts = sorted(p for p in fs.glob(f"{directory}/*.parquet"))
+        ledger = Ledger(self.layout)
+        if ledger.exists():
+            live = {f"{root}/{p}" for p in ledger.live_parts()}
+            parts = [p for p in parts if p in live]
         if not parts:
             return pads.dataset(
                 pa.table({f.name: pa.array([], f.type) for f in schema}, schema=schema)

@@ -20,6 +20,7 @@ from dicomflow.anonymize.values import quiet_pydicom
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.errors import DeidentificationError
 from dicomflow.lake.dicom_files import DicomFiles
+from dicomflow.lake.ledger import input_identity
 from dicomflow.operators.base import map_records
 from dicomflow.records import Batch, InstanceRecord, SourceRef
 
@@ -69,7 +70,7 @@ class Anonymize:
             result.study_uid, result.series_uid, result.sop_uid, result.data
         )
         label = None if self.label_outputs else record.ref.label
-        written = SourceRef(path, len(result.data), None, label)
+        written = SourceRef(path, len(result.data), None, label, input_identity(record.ref))
         out = InstanceRecord(written, outputs={SERIES_OUTPUT: result.series_uid or None})
         if result.mapping:
             out = out.with_output(

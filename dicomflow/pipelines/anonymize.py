@@ -13,8 +13,10 @@ logs nor Dask task keys carry an original path.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 from dask.delayed import delayed
@@ -27,14 +29,20 @@ from dicomflow.lake.dicom_files import DicomFiles
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.writer import write_table_file
 from dicomflow.operators.anonymize import MAPPING_OUTPUT, SERIES_OUTPUT, Anonymize
-from dicomflow.pipelines.pipeline import PartitionResult, RunSummary, execute, task_key
+from dicomflow.pipelines.pipeline import PartitionResult, RunSummary, execute, task_key, timed
 from dicomflow.pipelines.plan import Partition
 from dicomflow.pipelines.sinks import LakeSink
 from dicomflow.records import Batch, InstanceRecord, RunContext, SourceRef
 
 WRITTEN_TABLE = "deidentified"
 WRITTEN_SCHEMA = pa.schema(
-    [("url", pa.string()), ("size", pa.int64()), ("label", pa.string()), ("series", pa.string())]
+    [
+        ("url", pa.string()),
+        ("size", pa.int64()),
+        ("label", pa.string()),
+        ("identity", pa.string()),
+        ("series", pa.string()),
+    ]
 )
 MAPPING_SCHEMA = pa.schema(
     [
@@ -59,6 +67,21 @@ class AnonymizeSettings:
     write_dicom: bool = False
     mapping_dir: str | None = None
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What about de-identification changes the outputs (the key only as a keyed
+        digest, so it can be recorded in the ledger)."""
+        engine = self.deidentifier
+        return {
+            "profile": sorted(o.value for o in engine.profile.options),
+            "overrides": {f"{t:08X}": a.value for t, a in sorted(engine.profile.overrides.items())},
+            "pseudonymize_patient": engine.profile.pseudonymize_patient,
+            "key": engine.pseudonyms.digest("fingerprint", "ledger").hex()[:16],
+            "safe_private": len(engine.safe_private),
+            "vocabulary": len(engine.vocabulary),
+            "pixel_rules": repr(engine.pixel_rules),
+            "dicom": self.write_dicom,
+        }
+
 
 def check_mapping_dir(settings: AnonymizeSettings, layout: LakeLayout) -> None:
     """The mapping identifies patients: it must never be written into the lake."""
@@ -78,6 +101,7 @@ def deidentify_partition(
     mapping_dir: str | None,
 ) -> PartitionResult:
     """Task: de-identify one partition's inputs, commit its error rows, list what was written."""
+    started = time.time()
     batch = operator(Batch(tuple(InstanceRecord(ref) for ref in partition.refs), context))
     failed = [r for r in batch.records if r.failed]
     if failed:
@@ -89,6 +113,7 @@ def deidentify_partition(
             "url": [r.ref.url for r in written],
             "size": [r.ref.size for r in written],
             "label": [r.ref.label for r in written],
+            "identity": [r.ref.identity for r in written],
             "series": [r.outputs.get(SERIES_OUTPUT) for r in written],
         },
         schema=WRITTEN_SCHEMA,
@@ -99,9 +124,10 @@ def deidentify_partition(
     for record in failed:
         if record.error is not None:
             codes[str(record.error.code)] = codes.get(str(record.error.code), 0) + 1
-    return PartitionResult(
+    result = PartitionResult(
         partition.index, len(batch.records), 0, len(failed), codes, {WRITTEN_TABLE: table}
     )
+    return timed(result, started, partition)
 
 
 def _write_mapping(mapping_dir: str, part_name: str, records: Sequence[InstanceRecord]) -> None:
@@ -129,19 +155,11 @@ def _write_mapping(mapping_dir: str, part_name: str, records: Sequence[InstanceR
     )
 
 
-def keyed_partitions(
-    partitions: Sequence[Partition], deidentifier: Deidentifier
-) -> list[Partition]:
-    """Partitions whose names and input labels are keyed pseudonyms of the originals."""
+def keyed_refs(refs: Sequence[SourceRef], deidentifier: Deidentifier) -> list[SourceRef]:
+    """Inputs labelled with keyed pseudonyms of their sources: partition names, task keys,
+    error rows and ledger identities are then all derived from the pseudonyms."""
     pseudonyms = deidentifier.pseudonyms
-    keyed = []
-    for part in partitions:
-        refs = tuple(
-            SourceRef(r.url, r.size, r.modified, pseudonyms.input_id(r.url)) for r in part.refs
-        )
-        name = "deid-" + pseudonyms.digest("partition", part.name).hex()[:20]
-        keyed.append(Partition(part.index, name, refs))
-    return keyed
+    return [SourceRef(r.url, r.size, r.modified, pseudonyms.input_id(r.url)) for r in refs]
 
 
 def run_deidentify(
@@ -149,7 +167,7 @@ def run_deidentify(
     partitions: Sequence[Partition],
     *,
     reader: FilesConnector,
-    layout: LakeLayout,
+    sinks: Sequence[LakeSink],
     settings: AnonymizeSettings,
     context: RunContext,
     progress: bool | None,
@@ -157,6 +175,7 @@ def run_deidentify(
 ) -> tuple[RunSummary, DicomFiles, list[tuple[SourceRef, str | None]]]:
     """Stage one on the cluster: the summary (error rows only), where the files went,
     and each written file with its (pseudonymous) series UID."""
+    layout = sinks[0].layout
     check_mapping_dir(settings, layout)
     destination = (
         DicomFiles(layout) if settings.write_dicom else DicomFiles.staging(layout, context.run_id)
@@ -164,8 +183,7 @@ def run_deidentify(
     operator = Anonymize(
         settings.deidentifier, reader, destination, label_outputs=settings.write_dicom
     )
-    sinks = (LakeSink(layout),)
-    keyed = keyed_partitions(partitions, settings.deidentifier)
+    keyed = list(partitions)
     task = delayed(deidentify_partition, pure=True)
     jobs = [
         (
@@ -186,6 +204,7 @@ def run_deidentify(
     written: list[tuple[SourceRef, str | None]] = []
     for table in summary.tables.pop(WRITTEN_TABLE, []):
         for row in table.to_pylist():
-            written.append((SourceRef(row["url"], row["size"], None, row["label"]), row["series"]))
+            ref = SourceRef(row["url"], row["size"], None, row["label"], row["identity"])
+            written.append((ref, row["series"]))
     written.sort(key=lambda item: item[0].url)
     return summary, destination, written

@@ -20,23 +20,28 @@ from typing import Any
 from dask.delayed import Delayed, delayed
 from distributed import Client
 
+from dicomflow._version import __version__
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.dicom.elements import Elements
 from dicomflow.lake.layout import LakeLayout
+from dicomflow.lake.ledger import config_digest
 from dicomflow.operators.base import Operator
 from dicomflow.operators.flatten import Flatten
-from dicomflow.pipelines.anonymize import AnonymizeSettings, run_deidentify
+from dicomflow.pipelines.anonymize import AnonymizeSettings, keyed_refs, run_deidentify
 from dicomflow.pipelines.pipeline import (
     PartitionResult,
-    Pipeline,
     RunSummary,
     commit_batch,
     execute,
     new_run_id,
+    pending,
+    prepare_lake,
     run_partition,
     task_key,
+    timed,
 )
 from dicomflow.pipelines.plan import Partition, PartitionPolicy, partition_named, plan_partitions
+from dicomflow.pipelines.report import write_report
 from dicomflow.pipelines.sinks import LakeSink
 from dicomflow.pixels.series_writer import (
     PixelOptions,
@@ -108,10 +113,13 @@ def prepare_series(
 ) -> SeriesPlan:
     """Task: read the series' headers, run the metadata operators (flatten first), then
     plan and start its stacks."""
+    started = time.time()
     batch = Batch(tuple(source.fetch(partition.refs)), context)
     for operator in operators:
         batch = operator(batch)
-    return plan_series(batch, options)
+    plan = plan_series(batch, options)
+    plan.started = started
+    return plan
 
 
 def commit_series_partition(
@@ -123,7 +131,8 @@ def commit_series_partition(
     sinks: Sequence[LakeSink],
 ) -> PartitionResult:
     """Task: commit the stacks and the series' table parts."""
-    return commit_batch(commit_series(plan, shares, context, options), partition, sinks)
+    result = commit_batch(commit_series(plan, shares, context, options), partition, sinks)
+    return timed(result, plan.started, partition)
 
 
 def series_graph(
@@ -176,34 +185,37 @@ def run_ingest(
     progress: bool | None = None,
     retries: int = 2,
     anonymize: AnonymizeSettings | None = None,
+    name: str = "ingest",
 ) -> RunSummary:
-    """Run the stages on ``client`` and return the summary.
+    """Run the stages on ``client`` and return the summary (its report is written to
+    ``<lake>/_runs/``).
 
-    With ``anonymize``, every input is first de-identified (see
-    :mod:`dicomflow.pipelines.anonymize`) and the later stages read only the
-    de-identified files.
+    Inputs the lake's ledger already holds for this configuration are skipped (a
+    rerun, or the resumption of a killed run); a series with new instances is
+    assembled again from all of them. With ``anonymize``, every input is first
+    de-identified (see :mod:`dicomflow.pipelines.anonymize`) and the later stages
+    read only the de-identified files.
     """
     options = options or IngestOptions()
     storage = dict(storage_options or {})
     started = time.perf_counter()
     context = RunContext(new_run_id(), datetime.now(UTC))
     layout = LakeLayout(out, storage)
+    config = config_digest(ingest_config(options, anonymize))
+    sinks = (LakeSink(layout, config),)
+    done = prepare_lake(sinks)
     source = FilesConnector(tuple(sources), storage)
-    scan = Pipeline(
-        source,
-        (Flatten(), *options.after_flatten),
-        (LakeSink(layout),),
-        policy or PartitionPolicy(),
-    )
-    partitions = scan.plan()
-    summary = RunSummary(context.run_id, files=sum(len(p.refs) for p in partitions))
-    stages = _Stages(client, layout, context, options, policy, progress, retries)
+    refs = list_inputs(source)
+    stages = _Stages(client, layout, context, options, policy, progress, retries, sinks)
     if anonymize is not None:
+        keyed = keyed_refs(refs, anonymize.deidentifier)
+        todo, skipped = pending(keyed, done)
+        summary = RunSummary(context.run_id, files=len(refs), skipped=skipped)
         stage_one, destination, written = run_deidentify(
             client,
-            partitions,
+            plan_partitions(todo, policy),
             reader=source,
-            layout=layout,
+            sinks=sinks,
             settings=anonymize,
             context=context,
             progress=progress,
@@ -211,6 +223,7 @@ def run_ingest(
         )
         summary.errors += stage_one.errors
         summary.error_codes.update(stage_one.error_codes)
+        summary.slowest.extend(stage_one.slowest)
         lake_files = FilesConnector((), layout.storage_options)
         try:
             if options.pixels:
@@ -221,12 +234,14 @@ def run_ingest(
         finally:
             if not anonymize.write_dicom:
                 destination.remove()
-        summary.seconds = time.perf_counter() - started
-        return summary
+        return finish(summary, layout, name, context, started)
     if not options.pixels:
-        result = scan.run(client, run_id=context.run_id, progress=progress, retries=retries)
-        return result
+        todo, skipped = pending(refs, done)
+        summary = RunSummary(context.run_id, files=len(refs), skipped=skipped)
+        stages.run(source, [], todo, summary)
+        return finish(summary, layout, name, context, started)
 
+    partitions = plan_partitions(refs, policy)
     index_task = delayed(index_partition, pure=True)
     futures = client.compute(
         [
@@ -242,9 +257,42 @@ def run_ingest(
         except Exception:  # unindexed inputs still go through a scan and get their rows
             index.extend((ref, None) for ref in partition.refs)
     series_groups, loose = group_by_series(index)
-    stages.run(source, series_groups, loose, summary)
+    # A series is done only when all of its instances are; otherwise it is built again.
+    todo_groups = [g for g in series_groups if pending(g, done)[0]]
+    todo_loose, skipped_loose = pending(loose, done)
+    skipped = skipped_loose + sum(len(g) for g in series_groups if not pending(g, done)[0])
+    summary = RunSummary(context.run_id, files=len(refs), skipped=skipped)
+    stages.run(source, todo_groups, todo_loose, summary)
+    return finish(summary, layout, name, context, started)
+
+
+def finish(
+    summary: RunSummary, layout: LakeLayout, name: str, context: RunContext, started: float
+) -> RunSummary:
+    """Stamp the run's duration and write its report."""
     summary.seconds = time.perf_counter() - started
+    summary.report = write_report(summary, layout, name=name, started_at=context.started_at)
     return summary
+
+
+def ingest_config(options: IngestOptions, anonymize: AnonymizeSettings | None) -> dict[str, Any]:
+    """What makes two ingest runs produce the same outputs (their ledger configuration)."""
+    config: dict[str, Any] = {
+        "job": "ingest",
+        "version": __version__,
+        "pixels": options.pixels,
+        "frames_per_chunk": options.frames_per_chunk,
+        "after_flatten": [repr(op) for op in options.after_flatten],
+    }
+    if anonymize is not None:
+        config["anonymize"] = anonymize.fingerprint()
+    return config
+
+
+def list_inputs(source: FilesConnector) -> list[SourceRef]:
+    """Every input, sorted; inputs that failed to list are kept (they become error rows)."""
+    listing = source.query()
+    return sorted(listing.refs + [ref for ref, _ in listing.failures], key=lambda r: r.url)
 
 
 @dataclass(frozen=True)
@@ -258,6 +306,7 @@ class _Stages:
     policy: PartitionPolicy | None
     progress: bool | None
     retries: int
+    sinks: tuple[LakeSink, ...]
 
     def run(
         self,
@@ -270,7 +319,7 @@ class _Stages:
         pixel_options = PixelOptions(
             self.layout, self.layout.storage_options, frames_per_chunk=self.options.frames_per_chunk
         )
-        sinks = (LakeSink(self.layout),)
+        sinks = self.sinks
         operators = (Flatten(), *self.options.after_flatten)
         jobs = []
         for number, refs in enumerate(series_groups):

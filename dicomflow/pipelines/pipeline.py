@@ -8,11 +8,12 @@ made from partition digests, never from paths or DICOM values.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -23,10 +24,11 @@ from distributed import Client, as_completed
 
 from dicomflow.connectors.files import Listing
 from dicomflow.errors import ErrorCode
+from dicomflow.lake.ledger import Ledger, input_identity
 from dicomflow.operators.base import Operator
 from dicomflow.pipelines.plan import Partition, PartitionPolicy, plan_partitions
 from dicomflow.pipelines.progress import Progress
-from dicomflow.pipelines.sinks import Sink
+from dicomflow.pipelines.sinks import FAILED_PARTITION_STAGE, LakeSink, Sink
 from dicomflow.records import Batch, InstanceRecord, RunContext, SourceRef
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ class PartitionResult:
     errors: int
     error_codes: dict[str, int]
     tables: dict[str, pa.Table] | None = None
+    seconds: float = 0.0  # how long the partition's work took
+    first_source: str = ""  # names the partition in reports (display form, no credentials)
 
 
 @dataclass
@@ -60,18 +64,23 @@ class RunSummary:
     files: int = 0
     rows: int = 0
     errors: int = 0
+    skipped: int = 0  # inputs a previous run already committed
     seconds: float = 0.0
     error_codes: Counter[str] = field(default_factory=Counter)
     tables: dict[str, list[pa.Table]] = field(default_factory=dict)
+    timeline: list[tuple[float, int]] = field(default_factory=list)  # (seconds, inputs done)
+    slowest: list[tuple[float, int, str]] = field(default_factory=list)  # (s, inputs, source)
+    report: str | None = None
 
     @property
     def files_per_second(self) -> float:
-        return self.files / self.seconds if self.seconds > 0 else 0.0
+        done = self.files - self.skipped
+        return done / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def accounted(self) -> bool:
-        """Every input became a row or an error row."""
-        return self.rows + self.errors == self.files
+        """Every input became a row or an error row (now, or in a run it resumed)."""
+        return self.rows + self.errors + self.skipped == self.files
 
 
 def run_partition(
@@ -82,11 +91,18 @@ def run_partition(
     context: RunContext,
 ) -> PartitionResult:
     """The fused body of one task: fetch, every operator, every sink."""
+    started = time.time()
     records: tuple[InstanceRecord, ...] = tuple(source.fetch(partition.refs))
     batch = Batch(records, context)
     for operator in operators:
         batch = operator(batch)
-    return commit_batch(batch, partition, sinks)
+    return timed(commit_batch(batch, partition, sinks), started, partition)
+
+
+def timed(result: PartitionResult, started: float, partition: Partition) -> PartitionResult:
+    """``result`` with how long its partition took and the source that names it."""
+    first = partition.refs[0].source if partition.refs else ""
+    return dataclasses.replace(result, seconds=time.time() - started, first_source=first)
 
 
 def commit_batch(batch: Batch, partition: Partition, sinks: Sequence[Sink]) -> PartitionResult:
@@ -111,11 +127,15 @@ class Pipeline:
     operators: tuple[Operator, ...]
     sinks: tuple[Sink, ...]
     policy: PartitionPolicy = field(default_factory=PartitionPolicy)
+    name: str = "scan"
 
-    def plan(self) -> list[Partition]:
+    def plan(self, done: Mapping[str, str] | None = None) -> tuple[list[Partition], int]:
+        """Partitions of the inputs not in ``done`` (committed identities), and how many
+        inputs were left out because they are."""
         listing = self.source.query()
         refs = listing.refs + [ref for ref, _ in listing.failures]
-        return plan_partitions(sorted(refs, key=lambda r: r.url), self.policy)
+        todo, skipped = pending(refs, done or {})
+        return plan_partitions(sorted(todo, key=lambda r: r.url), self.policy), skipped
 
     def to_delayed(self, partitions: Sequence[Partition], context: RunContext) -> list[Delayed]:
         """The Dask graph: one fused task per partition."""
@@ -143,8 +163,11 @@ class Pipeline:
         """Plan on the client, run every partition on the cluster, gather the counts."""
         started = time.perf_counter()
         context = RunContext(run_id or new_run_id(), datetime.now(UTC))
-        partitions = self.plan()
-        summary = RunSummary(context.run_id, files=sum(len(p.refs) for p in partitions))
+        done = prepare_lake(self.sinks)
+        partitions, skipped = self.plan(done)
+        summary = RunSummary(
+            context.run_id, files=sum(len(p.refs) for p in partitions) + skipped, skipped=skipped
+        )
         if not partitions:
             logger.warning("no input files were found")
         jobs = list(zip(partitions, self.to_delayed(partitions, context), strict=True))
@@ -158,7 +181,31 @@ class Pipeline:
             retries=retries,
         )
         summary.seconds = time.perf_counter() - started
+        lake = next((s for s in self.sinks if isinstance(s, LakeSink)), None)
+        if lake is not None:
+            from dicomflow.pipelines.report import write_report  # the report reads the lake
+
+            summary.report = write_report(
+                summary, lake.layout, name=self.name, started_at=context.started_at
+            )
         return summary
+
+
+def pending(refs: Sequence[SourceRef], done: Mapping[str, str]) -> tuple[list[SourceRef], int]:
+    """The inputs not committed yet, and the count of those that were."""
+    todo = [ref for ref in refs if input_identity(ref) not in done]
+    return todo, len(refs) - len(todo)
+
+
+def prepare_lake(sinks: Sequence[Sink]) -> dict[str, str]:
+    """Before a run: drop what an interrupted run left uncommitted, and return the
+    inputs the lake sink's configuration has already committed."""
+    lake = next((s for s in sinks if isinstance(s, LakeSink)), None)
+    if lake is None:
+        return {}
+    ledger = Ledger(lake.layout)
+    ledger.remove_orphans()
+    return ledger.committed_inputs(lake.config)
 
 
 def run_failed_partition(
@@ -166,7 +213,7 @@ def run_failed_partition(
 ) -> PartitionResult:
     """Commit an error row for every input of a partition whose task kept failing."""
     records = tuple(
-        InstanceRecord(ref).with_error("partition", ErrorCode.INTERNAL, message)
+        InstanceRecord(ref).with_error(FAILED_PARTITION_STAGE, ErrorCode.INTERNAL, message)
         for ref in partition.refs
     )
     batch = Batch(records, context)
@@ -198,7 +245,9 @@ def execute(
     partitions = {
         future.key: partition for future, (partition, _) in zip(futures, jobs, strict=True)
     }
-    with Progress(summary.files, enabled=progress) as bar:
+    clock = time.perf_counter()
+    done_inputs = 0
+    with Progress(sum(len(p.refs) for p, _ in jobs), enabled=progress) as bar:
         for future in as_completed(futures):
             partition = partitions[future.key]
             try:
@@ -235,7 +284,16 @@ def execute(
                 for name, table in result.tables.items():
                     summary.tables.setdefault(name, []).append(table)
             bar.advance(result.inputs)
+            done_inputs += result.inputs
+            summary.timeline.append((time.perf_counter() - clock, done_inputs))
+            if result.seconds:
+                summary.slowest.append((result.seconds, result.inputs, result.first_source))
+                summary.slowest.sort(reverse=True)
+                del summary.slowest[SLOWEST_KEPT:]
             future.release()
+
+
+SLOWEST_KEPT = 10
 
 
 def task_key(stage: str, context: RunContext, name: str) -> str:

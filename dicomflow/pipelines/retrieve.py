@@ -20,10 +20,11 @@ from pathlib import Path
 
 from dask.delayed import delayed
 from distributed import Client
+from pydicom.dataset import Dataset
 
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
 from dicomflow.connectors.dimse.find import c_find
-from dicomflow.connectors.dimse.get import c_get
+from dicomflow.connectors.dimse.get import c_get, classes_to_accept
 from dicomflow.connectors.dimse.reliability import RetryPolicy
 from dicomflow.errors import ErrorCode
 from dicomflow.lake.layout import LakeLayout, safe_uid_component
@@ -47,16 +48,21 @@ class SeriesRequest:
 def plan_requests(
     address: DimseAddress, query: Mapping[str, str], options: DimseOptions
 ) -> list[SeriesRequest]:
-    """What the query should bring, from an IMAGE-level C-FIND, grouped by series."""
+    """What the query should bring, from an IMAGE-level C-FIND, grouped by series
+    (an instance's SOP class is "" when the peer does not return it)."""
     series: dict[tuple[str, str], dict[str, str]] = {}
     for found in c_find(address, "image", query, options=options, return_keys=("SOPClassUID",)):
-        key = (str(found.get("StudyInstanceUID", "")), str(found.get("SeriesInstanceUID", "")))
-        series.setdefault(key, {})[str(found.get("SOPInstanceUID", ""))] = str(
-            found.get("SOPClassUID", "")
-        )
+        key = (_text(found, "StudyInstanceUID"), _text(found, "SeriesInstanceUID"))
+        series.setdefault(key, {})[_text(found, "SOPInstanceUID")] = _text(found, "SOPClassUID")
     return [
         SeriesRequest(study, uid, instances) for (study, uid), instances in sorted(series.items())
     ]
+
+
+def _text(found: Dataset, keyword: str) -> str:
+    """A returned value as text; "" when absent or empty (never "None")."""
+    value = found.get(keyword)
+    return "" if value is None else str(value)
 
 
 def series_folder(layout: LakeLayout, request: SeriesRequest) -> Path:
@@ -82,7 +88,7 @@ def retrieve_series(
     have = {uid: path for uid, path in have.items() if path.exists()}
     missing = [uid for uid in request.instances if uid not in have]
     if missing:
-        classes = sorted(set(request.instances.values()))
+        classes = classes_to_accept(request.instances.values())
         policy = RetryPolicy()  # transient failures: backoff with jitter, then a breaker
         series = {"StudyInstanceUID": request.study_uid, "SeriesInstanceUID": request.series_uid}
         with associations_limit(address, max_associations)():

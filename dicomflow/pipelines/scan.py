@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from dicomflow._version import __version__
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.lake.layout import LakeLayout
+from dicomflow.lake.ledger import config_digest
 from dicomflow.operators.flatten import Flatten
 from dicomflow.pipelines.pipeline import Pipeline
 from dicomflow.pipelines.plan import PartitionPolicy
@@ -22,7 +24,8 @@ def scan_pipeline(
 ) -> Pipeline:
     """Build the metadata scan: into the lake at ``out``, or collected when ``out`` is None."""
     options = dict(storage_options or {})
-    sink: Sink = LakeSink(LakeLayout(out, options)) if out else CollectSink()
+    config = config_digest({"job": "scan", "operators": ["flatten"], "version": __version__})
+    sink: Sink = LakeSink(LakeLayout(out, options), config) if out else CollectSink()
     return Pipeline(
         source=FilesConnector(tuple(sources), options),
         operators=(Flatten(),),

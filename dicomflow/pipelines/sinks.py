@@ -13,13 +13,33 @@ from typing import Any, ClassVar, Protocol
 
 import pyarrow as pa
 
+from dicomflow._version import __version__
 from dicomflow.dicom.rows import rows_to_table
 from dicomflow.lake.layout import LakeLayout
+from dicomflow.lake.ledger import Ledger, entry_for, input_identity
 from dicomflow.lake.writer import write_part
 from dicomflow.operators.flatten import OUTPUT as INSTANCES
 from dicomflow.pipelines.plan import Partition
 from dicomflow.records import Batch
-from dicomflow.schemas import ERRORS_SCHEMA_VERSION, errors_schema, series_schema
+from dicomflow.schemas import (
+    ERRORS_SCHEMA_VERSION,
+    INSTANCES_SCHEMA_VERSION,
+    SERIES_SCHEMA_VERSION,
+    errors_schema,
+    series_schema,
+)
+
+FAILED_PARTITION_STAGE = "partition"  # the stage of error rows for a partition that kept failing
+
+
+def operator_versions() -> dict[str, str]:
+    """What wrote the outputs: the package and the schema versions."""
+    return {
+        "dicomflow": __version__,
+        "instances_schema": INSTANCES_SCHEMA_VERSION,
+        "errors_schema": ERRORS_SCHEMA_VERSION,
+        "series_schema": SERIES_SCHEMA_VERSION,
+    }
 
 
 @dataclass(frozen=True)
@@ -55,19 +75,43 @@ def error_table(batch: Batch) -> pa.Table:
 
 @dataclass(frozen=True)
 class LakeSink:
-    """Commit the partition's ``instances`` and ``errors`` parts to a lake."""
+    """Commit the partition's ``instances`` and ``errors`` parts to a lake, then its
+    ledger entry (the commit itself: parts without an entry are never read).
+
+    ``config`` is the digest of the run's configuration the entry is filed under.
+    """
 
     layout: LakeLayout
+    config: str = "default"
     name: ClassVar[str] = "lake"
 
     def write(self, batch: Batch, partition: Partition) -> SinkResult:
         instances = instance_table(batch)
         errors = error_table(batch)
+        _, root = self.layout.filesystem()
+        parts: dict[str, str] = {}
         if "series" in batch.tables:
             series = pa.Table.from_pylist(list(batch.tables["series"]), schema=series_schema())
-            write_part(self.layout, "series", partition.name, series)
-        write_part(self.layout, "errors", partition.name, errors)
-        write_part(self.layout, "instances", partition.name, instances)
+            parts["series"] = write_part(self.layout, "series", partition.name, series)
+        parts["errors"] = write_part(self.layout, "errors", partition.name, errors)
+        parts["instances"] = write_part(self.layout, "instances", partition.name, instances)
+        arrays = sorted(
+            {str(r["zarr_path"]) for r in batch.tables.get("series", ()) if r.get("zarr_path")}
+        )
+        entry = entry_for(
+            partition.name,
+            (input_identity(r.ref) for r in batch.records),
+            config=self.config,
+            run_id=batch.context.run_id,
+            parts={table: path.removeprefix(root + "/") for table, path in parts.items()},
+            arrays=arrays,
+            versions=operator_versions(),
+            complete=not all(
+                r.error is not None and r.error.stage == FAILED_PARTITION_STAGE
+                for r in batch.records
+            ),
+        )
+        Ledger(self.layout).commit(entry)
         return SinkResult(instances.num_rows, errors.num_rows)
 
 

@@ -92,6 +92,7 @@ class SeriesPlan:
     stacks: list[StackPlan]
     items: list[WorkItem]
     outcomes: dict[int, ErrorInfo | None]  # record index -> None (written) or the error
+    started: float = 0.0  # wall-clock time the series' first task began (for run reports)
 
 
 @dataclass(frozen=True)

@@ -187,8 +187,11 @@ def test_ingest_from_the_pacs_writes_the_lake_and_reruns_fetch_nothing(
         client=client,
         progress=False,
     )
-    assert again.rows == summary.rows
+    # Nothing fetched again, nothing re-ingested (the ledger holds it), nothing duplicated.
+    assert (again.rows, again.skipped) == (0, summary.rows) and again.accounted
     assert [p.stat().st_mtime_ns for p in sorted((out / "_retrieved").rglob("*.dcm"))] == stamps
+    uids = dicomflow.read_lake(str(out)).instances(columns=["SOPInstanceUID"]).column(0)
+    assert len(uids) == summary.rows == len(set(uids.to_pylist()))
 
 
 @pytest.mark.integration

@@ -252,7 +252,7 @@ def test_back_to_back_runs_never_share_task_results(client: Client, tmp_path: Pa
     sources = [str(PYDICOM_TEST_FILES)]
     first = scan_pipeline(sources, out=str(tmp_path / "lake"))
     context = RunContext(new_run_id(), datetime.now(UTC))
-    held = client.compute(first.to_delayed(first.plan(), context))  # results still held
+    held = client.compute(first.to_delayed(first.plan()[0], context))  # results still held
     wait(held)
     collected = run_scan(sources, client=client, progress=False)
     rows = sum(t.num_rows for t in collected.tables.get("instances", []))

@@ -152,7 +152,16 @@ def test_run_exit_codes_follow_the_error_rate(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     assert "Dask dashboard" in ok.stderr
     assert pq.read_table(tmp_path / "lake" / "instances").num_rows == 2
-    strict = _cli("run", str(path), "--set", "limits.max_error_rate=0.1")
+    rerun = _cli("run", str(path))  # everything is committed already: nothing to redo
+    assert rerun.returncode == 0 and "skipped (already committed): 3" in rerun.stdout
+    strict = _cli(
+        "run",
+        str(path),
+        "--set",
+        "limits.max_error_rate=0.1",
+        "--set",
+        f"sinks.0.path={tmp_path / 'lake2'}",
+    )
     assert strict.returncode == 3 and "above the limit" in strict.stderr
     bad = _cli("run", str(path), "--set", "cluster.workers=0")
     assert bad.returncode == 2 and "cluster.workers" in bad.stderr

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from pydicom.uid import (
     JPEGLSLossless,
     RLELossless,
 )
-from pynetdicom import build_role, evt
+from pynetdicom import StoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelGet,
@@ -63,6 +63,8 @@ MODELS = {
     "study": StudyRootQueryRetrieveInformationModelGet,
 }
 MAX_CONTEXTS = 127  # the protocol allows 128; one is the query model
+# pynetdicom's selection of the commonly used storage classes (120 of them)
+COMMON_STORAGE_CLASSES = tuple(str(cx.abstract_syntax) for cx in StoragePresentationContexts)
 _PENDING = (0xFF00, 0xFF01)
 _WARNING = 0xB000
 
@@ -100,6 +102,18 @@ def store_handler(
         return 0x0000
 
     return handle
+
+
+def classes_to_accept(expected: Iterable[str]) -> list[str]:
+    """The SOP classes a C-GET should accept: the expected ones, and when some are
+    unknown ("": peers such as DCMTK's dcmqrscp return no SOP Class UID from C-FIND)
+    also the common storage classes, as many as the context limit leaves room for
+    (then uncompressed only: the peer must decompress what it holds compressed)."""
+    expected = set(expected)
+    known = sorted(c for c in expected if c)
+    if "" not in expected:
+        return known
+    return [*known, *(c for c in COMMON_STORAGE_CLASSES if c not in known)][:MAX_CONTEXTS]
 
 
 def storage_contexts(classes: Sequence[str]) -> list[tuple[str, Sequence[str]]]:

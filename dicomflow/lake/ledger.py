@@ -1,0 +1,188 @@
+"""The run ledger: what each partition committed, from which inputs, under which config.
+
+A sink writes a partition's parts (and Zarr arrays) first, then one ledger
+entry, ``_ledger/entries/<config>/<partition>.json``, atomically. The entry is
+the commit: a part without an entry is an orphan of an interrupted run, which
+readers ignore and the next run deletes. An entry records
+
+- the identities of its inputs (a digest of source + size + modified time, so
+  the ledger holds no paths),
+- the parts and arrays it committed,
+- the operator versions and a digest of the run's configuration.
+
+A rerun with the same configuration skips inputs already committed; a killed
+run resumes with nothing lost (uncommitted inputs are redone) and nothing
+duplicated (orphans are never read). An entry whose inputs are all covered by
+a newer entry (a series re-assembled with new instances) is superseded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fsspec.implementations.local import LocalFileSystem
+
+from dicomflow.errors import SinkError
+from dicomflow.lake.layout import TABLES, LakeLayout
+from dicomflow.records import SourceRef
+
+logger = logging.getLogger(__name__)
+
+LEDGER_DIR = "_ledger"
+ENTRIES = "entries"
+
+
+def input_identity(ref: SourceRef) -> str:
+    """A stable, path-free identity for one input: a digest of what names and dates it."""
+    if ref.identity is not None:
+        return ref.identity
+    stamp = ref.modified.isoformat() if ref.modified else ""
+    name = ref.label if ref.label is not None else ref.url
+    return hashlib.sha256(f"{name}\0{ref.size}\0{stamp}".encode()).hexdigest()[:32]
+
+
+def config_digest(config: Mapping[str, Any]) -> str:
+    """A short digest of a run configuration (canonical JSON)."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One committed partition."""
+
+    partition: str
+    config: str
+    run_id: str
+    inputs: tuple[str, ...]
+    parts: dict[str, str] = field(default_factory=dict)  # table -> path relative to the lake
+    arrays: tuple[str, ...] = ()
+    versions: dict[str, str] = field(default_factory=dict)
+    complete: bool = True  # False: the partition failed and only error rows were committed
+    committed_at: str = ""
+
+    @classmethod
+    def from_json(cls, text: str) -> LedgerEntry:
+        raw = json.loads(text)
+        raw["inputs"] = tuple(raw["inputs"])
+        raw["arrays"] = tuple(raw.get("arrays", ()))
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """The ledger of one lake."""
+
+    layout: LakeLayout
+
+    def _root(self) -> tuple[Any, str]:
+        fs, root = self.layout.filesystem()
+        return fs, f"{root}/{LEDGER_DIR}"
+
+    def commit(self, entry: LedgerEntry) -> None:
+        """Write ``entry`` atomically (temporary file + rename, or one put)."""
+        fs, root = self._root()
+        directory = f"{root}/{ENTRIES}/{entry.config}"
+        final = f"{directory}/{entry.partition}.json"
+        stamped = LedgerEntry(**{**asdict(entry), "committed_at": datetime.now(UTC).isoformat()})
+        data = json.dumps(asdict(stamped), sort_keys=True).encode()
+        try:
+            fs.makedirs(directory, exist_ok=True)
+            if isinstance(fs, LocalFileSystem):
+                temporary = f"{directory}/.{entry.partition}.{uuid.uuid4().hex}.tmp"
+                fs.pipe_file(temporary, data)
+                fs.mv(temporary, final)
+            else:
+                fs.pipe_file(final, data)
+        except OSError as exc:
+            raise SinkError(
+                f"cannot commit partition {entry.partition}: {type(exc).__name__}"
+            ) from exc
+
+    def exists(self) -> bool:
+        fs, root = self._root()
+        return bool(fs.exists(root))
+
+    def entries(self, config: str | None = None) -> list[LedgerEntry]:
+        """Every entry (of one config, if given)."""
+        fs, root = self._root()
+        pattern = f"{root}/{ENTRIES}/{config or '*'}/*.json"
+        paths = sorted(fs.glob(pattern))
+        if not paths:
+            return []
+        contents = fs.cat(paths)
+        return [LedgerEntry.from_json(contents[p].decode()) for p in paths]
+
+    def live(self, entries: Sequence[LedgerEntry] | None = None) -> list[LedgerEntry]:
+        """Entries not superseded by a newer entry covering all of their inputs."""
+        entries = list(self.entries() if entries is None else entries)
+        newest_first = sorted(entries, key=lambda e: e.committed_at, reverse=True)
+        owner: dict[str, LedgerEntry] = {}
+        for entry in newest_first:
+            for identity in entry.inputs:
+                owner.setdefault(identity, entry)
+        return [e for e in entries if not e.inputs or any(owner[i] is e for i in e.inputs)]
+
+    def committed_inputs(self, config: str) -> dict[str, str]:
+        """Identity → partition for every input a complete, live entry of ``config`` holds."""
+        done: dict[str, str] = {}
+        for entry in self.live(self.entries(config)):
+            if entry.complete:
+                done.update((identity, entry.partition) for identity in entry.inputs)
+        return done
+
+    def live_parts(self) -> set[str]:
+        """Relative paths of every Parquet part a live entry committed."""
+        return {part for entry in self.live() for part in entry.parts.values()}
+
+    def remove_orphans(self) -> int:
+        """Delete parts no entry committed and temporary files; return how many went.
+
+        Run only while no other run writes to this lake.
+        """
+        if not self.exists():
+            return 0
+        fs, root = self.layout.filesystem()
+        live = {f"{root}/{p}" for p in self.live_parts()}
+        removed = 0
+        for table in TABLES:
+            for path in fs.glob(f"{root}/{table}/*.parquet"):
+                if path not in live:
+                    fs.rm(path)
+                    removed += 1
+        for path in fs.glob(f"{root}/**/.*.tmp"):
+            fs.rm(path, recursive=True)
+            removed += 1
+        if removed:
+            logger.info("removed %d uncommitted files left by an interrupted run", removed)
+        return removed
+
+
+def entry_for(
+    partition: str,
+    identities: Iterable[str],
+    *,
+    config: str,
+    run_id: str,
+    parts: Mapping[str, str],
+    arrays: Iterable[str] = (),
+    versions: Mapping[str, str] | None = None,
+    complete: bool = True,
+) -> LedgerEntry:
+    return LedgerEntry(
+        partition,
+        config,
+        run_id,
+        tuple(identities),
+        dict(parts),
+        tuple(arrays),
+        dict(versions or {}),
+        complete,
+    )

@@ -1,0 +1,154 @@
+"""The run report: ``<lake>/_runs/<run_id>.json`` and an HTML page beside it.
+
+It shows counts per stage, throughput over time (an inline SVG plot), errors by
+stage and code (read back from the lake's committed error rows of this run),
+the slowest partitions, and the versions of everything that wrote the outputs.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.metadata
+import json
+import platform
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from dicomflow.lake.layout import LakeLayout
+from dicomflow.pipelines.pipeline import RunSummary
+
+RUNS_DIR = "_runs"
+PACKAGES = ("dicomflow", "pydicom", "pynetdicom", "dask", "distributed", "pyarrow", "zarr", "numpy")
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def _errors_of_run(layout: LakeLayout, run_id: str) -> Counter[tuple[str, str]]:
+    from dicomflow.lake.reader import Lake
+
+    errors = Lake(layout.root, layout.storage_options).errors()
+    counts: Counter[tuple[str, str]] = Counter()
+    for row in errors.select(["run_id", "stage", "code"]).to_pylist():
+        if row["run_id"] == run_id:
+            counts[(row["stage"], row["code"])] += 1
+    return counts
+
+
+def build_report(
+    summary: RunSummary, layout: LakeLayout, *, name: str, started_at: datetime
+) -> dict[str, Any]:
+    """The report as a JSON-ready mapping."""
+    by_stage_code = _errors_of_run(layout, summary.run_id)
+    stages: Counter[str] = Counter()
+    for (stage, _), n in by_stage_code.items():
+        stages[stage] += n
+    processed = summary.files - summary.skipped
+    return {
+        "run_id": summary.run_id,
+        "name": name,
+        "started_at": started_at.isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
+        "seconds": round(summary.seconds, 3),
+        "counts": {
+            "inputs": summary.files,
+            "skipped_already_committed": summary.skipped,
+            "processed": processed,
+            "rows": summary.rows,
+            "error_rows": summary.errors,
+        },
+        "errors_by_stage": dict(sorted(stages.items())),
+        "errors_by_code": dict(sorted(summary.error_codes.items())),
+        "errors_by_stage_and_code": [
+            {"stage": s, "code": c, "count": n} for (s, c), n in sorted(by_stage_code.items())
+        ],
+        "throughput": [{"seconds": round(t, 3), "inputs_done": n} for t, n in summary.timeline],
+        "files_per_second": round(summary.files_per_second, 1),
+        "slowest_partitions": [
+            {"seconds": round(s, 3), "inputs": n, "first_source": src}
+            for s, n, src in summary.slowest
+        ],
+        "versions": versions(),
+    }
+
+
+def write_report(
+    summary: RunSummary, layout: LakeLayout, *, name: str, started_at: datetime
+) -> str:
+    """Write the JSON and HTML report; return the JSON path."""
+    report = build_report(summary, layout, name=name, started_at=started_at)
+    fs, root = layout.filesystem()
+    directory = f"{root}/{RUNS_DIR}"
+    fs.makedirs(directory, exist_ok=True)
+    json_path = f"{directory}/{summary.run_id}.json"
+    fs.pipe_file(json_path, json.dumps(report, indent=2).encode())
+    fs.pipe_file(f"{directory}/{summary.run_id}.html", render_html(report).encode())
+    return json_path
+
+
+def _throughput_svg(points: list[dict[str, float]], width: int = 640, height: int = 200) -> str:
+    """Files per second between consecutive completions, as an SVG polyline."""
+    rates: list[tuple[float, float]] = []
+    last_t, last_n = 0.0, 0.0
+    for point in points:
+        t, n = point["seconds"], point["inputs_done"]
+        if t > last_t:
+            rates.append((t, (n - last_n) / (t - last_t)))
+        last_t, last_n = t, n
+    if not rates:
+        return "<p>no throughput samples</p>"
+    t_max = max(t for t, _ in rates) or 1.0
+    r_max = max(r for _, r in rates) or 1.0
+    coords = " ".join(
+        f"{40 + (width - 50) * t / t_max:.1f},{height - 20 - (height - 40) * r / r_max:.1f}"
+        for t, r in rates
+    )
+    return (
+        f'<svg width="{width}" height="{height}" role="img" aria-label="throughput">'
+        f'<line x1="40" y1="{height - 20}" x2="{width - 10}" y2="{height - 20}" stroke="#888"/>'
+        f'<line x1="40" y1="10" x2="40" y2="{height - 20}" stroke="#888"/>'
+        f'<polyline fill="none" stroke="#2a6ebb" stroke-width="2" points="{coords}"/>'
+        f'<text x="42" y="18" font-size="11">{r_max:.0f} inputs/s</text>'
+        f'<text x="{width - 60}" y="{height - 5}" font-size="11">{t_max:.1f} s</text>'
+        "</svg>"
+    )
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "<p>none</p>"
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>"
+        for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """A self-contained HTML page for one run."""
+    counts = [{"count": k, "value": v} for k, v in report["counts"].items()]
+    version_rows = [{"package": k, "version": v} for k, v in report["versions"].items()]
+    title = html.escape(f"dicomflow run {report['name']} {report['run_id']}")
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}}</style></head><body>
+<h1>{title}</h1>
+<p>{html.escape(report["started_at"])} → {html.escape(report["finished_at"])},
+{report["seconds"]} s, {report["files_per_second"]} inputs/s</p>
+<h2>Counts</h2>{_table(counts)}
+<h2>Throughput over time</h2>{_throughput_svg(report["throughput"])}
+<h2>Errors by stage and code</h2>{_table(report["errors_by_stage_and_code"])}
+<h2>Slowest partitions</h2>{_table(report["slowest_partitions"])}
+<h2>Versions</h2>{_table(version_rows)}
+</body></html>
+"""

@@ -1,0 +1,92 @@
+"""The run ledger: reruns skip committed work, orphans are never read, series are rebuilt."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import zarr
+
+from dicomflow.api import ingest, read_lake, run_scan
+from dicomflow.lake.layout import LakeLayout
+from dicomflow.lake.ledger import Ledger
+from tests.conftest import PYDICOM_TEST_FILES, REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from synth import write_ct_series
+
+
+def _sop_uids(lake: Path) -> list[str]:
+    return read_lake(str(lake)).instances(columns=["SOPInstanceUID"]).column(0).to_pylist()
+
+
+def test_rerun_skips_everything_and_adds_nothing(tmp_path: Path, client: object) -> None:
+    src = tmp_path / "src"
+    write_ct_series(src, 12, per_series=6, rows=16, cols=16)
+    lake = tmp_path / "lake"
+    first = ingest([str(src)], out=str(lake), pixels=True, client=client)
+    parts_before = sorted(p.name for p in (lake / "instances").iterdir())
+    second = ingest([str(src)], out=str(lake), pixels=True, client=client)
+    assert (first.rows, first.skipped) == (12, 0)
+    assert (second.rows, second.errors, second.skipped) == (0, 0, 12) and second.accounted
+    assert sorted(p.name for p in (lake / "instances").iterdir()) == parts_before
+    uids = _sop_uids(lake)
+    assert len(uids) == len(set(uids)) == 12
+
+
+def test_new_inputs_only_are_processed_and_a_grown_series_is_rebuilt(
+    tmp_path: Path, client: object
+) -> None:
+    src = tmp_path / "src"
+    paths = write_ct_series(src, 8, per_series=8, rows=16, cols=16)
+    held_back = tmp_path / "later.dcm"
+    shutil.move(paths[-1], held_back)
+    lake = tmp_path / "lake"
+    ingest([str(src)], out=str(lake), pixels=True, client=client)
+    assert read_lake(str(lake)).series().column("frames").to_pylist() == [7]
+    shutil.move(held_back, paths[-1])
+    again = ingest([str(src)], out=str(lake), pixels=True, client=client)
+    assert again.rows == 8 and again.skipped == 0  # the grown series is assembled again
+    series = read_lake(str(lake)).series()
+    assert series.num_rows == 1 and series.column("frames").to_pylist() == [8]
+    uids = _sop_uids(lake)
+    assert len(uids) == len(set(uids)) == 8
+    group = zarr.open_group(str(lake / series.column("zarr_path")[0].as_py()), mode="r")
+    assert group["0"].shape[0] == 8
+
+
+def test_orphan_parts_are_never_read_and_are_removed_by_the_next_run(
+    tmp_path: Path, client: object
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copy(PYDICOM_TEST_FILES / name, src / name)
+    lake = tmp_path / "lake"
+    run_scan([str(src)], out=str(lake), client=client)
+    committed = read_lake(str(lake)).instances()
+    # What a run killed between writing a part and committing it leaves behind:
+    orphan = lake / "instances" / "part-orphan.parquet"
+    pq.write_table(committed, orphan)
+    assert read_lake(str(lake)).instances().num_rows == committed.num_rows
+    (src / "rtplan.dcm").write_bytes((PYDICOM_TEST_FILES / "rtplan.dcm").read_bytes())
+    summary = run_scan([str(src)], out=str(lake), client=client)
+    assert (summary.rows, summary.skipped) == (1, 2)
+    assert not orphan.exists()
+    assert read_lake(str(lake)).instances().num_rows == 3
+
+
+def test_the_ledger_records_identities_not_paths(tmp_path: Path, client: object) -> None:
+    src = tmp_path / "patient-SMITH-JOHN"
+    src.mkdir()
+    shutil.copy(PYDICOM_TEST_FILES / "CT_small.dcm", src / "SMITH.dcm")
+    lake = tmp_path / "lake"
+    run_scan([str(src)], out=str(lake), client=client)
+    entries = Ledger(LakeLayout(str(lake))).entries()
+    assert len(entries) == 1 and len(entries[0].inputs) == 1
+    assert entries[0].versions["dicomflow"] and entries[0].config
+    for path in (lake / "_ledger").rglob("*.json"):
+        assert "SMITH" not in path.read_text()
+    assert entries[0].parts["instances"].startswith("instances/")
