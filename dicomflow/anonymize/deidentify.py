@@ -74,6 +74,17 @@ class Walk:
     seconds: int
     mapping: list[tuple[str, str, str]] | None = None
     removed_overlays: set[int] = field(default_factory=set)
+    floors: dict[int, Action] = field(default_factory=dict)  # what this IOD requires
+
+    def action(self, tag: int) -> Action | None:
+        """The table's action for ``tag``, raised to what the instance's IOD requires."""
+        action = self.profile.actions.get(tag)
+        floor = self.floors.get(tag)
+        if floor is None or action is None or tag in self.profile.overrides:
+            return action
+        if action is Action.REMOVE or (action is Action.ZERO and floor is Action.DUMMY):
+            return floor
+        return action
 
     def record(self, kind: str, original: str, replacement: str) -> None:
         if self.mapping is not None and original != replacement:
@@ -106,13 +117,16 @@ def _dataset(ds: Dataset, walk: Walk, leaves: Leaves) -> None:
             if pattern is Pattern.OVERLAY_DATA and tag not in ds:
                 walk.removed_overlays.add(group)
             continue
-        action = walk.profile.actions.get(int(tag))
+        action = walk.action(tag)
         if action is not None:
             _apply(ds, ds[tag], action, walk, leaves)
             continue
         elem = ds[tag]
         if not keyword_for_tag(int(tag)):  # unknown public tag: nothing says it is safe
             del ds[tag]
+        elif 0x6000 <= group <= 0x601E and elem.VR in FREE_TEXT_VRS:
+            # An overlay plane kept by Clean Graphics: its label and description are text.
+            _apply(ds, elem, Action.CLEAN, walk, leaves)
         elif elem.VR == "SQ":
             _sequence(elem, walk, leaves)
         elif leaves is not Leaves.KEEP and elem.VR in FREE_TEXT_VRS and not _is_code(tag):

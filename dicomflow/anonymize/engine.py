@@ -30,9 +30,10 @@ from dicomflow.anonymize.burned_in import (
     quarantine,
 )
 from dicomflow.anonymize.deidentify import Walk, deidentify_dataset, patient_key
+from dicomflow.anonymize.fragments import even_fragments
 from dicomflow.anonymize.keys import SecretKey
 from dicomflow.anonymize.private import SafePrivateKey
-from dicomflow.anonymize.profile import Option, Profile, load_table
+from dicomflow.anonymize.profile import Option, Profile, load_table, required_actions
 from dicomflow.anonymize.pseudonyms import Pseudonymizer
 from dicomflow.anonymize.values import default_vocabulary
 from dicomflow.dicom.header import read_header
@@ -41,6 +42,7 @@ from dicomflow.errors import DeidentificationError, DicomflowError
 # A UUID-derived UID (PS3.5 B.2) naming dicomflow as the writer of the file meta.
 IMPLEMENTATION_CLASS_UID = UID("2.25.254828032729054574551006967159846512413")
 IMPLEMENTATION_VERSION_NAME = f"DICOMFLOW_{__version__}"[:16]
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 LONGITUDINAL = {"full": "UNMODIFIED", "modified": "MODIFIED", "removed": "REMOVED"}
 
 
@@ -73,6 +75,13 @@ class Deidentifier:
 
     def dataset(self, ds: Dataset) -> tuple[Dataset, list[tuple[str, str, str]]]:
         """De-identify ``ds`` in place and return it with the honest-broker pairs."""
+        sop_class = str(ds.get("SOPClassUID", "") or "")
+        meta_class = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "") or "")
+        if MEDIA_STORAGE_DIRECTORY in (sop_class, meta_class):
+            raise DeidentificationError(
+                "a DICOMDIR is not de-identified: its records point at the original files; "
+                "the de-identified files are written under their own paths"
+            )
         clean_pixels = False
         if is_suspect(ds):
             rule = find_rule(ds, self.pixel_rules)
@@ -96,8 +105,11 @@ class Deidentifier:
             pseudonyms.day_shift(key),
             pseudonyms.second_shift(key),
             mapping if self.keep_mapping else None,
+            floors=required_actions(sop_class),
         )
         deidentify_dataset(ds, walk)
+        if "PixelData" in ds and _encapsulated(ds.file_meta.get("TransferSyntaxUID")):
+            ds.PixelData = even_fragments(ds.PixelData)
         self._mark(ds, clean_pixels)
         self._file_meta(ds, original_meta_sop)
         return ds, mapping
@@ -171,3 +183,11 @@ def _syntax_read(ds: Dataset) -> UID:
     if implicit:
         return ImplicitVRLittleEndian
     return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def _encapsulated(syntax: UID | None) -> bool:
+    """Whether Pixel Data in ``syntax`` is encapsulated (unknown syntaxes: no)."""
+    try:
+        return syntax is not None and bool(UID(syntax).is_encapsulated)
+    except ValueError:
+        return False

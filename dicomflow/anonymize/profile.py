@@ -13,9 +13,13 @@ Resolution rules, documented because the standard leaves room:
 - Combined codes are resolved statically, to the choice that keeps every IOD
   valid whatever the attribute's type in it: ``Z/D``, ``X/D`` and ``X/Z/D``
   become D (a dummy satisfies Type 1, 2 and 3); ``X/Z`` becomes Z (present and
-  empty satisfies Type 2 and 3); ``X/Z/U*`` becomes U for a UID and, for a
-  sequence, K with its contents de-identified (its UIDs are replaced by their
-  own rows).
+  empty satisfies Type 2 and 3), except for a sequence, where it becomes D (the
+  items are kept with every listed attribute de-identified and all other free
+  text dummied: a Type 3 sequence may not be present and empty); ``X/Z/U*``
+  becomes U for a UID and, for a sequence, K with its contents de-identified
+  (its UIDs are replaced by their own rows).
+- Where an IOD requires an attribute the table removes (``data/iod_requirements.json``,
+  keyed by SOP Class), a Type 1 attribute gets a dummy and a Type 2 one is emptied.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from dicomflow.errors import ConfigError
 
 TABLE_FILE = "ps3.15-annex-e-2024b.json"
+REQUIREMENTS_FILE = "iod_requirements.json"
 
 
 class Action(StrEnum):
@@ -152,6 +157,25 @@ def _row(raw: Mapping[str, Any]) -> ProfileRow:
 
 
 @cache
+def iod_requirements() -> tuple[tuple[str, int, str], ...]:
+    """(SOP Class UID prefix, tag, type) for attributes some IODs require."""
+    text = resources.files("dicomflow.anonymize").joinpath("data", REQUIREMENTS_FILE).read_text()
+    return tuple(
+        (r["sop_class_prefix"], int(r["tag"], 16), r["type"])
+        for r in json.loads(text)["requirements"]
+    )
+
+
+def required_actions(sop_class_uid: str) -> dict[int, Action]:
+    """Per-tag floors for one SOP Class: a dummy for Type 1, empty for Type 2."""
+    floors: dict[int, Action] = {}
+    for prefix, tag, kind in iod_requirements():
+        if sop_class_uid.startswith(prefix):
+            floors[tag] = Action.DUMMY if kind == "1" else Action.ZERO
+    return floors
+
+
+@cache
 def load_table() -> ProfileTable:
     """The PS3.15 Table E.1-1 rows shipped with the package (read once per process)."""
     text = resources.files("dicomflow.anonymize").joinpath("data", TABLE_FILE).read_text("utf-8")
@@ -174,7 +198,7 @@ def resolve_code(code: str, vr: str | None) -> Action:
     if code in ("Z/D", "X/D", "X/Z/D"):
         return Action.DUMMY
     if code == "X/Z":
-        return Action.ZERO
+        return Action.DUMMY if vr == "SQ" else Action.ZERO
     if code == "X/Z/U*":
         return Action.UID if vr == "UI" else Action.KEEP
     try:
