@@ -9,6 +9,7 @@ message names the field.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from pydantic import ValidationError
 
 from dicomflow.connectors.dimse.address import DimseOptions, TlsOptions
 from dicomflow.errors import ConfigError
+from dicomflow.lake.layout import LakeLayout
+from dicomflow.lake.watermark import Watermark
 from dicomflow.pipelines.pipeline import RunSummary
 from dicomflow.schemas.spec import (
     AnonymizeOperator,
@@ -130,10 +133,14 @@ def run_spec(spec: PipelineSpec, *, progress: bool | None = None) -> RunSummary:
         query = source.query if isinstance(source, DimseSource) else None
         if isinstance(source, DimseSource) and source.cohort:
             query = _cohort_query(source, dimse or DimseOptions())
+        watermark = Watermark(LakeLayout(lake.path, lake.storage_options), spec.name)
+        run_started = datetime.now(UTC).date()
+        if isinstance(source, DimseSource) and spec.incremental and query is not None:
+            query = watermark.narrow(query)
         storage = lake.storage_options or (
             source.storage_options if isinstance(source, FilesSource) else {}
         )
-        return ingest(
+        summary = ingest(
             urls,
             out=lake.path,
             pixels=pixels,
@@ -148,6 +155,9 @@ def run_spec(spec: PipelineSpec, *, progress: bool | None = None) -> RunSummary:
             name=spec.name,
             retries=spec.limits.retries,
         )
+        if isinstance(source, DimseSource) and spec.incremental and summary.accounted:
+            watermark.advance(run_started)
+        return summary
 
 
 def _dimse_options(source: DimseSource) -> DimseOptions:
