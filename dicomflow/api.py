@@ -98,6 +98,7 @@ def ingest(
     send_to: str | None = None,
     name: str = "ingest",
     retries: int = 2,
+    frames_per_chunk: int = 1,
 ) -> RunSummary:
     """Ingest ``sources`` into the lake at ``out``, all in one run.
 
@@ -146,7 +147,9 @@ def ingest(
             connected,
             files,
             out=out,
-            options=IngestOptions(pixels=pixels, after_flatten=after),
+            options=IngestOptions(
+                pixels=pixels, frames_per_chunk=frames_per_chunk, after_flatten=after
+            ),
             storage_options=storage_options,
             policy=policy,
             progress=progress,

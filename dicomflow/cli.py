@@ -229,6 +229,13 @@ def _build_anonymize(
 @click.option("--out", required=True, help="Lake directory to write.")
 @click.option("--pixels/--no-pixels", default=False, help="Also write image stacks to Zarr.")
 @click.option(
+    "--frames-per-chunk",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Frames per Zarr chunk (with --pixels).",
+)
+@click.option(
     "--anonymize", is_flag=True, help="De-identify (PS3.15 Annex E) before any output is made."
 )
 @click.option(
@@ -263,6 +270,7 @@ def ingest(
     src: tuple[str, ...],
     out: str,
     pixels: bool,
+    frames_per_chunk: int,
     anonymize: bool,
     write_dicom: bool,
     profile: str,
@@ -322,6 +330,7 @@ def ingest(
             progress=progress,
             anonymize=settings,
             send_to=send_to,
+            frames_per_chunk=frames_per_chunk,
         ),
     )
     _print_summary(summary, out)

@@ -111,7 +111,8 @@ def run_spec(spec: PipelineSpec, *, progress: bool | None = None) -> RunSummary:
         )
         write_dicom = any(isinstance(s, DicomSink) for s in spec.sinks)
         anonymize = AnonymizeSettings(engine, write_dicom=write_dicom, mapping_dir=deid.mapping)
-    pixels = isinstance(spec.operator("pixels"), PixelsOperator)
+    pixel_op = spec.operator("pixels")
+    pixels = isinstance(pixel_op, PixelsOperator)
     send = next((s.url for s in spec.sinks if isinstance(s, DimseSink)), None)
     lake = spec.lake
     dimse = _dimse_options(source) if isinstance(source, DimseSource) else None
@@ -154,6 +155,7 @@ def run_spec(spec: PipelineSpec, *, progress: bool | None = None) -> RunSummary:
             send_to=send,
             name=spec.name,
             retries=spec.limits.retries,
+            frames_per_chunk=pixel_op.frames_per_chunk if pixels else 1,
         )
         if isinstance(source, DimseSource) and spec.incremental and summary.accounted:
             watermark.advance(run_started)

@@ -212,3 +212,41 @@ def test_bad_pixels_become_error_rows_and_the_rest_is_written(
     written = [r for r in lake.series().to_pylist() if r["Modality"] == "CT"]
     assert any("missing_frames" in r["qc_flags"] for r in written)
     assert sum(r["frames"] for r in written) >= len(series)
+
+
+def test_cli_frames_per_chunk_sets_the_zarr_chunk_shape(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import zarr
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from synth import write_ct_series
+
+    src = tmp_path / "src"
+    write_ct_series(src, 10, per_series=10, rows=16, cols=16)
+    lake = tmp_path / "lake"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dicomflow",
+            "ingest",
+            str(src),
+            "--out",
+            str(lake),
+            "--pixels",
+            "--frames-per-chunk",
+            "4",
+            "--workers",
+            "1",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    stacks = [p.parent for p in (lake / "pixels.zarr").rglob("0/zarr.json")]
+    array = zarr.open_array(str(stacks[0]), mode="r")
+    assert array.shape == (10, 16, 16) and array.chunks == (4, 16, 16)
