@@ -18,7 +18,6 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
-from pydicom.uid import RLELossless
 
 from dicomflow.errors import DicomReadError, ErrorCode
 from dicomflow.pixels import imagecodecs_plugin
@@ -137,7 +136,7 @@ def _decode(ds: Dataset, memory_budget: int) -> DecodedPixels:
 
 def _pixel_array(ds: Dataset, syntax: str) -> np.ndarray:
     """pydicom's decode; the faster imagecodecs plugin first where it applies."""
-    if syntax == RLELossless and imagecodecs_plugin.register():
+    if imagecodecs_plugin.register(syntax):
         try:
             return pixel_array(ds, decoding_plugin=imagecodecs_plugin.LABEL)
         except (ValueError, RuntimeError):
