@@ -4,9 +4,10 @@
    (SOP Instance UIDs and classes, by series).
 2. One Dask task per series C-GETs it into ``<lake>/_retrieved/<study>/<series>/``
    (validated path components), holding a cluster-wide semaphore so no more
-   than ``max_associations`` associations hit the PACS at once. Instances the
-   lake already holds are not fetched again; instances missing after the
-   series-level C-GET are asked for once more by SOP Instance UID.
+   than ``max_associations`` associations hit the PACS at once. Instances
+   already retrieved are not fetched again: a series partly there (an
+   interrupted run) and the instances missing after the series-level C-GET
+   are asked for by SOP Instance UID.
 3. The retrieved files go through the usual ingest; whatever is still missing
    becomes an error row ``not_retrieved``.
 """
@@ -23,7 +24,7 @@ from distributed import Client
 from pydicom.dataset import Dataset
 
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
-from dicomflow.connectors.dimse.find import c_find
+from dicomflow.connectors.dimse.find import Level, c_find
 from dicomflow.connectors.dimse.get import c_get, classes_to_accept
 from dicomflow.connectors.dimse.reliability import RetryPolicy
 from dicomflow.errors import ErrorCode
@@ -34,6 +35,7 @@ from dicomflow.pipelines.sinks import LakeSink
 from dicomflow.records import Batch, InstanceRecord, RunContext, SourceRef
 
 RETRIEVED = "_retrieved"
+UIDS_PER_GET = 500  # a UID list stays far below the 64 KiB of an explicit VR UI value
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,13 @@ def series_folder(layout: LakeLayout, request: SeriesRequest) -> Path:
     )
 
 
+def arrived(layout: LakeLayout, request: SeriesRequest) -> dict[str, Path]:
+    """The instances of ``request`` already on disk (complete: each is renamed into place)."""
+    folder = series_folder(layout, request)
+    paths = {uid: folder / f"{safe_uid_component(uid)}.dcm" for uid in request.instances}
+    return {uid: path for uid, path in paths.items() if path.exists()}
+
+
 def retrieve_series(
     address: DimseAddress,
     options: DimseOptions,
@@ -82,31 +91,31 @@ def retrieve_series(
     layout: LakeLayout,
     max_associations: int,
 ) -> dict[str, str]:
-    """Task: fetch one series (only what is not already there); SOP UID → path."""
+    """Task: fetch one series (only what is not already there); SOP UID → path.
+
+    A series with nothing on disk is asked for whole; a series already partly
+    there (an earlier run was interrupted) and whatever the series-level C-GET
+    did not bring are asked for by SOP Instance UID, so nothing is fetched twice.
+    """
     folder = series_folder(layout, request)
-    have = {uid: folder / f"{safe_uid_component(uid)}.dcm" for uid in request.instances}
-    have = {uid: path for uid, path in have.items() if path.exists()}
-    missing = [uid for uid in request.instances if uid not in have]
-    if missing:
+    have = arrived(layout, request)
+    if len(have) < len(request.instances):
         classes = classes_to_accept(request.instances.values())
         policy = RetryPolicy()  # transient failures: backoff with jitter, then a breaker
         series = {"StudyInstanceUID": request.study_uid, "SeriesInstanceUID": request.series_uid}
+
+        def get(level: Level, query: Mapping[str, str]) -> dict[str, Path]:
+            return policy.call(
+                lambda: c_get(address, level, query, folder, sop_classes=classes, options=options)
+            ).received
+
         with associations_limit(address, max_associations)():
-            result = policy.call(
-                lambda: c_get(
-                    address, "series", series, folder, sop_classes=classes, options=options
-                )
-            )
-            have.update(result.received)
+            if not have:
+                have.update(get("series", series))
             still = [uid for uid in request.instances if uid not in have]
-            if still:  # one more try, instance by instance
-                by_uid = {**series, "SOPInstanceUID": "\\".join(still)}
-                retry = policy.call(
-                    lambda: c_get(
-                        address, "image", by_uid, folder, sop_classes=classes, options=options
-                    )
-                )
-                have.update(retry.received)
+            for start in range(0, len(still), UIDS_PER_GET):
+                uids = "\\".join(still[start : start + UIDS_PER_GET])
+                have.update(get("image", {**series, "SOPInstanceUID": uids}))
     return {uid: str(path) for uid, path in have.items() if uid in request.instances}
 
 
@@ -159,8 +168,8 @@ def retrieve(
     for request, future in zip(requests, results, strict=True):
         try:
             got = future.result()
-        except Exception:
-            got = {}
+        except Exception:  # failed midway (the PACS went away): keep what arrived
+            got = {uid: str(path) for uid, path in arrived(layout, request).items()}
         paths.extend(got.values())
         missing.extend(uid for uid in request.instances if uid not in got)
     return sorted(paths), missing

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ORTHANC_AET = "ORTHANC"
@@ -31,11 +31,18 @@ def orthanc_binary() -> str | None:
 
 @dataclass(frozen=True)
 class Orthanc:
-    """A running Orthanc: its DICOM port, AE title and REST root."""
+    """A running Orthanc: its DICOM port, AE title, REST root and process."""
 
     dicom_port: int
     http_port: int
     aet: str = ORTHANC_AET
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
+
+    def kill(self) -> None:
+        """SIGKILL Orthanc (a crash: no clean shutdown) and reap it."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=20)
 
     @property
     def url(self) -> str:
@@ -79,7 +86,11 @@ def running_orthanc(
     tls: OrthancTls | None = None,
     dicom_port: int | None = None,
 ) -> Iterator[Orthanc]:
-    """Start Orthanc in ``workdir`` and stop it afterwards."""
+    """Start Orthanc in ``workdir`` and stop it afterwards.
+
+    Starting again in the same ``workdir`` (with the same ``dicom_port``) reopens
+    the same storage and index, as a restarted PACS would.
+    """
     binary = orthanc_binary()
     if binary is None:
         raise FileNotFoundError("Orthanc is not installed")
@@ -120,12 +131,12 @@ def running_orthanc(
         )
     config_path = workdir / "orthanc.json"
     config_path.write_text(json.dumps(config))
-    log = (workdir / "orthanc.log").open("wb")
+    log = (workdir / "orthanc.log").open("ab")  # a restart keeps the earlier log
     process = subprocess.Popen(
         [binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=workdir
     )
     try:
-        server = Orthanc(dicom_port, http_port)
+        server = Orthanc(dicom_port, http_port, process=process)
         deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None:

@@ -2,8 +2,12 @@
 
 pynetdicom never sets ``TCP_NODELAY``; with Nagle's algorithm and delayed ACKs
 every small message waits, so it is set on the association's socket as soon as
-the association is up. pynetdicom
-logs identifiers at DEBUG; its loggers are kept at WARNING inside the task.
+it connects. pynetdicom also clears the socket timeout once connected, so a peer
+that stops in the middle of a PDU would block its reader forever, and it reads
+whatever PDU length a peer announces: the socket here times out reads after
+``network_timeout`` and refuses a PDU longer than ``MAX_ASSOCIATION_PDU`` before
+the association is up. pynetdicom logs identifiers at DEBUG; its loggers are
+kept at WARNING inside the task.
 """
 
 from __future__ import annotations
@@ -18,11 +22,16 @@ from contextlib import contextmanager
 from typing import Any
 
 from pynetdicom import AE, Association
+from pynetdicom.transport import AssociationSocket
 
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
 from dicomflow.errors import ConfigError, DicomflowError, ErrorCode
 
 logger = logging.getLogger(__name__)
+
+# An A-ASSOCIATE-AC with 128 contexts, roles and a user identity response is well
+# under 200 kB; a peer announcing more before the association is up is not DICOM.
+MAX_ASSOCIATION_PDU = 1 << 20
 
 
 class DimseError(DicomflowError, ConnectionError):
@@ -33,6 +42,36 @@ class DimseError(DicomflowError, ConnectionError):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message if status is None else f"{message} (status 0x{status:04X})")
         self.status = status
+
+
+class _GuardedSocket(AssociationSocket):
+    """An association socket with ``TCP_NODELAY``, read timeouts and a bounded
+    association PDU (see the module docstring)."""
+
+    connected_once = False  # the TCP connection was made (kept after it closes)
+
+    def connect(self, primitive: Any) -> None:
+        super().connect(primitive)
+        self.connected_once = self._is_connected
+        raw = self.socket
+        if self.connected_once and isinstance(raw, socket.socket):  # SSLSocket included
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raw.settimeout(self.assoc.network_timeout)
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        if nr_bytes > MAX_ASSOCIATION_PDU and not self.assoc.is_established:
+            # pynetdicom treats OSError as a lost connection and aborts
+            raise OSError("the peer announced an oversized PDU during association")
+        return super().recv(nr_bytes)
+
+
+class _GuardedAE(AE):
+    """An AE whose associations use :class:`_GuardedSocket`."""
+
+    def _create_socket(self, assoc: Any, address: Any, tls_args: Any) -> AssociationSocket:
+        sock = _GuardedSocket(assoc, address=address)
+        sock.tls_args = tls_args
+        return sock
 
 
 def _quiet_pynetdicom() -> None:
@@ -88,7 +127,7 @@ def associate(
     pynetdicom event handlers bound to the association.
     """
     _quiet_pynetdicom()
-    ae = AE(ae_title=options.calling_ae)
+    ae = _GuardedAE(ae_title=options.calling_ae)
     ae.connection_timeout = options.connect_timeout
     ae.acse_timeout = options.acse_timeout
     ae.dimse_timeout = options.dimse_timeout
@@ -111,9 +150,13 @@ def associate(
         evt_handlers=list(handlers) or None,
     )
     if not assoc.is_established:
-        reason = "rejected the association" if assoc.is_rejected else "could not be reached"
+        if assoc.is_rejected:
+            reason = "rejected the association"
+        elif _connected(assoc):
+            reason = "gave no valid answer to the association request"
+        else:
+            reason = "could not be reached"
         raise DimseError(f"{address} {reason}")
-    _set_nodelay(assoc)
     logger.info("associated with %s in %.0f ms", address, 1000 * (time.perf_counter() - started))
     try:
         yield assoc
@@ -122,9 +165,6 @@ def associate(
             assoc.release()
 
 
-def _set_nodelay(assoc: Association) -> None:
-    """Disable Nagle on the association's socket (pynetdicom leaves it on)."""
-    transport = getattr(assoc.dul, "socket", None)
-    raw = getattr(transport, "socket", None)
-    if isinstance(raw, socket.socket):
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def _connected(assoc: Association) -> bool:
+    """Whether the TCP connection was made (the peer answered badly or not at all)."""
+    return bool(getattr(assoc.dul.socket, "connected_once", False))
