@@ -141,7 +141,7 @@ def ingest(
             files.extend(paths)
             retrieved.extend(paths)
             missing += report_missing(
-                layout, peer, lost, RunContext(new_run_id(), datetime.now(UTC))
+                layout, peer, lost, RunContext(new_run_id(), datetime.now(UTC)), query
             )
         summary = run_ingest(
             connected,

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ from dicomflow.connectors.dimse.reliability import RetryPolicy
 from dicomflow.errors import ErrorCode
 from dicomflow.lake.layout import LakeLayout, safe_uid_component
 from dicomflow.pipelines.limits import associations_limit
-from dicomflow.pipelines.plan import partition_named
+from dicomflow.pipelines.plan import Partition
 from dicomflow.pipelines.sinks import LakeSink
 from dicomflow.records import Batch, InstanceRecord, RunContext, SourceRef
 
@@ -120,11 +122,18 @@ def retrieve_series(
 
 
 def report_missing(
-    layout: LakeLayout, address: DimseAddress, missing: Sequence[str], context: RunContext
+    layout: LakeLayout,
+    address: DimseAddress,
+    missing: Sequence[str],
+    context: RunContext,
+    query: Mapping[str, str] | None = None,
 ) -> int:
-    """Commit one ``not_retrieved`` error row per instance the PACS did not deliver."""
-    if not missing:
-        return 0
+    """Commit one ``not_retrieved`` error row per instance the PACS did not deliver.
+
+    The part is named by the peer and the query, so each retrieval with the same
+    query replaces the previous report: an instance delivered by a later run no
+    longer shows as missing.
+    """
     refs = [SourceRef(f"{address}#sop={uid}") for uid in sorted(missing)]
     records = tuple(
         InstanceRecord(ref).with_error(
@@ -132,8 +141,9 @@ def report_missing(
         )
         for ref in refs
     )
-    partition = partition_named(0, refs)
-    LakeSink(layout).write(Batch(records, context), partition)
+    asked = json.dumps([str(address), sorted((query or {}).items())])
+    name = "missing-" + hashlib.sha256(asked.encode()).hexdigest()[:20]
+    LakeSink(layout, "retrieve").write(Batch(records, context), Partition(0, name, tuple(refs)))
     return len(records)
 
 

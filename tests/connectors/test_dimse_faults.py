@@ -112,6 +112,9 @@ def test_pacs_killed_mid_c_get_then_a_rerun_fetches_only_what_is_missing(
     counts = Counter(_lake_sop_uids(lake))
     assert set(counts) == expected
     assert {uid: n for uid, n in counts.items() if n > 1} == {}  # none duplicated
+    # The first run's report of what was missing is replaced: nothing is missing now.
+    codes = dicomflow.read_lake(str(lake)).errors().column("code").to_pylist()
+    assert "not_retrieved" not in codes
 
 
 # --- hostile peers ------------------------------------------------------------------
