@@ -157,9 +157,10 @@ class Ledger:
                 if path not in live:
                     fs.rm(path)
                     removed += 1
-        for path in fs.glob(f"{root}/**/.*.tmp"):
-            fs.rm(path, recursive=True)
-            removed += 1
+        for path in fs.glob(f"{root}/**/.*.tmp") + fs.glob(f"{root}/**/.*.old"):
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+                removed += 1
         if removed:
             logger.info("removed %d uncommitted files left by an interrupted run", removed)
         return removed

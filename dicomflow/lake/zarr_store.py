@@ -10,6 +10,7 @@ readers never see a half-written stack.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -66,7 +67,10 @@ def _ensure_groups(root: Path, location: StackLocation) -> None:
         if part is not None:
             path = path / part
         if not (path / "zarr.json").exists():
-            zarr.open_group(str(path), mode="a", zarr_format=3)
+            try:
+                zarr.open_group(str(path), mode="a", zarr_format=3)
+            except zarr.errors.ContainsGroupError:
+                pass  # another worker made it between our check and our call
 
 
 def create_temporary_stack(
@@ -76,17 +80,21 @@ def create_temporary_stack(
     shape: tuple[int, ...],
     dtype: np.dtype,
     frames_per_chunk: int = 1,
+    run_id: str | None = None,
 ) -> str:
     """Create the stack's group and empty array in a hidden temporary directory; return it.
 
     Workers fill the array (disjoint frame ranges, one chunk per frame), then
-    :func:`commit_stack` renames it into place.
+    :func:`commit_stack` renames it into place. With ``run_id`` the temporary's
+    name is fixed for the run, so a plan recomputed after a worker died
+    replaces its predecessor's half-written temporary instead of leaving it.
     """
     root = _local_root(layout)
     final = root / location.relative_path
     final.parent.mkdir(parents=True, exist_ok=True)
     _ensure_groups(root, location)
-    temporary = final.parent / f".{final.name}.{uuid.uuid4().hex}.tmp"
+    token = hashlib.sha256(run_id.encode()).hexdigest()[:16] if run_id else uuid.uuid4().hex
+    temporary = final.parent / f".{final.name}.{token}.tmp"
     try:
         group = zarr.open_group(str(temporary), mode="w", zarr_format=3)
         group.create_array(
@@ -160,10 +168,17 @@ def commit_stack(
     affine: np.ndarray,
     attributes: dict[str, Any],
 ) -> None:
-    """Write the stack's attributes and rename it into place, replacing any previous one."""
+    """Write the stack's attributes and rename it into place, replacing any previous one.
+
+    Safe to repeat: a retried commit (say the ledger commit after it failed) finds
+    its temporary gone and the final stack stamped with that temporary's name,
+    and does nothing.
+    """
     root = _local_root(layout)
     final = root / location.relative_path
     staged = Path(temporary)
+    if not staged.exists() and _committed_from(final) == staged.name:
+        return
     try:
         group = zarr.open_group(str(staged), mode="r+")
         shape = open_temporary_array(temporary).shape
@@ -173,10 +188,12 @@ def commit_stack(
                 "affine": np.asarray(affine, float).tolist(),
                 "schema_version": ZARR_SCHEMA_VERSION,
                 "ome": ome_multiscales(spacing, affine, channels=len(shape) == 4),
+                STAGED_FROM: staged.name,
             }
         )
         if final.exists():
-            trash = final.parent / f".{final.name}.{uuid.uuid4().hex}.old"
+            # ``.tmp`` at the end: the next run sweeps it if we die before the rmtree
+            trash = final.parent / f".{final.name}.{uuid.uuid4().hex}.old.tmp"
             final.rename(trash)
             staged.rename(final)
             shutil.rmtree(trash, ignore_errors=True)
@@ -187,6 +204,18 @@ def commit_stack(
     finally:
         if staged.exists():
             shutil.rmtree(staged, ignore_errors=True)
+
+
+STAGED_FROM = "dicomflow_staged_from"  # the temporary a committed stack came from
+
+
+def _committed_from(final: Path) -> str | None:
+    """The temporary name stamped on a committed stack (None if there is none)."""
+    try:
+        value = zarr.open_group(str(final), mode="r").attrs.get(STAGED_FROM)
+    except (OSError, zarr.errors.GroupNotFoundError, FileNotFoundError):
+        return None
+    return str(value) if value is not None else None
 
 
 def discard_stack(temporary: str) -> None:

@@ -24,7 +24,7 @@ from dicomflow._version import __version__
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.dicom.elements import Elements
 from dicomflow.lake.layout import LakeLayout
-from dicomflow.lake.ledger import config_digest
+from dicomflow.lake.ledger import Ledger, config_digest
 from dicomflow.operators.base import Operator
 from dicomflow.operators.flatten import Flatten
 from dicomflow.pipelines.anonymize import AnonymizeSettings, keyed_refs, run_deidentify
@@ -269,7 +269,8 @@ def run_ingest(
 def finish(
     summary: RunSummary, layout: LakeLayout, name: str, context: RunContext, started: float
 ) -> RunSummary:
-    """Stamp the run's duration and write its report."""
+    """Sweep what killed tasks left behind, stamp the run's duration, write its report."""
+    Ledger(layout).remove_orphans()
     summary.seconds = time.perf_counter() - started
     summary.report = write_report(summary, layout, name=name, started_at=context.started_at)
     return summary

@@ -180,8 +180,10 @@ class Pipeline:
             progress=progress,
             retries=retries,
         )
-        summary.seconds = time.perf_counter() - started
         lake = next((s for s in self.sinks if isinstance(s, LakeSink)), None)
+        if lake is not None:
+            Ledger(lake.layout).remove_orphans()  # what killed tasks left behind
+        summary.seconds = time.perf_counter() - started
         if lake is not None:
             from dicomflow.pipelines.report import write_report  # the report reads the lake
 

@@ -141,6 +141,7 @@ def plan_series(batch: Batch, options: PixelOptions) -> SeriesPlan:
                     shape=stack_plan.shape,
                     dtype=pixels.array.dtype,
                     frames_per_chunk=options.frames_per_chunk,
+                    run_id=batch.context.run_id,
                 )
                 open_temporary_array(stack_plan.temporary)[
                     item.frame : item.frame + item.frames
