@@ -10,6 +10,7 @@ readers never see a half-written stack.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import uuid
@@ -67,10 +68,9 @@ def _ensure_groups(root: Path, location: StackLocation) -> None:
         if part is not None:
             path = path / part
         if not (path / "zarr.json").exists():
-            try:
+            # another worker may make it between our check and our call
+            with contextlib.suppress(zarr.errors.ContainsGroupError):
                 zarr.open_group(str(path), mode="a", zarr_format=3)
-            except zarr.errors.ContainsGroupError:
-                pass  # another worker made it between our check and our call
 
 
 def create_temporary_stack(
