@@ -59,6 +59,16 @@ class Leaves(Enum):
     KEEP = "keep"
     DUMMY = "dummy"
     CLEAN = "clean"
+    DUMMY_CODES = "dummy_codes"  # codes too: the sequence's codes name a person or a place
+
+
+# Sequences whose codes identify someone or somewhere: dummied, codes included.
+IDENTIFYING_CODE_SEQUENCES = frozenset(
+    {
+        0x00401101,  # Person Identification Code Sequence
+        0x00080082,  # Institution Code Sequence
+    }
+)
 
 
 @dataclass
@@ -129,6 +139,8 @@ def _dataset(ds: Dataset, walk: Walk, leaves: Leaves) -> None:
             _apply(ds, elem, Action.CLEAN, walk, leaves)
         elif elem.VR == "SQ":
             _sequence(elem, walk, leaves)
+        elif leaves is Leaves.DUMMY_CODES and elem.VR in FREE_TEXT_VRS:
+            _apply(ds, elem, Action.DUMMY, walk, leaves)
         elif leaves is not Leaves.KEEP and elem.VR in FREE_TEXT_VRS and not _is_code(tag):
             _apply(ds, elem, Action.DUMMY if leaves is Leaves.DUMMY else Action.CLEAN, walk, leaves)
     for tag in creators:
@@ -192,6 +204,8 @@ def _apply(ds: Dataset, elem: DataElement, action: Action, walk: Walk, leaves: L
         elem.value = Sequence() if vr == "SQ" else empty_value(vr)
     elif vr == "SQ":
         inner = {Action.DUMMY: Leaves.DUMMY, Action.CLEAN: Leaves.CLEAN}.get(action, leaves)
+        if action is Action.DUMMY and int(elem.tag) in IDENTIFYING_CODE_SEQUENCES:
+            inner = Leaves.DUMMY_CODES
         _sequence(elem, walk, inner)
     elif action is Action.KEEP:
         return
@@ -201,7 +215,7 @@ def _apply(ds: Dataset, elem: DataElement, action: Action, walk: Walk, leaves: L
         if not _is_empty(elem.value):
             elem.value = dummy_value(vr)
     elif action is Action.CLEAN:
-        elem.value = _clean(elem, walk)
+        elem.value = _clean(elem, walk, ds)
 
 
 def _is_empty(value: Any) -> bool:
@@ -225,7 +239,7 @@ def _map_values(value: Any, fn: Callable[[str], str]) -> Any:
     return fn(str(value))
 
 
-def _clean(elem: DataElement, walk: Walk) -> Any:
+def _clean(elem: DataElement, walk: Walk, ds: Dataset) -> Any:
     """Action C: a value of similar meaning that identifies no one."""
     vr, tag, value = elem.VR, int(elem.tag), elem.value
     if _is_empty(value):
@@ -240,7 +254,8 @@ def _clean(elem: DataElement, walk: Walk) -> Any:
         walk.record("person_name", str(value), replacement)
         return replacement
     if vr == "DA":
-        return _map_values(value, lambda v: shift_da(v, walk.days))
+        days = walk.days + _carry(ds, tag, walk.seconds)
+        return _map_values(value, lambda v: shift_da(v, days))
     if vr == "TM":
         return _map_values(value, lambda v: shift_tm(v, walk.seconds))
     if vr == "DT":
@@ -255,6 +270,25 @@ def _clean(elem: DataElement, walk: Walk) -> Any:
             cleaned = _map_values(cleaned, lambda v: v.upper()[:16])
         return cleaned
     return value  # numbers and codes carry no identity of their own
+
+
+def _carry(ds: Dataset, date_tag: int, seconds: int) -> int:
+    """0 or 1: the day a date's paired time (``…Date`` → ``…Time``, still original when
+    the date is shifted, since it follows in tag order) rolls over into when shifted.
+    Keeps a DA/TM pair naming the same moment as a DT shifted by days and seconds."""
+    keyword = keyword_for_tag(date_tag)
+    if not keyword.endswith("Date"):
+        return 0
+    paired = ds.get(keyword.removesuffix("Date") + "Time")
+    if paired is None or isinstance(paired, (list, MultiValue)) or _is_empty(paired):
+        return 0
+    digits = str(paired).strip().partition(".")[0].replace(":", "")
+    if not digits.isdigit() or len(digits) < 2:
+        return 0
+    hours = int(digits[0:2])
+    minutes = int(digits[2:4]) if len(digits) >= 4 else 0
+    secs = int(digits[4:6]) if len(digits) >= 6 else 0
+    return (hours * 3600 + minutes * 60 + min(secs, 59) + seconds) // 86_400
 
 
 def patient_key(ds: Dataset) -> str:
