@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -177,20 +178,16 @@ def commit_stack(
     root = _local_root(layout)
     final = root / location.relative_path
     staged = Path(temporary)
-    if not staged.exists() and _committed_from(final) == staged.name:
-        return
+    if not staged.exists() and final.exists():
+        shape = tuple(zarr.open_array(str(final / "0"), mode="r").shape)
+        if _stored_attributes(final) == _json(
+            _stack_attributes(attributes, spacing, affine, shape)
+        ):
+            return  # this very stack was committed already (a retried commit)
     try:
         group = zarr.open_group(str(staged), mode="r+")
         shape = open_temporary_array(temporary).shape
-        group.attrs.update(
-            {
-                **attributes,
-                "affine": np.asarray(affine, float).tolist(),
-                "schema_version": ZARR_SCHEMA_VERSION,
-                "ome": ome_multiscales(spacing, affine, channels=len(shape) == 4),
-                STAGED_FROM: staged.name,
-            }
-        )
+        group.attrs.update(_stack_attributes(attributes, spacing, affine, shape))
         if final.exists():
             # ``.tmp`` at the end: the next run sweeps it if we die before the rmtree
             trash = final.parent / f".{final.name}.{uuid.uuid4().hex}.old.tmp"
@@ -206,16 +203,30 @@ def commit_stack(
             shutil.rmtree(staged, ignore_errors=True)
 
 
-STAGED_FROM = "dicomflow_staged_from"  # the temporary a committed stack came from
+def _stack_attributes(
+    attributes: dict[str, Any],
+    spacing: tuple[float, float, float],
+    affine: np.ndarray,
+    shape: tuple[int, ...],
+) -> dict[str, Any]:
+    return {
+        **attributes,
+        "affine": np.asarray(affine, float).tolist(),
+        "schema_version": ZARR_SCHEMA_VERSION,
+        "ome": ome_multiscales(spacing, affine, channels=len(shape) == 4),
+    }
 
 
-def _committed_from(final: Path) -> str | None:
-    """The temporary name stamped on a committed stack (None if there is none)."""
+def _json(value: Any) -> Any:
+    """``value`` as it reads back from zarr.json (tuples become lists, and so on)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _stored_attributes(final: Path) -> Any:
     try:
-        value = zarr.open_group(str(final), mode="r").attrs.get(STAGED_FROM)
-    except (OSError, zarr.errors.GroupNotFoundError, FileNotFoundError):
+        return _json(dict(zarr.open_group(str(final), mode="r").attrs))
+    except (OSError, zarr.errors.GroupNotFoundError):
         return None
-    return str(value) if value is not None else None
 
 
 def discard_stack(temporary: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from dicomflow.connectors.dimse import DimseAddress
 from dicomflow.connectors.dimse.store import c_store
 from tests.conftest import PYDICOM_TEST_FILES, require
+from tests.peers.dcmtk import running_storescp
 from tests.peers.orthanc import free_port, orthanc_binary, running_orthanc
 
 FILES = ["CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "rtplan.dcm", "README.txt"]
@@ -39,21 +39,9 @@ def test_store_to_orthanc_one_outcome_per_file(tmp_path: Path) -> None:
 def storescp(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """DCMTK's storescp accepting only uncompressed syntaxes (so we must transcode)."""
     require(shutil.which("storescp") is not None, "DCMTK's storescp (Debian package dcmtk)")
-    port = free_port()
     out = tmp_path / "received"
-    out.mkdir()
-    process = subprocess.Popen(
-        ["storescp", "-aet", "STORESCP", "-od", str(out), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
-    )
-    time.sleep(0.5)
-    try:
+    with running_storescp(out) as port:  # returns once it listens
         yield f"dimse://STORESCP@127.0.0.1:{port}", out
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_store_to_dcmtk_transcodes_what_it_refuses(storescp: tuple[str, Path]) -> None:
@@ -92,7 +80,6 @@ def test_cli_send(storescp: tuple[str, Path]) -> None:
 def test_c_move_to_our_own_storage_scp(tmp_path: Path) -> None:
     from dicomflow.connectors.dimse.move import c_move
     from dicomflow.connectors.dimse.scp import storage_scp
-    from tests.peers.orthanc import free_port
 
     require(orthanc_binary() is not None, "Orthanc (Debian package orthanc)")
     port = free_port()

@@ -58,7 +58,6 @@ INJECTED_SHARE = 0.01  # of partitions whose first commit attempt fails
 PER_RUN = {"instances": ("run_id", "scanned_at"), "series": ("run_id",), "errors": ("run_id",)}
 CONFIG = config_digest(ingest_config(IngestOptions(pixels=True), None))
 ENTRIES = Path("_ledger") / "entries"
-STAGED_FROM = "dicomflow_staged_from"
 
 pytestmark = pytest.mark.slow
 
@@ -101,9 +100,9 @@ def read_content(lake: Path) -> LakeContent:
     for relative in stack_arrays(lake):
         array = zarr.open_array(str(lake / relative), mode="r")
         arrays[str(relative)] = array[...]  # decodes every chunk
-        stamped = dict(zarr.open_group(str(lake / relative.parent), mode="r").attrs)
-        stamped.pop(STAGED_FROM)  # per run: names the run's temporary the stack came from
-        attributes[str(relative.parent)] = stamped
+        attributes[str(relative.parent)] = dict(
+            zarr.open_group(str(lake / relative.parent), mode="r").attrs
+        )
     return LakeContent(
         _without_per_run(opened.instances(), "instances", "SOPInstanceUID"),
         _without_per_run(opened.series(), "series", "zarr_path"),
