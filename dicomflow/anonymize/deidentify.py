@@ -131,10 +131,16 @@ def _dataset(ds: Dataset, walk: Walk, leaves: Leaves) -> None:
         if action is not None:
             _apply(ds, ds[tag], action, walk, leaves)
             continue
-        elem = ds[tag]
-        if not keyword_for_tag(int(tag)):  # unknown public tag: nothing says it is safe
+        if not keyword_for_tag(tag):  # unknown public tag: nothing says it is safe
             del ds[tag]
-        elif 0x6000 <= group <= 0x601E and elem.VR in FREE_TEXT_VRS:
+            continue
+        # Most unlisted elements are kept as they are: judge them by their raw VR and
+        # leave them undecoded (pydicom then writes their bytes back untouched).
+        vr = _raw_vr(ds, tag)
+        if vr is not None and vr not in FREE_TEXT_VRS:
+            continue
+        elem = ds[tag]
+        if 0x6000 <= group <= 0x601E and elem.VR in FREE_TEXT_VRS:
             # An overlay plane kept by Clean Graphics: its label and description are text.
             _apply(ds, elem, Action.CLEAN, walk, leaves)
         elif elem.VR == "SQ":
@@ -148,6 +154,13 @@ def _dataset(ds: Dataset, walk: Walk, leaves: Leaves) -> None:
             del ds[tag]
     for group in walk.removed_overlays & {tag >> 16 for tag in map(int, ds.keys())}:
         _drop_group(ds, group)
+
+
+def _raw_vr(ds: Dataset, tag: int) -> str | None:
+    """The element's VR without decoding it; None when only decoding can tell (implicit
+    VR or UN, which may hide a sequence, and sequences themselves)."""
+    vr = ds.get_item(tag).VR
+    return None if vr in (None, "UN", "SQ") else str(vr)
 
 
 def _is_code(tag: Any) -> bool:
