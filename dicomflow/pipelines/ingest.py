@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -209,7 +209,12 @@ def run_ingest(
     stages = _Stages(client, layout, context, options, policy, progress, retries, sinks)
     if anonymize is not None:
         keyed = keyed_refs(refs, anonymize.deidentifier)
-        todo, skipped = pending(keyed, done)
+        if options.pixels:  # a series with new instances is de-identified again whole
+            groups, loose = index_series(client, source, keyed, context, policy, retries)
+            todo_groups, todo_loose, skipped = pending_series(groups, loose, done)
+            todo = sorted((r for g in todo_groups for r in g), key=lambda r: r.url) + todo_loose
+        else:
+            todo, skipped = pending(keyed, done)
         summary = RunSummary(context.run_id, files=len(refs), skipped=skipped)
         stage_one, destination, written = run_deidentify(
             client,
@@ -241,6 +246,22 @@ def run_ingest(
         stages.run(source, [], todo, summary)
         return finish(summary, layout, name, context, started)
 
+    series_groups, loose = index_series(client, source, refs, context, policy, retries)
+    todo_groups, todo_loose, skipped = pending_series(series_groups, loose, done)
+    summary = RunSummary(context.run_id, files=len(refs), skipped=skipped)
+    stages.run(source, todo_groups, todo_loose, summary)
+    return finish(summary, layout, name, context, started)
+
+
+def index_series(
+    client: Client,
+    source: FilesConnector,
+    refs: Sequence[SourceRef],
+    context: RunContext,
+    policy: PartitionPolicy | None,
+    retries: int,
+) -> tuple[list[list[SourceRef]], list[SourceRef]]:
+    """Stage one of a pixel ingest: the series of every input, as groups plus the rest."""
     partitions = plan_partitions(refs, policy)
     index_task = delayed(index_partition, pure=True)
     futures = client.compute(
@@ -256,14 +277,18 @@ def run_ingest(
             index.extend(future.result())
         except Exception:  # unindexed inputs still go through a scan and get their rows
             index.extend((ref, None) for ref in partition.refs)
-    series_groups, loose = group_by_series(index)
-    # A series is done only when all of its instances are; otherwise it is built again.
-    todo_groups = [g for g in series_groups if pending(g, done)[0]]
+    return group_by_series(index)
+
+
+def pending_series(
+    groups: Sequence[Sequence[SourceRef]], loose: Sequence[SourceRef], done: Mapping[str, str]
+) -> tuple[list[Sequence[SourceRef]], list[SourceRef], int]:
+    """The series not fully committed (whole), the loose inputs not committed, and how
+    many inputs are skipped: a series is done only when all of its instances are."""
+    todo_groups = [g for g in groups if pending(g, done)[0]]
     todo_loose, skipped_loose = pending(loose, done)
-    skipped = skipped_loose + sum(len(g) for g in series_groups if not pending(g, done)[0])
-    summary = RunSummary(context.run_id, files=len(refs), skipped=skipped)
-    stages.run(source, todo_groups, todo_loose, summary)
-    return finish(summary, layout, name, context, started)
+    skipped = skipped_loose + sum(len(g) for g in groups if not pending(g, done)[0])
+    return todo_groups, todo_loose, skipped
 
 
 def finish(

@@ -90,3 +90,28 @@ def test_the_ledger_records_identities_not_paths(tmp_path: Path, client: object)
     for path in (lake / "_ledger").rglob("*.json"):
         assert "SMITH" not in path.read_text()
     assert entries[0].parts["instances"].startswith("instances/")
+
+
+def test_an_anonymized_series_that_grows_is_deidentified_again_whole(
+    tmp_path: Path, client: object
+) -> None:
+    from dicomflow.anonymize.keys import SecretKey
+    from dicomflow.api import AnonymizeSettings, deidentifier
+
+    src = tmp_path / "src"
+    paths = write_ct_series(src, 6, per_series=6, rows=16, cols=16)
+    held_back = tmp_path / "later.dcm"
+    shutil.move(paths[-1], held_back)
+    settings = AnonymizeSettings(deidentifier(key=SecretKey(b"g" * 40)))
+    lake = tmp_path / "lake"
+    first = ingest([str(src)], out=str(lake), pixels=True, client=client, anonymize=settings)
+    assert (first.rows, first.errors) == (5, 0), first.error_codes
+    again = ingest([str(src)], out=str(lake), pixels=True, client=client, anonymize=settings)
+    assert (again.rows, again.skipped) == (0, 5)
+    shutil.move(held_back, paths[-1])
+    grown = ingest([str(src)], out=str(lake), pixels=True, client=client, anonymize=settings)
+    assert (grown.rows, grown.skipped) == (6, 0)
+    series = read_lake(str(lake)).series()
+    assert series.num_rows == 1 and series.column("frames").to_pylist() == [6]
+    uids = _sop_uids(lake)
+    assert len(uids) == len(set(uids)) == 6 and all(u.startswith("2.25.") for u in uids)
