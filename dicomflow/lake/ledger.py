@@ -130,19 +130,23 @@ class Ledger:
                 owner.setdefault(identity, entry)
         return [e for e in entries if not e.inputs or any(owner[i] is e for i in e.inputs)]
 
-    def committed_inputs(self, config: str) -> dict[str, str]:
-        """Identity → partition for every input a complete, live entry of ``config`` holds."""
+    def committed_inputs(
+        self, config: str, entries: Sequence[LedgerEntry] | None = None
+    ) -> dict[str, str]:
+        """Identity → partition for every input a complete, live entry of ``config`` holds
+        (from ``entries`` when the caller has read them already)."""
         done: dict[str, str] = {}
-        for entry in self.live(self.entries(config)):
+        mine = [e for e in (self.entries() if entries is None else entries) if e.config == config]
+        for entry in self.live(mine):
             if entry.complete:
                 done.update((identity, entry.partition) for identity in entry.inputs)
         return done
 
-    def live_parts(self) -> set[str]:
+    def live_parts(self, entries: Sequence[LedgerEntry] | None = None) -> set[str]:
         """Relative paths of every Parquet part a live entry committed."""
-        return {part for entry in self.live() for part in entry.parts.values()}
+        return {part for entry in self.live(entries) for part in entry.parts.values()}
 
-    def remove_orphans(self) -> int:
+    def remove_orphans(self, entries: Sequence[LedgerEntry] | None = None) -> int:
         """Delete parts no entry committed and temporary files; return how many went.
 
         Run only while no other run writes to this lake.
@@ -150,7 +154,7 @@ class Ledger:
         if not self.exists():
             return 0
         fs, root = self.layout.filesystem()
-        live = {f"{root}/{p}" for p in self.live_parts()}
+        live = {f"{root}/{p}" for p in self.live_parts(entries)}
         removed = 0
         for table in TABLES:
             for path in fs.glob(f"{root}/{table}/*.parquet"):

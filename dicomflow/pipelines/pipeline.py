@@ -206,8 +206,9 @@ def prepare_lake(sinks: Sequence[Sink]) -> dict[str, str]:
     if lake is None:
         return {}
     ledger = Ledger(lake.layout)
-    ledger.remove_orphans()
-    return ledger.committed_inputs(lake.config)
+    entries = ledger.entries()  # read once: a lake may hold thousands
+    ledger.remove_orphans(entries)
+    return ledger.committed_inputs(lake.config, entries)
 
 
 def run_failed_partition(
