@@ -99,6 +99,7 @@ def ingest(
     name: str = "ingest",
     retries: int = 2,
     frames_per_chunk: int = 1,
+    expand_palette: bool = False,
 ) -> RunSummary:
     """Ingest ``sources`` into the lake at ``out``, all in one run.
 
@@ -148,7 +149,10 @@ def ingest(
             files,
             out=out,
             options=IngestOptions(
-                pixels=pixels, frames_per_chunk=frames_per_chunk, after_flatten=after
+                pixels=pixels,
+                frames_per_chunk=frames_per_chunk,
+                expand_palette=expand_palette,
+                after_flatten=after,
             ),
             storage_options=storage_options,
             policy=policy,

@@ -239,6 +239,11 @@ def _build_anonymize(
     help="Frames per Zarr chunk (with --pixels).",
 )
 @click.option(
+    "--expand-palette",
+    is_flag=True,
+    help="With --pixels: write PALETTE COLOR images as RGB (default: indices + palette).",
+)
+@click.option(
     "--anonymize", is_flag=True, help="De-identify (PS3.15 Annex E) before any output is made."
 )
 @click.option(
@@ -274,6 +279,7 @@ def ingest(
     out: str,
     pixels: bool,
     frames_per_chunk: int,
+    expand_palette: bool,
     anonymize: bool,
     write_dicom: bool,
     profile: str,
@@ -334,6 +340,7 @@ def ingest(
             anonymize=settings,
             send_to=send_to,
             frames_per_chunk=frames_per_chunk,
+            expand_palette=expand_palette,
         ),
     )
     _print_summary(summary, out)

@@ -156,6 +156,7 @@ def run_spec(spec: PipelineSpec, *, progress: bool | None = None) -> RunSummary:
             name=spec.name,
             retries=spec.limits.retries,
             frames_per_chunk=pixel_op.frames_per_chunk if pixels else 1,
+            expand_palette=pixel_op.expand_palette if pixels else False,
         )
         if isinstance(source, DimseSource) and spec.incremental and summary.accounted:
             watermark.advance(run_started)

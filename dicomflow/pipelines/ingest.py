@@ -62,6 +62,7 @@ class IngestOptions:
 
     pixels: bool = True
     frames_per_chunk: int = 1
+    expand_palette: bool = False
     after_flatten: tuple[Operator, ...] = ()  # e.g. ``store`` to send instances on
 
 
@@ -308,6 +309,7 @@ def ingest_config(options: IngestOptions, anonymize: AnonymizeSettings | None) -
         "version": __version__,
         "pixels": options.pixels,
         "frames_per_chunk": options.frames_per_chunk,
+        "expand_palette": options.expand_palette,
         "after_flatten": [repr(op) for op in options.after_flatten],
     }
     if anonymize is not None:
@@ -343,7 +345,10 @@ class _Stages:
     ) -> None:
         context = self.context
         pixel_options = PixelOptions(
-            self.layout, self.layout.storage_options, frames_per_chunk=self.options.frames_per_chunk
+            self.layout,
+            self.layout.storage_options,
+            frames_per_chunk=self.options.frames_per_chunk,
+            expand_palette=self.options.expand_palette,
         )
         sinks = self.sinks
         operators = (Flatten(), *self.options.after_flatten)

@@ -9,6 +9,7 @@ anything is allocated, and errors that name the problem (never a value).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -17,7 +18,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
+from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder, pixel_array
 
 from dicomflow.errors import DicomReadError, ErrorCode
 from dicomflow.pixels import imagecodecs_plugin
@@ -35,6 +36,7 @@ class DecodedPixels:
     photometric_interpretation: str
     window_center: list[float] | None
     window_width: list[float] | None
+    palette: dict[str, Any] | None = None  # PALETTE COLOR kept as indices: the RGB table
 
 
 class PixelDecodeError(DicomReadError):
@@ -67,14 +69,38 @@ def expected_bytes(ds: Dataset) -> int:
     return rows * cols * frames * samples * 8
 
 
-def decode(ds: Dataset, *, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> DecodedPixels:
+def decode(
+    ds: Dataset, *, memory_budget: int = DEFAULT_MEMORY_BUDGET, expand_palette: bool = False
+) -> DecodedPixels:
     """Decode ``ds``'s pixels; raise :class:`PixelDecodeError` with a code on failure.
 
-    pydicom's warnings quote values, so they are silenced here, inside the task.
+    PALETTE COLOR stays as indices with the RGB table in ``palette``; with
+    ``expand_palette`` it becomes RGB. pydicom's warnings quote values, so they
+    are silenced here, inside the task.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _decode(ds, memory_budget)
+        decoded = _decode(ds, memory_budget)
+        if decoded.photometric_interpretation != "PALETTE COLOR":
+            return decoded
+        try:
+            if expand_palette:
+                rgb = apply_color_lut(decoded.array, ds)
+                return dataclasses.replace(decoded, array=rgb, photometric_interpretation="RGB")
+            return dataclasses.replace(decoded, palette=palette_table(ds))
+        except (ValueError, KeyError, AttributeError, IndexError, TypeError) as exc:
+            raise PixelDecodeError(
+                f"the palette cannot be read ({type(exc).__name__})", code=ErrorCode.DECODE_FAILED
+            ) from exc
+
+
+def palette_table(ds: Dataset) -> dict[str, Any]:
+    """The palette as ``{"first_mapped": m, "rgb": [[r, g, b], …]}`` (index m first)."""
+    entries, first_mapped, _ = ds.RedPaletteColorLookupTableDescriptor
+    entries = entries or 65536  # 0 means 2**16 entries (PS3.3 C.7.6.3.1.5)
+    indices = np.arange(first_mapped, first_mapped + entries)
+    rgb = apply_color_lut(indices, ds)
+    return {"first_mapped": int(first_mapped), "rgb": rgb.astype(int).tolist()}
 
 
 def _decode(ds: Dataset, memory_budget: int) -> DecodedPixels:

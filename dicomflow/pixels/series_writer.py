@@ -60,6 +60,7 @@ class PixelOptions:
     storage_options: dict[str, Any] = field(default_factory=dict)
     memory_budget: int = DEFAULT_MEMORY_BUDGET
     frames_per_chunk: int = 1
+    expand_palette: bool = False  # PALETTE COLOR as RGB instead of indices + palette
 
 
 @dataclass(frozen=True)
@@ -252,6 +253,7 @@ def _reference(pixels: DecodedPixels) -> dict[str, Any]:
         "units": pixels.units,
         "photometric_interpretation": pixels.photometric_interpretation,
         "window": {"center": pixels.window_center, "width": pixels.window_width},
+        **({"palette": pixels.palette} if pixels.palette is not None else {}),
     }
 
 
@@ -269,7 +271,7 @@ def _decode(item: WorkItem, options: PixelOptions) -> DecodedPixels:
         raise PixelDecodeError(
             f"cannot read the source ({type(exc).__name__})", code=ErrorCode.UNREADABLE
         ) from exc
-    pixels = decode(ds, memory_budget=options.memory_budget)
+    pixels = decode(ds, memory_budget=options.memory_budget, expand_palette=options.expand_palette)
     if pixels.array.shape[0] != item.frames:
         raise PixelDecodeError(
             "decoded frame count differs from the header", code=ErrorCode.DECODE_FAILED

@@ -84,6 +84,7 @@ class PixelsOperator(_Model):
 
     name: Literal["pixels"] = "pixels"
     frames_per_chunk: int = Field(default=1, ge=1)
+    expand_palette: bool = False
 
 
 class AnonymizeOperator(_Model):

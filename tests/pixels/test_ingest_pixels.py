@@ -250,3 +250,40 @@ def test_cli_frames_per_chunk_sets_the_zarr_chunk_shape(tmp_path: Path) -> None:
     stacks = [p.parent for p in (lake / "pixels.zarr").rglob("0/zarr.json")]
     array = zarr.open_array(str(stacks[0]), mode="r")
     assert array.shape == (10, 16, 16) and array.chunks == (4, 16, 16)
+
+
+@pytest.mark.parametrize("expand", [False, True])
+def test_palette_colour_is_indices_plus_palette_or_expanded_rgb(
+    client: Client, tmp_path: Path, expand: bool
+) -> None:
+    import pydicom
+    import zarr
+    from pydicom.pixels import apply_color_lut
+
+    import dicomflow
+
+    source = PYDICOM_TEST_FILES / "examples_palette.dcm"
+    ds = pydicom.dcmread(source)
+    assert ds.PhotometricInterpretation == "PALETTE COLOR"
+    lake = tmp_path / "lake"
+    summary = dicomflow.ingest(
+        [str(source)], out=str(lake), pixels=True, client=client, expand_palette=expand
+    )
+    assert summary.errors == 0
+    path = dicomflow.read_lake(str(lake)).series().column("zarr_path")[0].as_py()
+    group = zarr.open_group(str(lake / path), mode="r")
+    stored = group["0"][...]
+    indices = ds.pixel_array.reshape(stored.shape[: len(stored.shape) - int(expand)])
+    if expand:
+        assert group.attrs["photometric_interpretation"] == "RGB"
+        assert "palette" not in group.attrs
+        assert np.array_equal(stored, apply_color_lut(indices, ds))
+    else:
+        assert group.attrs["photometric_interpretation"] == "PALETTE COLOR"
+        assert np.array_equal(stored, indices)
+        palette = group.attrs["palette"]
+        table = np.asarray(palette["rgb"])
+        first = palette["first_mapped"]
+        # The stored table maps the stored indices to what pydicom's colour LUT gives.
+        looked_up = table[np.clip(indices.astype(int) - first, 0, len(table) - 1)]
+        assert np.array_equal(looked_up, apply_color_lut(indices, ds))
