@@ -176,10 +176,45 @@ def _modality_lut(array: np.ndarray, ds: Dataset) -> tuple[np.ndarray, bool]:
         return apply_modality_lut(array, ds), True
     slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
     if slope is None or intercept is None:
-        return array, False
-    slope, intercept = float(slope), float(intercept)
+        per_frame = frame_rescales(ds, array.shape[0])
+        if per_frame is None:
+            return array, False
+        if len(set(per_frame)) > 1:  # frames rescaled differently: float64, frame by frame
+            factors = np.asarray(per_frame, dtype=np.float64)
+            shape = (-1,) + (1,) * (array.ndim - 1)
+            out = array.astype(np.float64) * factors[:, 0].reshape(shape)
+            return out + factors[:, 1].reshape(shape), True
+        slope, intercept = per_frame[0]
+    return _rescale(array, ds, float(slope), float(intercept)), True
+
+
+def frame_rescales(ds: Dataset, frames: int) -> list[tuple[float, float]] | None:
+    """Enhanced multi-frame: each frame's (slope, intercept) from its Pixel Value
+    Transformation functional group (per-frame first, then shared); None if absent."""
+    shared_items = ds.get("SharedFunctionalGroupsSequence") or []
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    shared = _group_rescale(shared_items[0]) if shared_items else None
+    values = []
+    for index in range(frames):
+        own = _group_rescale(per_frame[index]) if index < len(per_frame) else None
+        value = own or shared
+        if value is None:
+            return None
+        values.append(value)
+    return values
+
+
+def _group_rescale(item: Dataset) -> tuple[float, float] | None:
+    sequence = item.get("PixelValueTransformationSequence")
+    if not sequence or "RescaleSlope" not in sequence[0] or "RescaleIntercept" not in sequence[0]:
+        return None
+    return float(sequence[0].RescaleSlope), float(sequence[0].RescaleIntercept)
+
+
+def _rescale(array: np.ndarray, ds: Dataset, slope: float, intercept: float) -> np.ndarray:
+    """``stored * slope + intercept`` in the narrowest dtype that holds it exactly."""
     if slope == 1.0 and intercept == 0.0:
-        return array, True
+        return array
     if slope.is_integer() and intercept.is_integer() and np.issubdtype(array.dtype, np.integer):
         stored_min, stored_max = _stored_range(ds, array.dtype)
         ends = [stored_min * slope + intercept, stored_max * slope + intercept]
@@ -191,9 +226,9 @@ def _modality_lut(array: np.ndarray, ds: Dataset) -> tuple[np.ndarray, bool]:
                 if slope != 1.0:
                     np.multiply(out, int(slope), out=out)
                 np.add(out, int(intercept), out=out)
-                return out, True
+                return out
     # Fractional slope: float64 keeps every (stored * slope + intercept) exact enough.
-    return array.astype(np.float64) * slope + intercept, True
+    return array.astype(np.float64) * slope + intercept
 
 
 def _stored_range(ds: Dataset, dtype: np.dtype) -> tuple[int, int]:

@@ -47,15 +47,45 @@ def _instances(lake: Path) -> list[dict[str, Any]]:
     return [r for r in table.to_pylist() if r["zarr_path"]]
 
 
+def _functional_group_rescale(ds: pydicom.Dataset, frames: np.ndarray) -> np.ndarray | None:
+    """Enhanced multi-frame: each frame's Pixel Value Transformation (per frame, else
+    shared), which pydicom's apply_modality_lut does not apply; None if there is none."""
+
+    def transform(group: pydicom.Dataset) -> tuple[float, float] | None:
+        items = group.get("PixelValueTransformationSequence")
+        if not items or "RescaleSlope" not in items[0]:
+            return None
+        return float(items[0].RescaleSlope), float(items[0].RescaleIntercept)
+
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    shared_value = transform(shared[0]) if shared else None
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    values = [
+        (transform(per_frame[i]) if i < len(per_frame) else None) or shared_value
+        for i in range(len(frames))
+    ]
+    if any(v is None for v in values):
+        return None
+    return np.stack(
+        [
+            frame.astype(np.float64) * v[0] + v[1]
+            for frame, v in zip(frames, values, strict=True)
+            if v
+        ]
+    )
+
+
 def _expected(source: str) -> np.ndarray:
+    """pydicom's decode, frames first, with the Modality LUT (or functional-group rescale)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = pydicom.dcmread(source)
         array = ds.pixel_array
-        if "RescaleSlope" in ds or "ModalityLUTSequence" in ds:
-            array = apply_modality_lut(array, ds)
-    frames = int(ds.get("NumberOfFrames") or 1)
-    return array[np.newaxis] if frames == 1 else array
+    frames = array[np.newaxis] if int(ds.get("NumberOfFrames") or 1) == 1 else array
+    if "RescaleSlope" in ds or "ModalityLUTSequence" in ds:
+        return apply_modality_lut(frames, ds)
+    rescaled = _functional_group_rescale(ds, frames)
+    return frames if rescaled is None else rescaled
 
 
 def test_every_written_frame_equals_pydicoms_decode(pixel_lake: Path) -> None:
@@ -287,3 +317,21 @@ def test_palette_colour_is_indices_plus_palette_or_expanded_rgb(
         # The stored table maps the stored indices to what pydicom's colour LUT gives.
         looked_up = table[np.clip(indices.astype(int) - first, 0, len(table) - 1)]
         assert np.array_equal(looked_up, apply_color_lut(indices, ds))
+
+
+def test_enhanced_ct_gets_hounsfield_units_from_its_functional_groups(tmp_path: Path) -> None:
+    from dicomflow.pixels.decode import decode
+
+    require(CORPUS.exists(), "the shared corpus")
+    source = CORPUS / "pydicom__pydicom-data" / "eCT_Supplemental.dcm"
+    ds = pydicom.dcmread(source)
+    assert "RescaleSlope" not in ds  # only in the shared functional groups
+    transform = ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0]
+    decoded = decode(ds)
+    stored = ds.pixel_array
+    assert decoded.rescale_applied and decoded.units == "HU"
+    expected = stored.astype(np.int64) * int(transform.RescaleSlope) + int(
+        transform.RescaleIntercept
+    )
+    assert np.array_equal(decoded.array, expected)
+    assert decoded.array.min() < 0  # air is negative in HU
