@@ -211,14 +211,13 @@ def _build_anonymize(
 ) -> Any:
     from dicomflow.api import AnonymizeSettings, deidentifier
 
-    overrides = {keyword: "K" for keyword in keep_attributes}
-    overrides.update(_parse_queries(actions, "--action"))
     engine = deidentifier(
         key_file=key_file,
         key_env=key_env,
         profile=profile,
         options=deid_options,
-        overrides=overrides,
+        keep=keep_attributes,
+        overrides=_parse_queries(actions, "--action"),
         pixel_rules=pixel_rules,
         safe_private=safe_private,
         vocabulary=vocabulary,

@@ -97,13 +97,13 @@ def run_spec(spec: PipelineSpec, *, progress: bool | None = None) -> RunSummary:
     anonymize = None
     deid = spec.operator("anonymize")
     if isinstance(deid, AnonymizeOperator):
-        overrides = {keyword: "K" for keyword in deid.keep} | dict(deid.actions)
         engine = deidentifier(
             key_file=deid.key_file,
             key_env=deid.key_env,
             profile=deid.profile,
             options=deid.options,
-            overrides=overrides,
+            keep=deid.keep,
+            overrides=deid.actions,
             pixel_rules=deid.pixel_rules,
             safe_private=deid.safe_private,
             vocabulary=deid.vocabulary,

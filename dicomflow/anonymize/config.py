@@ -22,6 +22,7 @@ def deidentifier(
     key_env: str | None = None,
     profile: str = "basic",
     options: Iterable[str] = (),
+    keep: Iterable[str] = (),
     overrides: Mapping[str, str] | None = None,
     pixel_rules: str | None = None,
     safe_private: str | None = None,
@@ -34,14 +35,16 @@ def deidentifier(
 
     ``key`` or ``key_file`` or ``key_env`` gives the pseudonymisation key.
     ``options`` are PS3.15 option names (``retain-longitudinal-modified`` …),
-    ``overrides`` a project keep/override list ``{keyword or tag: action}``,
+    ``keep`` and ``overrides`` the project's keep list (keywords or tags) and
+    override list ``{keyword or tag: action}`` (an override wins over keep),
     ``pixel_rules`` a JSON file of regions to black out per device, and
     ``safe_private`` / ``vocabulary`` extend the shipped lists.
     """
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r} (available: {', '.join(PROFILES)})")
     secret = key if key is not None else load_key(key_file=key_file, key_env=key_env)
-    resolved = Profile.build(options, overrides, pseudonymize_patient=pseudonymize_patient)
+    project = {keyword: "K" for keyword in keep} | dict(overrides or {})
+    resolved = Profile.build(options, project, pseudonymize_patient=pseudonymize_patient)
     safe: frozenset[SafePrivateKey] = frozenset()
     if Option.RETAIN_SAFE_PRIVATE in resolved.options:
         safe = default_safe_private() | (load_safe_private(safe_private) if safe_private else safe)

@@ -23,7 +23,14 @@ from pydicom.sequence import Sequence
 
 from dicomflow.anonymize.private import SafePrivateKey, safe_private_key
 from dicomflow.anonymize.profile import Action, Pattern, Profile
-from dicomflow.anonymize.pseudonyms import Pseudonymizer, shift_da, shift_dt, shift_tm
+from dicomflow.anonymize.pseudonyms import (
+    SECONDS_PER_DAY,
+    Pseudonymizer,
+    seconds_of_day,
+    shift_da,
+    shift_dt,
+    shift_tm,
+)
 from dicomflow.anonymize.values import (
     BINARY_VRS,
     FREE_TEXT_VRS,
@@ -295,13 +302,8 @@ def _carry(ds: Dataset, date_tag: int, seconds: int) -> int:
     paired = ds.get(keyword.removesuffix("Date") + "Time")
     if paired is None or isinstance(paired, (list, MultiValue)) or _is_empty(paired):
         return 0
-    digits = str(paired).strip().partition(".")[0].replace(":", "")
-    if not digits.isdigit() or len(digits) < 2:
-        return 0
-    hours = int(digits[0:2])
-    minutes = int(digits[2:4]) if len(digits) >= 4 else 0
-    secs = int(digits[4:6]) if len(digits) >= 6 else 0
-    return (hours * 3600 + minutes * 60 + min(secs, 59) + seconds) // 86_400
+    start = seconds_of_day(str(paired))
+    return 0 if start is None else (start + seconds) // SECONDS_PER_DAY
 
 
 def patient_key(ds: Dataset) -> str:

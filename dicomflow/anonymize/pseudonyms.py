@@ -78,19 +78,28 @@ def shift_da(value: str, days: int) -> str:
     return (parsed + timedelta(days=days)).strftime("%Y%m%d")
 
 
+def seconds_of_day(value: str) -> int | None:
+    """The whole seconds since midnight a TM value names (None if it is not a time)."""
+    digits = value.strip().partition(".")[0].replace(":", "")
+    if not digits.isdigit() or len(digits) < 2:
+        return None
+    hours = int(digits[0:2])
+    minutes = int(digits[2:4]) if len(digits) >= 4 else 0
+    secs = int(digits[4:6]) if len(digits) >= 6 else 0
+    return hours * 3600 + minutes * 60 + min(secs, 59)
+
+
 def shift_tm(value: str, seconds: int) -> str:
     """Shift a TM value by ``seconds`` modulo one day, keeping its precision."""
     text = value.strip()
     if not text:
         return text
+    start = seconds_of_day(text)
+    if start is None:
+        return ""  # not a time: emptied rather than kept
     digits, _, fraction = text.partition(".")
     digits = digits.replace(":", "")
-    if not digits.isdigit() or len(digits) < 2:
-        return ""  # not a time: emptied rather than kept
-    hours = int(digits[0:2])
-    minutes = int(digits[2:4]) if len(digits) >= 4 else 0
-    secs = int(digits[4:6]) if len(digits) >= 6 else 0
-    total = (hours * 3600 + minutes * 60 + min(secs, 59) + seconds) % SECONDS_PER_DAY
+    total = (start + seconds) % SECONDS_PER_DAY
     h, rest = divmod(total, 3600)
     m, s = divmod(rest, 60)
     shifted = f"{h:02d}{m:02d}{s:02d}"[: max(2, len(digits))]

@@ -21,16 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from fsspec.implementations.local import LocalFileSystem
-
 from dicomflow.errors import SinkError
 from dicomflow.lake.layout import TABLES, LakeLayout
+from dicomflow.lake.writer import put_atomically
 from dicomflow.records import SourceRef
 
 logger = logging.getLogger(__name__)
@@ -89,18 +87,10 @@ class Ledger:
     def commit(self, entry: LedgerEntry) -> None:
         """Write ``entry`` atomically (temporary file + rename, or one put)."""
         fs, root = self._root()
-        directory = f"{root}/{ENTRIES}/{entry.config}"
-        final = f"{directory}/{entry.partition}.json"
+        final = f"{root}/{ENTRIES}/{entry.config}/{entry.partition}.json"
         stamped = LedgerEntry(**{**asdict(entry), "committed_at": datetime.now(UTC).isoformat()})
-        data = json.dumps(asdict(stamped), sort_keys=True).encode()
         try:
-            fs.makedirs(directory, exist_ok=True)
-            if isinstance(fs, LocalFileSystem):
-                temporary = f"{directory}/.{entry.partition}.{uuid.uuid4().hex}.tmp"
-                fs.pipe_file(temporary, data)
-                fs.mv(temporary, final)
-            else:
-                fs.pipe_file(final, data)
+            put_atomically(fs, final, json.dumps(asdict(stamped), sort_keys=True).encode())
         except OSError as exc:
             raise SinkError(
                 f"cannot commit partition {entry.partition}: {type(exc).__name__}"

@@ -15,6 +15,7 @@ from datetime import date, timedelta
 
 from dicomflow.lake.layout import LakeLayout, safe_uid_component
 from dicomflow.lake.ledger import LEDGER_DIR
+from dicomflow.lake.writer import put_atomically
 
 OVERLAP = timedelta(days=1)
 
@@ -45,7 +46,5 @@ class Watermark:
 
     def advance(self, run_started: date) -> None:
         fs, _ = self.layout.filesystem()
-        path = self._path()
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         value = {"study_date_from": (run_started - OVERLAP).isoformat()}
-        fs.pipe_file(path, json.dumps(value).encode())
+        put_atomically(fs, self._path(), json.dumps(value).encode())

@@ -52,19 +52,25 @@ def write_table_file(
 
 def _write_atomically(fs: Any, directory: str, part_name: str, table: pa.Table) -> str:
     final = f"{directory}/{part_name}.parquet"
-    fs.makedirs(directory, exist_ok=True)
-    if isinstance(fs, LocalFileSystem):
-        temporary = f"{directory}/.{part_name}.{uuid.uuid4().hex}.tmp"
-        try:
-            with fs.open(temporary, "wb") as fp:
-                pq.write_table(table, fp, compression=COMPRESSION)
-            fs.mv(temporary, final)
-        finally:
-            if fs.exists(temporary):
-                fs.rm(temporary)
-    else:
-        # One put of a complete buffer: a failed write never leaves a partial object.
-        buffer = pa.BufferOutputStream()
-        pq.write_table(table, buffer, compression=COMPRESSION)
-        fs.pipe_file(final, buffer.getvalue().to_pybytes())
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, compression=COMPRESSION)
+    put_atomically(fs, final, buffer.getvalue().to_pybytes())
     return final
+
+
+def put_atomically(fs: Any, path: str, data: bytes) -> None:
+    """Make ``path`` hold ``data``, all or nothing: locally a hidden temporary file
+    renamed into place (the next run sweeps a leftover ``.tmp``); elsewhere one put of
+    the complete buffer, which never leaves a partial object."""
+    directory, _, name = path.rpartition("/")
+    fs.makedirs(directory, exist_ok=True)
+    if not isinstance(fs, LocalFileSystem):
+        fs.pipe_file(path, data)
+        return
+    temporary = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
+    try:
+        fs.pipe_file(temporary, data)
+        fs.mv(temporary, path)
+    finally:
+        if fs.exists(temporary):
+            fs.rm(temporary)

@@ -29,7 +29,14 @@ from dicomflow.lake.dicom_files import DicomFiles
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.writer import write_table_file
 from dicomflow.operators.anonymize import MAPPING_OUTPUT, SERIES_OUTPUT, Anonymize
-from dicomflow.pipelines.pipeline import PartitionResult, RunSummary, execute, task_key, timed
+from dicomflow.pipelines.pipeline import (
+    PartitionResult,
+    RunSummary,
+    error_codes,
+    execute,
+    task_key,
+    timed,
+)
 from dicomflow.pipelines.plan import Partition
 from dicomflow.pipelines.sinks import LakeSink
 from dicomflow.records import Batch, InstanceRecord, RunContext, SourceRef
@@ -120,12 +127,13 @@ def deidentify_partition(
     )
     if mapping_dir is not None:
         _write_mapping(mapping_dir, partition.name, written)
-    codes: dict[str, int] = {}
-    for record in failed:
-        if record.error is not None:
-            codes[str(record.error.code)] = codes.get(str(record.error.code), 0) + 1
     result = PartitionResult(
-        partition.index, len(batch.records), 0, len(failed), codes, {WRITTEN_TABLE: table}
+        partition.index,
+        len(batch.records),
+        0,
+        len(failed),
+        error_codes(failed),
+        {WRITTEN_TABLE: table},
     )
     return timed(result, started, partition)
 

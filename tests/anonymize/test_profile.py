@@ -31,7 +31,7 @@ from dicomflow.anonymize.profile import (
 )
 from dicomflow.anonymize.pseudonyms import Pseudonymizer
 from dicomflow.errors import ConfigError
-from tests.anonymize.columns import COLUMNS
+from tests.anonymize.columns import COLUMNS, SINGLE_CODES
 from tests.conftest import require
 
 REFERENCE = Path(__file__).parents[2].parent / "shared/reference/ps3.15-annex-e-2024b.json"
@@ -41,14 +41,6 @@ PATTERN_IDS = {
     "60xx3000": Pattern.OVERLAY_DATA,
     "60xx4000": Pattern.OVERLAY_COMMENTS,
     "ggggeeee-where-gggg-is-odd": Pattern.PRIVATE,
-}
-SINGLE_CODES = {
-    "X": Action.REMOVE,
-    "Z": Action.ZERO,
-    "D": Action.DUMMY,
-    "K": Action.KEEP,
-    "C": Action.CLEAN,
-    "U": Action.UID,
 }
 COMBINED_CODES = {
     "Z/D": Action.DUMMY,
