@@ -8,12 +8,14 @@ outputs made with different keys cannot be linked.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from dicomflow.anonymize.keys import SecretKey
+from dicomflow.records import SourceRef
 
 MAX_DAY_SHIFT = 3650  # dates move back by 1..3650 days, per patient
 SECONDS_PER_DAY = 86_400
@@ -50,6 +52,10 @@ class Pseudonymizer:
     def input_id(self, source_url: str) -> str:
         """A pseudonymous identifier for an input file (its name may carry PHI)."""
         return "deid://" + self.digest("source", source_url).hex()[:32]
+
+    def labelled(self, ref: SourceRef) -> SourceRef:
+        """``ref`` shown by its pseudonymous identifier instead of its URL."""
+        return dataclasses.replace(ref, label=self.input_id(ref.url))
 
     def day_shift(self, patient_key: str) -> int:
         """Days to add to this patient's dates: negative, never zero."""

@@ -46,15 +46,7 @@ class Anonymize:
     def __call__(self, batch: Batch) -> Batch:
         pseudonyms = self.deidentifier.pseudonyms
         relabelled = batch.replace_records(
-            [
-                InstanceRecord(
-                    SourceRef(
-                        r.ref.url, r.ref.size, r.ref.modified, pseudonyms.input_id(r.ref.url)
-                    ),
-                    error=r.error,
-                )
-                for r in batch.records
-            ]
+            [InstanceRecord(pseudonyms.labelled(r.ref), error=r.error) for r in batch.records]
         )
         fs_cache: dict[str, fsspec.AbstractFileSystem] = {}
         with quiet_pydicom():

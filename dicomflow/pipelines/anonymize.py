@@ -166,8 +166,7 @@ def _write_mapping(mapping_dir: str, part_name: str, records: Sequence[InstanceR
 def keyed_refs(refs: Sequence[SourceRef], deidentifier: Deidentifier) -> list[SourceRef]:
     """Inputs labelled with keyed pseudonyms of their sources: partition names, task keys,
     error rows and ledger identities are then all derived from the pseudonyms."""
-    pseudonyms = deidentifier.pseudonyms
-    return [SourceRef(r.url, r.size, r.modified, pseudonyms.input_id(r.url)) for r in refs]
+    return [deidentifier.pseudonyms.labelled(r) for r in refs]
 
 
 def run_deidentify(
