@@ -254,3 +254,19 @@ def test_cohort_csv_runs_one_find_per_row_and_joins(orthanc: Orthanc, tmp_path: 
     bad.write_text("Name\nx\n")
     refused = _cli("query", orthanc.url, "--cohort", str(bad), "--out", str(out))
     assert refused.returncode == 2 and "cohort CSV needs a column" in refused.stderr
+
+
+def test_sequence_keys_build_nested_items_and_the_pacs_answers(orthanc: Orthanc) -> None:
+    from dicomflow.connectors.dimse.find import c_find, query_dataset
+
+    query = {"ProcedureCodeSequence.CodeValue": "T-04000", "PatientID": "*"}
+    ds = query_dataset("study", query, return_keys=("ReferencedStudySequence",))
+    assert len(ds.ProcedureCodeSequence) == 1
+    assert ds.ProcedureCodeSequence[0].CodeValue == "T-04000"
+    assert "ReferencedStudySequence" in ds and len(ds.ReferencedStudySequence) == 0
+    with pytest.raises(ConfigError, match="not a sequence"):
+        query_dataset("study", {"PatientID.CodeValue": "x"})
+    # Orthanc does not implement sequence matching: it answers, ignoring the key.
+    plain = list(c_find(DimseAddress.parse(orthanc.url), "study", {"PatientID": "*"}))
+    nested = list(c_find(DimseAddress.parse(orthanc.url), "study", query))
+    assert len(nested) == len(plain) > 0

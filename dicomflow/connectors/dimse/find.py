@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
@@ -85,7 +85,14 @@ _CANCELLED = 0xFE00
 def query_dataset(
     level: Level, query: Mapping[str, str], return_keys: Sequence[str] = ()
 ) -> Dataset:
-    """The C-FIND identifier: the level, the matching keys, and empty return keys."""
+    """The C-FIND identifier: the level, the matching keys, and empty return keys.
+
+    A dotted key names an attribute inside a sequence (sequence matching, PS3.4
+    C.2.2.2.6): ``ProcedureCodeSequence.CodeValue=T-04000`` becomes a one-item
+    ``ProcedureCodeSequence`` holding ``CodeValue``; a sequence named alone is a
+    zero-length (universal) key. SCPs that do not support sequence matching
+    ignore it or treat it as a return key.
+    """
     if level not in RETURN_KEYS:
         raise ConfigError(f"unknown query level {level!r}; use patient, study, series or image")
     ds = Dataset()
@@ -93,10 +100,27 @@ def query_dataset(
     with warnings.catch_warnings():  # ranges and wildcards are not valid stored values
         warnings.simplefilter("ignore")
         for keyword in (*RETURN_KEYS[level], *return_keys, *query):
-            if tag_for_keyword(keyword) is None:
-                raise ConfigError(f"{keyword!r} is not a DICOM keyword")
-            setattr(ds, keyword, query.get(keyword, None))
+            _set_key(ds, keyword, query.get(keyword))
     return ds
+
+
+def _set_key(ds: Dataset, key: str, value: str | None) -> None:
+    """Set one (possibly dotted) key; an empty value for a plain key is universal."""
+    head, _, rest = key.partition(".")
+    if tag_for_keyword(head) is None:
+        raise ConfigError(f"{head!r} is not a DICOM keyword")
+    if not rest:
+        if dictionary_VR(head) == "SQ":
+            if head not in ds:
+                setattr(ds, head, [])
+        else:
+            setattr(ds, head, value)
+        return
+    if dictionary_VR(head) != "SQ":
+        raise ConfigError(f"{head!r} is not a sequence, so {key!r} cannot match inside it")
+    if head not in ds or not ds[head].value:
+        setattr(ds, head, [Dataset()])
+    _set_key(ds[head].value[0], rest, value)
 
 
 def c_find(
