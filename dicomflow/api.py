@@ -11,6 +11,7 @@ import pyarrow as pa
 from distributed import Client
 
 from dicomflow.anonymize.config import deidentifier
+from dicomflow.connectors.dicomweb.address import DicomwebAddress, DicomwebOptions
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
 from dicomflow.errors import ConfigError
 from dicomflow.lake.dicom_files import remove_files
@@ -20,6 +21,7 @@ from dicomflow.operators.store import Store
 from dicomflow.pipelines.anonymize import AnonymizeSettings
 from dicomflow.pipelines.cluster import open_client
 from dicomflow.pipelines.limits import associations_limit
+from dicomflow.pipelines.peers import is_peer_url, peer_for
 from dicomflow.pipelines.pipeline import RunSummary, new_run_id
 from dicomflow.pipelines.plan import PartitionPolicy
 from dicomflow.pipelines.retrieve import report_missing, retrieve
@@ -87,6 +89,7 @@ def ingest(
     pixels: bool = True,
     query: Mapping[str, str] | None = None,
     dimse: DimseOptions | None = None,
+    dicomweb: DicomwebOptions | None = None,
     max_associations: int = 2,
     scheduler: str | None = None,
     workers: int | None = None,
@@ -96,6 +99,7 @@ def ingest(
     progress: bool | None = None,
     anonymize: AnonymizeSettings | None = None,
     send_to: str | None = None,
+    send_options: DimseOptions | DicomwebOptions | None = None,
     name: str = "ingest",
     retries: int = 2,
     frames_per_chunk: int = 1,
@@ -103,41 +107,37 @@ def ingest(
 ) -> RunSummary:
     """Ingest ``sources`` into the lake at ``out``, all in one run.
 
-    Sources are files, folders, globs or fsspec URLs, and ``dimse://AE@host:port``
-    peers (retrieved with C-GET by ``query``, e.g. ``{"StudyInstanceUID": …}``, at
-    most ``max_associations`` at a time). With ``pixels``, every image stack is
+    Sources are files, folders, globs or fsspec URLs, ``dimse://AE@host:port``
+    peers (retrieved with C-GET by ``query``, e.g. ``{"StudyInstanceUID": …}``) and
+    ``dicomweb+https://host/root`` servers (QIDO-RS then WADO-RS by the same
+    ``query``), at most ``max_associations`` connections to a peer at a time. With
+    ``pixels``, every image stack is
     written to ``<out>/pixels.zarr`` plus the ``series`` table. With
     ``anonymize`` (see :func:`deidentifier`), every input is de-identified first
     and all outputs are made from the de-identified data; retrieved originals
-    are deleted once de-identified. With ``send_to`` (``dimse://AE@host:port``),
-    every instance written is also sent there with C-STORE (the de-identified files
-    when anonymizing), at most ``max_associations`` at a time; failures are
-    ``not_stored`` error rows.
+    are deleted once de-identified. With ``send_to`` (``dimse://AE@host:port`` or
+    ``dicomweb+https://host/root``), every instance written is also sent there with
+    C-STORE or STOW-RS (the de-identified files when anonymizing), at most
+    ``max_associations`` at a time; failures are ``not_stored`` error rows.
+    ``send_options`` configure that peer (else ``dimse``/``dicomweb`` do).
     """
     from dicomflow.pipelines.ingest import IngestOptions, run_ingest
 
     urls = [sources] if isinstance(sources, str) else list(sources)
     after: tuple[Store, ...] = ()
     if send_to is not None:
-        target = DimseAddress.parse(send_to)
-        limit = associations_limit(target, max_associations)
-        after = (Store(target, dimse or DimseOptions(), limit),)
-    peers = [DimseAddress.parse(u) for u in urls if u.startswith("dimse://")]
-    files = [u for u in urls if not u.startswith("dimse://")]
+        after = (_store_to(send_to, send_options, dimse, dicomweb, max_associations),)
+    peers = [peer_for(u, dimse, dicomweb) for u in urls if is_peer_url(u)]
+    files = [u for u in urls if not is_peer_url(u)]
     if peers and not query:
-        raise ConfigError("a dimse:// source needs a query (-q KEYWORD=VALUE)")
+        raise ConfigError("a PACS or DICOMweb source needs a query (-q KEYWORD=VALUE)")
     with connect_client(client, scheduler, workers) as connected:
         missing = 0
         retrieved: list[str] = []
         layout = LakeLayout(out, dict(storage_options or {}))
         for peer in peers:
             paths, lost = retrieve(
-                connected,
-                peer,
-                query or {},
-                layout=layout,
-                options=dimse or DimseOptions(),
-                max_associations=max_associations,
+                connected, peer, query or {}, layout=layout, max_associations=max_associations
             )
             files.extend(paths)
             retrieved.extend(paths)
@@ -168,6 +168,25 @@ def ingest(
     if missing:
         summary.error_codes["not_retrieved"] += missing
     return summary
+
+
+def _store_to(
+    url: str,
+    options: DimseOptions | DicomwebOptions | None,
+    dimse: DimseOptions | None,
+    dicomweb: DicomwebOptions | None,
+    max_associations: int,
+) -> Store:
+    """The ``store`` operator for ``send_to``: C-STORE to a DIMSE peer, else STOW-RS."""
+    target: DimseAddress | DicomwebAddress
+    if url.startswith("dimse://"):
+        target = DimseAddress.parse(url)
+        options = options if isinstance(options, DimseOptions) else dimse or DimseOptions()
+    else:
+        target = DicomwebAddress.parse(url)
+        options = options if isinstance(options, DicomwebOptions) else dicomweb
+        options = options or DicomwebOptions()
+    return Store(target, options, associations_limit(target, max_associations))
 
 
 def open_series(

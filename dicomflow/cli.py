@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from dicomflow import logs
 from dicomflow._version import __version__
 from dicomflow.api import run_scan
+from dicomflow.connectors.dicomweb.address import DicomwebError, DicomwebOptions
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions, TlsOptions
 from dicomflow.connectors.dimse.association import DimseError
 from dicomflow.connectors.dimse.echo import c_echo
@@ -125,6 +126,27 @@ def _build_dimse_options(
     tls = TlsOptions(tls_ca, tls_cert, tls_key) if (tls_ca or tls_cert) else None
     return DimseOptions(
         calling_ae=calling_ae, tls=tls, username=username, password_env=password_env
+    )
+
+
+def _build_dicomweb_options(
+    calling_ae: str,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    username: str | None,
+    password_env: str | None,
+    token_env: str | None,
+) -> DicomwebOptions:
+    """The same TLS and identity options, for DICOMweb peers (the AE title has no use)."""
+    del calling_ae
+    return DicomwebOptions(
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        username=username,
+        password_env=password_env,
+        token_env=token_env,
     )
 
 
@@ -254,21 +276,27 @@ def _build_anonymize(
     "queries",
     multiple=True,
     metavar="KEYWORD=VALUE",
-    help="For dimse:// sources: what to retrieve, e.g. -q StudyInstanceUID=1.2.3.",
+    help="For dimse:// and dicomweb+http(s):// sources: what to retrieve, "
+    "e.g. -q StudyInstanceUID=1.2.3.",
 )
 @click.option(
     "--max-associations",
     type=int,
     default=2,
     show_default=True,
-    help="Concurrent associations per PACS, across the whole cluster.",
+    help="Concurrent associations (or DICOMweb requests) per peer, across the whole cluster.",
 )
 @click.option(
     "--send",
     "send_to",
     default=None,
-    metavar="dimse://AE@host:port",
-    help="Also C-STORE every instance written (de-identified ones with --anonymize).",
+    metavar="dimse://AE@host:port | dicomweb+https://host/root",
+    help="Also C-STORE (or STOW-RS) every instance written (de-identified ones with --anonymize).",
+)
+@click.option(
+    "--token-env",
+    default=None,
+    help="DICOMweb: name of the environment variable holding a bearer token.",
 )
 @_anonymize_options
 @_run_options
@@ -294,16 +322,19 @@ def ingest(
     queries: tuple[str, ...],
     max_associations: int,
     send_to: str | None,
+    token_env: str | None,
     scheduler: str | None,
     workers: int | None,
     fail_on_error: bool,
     progress: bool | None,
     **dimse: Any,
 ) -> None:
-    """Ingest SRC (files, folders, URLs, dimse://AE@host:port) into a lake, in one run."""
+    """Ingest SRC (files, folders, URLs, dimse://AE@host:port, dicomweb+https://host/root)
+    into a lake, in one run."""
     from dicomflow.api import ingest as run_ingest
 
     options = _run(lambda: _build_dimse_options(**dimse))
+    web = _run(lambda: _build_dicomweb_options(token_env=token_env, **dimse))
     matching = _run(lambda: _parse_queries(queries))
     settings = None
     if anonymize:
@@ -332,6 +363,7 @@ def ingest(
             pixels=pixels,
             query=matching,
             dimse=options,
+            dicomweb=web,
             max_associations=max_associations,
             scheduler=scheduler,
             workers=workers,
@@ -686,10 +718,11 @@ def _run(job: Callable[[], T]) -> T:
 
 
 def _dimse(label: str, job: Callable[[], T]) -> T:
-    """Run a DIMSE job: configuration errors exit 2, a failing peer exits 1, both clearly."""
+    """Run a job that talks to a peer (DIMSE or DICOMweb): configuration errors exit 2, a
+    failing peer exits 1, both clearly."""
     try:
         return _run(job)
-    except DimseError as exc:
+    except (DimseError, DicomwebError) as exc:
         click.echo(f"{label} failed: {exc}", err=True)
         sys.exit(EXIT_CRASH)
 

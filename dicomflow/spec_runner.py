@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from dicomflow.connectors.dicomweb.address import DicomwebOptions
 from dicomflow.connectors.dimse.address import DimseOptions, TlsOptions
 from dicomflow.errors import ConfigError
 from dicomflow.lake.layout import LakeLayout
@@ -92,8 +93,6 @@ def run_spec(spec: PipelineSpec, *, progress: bool | None = None) -> RunSummary:
     from dicomflow.api import AnonymizeSettings, connect_client, ingest
 
     source = spec.source
-    if isinstance(source, DicomwebSource) or any(isinstance(s, DicomwebSink) for s in spec.sinks):
-        raise ConfigError("DICOMweb sources and sinks are not available yet")
     anonymize = None
     deid = spec.operator("anonymize")
     if isinstance(deid, AnonymizeOperator):
@@ -113,9 +112,18 @@ def run_spec(spec: PipelineSpec, *, progress: bool | None = None) -> RunSummary:
         anonymize = AnonymizeSettings(engine, write_dicom=write_dicom, mapping_dir=deid.mapping)
     pixel_op = spec.operator("pixels")
     pixels = isinstance(pixel_op, PixelsOperator)
-    send = next((s.url for s in spec.sinks if isinstance(s, DimseSink)), None)
+    sends = [s for s in spec.sinks if isinstance(s, DimseSink | DicomwebSink)]
+    if len(sends) > 1:
+        raise ConfigError("a pipeline sends to at most one DIMSE or DICOMweb sink")
+    send = sends[0] if sends else None
     lake = spec.lake
     dimse = _dimse_options(source) if isinstance(source, DimseSource) else None
+    dicomweb = _dicomweb_options(source) if isinstance(source, DicomwebSource) else None
+    send_options: DimseOptions | DicomwebOptions | None = None
+    if isinstance(send, DimseSink):
+        send_options = _dimse_options(send)
+    elif isinstance(send, DicomwebSink):
+        send_options = _dicomweb_options(send)
     with connect_client(None, spec.cluster.scheduler, spec.cluster.workers) as client:
         if isinstance(source, ListenSource):
             from dicomflow.pipelines.listen import listen
@@ -126,12 +134,12 @@ def run_spec(spec: PipelineSpec, *, progress: bool | None = None) -> RunSummary:
                 port=source.port,
                 out=lake.path,
                 pixels=pixels,
-                options=DimseOptions(),
+                options=_listen_options(source),
                 allowed_callers=frozenset(source.allow) or None,
                 batch_seconds=source.batch_seconds,
             )
         urls = source.urls if isinstance(source, FilesSource) else [source.url]
-        query = source.query if isinstance(source, DimseSource) else None
+        query = source.query if isinstance(source, DimseSource | DicomwebSource) else None
         if isinstance(source, DimseSource) and source.cohort:
             query = _cohort_query(source, dimse or DimseOptions())
         watermark = Watermark(LakeLayout(lake.path, lake.storage_options), spec.name)
@@ -147,12 +155,14 @@ def run_spec(spec: PipelineSpec, *, progress: bool | None = None) -> RunSummary:
             pixels=pixels,
             query=query,
             dimse=dimse,
+            dicomweb=dicomweb,
             max_associations=spec.limits.max_associations,
             client=client,
             storage_options=storage,
             progress=progress,
             anonymize=anonymize,
-            send_to=send,
+            send_to=send.url if send is not None else None,
+            send_options=send_options,
             name=spec.name,
             retries=spec.limits.retries,
             frames_per_chunk=pixel_op.frames_per_chunk if pixels else 1,
@@ -163,14 +173,32 @@ def run_spec(spec: PipelineSpec, *, progress: bool | None = None) -> RunSummary:
         return summary
 
 
-def _dimse_options(source: DimseSource) -> DimseOptions:
-    tls = TlsOptions(source.tls_ca, source.tls_cert, source.tls_key) if source.tls_ca else None
+def _dimse_options(peer: DimseSource | DimseSink) -> DimseOptions:
+    tls = TlsOptions(peer.tls_ca, peer.tls_cert, peer.tls_key) if peer.tls_ca else None
     return DimseOptions(
-        calling_ae=source.calling_ae,
+        calling_ae=peer.calling_ae,
         tls=tls,
-        username=source.username,
-        password_env=source.password_env,
+        username=peer.username,
+        password_env=peer.password_env,
     )
+
+
+def _dicomweb_options(peer: DicomwebSource | DicomwebSink) -> DicomwebOptions:
+    return DicomwebOptions(
+        tls_ca=peer.tls_ca,
+        tls_cert=peer.tls_cert,
+        tls_key=peer.tls_key,
+        username=peer.username,
+        password_env=peer.password_env,
+        token_env=peer.token_env,
+    )
+
+
+def _listen_options(source: ListenSource) -> DimseOptions:
+    """The SCP's options: TLS when a certificate is given (client certificates with a CA)."""
+    if not source.tls_cert:
+        return DimseOptions()
+    return DimseOptions(tls=TlsOptions(source.tls_ca, source.tls_cert, source.tls_key))
 
 
 def _cohort_query(source: DimseSource, options: DimseOptions) -> dict[str, str]:

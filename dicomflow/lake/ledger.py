@@ -46,6 +46,13 @@ def input_identity(ref: SourceRef) -> str:
     return hashlib.sha256(f"{name}\0{ref.size}\0{stamp}".encode()).hexdigest()[:32]
 
 
+def input_name(ref: SourceRef) -> str:
+    """A path-free digest of what names an input, whatever its version: an input that
+    changes (rewritten, fetched again) keeps its name and gets a new identity."""
+    name = ref.label if ref.label is not None else ref.url
+    return hashlib.sha256(f"name\0{name}".encode()).hexdigest()[:32]
+
+
 def config_digest(config: Mapping[str, Any]) -> str:
     """A short digest of a run configuration (canonical JSON)."""
     text = json.dumps(config, sort_keys=True, default=str)
@@ -65,13 +72,40 @@ class LedgerEntry:
     versions: dict[str, str] = field(default_factory=dict)
     complete: bool = True  # False: the partition failed and only error rows were committed
     committed_at: str = ""
+    names: tuple[str, ...] = ()  # input_name of each input, in the order of ``inputs``
 
     @classmethod
     def from_json(cls, text: str) -> LedgerEntry:
         raw = json.loads(text)
         raw["inputs"] = tuple(raw["inputs"])
         raw["arrays"] = tuple(raw.get("arrays", ()))
+        raw["names"] = tuple(raw.get("names", ()))
         return cls(**raw)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """What a newer entry must cover to supersede this one: the input names (the
+        identities for entries written before names were recorded)."""
+        return self.names or self.inputs
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What the live, complete entries of one configuration hold, by identity and by name."""
+
+    by_identity: dict[str, str] = field(default_factory=dict)  # identity → partition
+    by_name: dict[str, str] = field(default_factory=dict)  # name → partition
+
+    def holds(self, ref: SourceRef) -> bool:
+        return input_identity(ref) in self.by_identity
+
+    def stale(self, refs: Iterable[SourceRef]) -> set[str]:
+        """Partitions holding an older version of one of ``refs`` (changed since)."""
+        return {
+            self.by_name[name]
+            for ref in refs
+            if not self.holds(ref) and (name := input_name(ref)) in self.by_name
+        }
 
 
 @dataclass(frozen=True)
@@ -111,25 +145,31 @@ class Ledger:
         return [LedgerEntry.from_json(contents[p].decode()) for p in paths]
 
     def live(self, entries: Sequence[LedgerEntry] | None = None) -> list[LedgerEntry]:
-        """Entries not superseded by a newer entry covering all of their inputs."""
+        """Entries not superseded by newer entries covering all of their inputs (by name:
+        a newer version of an input supersedes the older one)."""
         entries = list(self.entries() if entries is None else entries)
         newest_first = sorted(entries, key=lambda e: e.committed_at, reverse=True)
         owner: dict[str, LedgerEntry] = {}
         for entry in newest_first:
-            for identity in entry.inputs:
-                owner.setdefault(identity, entry)
-        return [e for e in entries if not e.inputs or any(owner[i] is e for i in e.inputs)]
+            for key in entry.keys:
+                owner.setdefault(key, entry)
+        return [e for e in entries if not e.keys or any(owner[k] is e for k in e.keys)]
 
     def committed_inputs(
         self, config: str, entries: Sequence[LedgerEntry] | None = None
     ) -> dict[str, str]:
         """Identity → partition for every input a complete, live entry of ``config`` holds
         (from ``entries`` when the caller has read them already)."""
-        done: dict[str, str] = {}
+        return self.committed(config, entries).by_identity
+
+    def committed(self, config: str, entries: Sequence[LedgerEntry] | None = None) -> Committed:
+        """What the complete, live entries of ``config`` hold (see :class:`Committed`)."""
+        done = Committed()
         mine = [e for e in (self.entries() if entries is None else entries) if e.config == config]
         for entry in self.live(mine):
             if entry.complete:
-                done.update((identity, entry.partition) for identity in entry.inputs)
+                done.by_identity.update((identity, entry.partition) for identity in entry.inputs)
+                done.by_name.update((name, entry.partition) for name in entry.names)
         return done
 
     def live_parts(self, entries: Sequence[LedgerEntry] | None = None) -> set[str]:
@@ -162,7 +202,7 @@ class Ledger:
 
 def entry_for(
     partition: str,
-    identities: Iterable[str],
+    refs: Iterable[SourceRef],
     *,
     config: str,
     run_id: str,
@@ -171,13 +211,16 @@ def entry_for(
     versions: Mapping[str, str] | None = None,
     complete: bool = True,
 ) -> LedgerEntry:
+    """The entry committing ``partition``, made of ``refs`` (identities and names)."""
+    inputs = list(refs)
     return LedgerEntry(
         partition,
         config,
         run_id,
-        tuple(identities),
+        tuple(input_identity(ref) for ref in inputs),
         dict(parts),
         tuple(arrays),
         dict(versions or {}),
         complete,
+        names=tuple(input_name(ref) for ref in inputs),
     )

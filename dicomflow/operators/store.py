@@ -1,6 +1,7 @@
-"""The ``store`` operator: send each instance's file to a DICOM peer with C-STORE.
+"""The ``store`` operator: send each instance's file to a DICOM peer with C-STORE, or to a
+DICOMweb server with STOW-RS.
 
-One association per batch (reused for every instance in it), optionally under a
+One association (or a few bounded STOW requests) per batch, optionally under a
 concurrency limit shared across the cluster. An instance the peer did not
 store becomes an error row ``not_stored``; if the peer cannot be reached at
 all, every instance of the batch does. Records keep their other outputs.
@@ -14,9 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from dicomflow.connectors.dicomweb.address import DicomwebAddress, DicomwebError, DicomwebOptions
+from dicomflow.connectors.dicomweb.stow import stow
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
 from dicomflow.connectors.dimse.association import DimseError
-from dicomflow.connectors.dimse.store import StoreOutcome, c_store
+from dicomflow.connectors.dimse.store import c_store
+from dicomflow.connectors.outcomes import StoreOutcome
 from dicomflow.errors import DicomflowError, ErrorCode
 from dicomflow.operators.base import map_records
 from dicomflow.records import Batch, InstanceRecord
@@ -28,14 +32,15 @@ class NotStoredError(DicomflowError):
 
 @dataclass(frozen=True)
 class Store:
-    """C-STORE every record's file (a local path) to ``address``.
+    """C-STORE (or STOW-RS, for a DICOMweb address) every record's file (a local path)
+    to ``address``.
 
     ``limit``, when given, is called in the task to get a context manager that
     holds one association slot (a cluster-wide semaphore in pipelines).
     """
 
-    address: DimseAddress
-    options: DimseOptions
+    address: DimseAddress | DicomwebAddress
+    options: DimseOptions | DicomwebOptions
     limit: Callable[[], AbstractContextManager[Any]] | None = None
 
     name: ClassVar[str] = "store"
@@ -46,11 +51,18 @@ class Store:
             return batch
         try:
             with self.limit() if self.limit is not None else nullcontext():
-                outcomes = {o.path: o for o in c_store(self.address, paths, self.options)}
-        except DimseError as exc:
+                outcomes = {o.path: o for o in self._send(paths)}
+        except (DimseError, DicomwebError) as exc:
             message = f"not stored: {exc}"
             return map_records(batch, self.name, lambda r: _fail(message))
         return map_records(batch, self.name, lambda r: _check(r, outcomes))
+
+    def _send(self, paths: list[Path]) -> list[StoreOutcome]:
+        if isinstance(self.address, DicomwebAddress):
+            assert isinstance(self.options, DicomwebOptions)
+            return stow(self.address, paths, self.options)
+        assert isinstance(self.options, DimseOptions)
+        return c_store(self.address, paths, self.options)
 
 
 def _fail(message: str) -> InstanceRecord:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +24,7 @@ from dicomflow._version import __version__
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.dicom.elements import Elements
 from dicomflow.lake.layout import LakeLayout
-from dicomflow.lake.ledger import Ledger, config_digest
+from dicomflow.lake.ledger import Committed, Ledger, config_digest
 from dicomflow.operators.base import Operator
 from dicomflow.operators.flatten import Flatten
 from dicomflow.pipelines.anonymize import AnonymizeSettings, keyed_refs, run_deidentify
@@ -282,7 +282,7 @@ def index_series(
 
 
 def pending_series(
-    groups: Sequence[Sequence[SourceRef]], loose: Sequence[SourceRef], done: Mapping[str, str]
+    groups: Sequence[Sequence[SourceRef]], loose: Sequence[SourceRef], done: Committed
 ) -> tuple[list[Sequence[SourceRef]], list[SourceRef], int]:
     """The series not fully committed (whole), the loose inputs not committed, and how
     many inputs are skipped: a series is done only when all of its instances are."""

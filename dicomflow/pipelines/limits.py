@@ -24,5 +24,6 @@ class ClusterLimit:
 
 
 def associations_limit(address: object, max_associations: int) -> ClusterLimit:
-    """The limit shared by every task that opens associations to one peer."""
-    return ClusterLimit(f"dicomflow-dimse-{address}", max_associations)
+    """The limit shared by every task that opens associations (or HTTP requests) to one
+    peer, whatever it does there (retrieve or store)."""
+    return ClusterLimit(f"dicomflow-peer-{address}", max_associations)

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -24,7 +24,7 @@ from distributed import Client, as_completed
 
 from dicomflow.connectors.files import Listing
 from dicomflow.errors import ErrorCode
-from dicomflow.lake.ledger import Ledger, input_identity
+from dicomflow.lake.ledger import Committed, Ledger, input_identity
 from dicomflow.operators.base import Operator
 from dicomflow.pipelines.plan import Partition, PartitionPolicy, plan_partitions
 from dicomflow.pipelines.progress import Progress
@@ -135,12 +135,12 @@ class Pipeline:
     policy: PartitionPolicy = field(default_factory=PartitionPolicy)
     name: str = "scan"
 
-    def plan(self, done: Mapping[str, str] | None = None) -> tuple[list[Partition], int]:
+    def plan(self, done: Committed | None = None) -> tuple[list[Partition], int]:
         """Partitions of the inputs not in ``done`` (committed identities), and how many
         inputs were left out because they are."""
         listing = self.source.query()
         refs = listing.refs + [ref for ref, _ in listing.failures]
-        todo, skipped = pending(refs, done or {})
+        todo, skipped = pending(refs, done or Committed())
         return plan_partitions(sorted(todo, key=lambda r: r.url), self.policy), skipped
 
     def to_delayed(self, partitions: Sequence[Partition], context: RunContext) -> list[Delayed]:
@@ -199,22 +199,30 @@ class Pipeline:
         return summary
 
 
-def pending(refs: Sequence[SourceRef], done: Mapping[str, str]) -> tuple[list[SourceRef], int]:
-    """The inputs not committed yet, and the count of those that were."""
-    todo = [ref for ref in refs if input_identity(ref) not in done]
+def pending(refs: Sequence[SourceRef], done: Committed) -> tuple[list[SourceRef], int]:
+    """The inputs not committed yet, and the count of those that were.
+
+    An input that changed since it was committed takes the other inputs of its old
+    partition with it, so the new entries cover (and supersede) that partition whole
+    and no older row survives beside the new one.
+    """
+    stale = done.stale(refs)
+    todo = [
+        ref for ref in refs if not done.holds(ref) or done.by_identity[input_identity(ref)] in stale
+    ]
     return todo, len(refs) - len(todo)
 
 
-def prepare_lake(sinks: Sequence[Sink]) -> dict[str, str]:
+def prepare_lake(sinks: Sequence[Sink]) -> Committed:
     """Before a run: drop what an interrupted run left uncommitted, and return the
     inputs the lake sink's configuration has already committed."""
     lake = next((s for s in sinks if isinstance(s, LakeSink)), None)
     if lake is None:
-        return {}
+        return Committed()
     ledger = Ledger(lake.layout)
     entries = ledger.entries()  # read once: a lake may hold thousands
     ledger.remove_orphans(entries)
-    return ledger.committed_inputs(lake.config, entries)
+    return ledger.committed(lake.config, entries)
 
 
 def run_failed_partition(

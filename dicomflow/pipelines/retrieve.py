@@ -1,13 +1,13 @@
-"""Retrieve from a PACS into the lake, then ingest what arrived.
+"""Retrieve from a PACS or a DICOMweb server into the lake, then ingest what arrived.
 
-1. On the client, an IMAGE-level C-FIND lists what the query should bring
-   (SOP Instance UIDs and classes, by series).
-2. One Dask task per series C-GETs it into ``<lake>/_retrieved/<study>/<series>/``
-   (validated path components), holding a cluster-wide semaphore so no more
-   than ``max_associations`` associations hit the PACS at once. Instances
-   already retrieved are not fetched again: a series partly there (an
-   interrupted run) and the instances missing after the series-level C-GET
-   are asked for by SOP Instance UID.
+1. On the client, the peer lists what the query should bring (an IMAGE-level
+   C-FIND, or a QIDO-RS instance search): SOP Instance UIDs and classes, by series.
+2. One Dask task per series fetches it (C-GET, or WADO-RS) into
+   ``<lake>/_retrieved/<study>/<series>/`` (validated path components), holding
+   a cluster-wide semaphore so no more than ``max_associations`` connections hit
+   the peer at once. Instances already retrieved are not fetched again: a series
+   partly there (an interrupted run) and the instances missing after the
+   series-level fetch are asked for by SOP Instance UID.
 3. The retrieved files go through the usual ingest; whatever is still missing
    becomes an error row ``not_retrieved``.
 """
@@ -18,55 +18,20 @@ import hashlib
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from dask.delayed import delayed
 from distributed import Client
-from pydicom.dataset import Dataset
 
-from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
-from dicomflow.connectors.dimse.find import Level, c_find
-from dicomflow.connectors.dimse.get import c_get, classes_to_accept
-from dicomflow.connectors.dimse.reliability import RetryPolicy
 from dicomflow.errors import ErrorCode
 from dicomflow.lake.layout import LakeLayout, safe_uid_component
 from dicomflow.pipelines.limits import associations_limit
+from dicomflow.pipelines.peers import Peer, SeriesRequest
 from dicomflow.pipelines.plan import Partition
 from dicomflow.pipelines.sinks import LakeSink
 from dicomflow.records import Batch, InstanceRecord, RunContext, SourceRef
 
 RETRIEVED = "_retrieved"
-UIDS_PER_GET = 500  # a UID list stays far below the 64 KiB of an explicit VR UI value
-
-
-@dataclass(frozen=True)
-class SeriesRequest:
-    """One series to fetch: its UIDs and the instances (UID → SOP class) it should hold."""
-
-    study_uid: str
-    series_uid: str
-    instances: dict[str, str]
-
-
-def plan_requests(
-    address: DimseAddress, query: Mapping[str, str], options: DimseOptions
-) -> list[SeriesRequest]:
-    """What the query should bring, from an IMAGE-level C-FIND, grouped by series
-    (an instance's SOP class is "" when the peer does not return it)."""
-    series: dict[tuple[str, str], dict[str, str]] = {}
-    for found in c_find(address, "image", query, options=options, return_keys=("SOPClassUID",)):
-        key = (_text(found, "StudyInstanceUID"), _text(found, "SeriesInstanceUID"))
-        series.setdefault(key, {})[_text(found, "SOPInstanceUID")] = _text(found, "SOPClassUID")
-    return [
-        SeriesRequest(study, uid, instances) for (study, uid), instances in sorted(series.items())
-    ]
-
-
-def _text(found: Dataset, keyword: str) -> str:
-    """A returned value as text; "" when absent or empty (never "None")."""
-    value = found.get(keyword)
-    return "" if value is None else str(value)
 
 
 def series_folder(layout: LakeLayout, request: SeriesRequest) -> Path:
@@ -87,61 +52,47 @@ def arrived(layout: LakeLayout, request: SeriesRequest) -> dict[str, Path]:
 
 
 def retrieve_series(
-    address: DimseAddress,
-    options: DimseOptions,
-    request: SeriesRequest,
-    layout: LakeLayout,
-    max_associations: int,
+    peer: Peer, request: SeriesRequest, layout: LakeLayout, max_associations: int
 ) -> dict[str, str]:
     """Task: fetch one series (only what is not already there); SOP UID → path.
 
     A series with nothing on disk is asked for whole; a series already partly
-    there (an earlier run was interrupted) and whatever the series-level C-GET
+    there (an earlier run was interrupted) and whatever the series-level fetch
     did not bring are asked for by SOP Instance UID, so nothing is fetched twice.
     """
     folder = series_folder(layout, request)
     have = arrived(layout, request)
     if len(have) < len(request.instances):
-        classes = classes_to_accept(request.instances.values())
-        policy = RetryPolicy()  # transient failures: backoff with jitter, then a breaker
-        series = {"StudyInstanceUID": request.study_uid, "SeriesInstanceUID": request.series_uid}
-
-        def get(level: Level, query: Mapping[str, str]) -> dict[str, Path]:
-            return policy.call(
-                lambda: c_get(address, level, query, folder, sop_classes=classes, options=options)
-            ).received
-
-        with associations_limit(address, max_associations)():
+        with associations_limit(peer, max_associations)():
             if not have:
-                have.update(get("series", series))
+                have.update(peer.fetch_series(request, folder))
             still = [uid for uid in request.instances if uid not in have]
-            for start in range(0, len(still), UIDS_PER_GET):
-                uids = "\\".join(still[start : start + UIDS_PER_GET])
-                have.update(get("image", {**series, "SOPInstanceUID": uids}))
+            if still:
+                have.update(peer.fetch_instances(request, folder, still))
     return {uid: str(path) for uid, path in have.items() if uid in request.instances}
 
 
 def report_missing(
     layout: LakeLayout,
-    address: DimseAddress,
+    peer: Peer,
     missing: Sequence[str],
     context: RunContext,
     query: Mapping[str, str] | None = None,
 ) -> int:
-    """Commit one ``not_retrieved`` error row per instance the PACS did not deliver.
+    """Commit one ``not_retrieved`` error row per instance the peer did not deliver.
 
     The part is named by the peer and the query, so each retrieval with the same
     query replaces the previous report: an instance delivered by a later run no
     longer shows as missing.
     """
-    refs = [SourceRef(f"{address}#sop={uid}") for uid in sorted(missing)]
+    refs = [SourceRef(f"{peer}#sop={uid}") for uid in sorted(missing)]
     records = tuple(
         InstanceRecord(ref).with_error(
-            "retrieve", ErrorCode.NOT_RETRIEVED, "the PACS did not deliver this instance"
+            "retrieve", ErrorCode.NOT_RETRIEVED, "the peer did not deliver this instance"
         )
         for ref in refs
     )
-    asked = json.dumps([str(address), sorted((query or {}).items())])
+    asked = json.dumps([str(peer), sorted((query or {}).items())])
     name = "missing-" + hashlib.sha256(asked.encode()).hexdigest()[:20]
     LakeSink(layout, "retrieve").write(Batch(records, context), Partition(0, name, tuple(refs)))
     return len(records)
@@ -149,22 +100,20 @@ def report_missing(
 
 def retrieve(
     client: Client,
-    address: DimseAddress,
+    peer: Peer,
     query: Mapping[str, str],
     *,
     layout: LakeLayout,
-    options: DimseOptions,
     max_associations: int = 2,
     retries: int = 1,
 ) -> tuple[list[str], list[str]]:
     """Fetch everything the query names; return (retrieved paths, missing SOP UIDs)."""
-    requests = plan_requests(address, query, options)
+    requests = peer.plan(query)
     task = delayed(retrieve_series, pure=False)
     token = uuid.uuid4().hex[:12]  # keys unique to this retrieval
     graph = [
         task(
-            address,
-            options,
+            peer,
             request,
             layout,
             max_associations,
@@ -178,7 +127,7 @@ def retrieve(
     for request, future in zip(requests, results, strict=True):
         try:
             got = future.result()
-        except Exception:  # failed midway (the PACS went away): keep what arrived
+        except Exception:  # failed midway (the peer went away): keep what arrived
             got = {uid: str(path) for uid, path in arrived(layout, request).items()}
         paths.extend(got.values())
         missing.extend(uid for uid in request.instances if uid not in got)

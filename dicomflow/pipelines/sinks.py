@@ -16,7 +16,7 @@ import pyarrow as pa
 from dicomflow._version import __version__
 from dicomflow.dicom.rows import rows_to_table
 from dicomflow.lake.layout import LakeLayout
-from dicomflow.lake.ledger import Ledger, entry_for, input_identity
+from dicomflow.lake.ledger import Ledger, entry_for
 from dicomflow.lake.writer import write_part
 from dicomflow.operators.flatten import OUTPUT as INSTANCES
 from dicomflow.pipelines.plan import Partition
@@ -100,7 +100,7 @@ class LakeSink:
         )
         entry = entry_for(
             partition.name,
-            (input_identity(r.ref) for r in batch.records),
+            (r.ref for r in batch.records),
             config=self.config,
             run_id=batch.context.run_id,
             parts={table: path.removeprefix(root + "/") for table, path in parts.items()},

@@ -28,7 +28,29 @@ class FilesSource(_Model):
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
 
-class DimseSource(_Model):
+class _Tls(_Model):
+    """TLS files: the CA bundle to verify the other side, our certificate and key."""
+
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+class _Secured(_Tls):
+    """TLS and identity for a peer: the user, and the *name* of the variable holding
+    the password (secrets never live in a spec)."""
+
+    username: str | None = None
+    password_env: str | None = None
+
+
+class _WebSecured(_Secured):
+    """DICOMweb adds a bearer token, also by variable name."""
+
+    token_env: str | None = None
+
+
+class DimseSource(_Secured):
     """A PACS over DIMSE: C-FIND by ``query`` (or one per row of ``cohort``), then C-GET."""
 
     kind: Literal["dimse"] = "dimse"
@@ -36,11 +58,6 @@ class DimseSource(_Model):
     query: dict[str, str] = Field(default_factory=dict)
     cohort: str | None = None
     calling_ae: str = "DICOMFLOW"
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    username: str | None = None
-    password_env: str | None = None
 
     @model_validator(mode="after")
     def _needs_a_query(self) -> DimseSource:
@@ -49,16 +66,19 @@ class DimseSource(_Model):
         return self
 
 
-class DicomwebSource(_Model):
-    """A DICOMweb server (QIDO-RS then WADO-RS)."""
+class DicomwebSource(_WebSecured):
+    """A DICOMweb server: QIDO-RS instance search by ``query``, then WADO-RS."""
 
     kind: Literal["dicomweb"] = "dicomweb"
     url: str = Field(pattern=r"^dicomweb\+https?://")
-    query: dict[str, str] = Field(default_factory=dict)
+    query: dict[str, str] = Field(min_length=1)
 
 
-class ListenSource(_Model):
-    """dicomflow as a Storage SCP: instances pushed to it are ingested in micro-batches."""
+class ListenSource(_Tls):
+    """dicomflow as a Storage SCP: instances pushed to it are ingested in micro-batches.
+
+    ``tls_cert``/``tls_key`` serve TLS; with ``tls_ca``, callers must present a
+    certificate it signed."""
 
     kind: Literal["listen"] = "listen"
     ae_title: str
@@ -128,14 +148,15 @@ class DicomSink(_Model):
     kind: Literal["dicom"] = "dicom"
 
 
-class DimseSink(_Model):
+class DimseSink(_Secured):
     """Send every written instance to a DICOM peer with C-STORE."""
 
     kind: Literal["dimse"] = "dimse"
     url: str = Field(pattern=r"^dimse://")
+    calling_ae: str = "DICOMFLOW"
 
 
-class DicomwebSink(_Model):
+class DicomwebSink(_WebSecured):
     """STOW-RS every written instance to a DICOMweb server."""
 
     kind: Literal["dicomweb"] = "dicomweb"

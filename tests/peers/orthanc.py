@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import socket
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ORTHANC_AET = "ORTHANC"
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 def free_port() -> int:
@@ -37,6 +39,7 @@ class Orthanc:
     http_port: int
     aet: str = ORTHANC_AET
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
+    credentials: dict[str, str] | None = field(default=None, repr=False, compare=False)
 
     def kill(self) -> None:
         """SIGKILL Orthanc (a crash: no clean shutdown) and reap it."""
@@ -49,18 +52,35 @@ class Orthanc:
         return f"dimse://{self.aet}@127.0.0.1:{self.dicom_port}"
 
     @property
+    def dicomweb(self) -> str:
+        """The DICOMweb root (served when Orthanc runs with its DICOMweb plugin)."""
+        return f"dicomweb+http://127.0.0.1:{self.http_port}/dicom-web"
+
+    @property
     def rest(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    def _request(self, path: str, data: bytes | None = None) -> urllib.request.Request:
+        request = urllib.request.Request(
+            f"{self.rest}{path}", data=data, method="POST" if data is not None else "GET"
+        )
+        if self.credentials:
+            user, password = next(iter(self.credentials.items()))
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        return request
+
     def get(self, path: str) -> object:
-        with urllib.request.urlopen(f"{self.rest}{path}", timeout=30) as response:
+        with urllib.request.urlopen(self._request(path), timeout=30) as response:
             return json.loads(response.read())
+
+    def get_bytes(self, path: str) -> bytes:
+        with urllib.request.urlopen(self._request(path), timeout=30) as response:
+            return bytes(response.read())
 
     def upload(self, path: Path) -> bool:
         """POST one file to /instances; False when Orthanc refuses it (not DICOM, say)."""
-        request = urllib.request.Request(
-            f"{self.rest}/instances", data=path.read_bytes(), method="POST"
-        )
+        request = self._request("/instances", path.read_bytes())
         try:
             with urllib.request.urlopen(request, timeout=60):
                 return True
@@ -85,17 +105,22 @@ def running_orthanc(
     calling_aets: dict[str, int] | None = None,
     tls: OrthancTls | None = None,
     dicom_port: int | None = None,
+    dicomweb: bool = False,
+    http_port: int | None = None,
+    credentials: dict[str, str] | None = None,
 ) -> Iterator[Orthanc]:
     """Start Orthanc in ``workdir`` and stop it afterwards.
 
     Starting again in the same ``workdir`` (with the same ``dicom_port``) reopens
-    the same storage and index, as a restarted PACS would.
+    the same storage and index, as a restarted PACS would. With ``dicomweb`` the
+    DICOMweb plugin serves ``/dicom-web``; ``credentials`` (user → password)
+    turns HTTP basic authentication on.
     """
     binary = orthanc_binary()
     if binary is None:
         raise FileNotFoundError("Orthanc is not installed")
     workdir.mkdir(parents=True, exist_ok=True)
-    dicom_port, http_port = dicom_port or free_port(), free_port()
+    dicom_port, http_port = dicom_port or free_port(), http_port or free_port()
     modalities = {
         name.lower(): [name, "127.0.0.1", port]
         for name, port in (calling_aets or {"DICOMFLOW": 11112}).items()
@@ -108,7 +133,8 @@ def running_orthanc(
         "DicomPort": dicom_port,
         "DicomAet": ORTHANC_AET,
         "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
+        "AuthenticationEnabled": bool(credentials),
+        "RegisteredUsers": credentials or {},
         "DicomCheckCalledAet": True,
         "DicomAlwaysAllowEcho": True,
         "DicomAlwaysAllowFind": True,
@@ -116,7 +142,8 @@ def running_orthanc(
         "DicomAlwaysAllowMove": True,
         "DicomAlwaysAllowStore": True,
         "DicomModalities": modalities,
-        "Plugins": [],
+        "Plugins": [str(DICOMWEB_PLUGIN)] if dicomweb else [],
+        "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/"},
         "StableAge": 1,
     }
     if tls is not None:
@@ -136,7 +163,7 @@ def running_orthanc(
         [binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=workdir
     )
     try:
-        server = Orthanc(dicom_port, http_port, process=process)
+        server = Orthanc(dicom_port, http_port, process=process, credentials=credentials)
         deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None:

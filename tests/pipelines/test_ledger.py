@@ -115,3 +115,33 @@ def test_an_anonymized_series_that_grows_is_deidentified_again_whole(
     assert series.num_rows == 1 and series.column("frames").to_pylist() == [6]
     uids = _sop_uids(lake)
     assert len(uids) == len(set(uids)) == 6 and all(u.startswith("2.25.") for u in uids)
+
+
+def test_a_changed_input_replaces_its_old_row_without_duplicates(
+    tmp_path: Path, client: object
+) -> None:
+    """A file rewritten in place (new size and time, same name) supersedes its old row, in a
+    series and as a loose input, and the other inputs of its old partition stay once."""
+    import pydicom
+
+    src = tmp_path / "src"
+    paths = write_ct_series(src, 6, per_series=6, rows=16, cols=16)
+    for name in ("rtplan.dcm", "MR_small.dcm"):  # loose: no pixels, or a one-slice series
+        shutil.copy(PYDICOM_TEST_FILES / name, src / name)
+    lake = tmp_path / "lake"
+    for pixels in (False, True):
+        out = lake / str(pixels)
+        first = ingest([str(src)], out=str(out), pixels=pixels, client=client)
+        assert first.rows == 8
+        for path in (paths[2], src / "rtplan.dcm"):
+            ds = pydicom.dcmread(path)
+            ds.StudyDescription = f"edited {pixels}"
+            ds.save_as(path)
+        again = ingest([str(src)], out=str(out), pixels=pixels, client=client)
+        assert again.accounted and again.errors == 0
+        table = read_lake(str(out)).instances(columns=["SOPInstanceUID", "StudyDescription"])
+        uids = table.column(0).to_pylist()
+        assert len(uids) == len(set(uids)) == 8, pixels
+        edited = {pydicom.dcmread(p).SOPInstanceUID for p in (paths[2], src / "rtplan.dcm")}
+        descriptions = dict(zip(uids, table.column(1).to_pylist(), strict=True))
+        assert {descriptions[u] for u in edited} == {f"edited {pixels}"}

@@ -14,7 +14,6 @@ import logging
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
@@ -22,25 +21,11 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
 from dicomflow.connectors.dimse.association import DimseError, associate
+from dicomflow.connectors.outcomes import StoreOutcome
 from dicomflow.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 MAX_CONTEXTS = 128
-
-
-@dataclass(frozen=True)
-class StoreOutcome:
-    """What happened to one file: the DIMSE status, or a PHI-free reason it was not sent."""
-
-    path: str
-    status: int | None
-    message: str = ""
-    sop_class_uid: str = ""
-    sop_instance_uid: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status is not None and (self.status == 0 or self.status >> 12 == 0xB)
 
 
 def _identity(path: Path) -> tuple[str, str, str]:

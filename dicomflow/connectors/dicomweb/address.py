@@ -1,0 +1,129 @@
+"""``dicomweb+http(s)://host[:port]/root`` addresses, their options, and the HTTP client.
+
+Credentials never live in the URL: a password or a bearer token is read from the
+environment variable named in the options when the client is built, and never
+appears in a repr, a log line or an error message. TLS uses the system trust
+store, or ``tls_ca``; ``tls_cert``/``tls_key`` present a client certificate.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import requests
+from dicomweb_client.api import DICOMwebClient
+
+from dicomflow.errors import ConfigError, SourceError
+
+SCHEMES = {"dicomweb+http": "http", "dicomweb+https": "https"}
+
+
+class DicomwebError(SourceError):
+    """A DICOMweb request failed (unreachable, refused, timed out, or a bad answer)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @classmethod
+    def wrap(cls, action: str, exc: BaseException) -> DicomwebError:
+        """A PHI-free error for ``exc`` raised while doing ``action``."""
+        if isinstance(exc, DicomwebError):
+            return exc
+        status = None
+        response = getattr(exc, "response", None)
+        if response is not None:
+            status = int(response.status_code)
+            return cls(f"{action}: HTTP {status}", status=status)
+        return cls(f"{action}: {type(exc).__name__}")
+
+
+@dataclass(frozen=True)
+class DicomwebAddress:
+    """Where a DICOMweb service lives: its base URL (scheme, host, port and root path)."""
+
+    base_url: str
+
+    @classmethod
+    def parse(cls, url: str) -> DicomwebAddress:
+        parts = urlsplit(url)
+        if parts.scheme not in SCHEMES or not parts.hostname:
+            raise ConfigError("a DICOMweb address looks like dicomweb+https://host[:port]/root")
+        if parts.username is not None or parts.password is not None or parts.query:
+            raise ConfigError(
+                "put credentials in options (username/password_env or token_env), never in the URL"
+            )
+        try:
+            port = parts.port
+        except ValueError:
+            raise ConfigError("the DICOMweb address has an invalid port") from None
+        host = f"{parts.hostname}:{port}" if port else parts.hostname
+        return cls(f"{SCHEMES[parts.scheme]}://{host}{parts.path.rstrip('/')}")
+
+    def __str__(self) -> str:
+        return f"dicomweb+{self.base_url}"
+
+
+@dataclass(frozen=True)
+class DicomwebOptions:
+    """How to talk to the service: timeouts, retries, TLS and credentials (by env
+    variable name).
+
+    A request that fails to connect or gets 408/429/503/504 is tried ``attempts``
+    times in all, with exponential backoff from ``backoff_seconds`` (dicomweb-client's
+    own retry logic).
+    """
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 120.0
+    attempts: int = 4
+    backoff_seconds: float = 0.5
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    username: str | None = None
+    password_env: str | None = None
+    token_env: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.backoff_seconds < 0:
+            raise ConfigError("attempts must be at least 1 and backoff_seconds not negative")
+        if self.password_env and self.token_env:
+            raise ConfigError("give a password (username + password_env) or a token, not both")
+        if self.password_env and not self.username:
+            raise ConfigError("password_env needs a username")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("a client certificate needs both tls_cert and tls_key")
+
+
+def _secret(variable: str) -> str:
+    value = os.environ.get(variable)
+    if not value:
+        raise ConfigError(f"the environment variable {variable} is not set")
+    return value
+
+
+def open_client(address: DicomwebAddress, options: DicomwebOptions) -> DICOMwebClient:
+    """A dicomweb-client for ``address``, with the session configured from ``options``."""
+    session = requests.Session()
+    if options.tls_ca:
+        session.verify = options.tls_ca
+    if options.tls_cert and options.tls_key:
+        session.cert = (options.tls_cert, options.tls_key)
+    if options.username and options.password_env:
+        session.auth = (options.username, _secret(options.password_env))
+    if options.token_env:
+        session.headers["Authorization"] = f"Bearer {_secret(options.token_env)}"
+    client = DICOMwebClient(
+        address.base_url,
+        session=session,
+        timeout=(options.connect_timeout, options.read_timeout),
+    )
+    client.set_http_retry_params(
+        retry=True,
+        max_attempts=options.attempts,
+        wait_exponential_multiplier=int(options.backoff_seconds * 500),  # waits 2**n × this
+    )
+    return client

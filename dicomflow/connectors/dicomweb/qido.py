@@ -1,0 +1,72 @@
+"""QIDO-RS: what a query names on a DICOMweb server, down to the instance.
+
+A query is the same ``{keyword: value}`` mapping the DIMSE source takes: a
+backslash-separated UID list becomes QIDO's comma-separated list, a date range
+stays ``from-to``. Results are paged until the server has none left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.datadict import tag_for_keyword
+
+from dicomflow.connectors.dicomweb.address import (
+    DicomwebAddress,
+    DicomwebError,
+    DicomwebOptions,
+    open_client,
+)
+from dicomflow.errors import ConfigError
+
+RETURN_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+
+
+@dataclass(frozen=True)
+class FoundInstance:
+    """One instance a QIDO search returned."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+
+
+def search_filters(query: Mapping[str, str]) -> dict[str, str]:
+    """The QIDO-RS query parameters for a keyword query (keywords are checked)."""
+    filters = {}
+    for keyword, value in query.items():
+        if tag_for_keyword(keyword) is None:
+            raise ConfigError(f"unknown query keyword {keyword!r}")
+        filters[keyword] = ",".join(v for v in value.split("\\")) if "\\" in value else value
+    return filters
+
+
+def _first(item: Mapping[str, Any], keyword: str) -> str:
+    tag = tag_for_keyword(keyword)
+    element = item.get(f"{tag:08X}") if tag is not None else None
+    values = (element or {}).get("Value") or [""]
+    return str(values[0])
+
+
+def search_instances(
+    address: DicomwebAddress, query: Mapping[str, str], options: DicomwebOptions
+) -> list[FoundInstance]:
+    """Every instance matching ``query``; raises :class:`DicomwebError` on failure."""
+    filters = search_filters(query)
+    try:
+        found = open_client(address, options).search_for_instances(
+            search_filters=filters, fields=list(RETURN_KEYS), get_remaining=True
+        )
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise DicomwebError.wrap("QIDO-RS search", exc) from None
+    instances = []
+    for item in found:
+        row = FoundInstance(*(_first(item, k) for k in RETURN_KEYS))
+        if row.study_uid and row.series_uid and row.sop_uid:
+            instances.append(row)
+    return instances
