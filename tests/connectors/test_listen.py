@@ -88,3 +88,60 @@ def test_listen_ingests_pushed_instances_and_refuses_strangers(tmp_path: Path) -
     lake = dicomflow.read_lake(str(out))
     assert lake.instances().num_rows == 3
     assert not list((out / "_received" / "incoming").glob("*.dcm"))
+
+
+def test_a_listen_spec_serves_tls_and_refuses_plaintext(tmp_path: Path) -> None:
+    """``dicomflow run`` on a spec whose source is ``listen`` with TLS: storescu over
+    mutual TLS is ingested, a plaintext association is refused."""
+    import trustme
+    import yaml
+
+    require(shutil.which("storescu") is not None, "DCMTK's storescu (Debian package dcmtk)")
+    ca = trustme.CA()
+    pem = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key", "ccert", "ckey")}
+    ca.cert_pem.write_to_path(str(pem["ca"]))
+    server, caller = ca.issue_cert("127.0.0.1"), ca.issue_cert("modality")
+    server.cert_chain_pems[0].write_to_path(str(pem["cert"]))
+    server.private_key_pem.write_to_path(str(pem["key"]))
+    caller.cert_chain_pems[0].write_to_path(str(pem["ccert"]))
+    caller.private_key_pem.write_to_path(str(pem["ckey"]))
+    port, out = free_port(), tmp_path / "lake"
+    spec = {
+        "name": "listen-tls",
+        "source": {
+            "kind": "listen",
+            "ae_title": "DICOMFLOW",
+            "port": port,
+            "batch_seconds": 1,
+            "tls_ca": str(pem["ca"]),
+            "tls_cert": str(pem["cert"]),
+            "tls_key": str(pem["key"]),
+        },
+        "sinks": [{"kind": "lake", "path": str(out)}],
+        "cluster": {"workers": 1},
+    }
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dicomflow", "run", str(tmp_path / "spec.yaml")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    paths = [str(PYDICOM_TEST_FILES / n) for n in FILES]
+    try:
+        _wait_for_port(port)
+        tls = ["+tls", str(pem["ckey"]), str(pem["ccert"]), "+cf", str(pem["ca"])]
+        sent = subprocess.run(
+            ["storescu", *tls, "-aec", "DICOMFLOW", "127.0.0.1", str(port), *paths],
+            capture_output=True,
+            timeout=60,
+        )
+        assert sent.returncode == 0, sent.stderr
+        plain = _storescu(port, "MODALITY", [PYDICOM_TEST_FILES / "CT_small.dcm"])
+        assert plain.returncode != 0
+        time.sleep(3)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert dicomflow.read_lake(str(out)).instances().num_rows == len(FILES)
