@@ -142,6 +142,6 @@ def test_a_listen_spec_serves_tls_and_refuses_plaintext(tmp_path: Path) -> None:
         time.sleep(3)
     finally:
         process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=120)
+        _, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
     assert dicomflow.read_lake(str(out)).instances().num_rows == len(FILES)
