@@ -38,7 +38,10 @@ class LakeLayout:
             object.__setattr__(self, "root", str(Path(self.root).absolute()))
 
     def filesystem(self) -> tuple[Any, str]:
+        """The lake's filesystem and root path. Listings cached by an earlier call are
+        dropped: other processes (workers, other runs) write to the lake too."""
         fs, path = url_to_fs(self.root, **self.storage_options)
+        fs.invalidate_cache()
         return fs, path.rstrip("/")
 
     def table_dir(self, table: str) -> str:

@@ -3,9 +3,15 @@
 Layout: ``<lake>/pixels.zarr/<StudyInstanceUID>/<SeriesInstanceUID>/<stack>/`` is a
 Zarr v3 group holding the OME ``multiscales`` metadata and one array ``0``
 shaped (frames, rows, cols[, samples]), chunked per frame, compressed with
-Blosc-LZ4. The group is built in a hidden temporary directory (workers may
-fill disjoint frame ranges of it in parallel) and renamed into place, so
-readers never see a half-written stack.
+Blosc-LZ4. In a local lake the group is built in a hidden temporary directory
+(workers may fill disjoint frame ranges of it in parallel) and renamed into
+place, so readers never see a half-written stack.
+
+Object stores (``s3://``, ``gs://``, ``az://``, ``memory://``) have no rename. There
+a stack is written straight to its final prefix, after any previous version is
+deleted, and its attributes (affine, UIDs, OME metadata) are written last, by the
+commit; the ledger entry that follows is what makes it part of the lake. A stack
+being replaced is therefore briefly absent from a bucket lake, never mixed.
 """
 
 from __future__ import annotations
@@ -51,27 +57,49 @@ class StackLocation:
         )
 
 
+def is_local(layout: LakeLayout) -> bool:
+    """True when the lake is a local directory (renames are atomic there)."""
+    fs, _ = layout.filesystem()
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return bool({"file", "local"} & set(protocols))
+
+
 def _local_root(layout: LakeLayout) -> Path:
-    fs, root = layout.filesystem()
-    if fs.protocol not in ("file", "local") and "file" not in fs.protocol:
-        raise SinkError("pixel output currently needs a local lake directory")
+    _, root = layout.filesystem()
     return Path(root)
 
 
-def _ensure_groups(root: Path, location: StackLocation) -> None:
+def _url(layout: LakeLayout, relative: str) -> str:
+    """The fsspec URL of ``relative`` (a path under the lake root)."""
+    fs, root = layout.filesystem()
+    return str(fs.unstrip_protocol(f"{root}/{relative}"))
+
+
+def open_stack_group(layout: LakeLayout, location: str, mode: Any = "r") -> zarr.Group:
+    """The Zarr group at ``location``: a path under the lake root, or the absolute path
+    or URL :func:`create_temporary_stack` returned."""
+    if is_local(layout):
+        path = location if location.startswith("/") else str(_local_root(layout) / location)
+        return zarr.open_group(path, mode=mode, zarr_format=3)
+    url = location if "://" in location else _url(layout, location)
+    return zarr.open_group(url, mode=mode, zarr_format=3, storage_options=layout.storage_options)
+
+
+def _ensure_groups(layout: LakeLayout, location: StackLocation) -> None:
     """Make the study and series levels Zarr groups too, so the hierarchy is navigable."""
-    path = root / PIXELS_ROOT
+    fs, root = layout.filesystem()
+    path = PIXELS_ROOT
     for part in (
         None,
         safe_uid_component(location.study_uid),
         safe_uid_component(location.series_uid),
     ):
         if part is not None:
-            path = path / part
-        if not (path / "zarr.json").exists():
+            path = f"{path}/{part}"
+        if not fs.exists(f"{root}/{path}/zarr.json"):
             # another worker may make it between our check and our call
             with contextlib.suppress(zarr.errors.ContainsGroupError):
-                zarr.open_group(str(path), mode="a", zarr_format=3)
+                open_stack_group(layout, path, mode="a")
 
 
 def create_temporary_stack(
@@ -90,14 +118,16 @@ def create_temporary_stack(
     name is fixed for the run, so a plan recomputed after a worker died
     replaces its predecessor's half-written temporary instead of leaving it.
     """
-    root = _local_root(layout)
-    final = root / location.relative_path
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _ensure_groups(root, location)
-    token = hashlib.sha256(run_id.encode()).hexdigest()[:16] if run_id else uuid.uuid4().hex
-    temporary = final.parent / f".{final.name}.{token}.tmp"
+    _ensure_groups(layout, location)
+    if is_local(layout):
+        final = _local_root(layout) / location.relative_path
+        token = hashlib.sha256(run_id.encode()).hexdigest()[:16] if run_id else uuid.uuid4().hex
+        temporary = str(final.parent / f".{final.name}.{token}.tmp")
+    else:  # no rename: write in place, the previous version removed first
+        temporary = _url(layout, location.relative_path)
+        discard_stack(temporary, layout)
     try:
-        group = zarr.open_group(str(temporary), mode="w", zarr_format=3)
+        group = open_stack_group(layout, temporary, mode="w")
         group.create_array(
             "0",
             shape=shape,
@@ -108,9 +138,9 @@ def create_temporary_stack(
             dimension_names=["z", "y", "x", "c"][: len(shape)],
         )
     except OSError as exc:
-        shutil.rmtree(temporary, ignore_errors=True)
+        discard_stack(temporary, layout)
         raise SinkError(f"cannot create a pixel stack ({type(exc).__name__})") from exc
-    return str(temporary)
+    return temporary
 
 
 COMPRESSOR = {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"}
@@ -130,10 +160,11 @@ class FrameWriter:
     value. Other chunkings go through zarr's own API.
     """
 
-    def __init__(self, temporary: str) -> None:
-        self.array = open_temporary_array(temporary)
+    def __init__(self, temporary: str, layout: LakeLayout) -> None:
+        self.array = open_temporary_array(temporary, layout)
         self.direct = self.array.chunks[0] == 1
-        self.root = Path(temporary) / "0" / "c"
+        self.fs = None if is_local(layout) else layout.filesystem()[0]
+        self.root = f"{temporary}/0/c"
         self.tail = "/".join("0" for _ in self.array.shape[1:])
         self.codec = numcodecs.Blosc(
             cname=COMPRESSOR["cname"],
@@ -149,14 +180,20 @@ class FrameWriter:
         for offset, frame in enumerate(frames):
             if not frame.any():
                 continue
-            chunk = self.root / str(start + offset) / self.tail
+            data = self.codec.encode(np.ascontiguousarray(frame))
+            key = f"{self.root}/{start + offset}/{self.tail}"
+            if self.fs is not None:
+                self.fs.pipe_file(key, data)
+                continue
+            chunk = Path(key)
             chunk.parent.mkdir(parents=True, exist_ok=True)
-            chunk.write_bytes(self.codec.encode(np.ascontiguousarray(frame)))
+            chunk.write_bytes(data)
 
 
-def open_temporary_array(temporary: str) -> zarr.Array:
-    """The array of a stack being written (from any worker on the same filesystem)."""
-    array = zarr.open_array(str(Path(temporary) / "0"), mode="r+")
+def open_temporary_array(temporary: str, layout: LakeLayout) -> zarr.Array:
+    """The array of a stack being written (from any worker that sees the lake)."""
+    array = open_stack_group(layout, temporary, mode="r+")["0"]
+    assert isinstance(array, zarr.Array)
     return array
 
 
@@ -175,8 +212,16 @@ def commit_stack(
     its temporary gone and the final stack stamped with that temporary's name,
     and does nothing.
     """
-    root = _local_root(layout)
-    final = root / location.relative_path
+    attributes_of = _stack_attributes
+    if not is_local(layout):  # written in place: the attributes are the commit
+        try:
+            group = open_stack_group(layout, temporary, mode="r+")
+            shape = open_temporary_array(temporary, layout).shape
+            group.attrs.update(attributes_of(attributes, spacing, affine, shape))
+        except (OSError, zarr.errors.GroupNotFoundError) as exc:
+            raise SinkError(f"cannot commit a pixel stack ({type(exc).__name__})") from exc
+        return
+    final = _local_root(layout) / location.relative_path
     staged = Path(temporary)
     if not staged.exists() and final.exists():
         shape = tuple(zarr.open_array(str(final / "0"), mode="r").shape)
@@ -186,8 +231,8 @@ def commit_stack(
             return  # this very stack was committed already (a retried commit)
     try:
         group = zarr.open_group(str(staged), mode="r+")
-        shape = open_temporary_array(temporary).shape
-        group.attrs.update(_stack_attributes(attributes, spacing, affine, shape))
+        shape = open_temporary_array(temporary, layout).shape
+        group.attrs.update(attributes_of(attributes, spacing, affine, shape))
         if final.exists():
             # ``.tmp`` at the end: the next run sweeps it if we die before the rmtree
             trash = final.parent / f".{final.name}.{uuid.uuid4().hex}.old.tmp"
@@ -229,5 +274,12 @@ def _stored_attributes(final: Path) -> Any:
         return None
 
 
-def discard_stack(temporary: str) -> None:
-    shutil.rmtree(temporary, ignore_errors=True)
+def discard_stack(temporary: str, layout: LakeLayout) -> None:
+    """Remove a stack being written (and, in a bucket lake, whatever was at its place)."""
+    if is_local(layout):
+        shutil.rmtree(temporary, ignore_errors=True)
+        return
+    fs, _ = layout.filesystem()
+    path = fs._strip_protocol(temporary)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)

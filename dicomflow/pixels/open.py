@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,6 +9,7 @@ import pyarrow.compute as pc
 
 from dicomflow.errors import ConfigError
 from dicomflow.lake.reader import Lake
+from dicomflow.lake.zarr_store import open_stack_group
 
 
 def _stack_row(lake: Lake, series_uid: str, stack: str | None) -> dict[str, Any]:
@@ -33,8 +33,7 @@ def open_stack(
     import zarr
 
     row = _stack_row(lake, series_uid, stack)
-    _, root = lake.layout.filesystem()
-    group = zarr.open_group(str(Path(root) / row["zarr_path"]), mode="r")
+    group = open_stack_group(lake.layout, row["zarr_path"])
     array = group["0"]
     assert isinstance(array, zarr.Array)
     affine = np.asarray(group.attrs["affine"], float)

@@ -144,7 +144,7 @@ def plan_series(batch: Batch, options: PixelOptions) -> SeriesPlan:
                     frames_per_chunk=options.frames_per_chunk,
                     run_id=batch.context.run_id,
                 )
-                open_temporary_array(stack_plan.temporary)[
+                open_temporary_array(stack_plan.temporary, options.layout)[
                     item.frame : item.frame + item.frames
                 ] = pixels.array
                 plan.outcomes[item.record] = None
@@ -165,7 +165,9 @@ def write_items(
             pixels = _decode(item, options)
             writer = writers.get(item.stack)
             if writer is None:
-                writer = writers[item.stack] = FrameWriter(work.temporaries[item.stack])
+                writer = writers[item.stack] = FrameWriter(
+                    work.temporaries[item.stack], options.layout
+                )
             _check_fits(pixels.array, writer.array)
             writer.write(item.frame, pixels.array)
             outcomes[item.record] = None
@@ -194,7 +196,7 @@ def commit_series(
         if stack_plan.temporary is None or stack_plan.reference is None:
             continue
         if not written:
-            discard_stack(stack_plan.temporary)
+            discard_stack(stack_plan.temporary, options.layout)
             continue
         uids = [i.sop_instance_uid or "" for i in stack_plan.stack.slices for _ in range(i.frames)]
         commit_stack(

@@ -34,8 +34,8 @@ def test_direct_chunks_are_the_bytes_zarr_writes(tmp_path: Path, kind: str, dtyp
     theirs = create_temporary_stack(
         layout, StackLocation("1.2", "1.2.3", "stack-1"), shape=shape, dtype=data.dtype
     )
-    FrameWriter(ours).write(0, data)
-    open_temporary_array(theirs)[:] = data
+    FrameWriter(ours, layout).write(0, data)
+    open_temporary_array(theirs, layout)[:] = data
     ours_chunks = {
         p.relative_to(ours): p.read_bytes() for p in Path(ours).rglob("c/**/*") if p.is_file()
     }
@@ -44,7 +44,7 @@ def test_direct_chunks_are_the_bytes_zarr_writes(tmp_path: Path, kind: str, dtyp
     }
     assert ours_chunks == theirs_chunks
     assert len(ours_chunks) == shape[0] - 1
-    assert np.array_equal(open_temporary_array(ours)[:], data)
+    assert np.array_equal(open_temporary_array(ours, layout)[:], data)
 
 
 def test_commit_moves_the_stack_into_place_atomically(tmp_path: Path) -> None:
@@ -52,7 +52,7 @@ def test_commit_moves_the_stack_into_place_atomically(tmp_path: Path) -> None:
     location = StackLocation("1.2", "1.2.3", "stack-0")
     for value in (1, 2):  # a rerun replaces the previous stack
         temporary = create_temporary_stack(layout, location, shape=(2, 4, 4), dtype=np.dtype("u1"))
-        FrameWriter(temporary).write(0, np.full((2, 4, 4), value, "u1"))
+        FrameWriter(temporary, layout).write(0, np.full((2, 4, 4), value, "u1"))
         commit_stack(
             temporary,
             layout,

@@ -124,6 +124,6 @@ def open_client(address: DicomwebAddress, options: DicomwebOptions) -> DICOMwebC
     client.set_http_retry_params(
         retry=True,
         max_attempts=options.attempts,
-        wait_exponential_multiplier=int(options.backoff_seconds * 500),  # waits 2**n × this
+        wait_exponential_multiplier=int(options.backoff_seconds * 500),  # waits 2**n times this
     )
     return client
