@@ -92,7 +92,7 @@ class DicomFiles:
 def remove_files(layout: LakeLayout, paths: list[str]) -> None:
     """Delete files of the lake (for example retrieved originals once de-identified)."""
     fs, root = layout.filesystem()
-    for path in paths:
+    for path in (fs._strip_protocol(p) for p in paths):
         if path.startswith(root + "/") and fs.exists(path):
             fs.rm(path)
 

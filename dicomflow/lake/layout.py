@@ -44,6 +44,18 @@ class LakeLayout:
         fs.invalidate_cache()
         return fs, path.rstrip("/")
 
+    def is_local(self) -> bool:
+        """True when the lake is a local directory (renames are atomic there)."""
+        fs, _ = self.filesystem()
+        protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+        return bool({"file", "local"} & set(protocols))
+
+    def url(self, path: str) -> str:
+        """``path`` (as :meth:`filesystem` paths are) as a URL any process can open; a
+        plain path for a local lake."""
+        fs, _ = self.filesystem()
+        return path if self.is_local() else str(fs.unstrip_protocol(path))
+
     def table_dir(self, table: str) -> str:
         if table not in TABLES:
             raise ConfigError(f"unknown lake table {table!r}")

@@ -58,10 +58,7 @@ class StackLocation:
 
 
 def is_local(layout: LakeLayout) -> bool:
-    """True when the lake is a local directory (renames are atomic there)."""
-    fs, _ = layout.filesystem()
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    return bool({"file", "local"} & set(protocols))
+    return layout.is_local()
 
 
 def _local_root(layout: LakeLayout) -> Path:

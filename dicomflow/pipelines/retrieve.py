@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from dask.delayed import delayed
@@ -34,21 +36,24 @@ from dicomflow.records import Batch, InstanceRecord, RunContext, SourceRef
 RETRIEVED = "_retrieved"
 
 
-def series_folder(layout: LakeLayout, request: SeriesRequest) -> Path:
+def series_folder(layout: LakeLayout, request: SeriesRequest) -> str:
+    """Where a series' retrieved files go in the lake (a path on the lake's filesystem)."""
     _, root = layout.filesystem()
-    return (
-        Path(root)
-        / RETRIEVED
-        / safe_uid_component(request.study_uid)
-        / safe_uid_component(request.series_uid)
-    )
+    study, series = (safe_uid_component(u) for u in (request.study_uid, request.series_uid))
+    return f"{root}/{RETRIEVED}/{study}/{series}"
 
 
-def arrived(layout: LakeLayout, request: SeriesRequest) -> dict[str, Path]:
-    """The instances of ``request`` already on disk (complete: each is renamed into place)."""
+def arrived(layout: LakeLayout, request: SeriesRequest) -> dict[str, str]:
+    """The instances of ``request`` already in the lake (complete: each was renamed or put
+    into place whole), as paths or URLs the ingest can read."""
+    fs, _ = layout.filesystem()
     folder = series_folder(layout, request)
-    paths = {uid: folder / f"{safe_uid_component(uid)}.dcm" for uid in request.instances}
-    return {uid: path for uid, path in paths.items() if path.exists()}
+    try:
+        present = {str(p).rstrip("/") for p in fs.ls(folder, detail=False)}
+    except FileNotFoundError:
+        return {}
+    paths = {uid: f"{folder}/{safe_uid_component(uid)}.dcm" for uid in request.instances}
+    return {uid: layout.url(path) for uid, path in paths.items() if path in present}
 
 
 def retrieve_series(
@@ -60,16 +65,47 @@ def retrieve_series(
     there (an earlier run was interrupted) and whatever the series-level fetch
     did not bring are asked for by SOP Instance UID, so nothing is fetched twice.
     """
-    folder = series_folder(layout, request)
     have = arrived(layout, request)
     if len(have) < len(request.instances):
-        with associations_limit(peer, max_associations)():
+        with associations_limit(peer, max_associations)(), _landing(layout, request) as land:
             if not have:
-                have.update(peer.fetch_series(request, folder))
+                have.update(land(peer.fetch_series(request, land.folder)))
             still = [uid for uid in request.instances if uid not in have]
             if still:
-                have.update(peer.fetch_instances(request, folder, still))
-    return {uid: str(path) for uid, path in have.items() if uid in request.instances}
+                have.update(land(peer.fetch_instances(request, land.folder, still)))
+    return {uid: path for uid, path in have.items() if uid in request.instances}
+
+
+class _Landing:
+    """Where a peer writes what it fetches, and how those files reach the lake: in place
+    for a local lake; through a local temporary folder, then one put per file, for a
+    bucket lake (a put is whole or absent, as a rename is)."""
+
+    def __init__(self, layout: LakeLayout, request: SeriesRequest, scratch: str | None) -> None:
+        self.layout = layout
+        self.target = series_folder(layout, request)
+        self.folder = Path(scratch or self.target)
+
+    def __call__(self, fetched: Mapping[str, Path]) -> dict[str, str]:
+        if self.layout.is_local():
+            return {uid: str(path) for uid, path in fetched.items()}
+        fs, _ = self.layout.filesystem()
+        landed = {}
+        for uid, path in fetched.items():
+            target = f"{self.target}/{Path(path).name}"
+            fs.put_file(str(path), target)
+            Path(path).unlink()
+            landed[uid] = self.layout.url(target)
+        return landed
+
+
+@contextmanager
+def _landing(layout: LakeLayout, request: SeriesRequest) -> Iterator[_Landing]:
+    if layout.is_local():
+        yield _Landing(layout, request, None)
+        return
+    with tempfile.TemporaryDirectory(prefix="dicomflow-retrieve-") as scratch:
+        yield _Landing(layout, request, scratch)
 
 
 def report_missing(
@@ -128,7 +164,7 @@ def retrieve(
         try:
             got = future.result()
         except Exception:  # failed midway (the peer went away): keep what arrived
-            got = {uid: str(path) for uid, path in arrived(layout, request).items()}
+            got = arrived(layout, request)
         paths.extend(got.values())
         missing.extend(uid for uid in request.instances if uid not in got)
     return sorted(paths), missing

@@ -165,3 +165,37 @@ def test_a_bucket_lake_with_pixels_equals_a_local_lake(
     assert len(_chunks(fs, "dicoms/lakes/pixels")) == 9  # one per frame, none stale
     everything = b"".join(fs.cat_file(k) for k in fs.find("dicoms/lakes/pixels"))
     assert SECRET.encode() not in everything
+
+
+def test_a_peer_retrieved_into_a_bucket_lake(
+    s3_options: dict, client: Client, tmp_path: Path
+) -> None:
+    """DICOMweb (Orthanc) → ``s3://`` lake: retrieved files land in the bucket (never in a
+    local folder named like the bucket), are ingested from there, and a rerun fetches
+    nothing again."""
+    from dicomflow.api import ingest, read_lake
+    from tests.peers.orthanc import orthanc_binary, running_orthanc
+
+    require(orthanc_binary() is not None, "Orthanc (Debian package orthanc)")
+    names = ["CT_small.dcm", "MR_small.dcm"]
+    bucket = "s3://dicoms/lakes/from-pacs"
+    fs = s3fs.S3FileSystem(**s3_options)
+    with running_orthanc(tmp_path / "pacs", dicomweb=True) as server:
+        for name in names:
+            assert server.upload(PYDICOM_TEST_FILES / name)
+        run = {"out": bucket, "storage_options": s3_options, "client": client, "progress": False}
+        first = ingest([server.dicomweb], query={"PatientID": "*"}, **run)
+        assert (first.rows, first.errors) == (2, 0)
+        retrieved = fs.find("dicoms/lakes/from-pacs/_retrieved")
+        stamps = {k: fs.info(k)["LastModified"] for k in retrieved}
+        again = ingest([server.dicomweb], query={"PatientID": "*"}, **run)
+    assert len(retrieved) == 2 and not Path("dicoms").exists()
+    assert (again.rows, again.skipped) == (0, 2)
+    fs.invalidate_cache()
+    assert {
+        k: fs.info(k)["LastModified"] for k in fs.find("dicoms/lakes/from-pacs/_retrieved")
+    } == (stamps)
+    lake = read_lake(bucket, storage_options=s3_options)
+    assert lake.series().num_rows == 2
+    expected = {str(pydicom.dcmread(PYDICOM_TEST_FILES / n).SOPInstanceUID) for n in names}
+    assert set(lake.instances(columns=["SOPInstanceUID"]).column(0).to_pylist()) == expected

@@ -2,7 +2,9 @@
 
 A query is the same ``{keyword: value}`` mapping the DIMSE source takes: a
 backslash-separated UID list becomes QIDO's comma-separated list, a date range
-stays ``from-to``. Results are paged until the server has none left.
+stays ``from-to``, and a universal match (``*`` or empty) is left out, as it
+matches everything anyway (some servers read a lone ``*`` literally). Results
+are paged until the server has none left.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ def search_filters(query: Mapping[str, str]) -> dict[str, str]:
     for keyword, value in query.items():
         if tag_for_keyword(keyword) is None:
             raise ConfigError(f"unknown query keyword {keyword!r}")
-        filters[keyword] = ",".join(v for v in value.split("\\")) if "\\" in value else value
+        if value.strip() in ("", "*"):
+            continue
+        filters[keyword] = ",".join(value.split("\\")) if "\\" in value else value
     return filters
 
 
