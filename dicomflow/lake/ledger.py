@@ -96,16 +96,22 @@ class Committed:
     by_identity: dict[str, str] = field(default_factory=dict)  # identity → partition
     by_name: dict[str, str] = field(default_factory=dict)  # name → partition
 
-    def holds(self, ref: SourceRef) -> bool:
-        return input_identity(ref) in self.by_identity
-
-    def stale(self, refs: Iterable[SourceRef]) -> set[str]:
-        """Partitions holding an older version of one of ``refs`` (changed since)."""
-        return {
+    def todo(self, refs: Sequence[SourceRef]) -> list[SourceRef]:
+        """The inputs of ``refs`` to process: those not committed, and those committed in
+        a partition that holds an older version of one of ``refs`` (so the new entries
+        cover, and supersede, that partition whole)."""
+        identities = [input_identity(ref) for ref in refs]
+        stale = {
             self.by_name[name]
-            for ref in refs
-            if not self.holds(ref) and (name := input_name(ref)) in self.by_name
+            for ref, identity in zip(refs, identities, strict=True)
+            if identity not in self.by_identity and (name := input_name(ref)) in self.by_name
         }
+        todo = []
+        for ref, identity in zip(refs, identities, strict=True):
+            partition = self.by_identity.get(identity)
+            if partition is None or partition in stale:
+                todo.append(ref)
+        return todo
 
 
 @dataclass(frozen=True)

@@ -57,10 +57,6 @@ class StackLocation:
         )
 
 
-def is_local(layout: LakeLayout) -> bool:
-    return layout.is_local()
-
-
 def _local_root(layout: LakeLayout) -> Path:
     _, root = layout.filesystem()
     return Path(root)
@@ -75,7 +71,7 @@ def _url(layout: LakeLayout, relative: str) -> str:
 def open_stack_group(layout: LakeLayout, location: str, mode: Any = "r") -> zarr.Group:
     """The Zarr group at ``location``: a path under the lake root, or the absolute path
     or URL :func:`create_temporary_stack` returned."""
-    if is_local(layout):
+    if layout.is_local():
         path = location if location.startswith("/") else str(_local_root(layout) / location)
         return zarr.open_group(path, mode=mode, zarr_format=3)
     url = location if "://" in location else _url(layout, location)
@@ -116,7 +112,7 @@ def create_temporary_stack(
     replaces its predecessor's half-written temporary instead of leaving it.
     """
     _ensure_groups(layout, location)
-    if is_local(layout):
+    if layout.is_local():
         final = _local_root(layout) / location.relative_path
         token = hashlib.sha256(run_id.encode()).hexdigest()[:16] if run_id else uuid.uuid4().hex
         temporary = str(final.parent / f".{final.name}.{token}.tmp")
@@ -160,7 +156,7 @@ class FrameWriter:
     def __init__(self, temporary: str, layout: LakeLayout) -> None:
         self.array = open_temporary_array(temporary, layout)
         self.direct = self.array.chunks[0] == 1
-        self.fs = None if is_local(layout) else layout.filesystem()[0]
+        self.fs = None if layout.is_local() else layout.filesystem()[0]
         self.root = f"{temporary}/0/c"
         self.tail = "/".join("0" for _ in self.array.shape[1:])
         self.codec = numcodecs.Blosc(
@@ -210,7 +206,7 @@ def commit_stack(
     and does nothing.
     """
     attributes_of = _stack_attributes
-    if not is_local(layout):  # written in place: the attributes are the commit
+    if not layout.is_local():  # written in place: the attributes are the commit
         try:
             group = open_stack_group(layout, temporary, mode="r+")
             shape = open_temporary_array(temporary, layout).shape
@@ -273,7 +269,7 @@ def _stored_attributes(final: Path) -> Any:
 
 def discard_stack(temporary: str, layout: LakeLayout) -> None:
     """Remove a stack being written (and, in a bucket lake, whatever was at its place)."""
-    if is_local(layout):
+    if layout.is_local():
         shutil.rmtree(temporary, ignore_errors=True)
         return
     fs, _ = layout.filesystem()

@@ -286,9 +286,9 @@ def pending_series(
 ) -> tuple[list[Sequence[SourceRef]], list[SourceRef], int]:
     """The series not fully committed (whole), the loose inputs not committed, and how
     many inputs are skipped: a series is done only when all of its instances are."""
-    todo_groups = [g for g in groups if pending(g, done)[0]]
-    todo_loose, skipped_loose = pending(loose, done)
-    skipped = skipped_loose + sum(len(g) for g in groups if not pending(g, done)[0])
+    todo_groups = [g for g in groups if done.todo(g)]
+    todo_loose, skipped = pending(loose, done)
+    skipped += sum(len(g) for g in groups) - sum(len(g) for g in todo_groups)
     return todo_groups, todo_loose, skipped
 
 

@@ -24,7 +24,7 @@ from distributed import Client, as_completed
 
 from dicomflow.connectors.files import Listing
 from dicomflow.errors import ErrorCode
-from dicomflow.lake.ledger import Committed, Ledger, input_identity
+from dicomflow.lake.ledger import Committed, Ledger
 from dicomflow.operators.base import Operator
 from dicomflow.pipelines.plan import Partition, PartitionPolicy, plan_partitions
 from dicomflow.pipelines.progress import Progress
@@ -206,10 +206,7 @@ def pending(refs: Sequence[SourceRef], done: Committed) -> tuple[list[SourceRef]
     partition with it, so the new entries cover (and supersede) that partition whole
     and no older row survives beside the new one.
     """
-    stale = done.stale(refs)
-    todo = [
-        ref for ref in refs if not done.holds(ref) or done.by_identity[input_identity(ref)] in stale
-    ]
+    todo = done.todo(refs)
     return todo, len(refs) - len(todo)
 
 

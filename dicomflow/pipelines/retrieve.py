@@ -84,10 +84,11 @@ class _Landing:
     def __init__(self, layout: LakeLayout, request: SeriesRequest, scratch: str | None) -> None:
         self.layout = layout
         self.target = series_folder(layout, request)
+        self.scratch = scratch
         self.folder = Path(scratch or self.target)
 
     def __call__(self, fetched: Mapping[str, Path]) -> dict[str, str]:
-        if self.layout.is_local():
+        if self.scratch is None:  # fetched in place
             return {uid: str(path) for uid, path in fetched.items()}
         fs, _ = self.layout.filesystem()
         landed = {}

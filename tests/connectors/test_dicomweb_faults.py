@@ -46,6 +46,7 @@ from dicomflow.connectors.dicomweb import DicomwebAddress, DicomwebError, Dicomw
 from dicomflow.connectors.dicomweb.qido import search_instances
 from dicomflow.connectors.dicomweb.stow import stow
 from dicomflow.errors import ConfigError
+from dicomflow.pipelines.pipeline import RunSummary
 from dicomflow.pipelines.retrieve import RETRIEVED
 from tests.conftest import PYDICOM_TEST_FILES, require
 from tests.peers.orthanc import (
@@ -67,6 +68,21 @@ UPLOADS = ("CT_small.dcm", "MR_small.dcm")
 
 def _uid(path: Path, keyword: str = "SOPInstanceUID") -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).get(keyword))
+
+
+def _ingest_without_pixels(
+    url: str, claimed: list[Claimed], lake: Path, client: Client
+) -> RunSummary:
+    """Ingest (metadata only) the study of ``claimed`` from the server at ``url``."""
+    return dicomflow.ingest(
+        [url],
+        out=str(lake),
+        pixels=False,
+        query={"StudyInstanceUID": claimed[0].study},
+        dicomweb=DicomwebOptions(connect_timeout=2, read_timeout=2, attempts=1),
+        client=client,
+        progress=False,
+    )
 
 
 def _workers(client: Client) -> int:
@@ -406,15 +422,7 @@ def test_truncated_wado_part_never_lands_as_a_complete_instance(
     claimed = _claimed()
     lake = tmp_path / "lake"
     with serving(Handler, claimed=claimed, wado="truncated") as server:
-        summary = dicomflow.ingest(
-            [server.url],
-            out=str(lake),
-            pixels=False,
-            query={"StudyInstanceUID": claimed[0].study},
-            dicomweb=DicomwebOptions(connect_timeout=2, read_timeout=2, attempts=1),
-            client=client,
-            progress=False,
-        )
+        summary = _ingest_without_pixels(server.url, claimed, lake, client)
     assert _workers(client) == 2
     assert summary.rows == 0 and summary.errors == len(claimed)
 
@@ -430,15 +438,7 @@ def test_series_level_failure_falls_back_to_instance_level(tmp_path: Path, clien
     claimed = _claimed()
     lake = tmp_path / "lake"
     with serving(Handler, claimed=claimed, wado="series-500") as server:
-        summary = dicomflow.ingest(
-            [server.url],
-            out=str(lake),
-            pixels=False,
-            query={"StudyInstanceUID": claimed[0].study},
-            dicomweb=DicomwebOptions(connect_timeout=2, read_timeout=2, attempts=1),
-            client=client,
-            progress=False,
-        )
+        summary = _ingest_without_pixels(server.url, claimed, lake, client)
     assert _workers(client) == 2
     assert summary.errors == 0 and summary.rows == len(claimed)
 

@@ -32,7 +32,6 @@ class DicomwebError(SourceError):
         """A PHI-free error for ``exc`` raised while doing ``action``."""
         if isinstance(exc, DicomwebError):
             return exc
-        status = None
         response = getattr(exc, "response", None)
         if response is not None:
             status = int(response.status_code)

@@ -44,7 +44,7 @@ def search_filters(query: Mapping[str, str]) -> dict[str, str]:
             raise ConfigError(f"unknown query keyword {keyword!r}")
         if value.strip() in ("", "*"):
             continue
-        filters[keyword] = ",".join(value.split("\\")) if "\\" in value else value
+        filters[keyword] = ",".join(value.split("\\"))
     return filters
 
 
