@@ -123,9 +123,11 @@ def _build_dimse_options(
     username: str | None,
     password_env: str | None,
 ) -> DimseOptions:
-    tls = TlsOptions(tls_ca, tls_cert, tls_key) if (tls_ca or tls_cert) else None
     return DimseOptions(
-        calling_ae=calling_ae, tls=tls, username=username, password_env=password_env
+        calling_ae=calling_ae,
+        tls=TlsOptions.from_files(tls_ca, tls_cert, tls_key),
+        username=username,
+        password_env=password_env,
     )
 
 

@@ -174,10 +174,9 @@ def run_spec(spec: PipelineSpec, *, progress: bool | None = None) -> RunSummary:
 
 
 def _dimse_options(peer: DimseSource | DimseSink) -> DimseOptions:
-    tls = TlsOptions(peer.tls_ca, peer.tls_cert, peer.tls_key) if peer.tls_ca else None
     return DimseOptions(
         calling_ae=peer.calling_ae,
-        tls=tls,
+        tls=TlsOptions.from_files(peer.tls_ca, peer.tls_cert, peer.tls_key),
         username=peer.username,
         password_env=peer.password_env,
     )

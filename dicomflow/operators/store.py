@@ -21,7 +21,7 @@ from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
 from dicomflow.connectors.dimse.association import DimseError
 from dicomflow.connectors.dimse.store import c_store
 from dicomflow.connectors.outcomes import StoreOutcome
-from dicomflow.errors import DicomflowError, ErrorCode
+from dicomflow.errors import ConfigError, DicomflowError, ErrorCode
 from dicomflow.operators.base import map_records
 from dicomflow.records import Batch, InstanceRecord
 
@@ -52,7 +52,8 @@ class Store:
         try:
             with self.limit() if self.limit is not None else nullcontext():
                 outcomes = {o.path: o for o in self._send(paths)}
-        except (DimseError, DicomwebError) as exc:
+        except (DimseError, DicomwebError, ConfigError) as exc:  # config: e.g. a secret's
+            # variable missing on this worker; the message names it
             message = f"not stored: {exc}"
             return map_records(batch, self.name, lambda r: _fail(message))
         return map_records(batch, self.name, lambda r: _check(r, outcomes))

@@ -134,16 +134,24 @@ class DicomwebPeer:
         )
 
     def fetch_series(self, request: SeriesRequest, folder: Path) -> dict[str, Path]:
+        """The series whole; {} when the server answers the series request with an HTTP
+        error (some serve instances only), so the instances are then asked for one by one."""
+        from dicomflow.connectors.dicomweb.address import DicomwebError
         from dicomflow.connectors.dicomweb.wado import retrieve_series
 
-        return retrieve_series(
-            self.address,
-            self.options,
-            request.study_uid,
-            request.series_uid,
-            folder,
-            request.instances.keys(),
-        )
+        try:
+            return retrieve_series(
+                self.address,
+                self.options,
+                request.study_uid,
+                request.series_uid,
+                folder,
+                request.instances.keys(),
+            )
+        except DicomwebError as exc:
+            if exc.status is None or exc.status in (401, 403):  # unreachable, or not allowed
+                raise
+            return {}
 
     def fetch_instances(
         self, request: SeriesRequest, folder: Path, uids: Collection[str]

@@ -25,7 +25,7 @@ from pathlib import Path
 from dask.delayed import delayed
 from distributed import Client
 
-from dicomflow.errors import ErrorCode
+from dicomflow.errors import ConfigError, ErrorCode
 from dicomflow.lake.layout import LakeLayout, safe_uid_component
 from dicomflow.pipelines.limits import associations_limit
 from dicomflow.pipelines.peers import Peer, SeriesRequest
@@ -164,6 +164,8 @@ def retrieve(
     for request, future in zip(requests, results, strict=True):
         try:
             got = future.result()
+        except ConfigError:  # e.g. a secret's variable missing on the workers: not the peer's
+            raise
         except Exception:  # failed midway (the peer went away): keep what arrived
             got = arrived(layout, request)
         paths.extend(got.values())

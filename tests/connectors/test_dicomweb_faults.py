@@ -4,10 +4,6 @@ The hostile peers are stdlib HTTP servers on loopback ports, run in threads of t
 test process; the credential tests use a real Orthanc with basic authentication.
 Nothing of dicomflow is mocked: every request goes through dicomweb-client and
 requests to a real socket.
-
-Tests marked ``xfail(strict=True)`` pin down faults found while writing this file
-(see each reason): they fail loudly (XPASS) once the fault is fixed, so the marker
-can be removed.
 """
 
 from __future__ import annotations
@@ -409,12 +405,6 @@ def test_wado_garbage_gives_one_not_retrieved_row_per_instance(
     assert _workers(client) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wado._save re-encodes whatever pydicom parsed: a part cut in half (PixelData "
-    "shorter than its length) is written as a complete, consistent file, and ingested as a "
-    "clean instance",
-)
 def test_truncated_wado_part_never_lands_as_a_complete_instance(
     tmp_path: Path, client: Client
 ) -> None:
@@ -427,12 +417,6 @@ def test_truncated_wado_part_never_lands_as_a_complete_instance(
     assert summary.rows == 0 and summary.errors == len(claimed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="retrieve_series only asks by SOP Instance UID for what a series-level fetch did "
-    "not bring when that fetch returned; when it raises (HTTP 500), the task fails and no "
-    "instance is asked for",
-)
 def test_series_level_failure_falls_back_to_instance_level(tmp_path: Path, client: Client) -> None:
     """A server that refuses series-level WADO-RS but serves each instance still delivers."""
     claimed = _claimed()
@@ -459,30 +443,14 @@ STRING_VALUE = {
         pytest.param(
             b"[1, 2, 3]",
             id="array-of-numbers",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AttributeError,
-                reason="qido.search_instances parses the answer outside its try: a non-object "
-                "item raises AttributeError, not DicomwebError",
-            ),
         ),
         pytest.param(
             b'[{"0020000D": "1.2.3", "0020000E": "1.2.4", "00080018": "1.2.5"}]',
             id="element-not-an-object",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AttributeError,
-                reason="qido._first calls .get on an element that is not a JSON object",
-            ),
         ),
         pytest.param(
             json.dumps([STRING_VALUE]).encode(),
             id="value-not-a-list",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="qido._first indexes a Value that is a string: the SOP Instance UID "
-                "silently becomes its first character, '1'",
-            ),
         ),
     ],
 )
@@ -496,11 +464,6 @@ def test_malformed_qido_answer_is_a_dicomweb_error(body: bytes) -> None:
         search_instances(DicomwebAddress.parse(server.url), {}, DicomwebOptions(attempts=1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dicomweb-client's get_remaining pages until an empty page: a server that ignores "
-    "offset is asked forever (capped here at 20 pages by the server itself)",
-)
 def test_qido_server_ignoring_offset_does_not_loop() -> None:
     """A QIDO server that ignores ``offset`` must not make the search page forever."""
     claimed = _claimed()
@@ -724,12 +687,6 @@ def test_ingest_with_credentials_leaks_the_password_nowhere(
             assert secret.encode() not in data, path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the password is read from the environment of the worker that opens the "
-    "connection; when only the client has the variable, every WADO-RS task fails with "
-    "ConfigError, which retrieve() swallows into not_retrieved rows without saying why",
-)
 def test_password_only_in_the_client_process_is_a_clear_error(
     secured: Orthanc, tmp_path: Path, client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -747,6 +704,32 @@ def test_password_only_in_the_client_process_is_a_clear_error(
             client=client,
             progress=False,
         )
+
+
+def test_send_password_missing_on_workers_names_the_variable_in_not_stored_rows(
+    secured: Orthanc, tmp_path: Path, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STOW-RS from workers without the password variable: every instance becomes a
+    ``not_stored`` row whose message names the variable (never its value), and the
+    ingest itself completes."""
+    client.run(_unset_env, PASSWORD_ENV)
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    paths = _stowed()
+    lake = tmp_path / "lake"
+    summary = dicomflow.ingest(
+        [str(p) for p in paths],
+        out=str(lake),
+        pixels=False,
+        send_to=secured.dicomweb,
+        send_options=DicomwebOptions(username="alice", password_env=PASSWORD_ENV, attempts=1),
+        client=client,
+        progress=False,
+    )
+    assert summary.error_codes == {"not_stored": len(paths)}
+    errors = dicomflow.read_lake(str(lake)).errors().to_pylist()
+    assert sorted(e["source"] for e in errors) == sorted(str(p) for p in paths)
+    assert all(PASSWORD_ENV in e["message"] for e in errors), errors[0]["message"]
+    assert not any(PASSWORD in e["message"] for e in errors)
 
 
 # --- 3. TLS ----------------------------------------------------------------------------------
@@ -894,8 +877,8 @@ def https_peer(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[H
 
 @pytest.fixture
 def no_ca_bundle_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override ``tls_ca`` (see the xfail
-    test below): without them, ``tls_ca`` is what decides."""
+    """requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override ``tls_ca`` (see
+    test_tls_ca_wins_over_requests_ca_bundle): without them, ``tls_ca`` is what decides."""
     for variable in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         monkeypatch.delenv(variable, raising=False)
 
@@ -913,11 +896,6 @@ def test_https_search_trusts_tls_ca_and_nothing_else(https_peer: HttpsPeer, pki:
     assert "CERTIFICATE_VERIFY_FAILED" in str(raised.value.__context__)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open_client sets session.verify, but requests gives REQUESTS_CA_BUNDLE / "
-    "CURL_CA_BUNDLE precedence over a session's verify (psf/requests#3829): tls_ca is ignored",
-)
 def test_tls_ca_wins_over_requests_ca_bundle(
     https_peer: HttpsPeer, pki: Pki, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -91,3 +91,29 @@ def test_server_not_signed_by_our_ca_is_refused(
     )
     with pytest.raises(DimseError):
         c_echo(DimseAddress.parse(tls_orthanc.url), options)
+
+
+@pytest.mark.parametrize(
+    ("ca", "cert", "key"),
+    [
+        (None, None, None),
+        ("ca.pem", None, None),
+        (None, "me.pem", "me.key"),
+        ("ca.pem", "me.pem", "me.key"),
+    ],
+)
+def test_cli_and_spec_map_tls_files_the_same_way(
+    ca: str | None, cert: str | None, key: str | None
+) -> None:
+    """A DIMSE peer with a certificate but no CA uses TLS from a spec exactly as from the CLI
+    (specs used to need ``tls_ca`` and silently went plaintext without it)."""
+    from dicomflow.cli import _build_dimse_options
+    from dicomflow.schemas.spec import DimseSink, DimseSource
+    from dicomflow.spec_runner import _dimse_options
+
+    cli = _build_dimse_options("DICOMFLOW", ca, cert, key, None, None)
+    files = {"tls_ca": ca, "tls_cert": cert, "tls_key": key}
+    source = DimseSource(url="dimse://PACS@127.0.0.1:104", query={"PatientID": "1"}, **files)
+    sink = DimseSink(url="dimse://PACS@127.0.0.1:104", **files)
+    assert _dimse_options(source).tls == _dimse_options(sink).tls == cli.tls
+    assert (cli.tls is None) == (ca is None and cert is None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -100,13 +101,28 @@ class DicomwebOptions:
 def _secret(variable: str) -> str:
     value = os.environ.get(variable)
     if not value:
-        raise ConfigError(f"the environment variable {variable} is not set")
+        raise ConfigError(
+            f"the environment variable {variable} is not set (every Dask worker needs it too)"
+        )
     return value
+
+
+class _Session(requests.Session):
+    """A session whose own ``verify`` (``tls_ca``) wins over REQUESTS_CA_BUNDLE and
+    CURL_CA_BUNDLE, which requests otherwise prefers (psf/requests#3829)."""
+
+    def merge_environment_settings(
+        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> dict[str, Any]:
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None and self.verify is not True:
+            settings["verify"] = self.verify
+        return settings
 
 
 def open_client(address: DicomwebAddress, options: DicomwebOptions) -> DICOMwebClient:
     """A dicomweb-client for ``address``, with the session configured from ``options``."""
-    session = requests.Session()
+    session = _Session()
     if options.tls_ca:
         session.verify = options.tls_ca
     if options.tls_cert and options.tls_key:

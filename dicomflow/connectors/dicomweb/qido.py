@@ -48,10 +48,15 @@ def search_filters(query: Mapping[str, str]) -> dict[str, str]:
     return filters
 
 
-def _first(item: Mapping[str, Any], keyword: str) -> str:
+def _first(item: Any, keyword: str) -> str:
+    """The first value of ``keyword`` in one DICOM JSON object; "" when absent or empty."""
+    if not isinstance(item, Mapping):
+        raise DicomwebError("QIDO-RS search: an answer item is not a DICOM JSON object")
     tag = tag_for_keyword(keyword)
-    element = item.get(f"{tag:08X}") if tag is not None else None
-    values = (element or {}).get("Value") or [""]
+    element = item.get(f"{tag:08X}", {}) if tag is not None else {}
+    if not isinstance(element, Mapping) or not isinstance(element.get("Value", []), list):
+        raise DicomwebError("QIDO-RS search: the answer holds a malformed DICOM JSON element")
+    values = element.get("Value") or [""]
     return str(values[0])
 
 
@@ -60,17 +65,22 @@ def search_instances(
 ) -> list[FoundInstance]:
     """Every instance matching ``query``; raises :class:`DicomwebError` on failure."""
     filters = search_filters(query)
-    try:
-        found = open_client(address, options).search_for_instances(
-            search_filters=filters, fields=list(RETURN_KEYS), get_remaining=True
-        )
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise DicomwebError.wrap("QIDO-RS search", exc) from None
-    instances = []
-    for item in found:
-        row = FoundInstance(*(_first(item, k) for k in RETURN_KEYS))
-        if row.study_uid and row.series_uid and row.sop_uid:
-            instances.append(row)
-    return instances
+    client = open_client(address, options)
+    seen: dict[FoundInstance, None] = {}  # ordered
+    offset = 0
+    while True:  # page by offset until a page is empty or brings nothing new
+        try:
+            page = client.search_for_instances(
+                search_filters=filters, fields=list(RETURN_KEYS), offset=offset
+            )
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise DicomwebError.wrap("QIDO-RS search", exc) from None
+        rows = [FoundInstance(*(_first(item, k) for k in RETURN_KEYS)) for item in page]
+        new = [row for row in rows if row not in seen]
+        if not new:
+            break
+        seen.update(dict.fromkeys(new))
+        offset += len(page)
+    return [row for row in seen if row.study_uid and row.series_uid and row.sop_uid]

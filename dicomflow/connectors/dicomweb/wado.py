@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterable
 from pathlib import Path
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from dicomflow.connectors.dicomweb.address import (
@@ -26,9 +27,22 @@ from dicomflow.lake.layout import safe_uid_component
 ANY_SYNTAX = (("application/dicom", "*"),)
 
 
+def _truncated(dataset: Dataset) -> bool:
+    """True when a value is shorter than its length said (the part was cut short): written
+    out again, it would look complete."""
+    raws = [dataset.get_item(tag) for tag in dataset.keys()]  # noqa: SIM118 (iterating converts)
+    return any(
+        isinstance(raw, RawDataElement)
+        and raw.value is not None
+        and raw.length != 0xFFFFFFFF
+        and len(raw.value) < raw.length
+        for raw in raws
+    )
+
+
 def _save(dataset: Dataset, folder: Path, wanted: Collection[str]) -> tuple[str, Path] | None:
     uid = str(dataset.get("SOPInstanceUID", ""))
-    if uid not in wanted:
+    if uid not in wanted or _truncated(dataset):
         return None
     target = folder / f"{safe_uid_component(uid)}.dcm"
     temporary = folder / f".{target.name}.{uuid.uuid4().hex}"

@@ -53,6 +53,16 @@ class TlsOptions:
     cert_file: str | None = None
     key_file: str | None = None
 
+    @classmethod
+    def from_files(
+        cls, ca_file: str | None, cert_file: str | None, key_file: str | None
+    ) -> TlsOptions | None:
+        """TLS when a CA or a certificate is named, else None: the one rule shared by the
+        CLI and pipeline specs."""
+        if not (ca_file or cert_file):
+            return None
+        return cls(ca_file, cert_file, key_file)
+
 
 @dataclass(frozen=True)
 class DimseOptions:
