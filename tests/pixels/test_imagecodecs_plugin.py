@@ -1,5 +1,5 @@
-"""The imagecodecs plugin gives arrays identical to pydicom's default decode (RLE, and
-single-sample JPEG baseline, extended and lossless)."""
+"""The imagecodecs plugin gives arrays identical to pydicom's default decode (RLE,
+single-sample JPEG baseline and lossless, JPEG 2000 and HTJ2K lossless and lossy)."""
 
 from __future__ import annotations
 
@@ -46,11 +46,23 @@ def _grayscale_jpeg_files() -> list[Path]:
     return found
 
 
+def _j2k_files() -> list[Path]:
+    syntaxes = {str(s) for s in imagecodecs_plugin.J2K_SYNTAXES}
+    files = [
+        CORPUS / r["relative_path"]
+        for r in corpus_manifest()
+        if r["transfer_syntax_uid"] in syntaxes
+    ]
+    return sorted(files) + sorted(PYDICOM_TEST_FILES.glob("*j2k*.dcm"))
+
+
 FILES = _rle_files()
 JPEG_FILES = _grayscale_jpeg_files()
+J2K_FILES = _j2k_files()
+EVERY = FILES + JPEG_FILES + J2K_FILES
 
 
-@pytest.mark.parametrize("path", FILES + JPEG_FILES, ids=[p.name for p in FILES + JPEG_FILES])
+@pytest.mark.parametrize("path", EVERY, ids=[p.name for p in EVERY])
 def test_identical_to_pydicoms_default(path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -82,6 +94,22 @@ def test_plugin_covers_grayscale_jpeg_of_every_process() -> None:
             for p in JPEG_FILES
         }
     assert {str(s) for s in imagecodecs_plugin.JPEG_SYNTAXES} <= syntaxes
+
+
+def test_plugin_covers_j2k_lossless_lossy_htj2k_and_colour() -> None:
+    """The identity test above sees JPEG 2000 lossless and lossy, all three HTJ2K syntaxes
+    present in the corpus, and colour (YBR_RCT/YBR_ICT/RGB) as well as grayscale."""
+    if not any(p.is_relative_to(CORPUS) for p in J2K_FILES):
+        pytest.skip("the shared corpus is not available")
+    rows = {r["relative_path"]: r for r in corpus_manifest()}
+    seen = [rows[str(p.relative_to(CORPUS))] for p in J2K_FILES if p.is_relative_to(CORPUS)]
+    syntaxes = {r["transfer_syntax_uid"] for r in seen}
+    assert {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"} <= syntaxes
+    assert {"1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"} <= (
+        syntaxes
+    )
+    colours = {r["photometric_interpretation"] for r in seen}
+    assert {"YBR_RCT", "YBR_ICT", "RGB", "MONOCHROME2"} <= colours
 
 
 def test_colour_jpeg_is_left_to_pydicom() -> None:
