@@ -36,11 +36,9 @@ DECODER_DEPENDENCIES = {
     syntax: ("numpy", "imagecodecs>=2024.6.1")
     for syntax in (uid.RLELossless, *JPEG_SYNTAXES, *J2K_SYNTAXES)
 }
-_CODECS: dict[str, tuple[str, ...]] = (
-    {uid.RLELossless: ("DICOMRLE",)}
-    | {str(s): ("JPEG8", "LJPEG") for s in JPEG_SYNTAXES}
-    | {str(s): ("JPEG2K",) for s in J2K_SYNTAXES}
-)
+_CODECS: dict[str, tuple[str, ...]] = {str(uid.RLELossless): ("DICOMRLE",)}
+_CODECS.update({str(s): ("JPEG8", "LJPEG") for s in JPEG_SYNTAXES})
+_CODECS.update({str(s): ("JPEG2K",) for s in J2K_SYNTAXES})
 
 
 def is_available(transfer_syntax: str) -> bool:
