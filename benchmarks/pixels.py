@@ -96,11 +96,12 @@ def baseline(paths: list[Path], out: Path) -> float:
 
 
 def stored_bytes(path: Path) -> int:
-    """Bytes of the chunk files (zarr v3 keeps them under ``c/``)."""
+    """Bytes of the chunk files (named ``c.<z>.0.0`` in dicomflow's stacks, kept under
+    ``c/`` by zarr's default key encoding)."""
     return sum(
         p.stat().st_size
         for p in path.rglob("*")
-        if p.is_file() and "c" in p.relative_to(path).parts
+        if p.is_file() and (p.name.startswith("c.") or "c" in p.relative_to(path).parts)
     )
 
 

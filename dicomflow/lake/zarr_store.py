@@ -29,6 +29,7 @@ import numcodecs
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.core.metadata import ArrayV3Metadata
 
 from dicomflow.errors import SinkError
 from dicomflow.lake.layout import LakeLayout, safe_uid_component
@@ -128,6 +129,9 @@ def create_temporary_stack(
             dtype=dtype,
             compressors=[_compressor()],
             fill_value=0,
+            # "c.7.0.0", not "c/7/0/0": one file per chunk and no directories, whose
+            # creation cost more than encoding the frame (two mkdirs per chunk)
+            chunk_key_encoding={"name": "default", "separator": "."},
             dimension_names=["z", "y", "x", "c"][: len(shape)],
         )
     except OSError as exc:
@@ -157,8 +161,11 @@ class FrameWriter:
         self.array = open_temporary_array(temporary, layout)
         self.direct = self.array.chunks[0] == 1
         self.fs = None if layout.is_local() else layout.filesystem()[0]
-        self.root = f"{temporary}/0/c"
-        self.tail = "/".join("0" for _ in self.array.shape[1:])
+        self.root = f"{temporary}/0"
+        metadata = self.array.metadata
+        assert isinstance(metadata, ArrayV3Metadata)  # stacks are always Zarr v3
+        self.keys = metadata.chunk_key_encoding
+        self.folders: set[Path] = set()  # chunk folders known to exist
         self.codec = numcodecs.Blosc(
             cname=COMPRESSOR["cname"],
             clevel=COMPRESSOR["clevel"],
@@ -174,12 +181,15 @@ class FrameWriter:
             if not frame.any():
                 continue
             data = self.codec.encode(np.ascontiguousarray(frame))
-            key = f"{self.root}/{start + offset}/{self.tail}"
+            position = (start + offset, *(0 for _ in self.array.shape[1:]))
+            key = f"{self.root}/{self.keys.encode_chunk_key(position)}"
             if self.fs is not None:
                 self.fs.pipe_file(key, data)
                 continue
             chunk = Path(key)
-            chunk.parent.mkdir(parents=True, exist_ok=True)
+            if chunk.parent not in self.folders:
+                chunk.parent.mkdir(parents=True, exist_ok=True)
+                self.folders.add(chunk.parent)
             chunk.write_bytes(data)
 
 
