@@ -2,14 +2,15 @@
 
 Two stages in one run. First every input's header is read, in partitions, to
 learn its series (a few hundred microseconds a file). Then each series becomes
-one task that reads the headers again, flattens them, assembles the stacks,
-decodes the pixels and writes Zarr, and commits the ``instances``, ``series``
-and ``errors`` parts of that series. Inputs with no series (errors, files
+a small graph: a few tasks read its headers again and flatten them, one plans
+the stacks, several decode the pixels and write Zarr, and one commits the
+``instances``, ``series`` and ``errors`` parts of that series. Inputs with no series (errors, files
 without a SeriesInstanceUID) are committed by ordinary scan partitions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -51,7 +52,7 @@ from dicomflow.pixels.series_writer import (
     plan_series,
     write_items,
 )
-from dicomflow.records import Batch, RunContext, SourceRef
+from dicomflow.records import Batch, InstanceRecord, RunContext, SourceRef
 
 SERIES_INSTANCE_UID = 0x0020000E
 
@@ -105,21 +106,40 @@ INSTANCES_PER_SHARE = 32
 MAX_SHARES = 16
 
 
-def prepare_series(
+ROWS_PER_TASK = 64
+
+
+@dataclass(frozen=True)
+class SeriesRows:
+    """A slice of a series' instances after the metadata operators, headers dropped (they
+    stay on the worker that read them; the flattened rows travel to the plan)."""
+
+    started: float
+    records: tuple[InstanceRecord, ...]
+
+
+def read_rows(
     source: FilesConnector,
-    partition: Partition,
+    refs: Sequence[SourceRef],
     context: RunContext,
-    options: PixelOptions,
     operators: Sequence[Operator] = (Flatten(),),
-) -> SeriesPlan:
-    """Task: read the series' headers, run the metadata operators (flatten first), then
-    plan and start its stacks."""
+) -> SeriesRows:
+    """Task: read part of a series' headers and run the metadata operators (flatten
+    first) on them. A series is read by several of these at once, so its plan does not
+    wait for one worker to read every header."""
     started = time.time()
-    batch = Batch(tuple(source.fetch(partition.refs)), context)
+    batch = Batch(tuple(source.fetch(refs)), context)
     for operator in operators:
         batch = operator(batch)
-    plan = plan_series(batch, options)
-    plan.started = started
+    return SeriesRows(started, tuple(dataclasses.replace(r, header=None) for r in batch.records))
+
+
+def plan_rows(
+    parts: Sequence[SeriesRows], context: RunContext, options: PixelOptions
+) -> SeriesPlan:
+    """Task: plan and start the series' stacks from its rows, in input order."""
+    plan = plan_series(Batch(tuple(r for part in parts for r in part.records), context), options)
+    plan.started = min((part.started for part in parts), default=time.time())
     return plan
 
 
@@ -144,15 +164,21 @@ def series_graph(
     sinks: Sequence[LakeSink],
     operators: Sequence[Operator] = (Flatten(),),
 ) -> Delayed:
-    """One series as plan → several decode-and-write shares → commit."""
+    """One series as header-reading shares → plan → decode-and-write shares → commit."""
     name = partition.name
-    plan = delayed(prepare_series, pure=True)(
-        source,
-        partition,
-        context,
-        options,
-        tuple(operators),
-        dask_key_name=task_key("plan", context, name),
+    refs = list(partition.refs)
+    rows = [
+        delayed(read_rows, pure=True)(
+            source,
+            refs[start : start + ROWS_PER_TASK],
+            context,
+            tuple(operators),
+            dask_key_name=task_key("rows", context, f"{name}-{start // ROWS_PER_TASK}"),
+        )
+        for start in range(0, len(refs), ROWS_PER_TASK)
+    ]
+    plan = delayed(plan_rows, pure=True)(
+        rows, context, options, dask_key_name=task_key("plan", context, name)
     )
     count = max(1, min(MAX_SHARES, math.ceil(len(partition.refs) / INSTANCES_PER_SHARE)))
     # Shares depend on the small work list, not on the plan (which holds every header
