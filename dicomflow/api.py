@@ -126,7 +126,11 @@ def ingest(
     urls = [sources] if isinstance(sources, str) else list(sources)
     after: tuple[Store, ...] = ()
     if send_to is not None:
-        after = (_store_to(send_to, send_options, dimse, dicomweb, max_associations),)
+        after = (
+            _store_to(
+                send_to, send_options, dimse, dicomweb, max_associations, storage_options or {}
+            ),
+        )
     peers = [peer_for(u, dimse, dicomweb) for u in urls if is_peer_url(u)]
     files = [u for u in urls if not is_peer_url(u)]
     if peers and not query:
@@ -176,6 +180,7 @@ def _store_to(
     dimse: DimseOptions | None,
     dicomweb: DicomwebOptions | None,
     max_associations: int,
+    storage_options: dict[str, Any],
 ) -> Store:
     """The ``store`` operator for ``send_to``: C-STORE to a DIMSE peer, else STOW-RS."""
     target: DimseAddress | DicomwebAddress
@@ -186,7 +191,9 @@ def _store_to(
         target = DicomwebAddress.parse(url)
         options = options if isinstance(options, DicomwebOptions) else dicomweb
         options = options or DicomwebOptions()
-    return Store(target, options, associations_limit(target, max_associations))
+    return Store(
+        target, options, associations_limit(target, max_associations), dict(storage_options)
+    )
 
 
 def open_series(

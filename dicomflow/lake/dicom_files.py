@@ -42,7 +42,8 @@ class DicomFiles:
         return f"{self.root()}/{parts[0]}/{parts[1]}/{safe_uid_component(sop_uid)}.dcm"
 
     def write(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> str:
-        """Write one file and return its path.
+        """Write one file and return where it is: a local path, or a URL any process
+        can open (``s3://…``) for a lake in a bucket.
 
         The same bytes at the same path are left as they are (a rerun). Different
         bytes under an existing SOP Instance UID (two inputs claiming one UID) are
@@ -60,7 +61,7 @@ class DicomFiles:
             fs.pipe_file(final, data)
         except OSError as exc:
             raise SinkError(f"cannot write a DICOM file: {type(exc).__name__}") from exc
-        return final
+        return self.layout.url(final)
 
     def _write_local(self, final: str, data: bytes) -> str:
         directory = Path(final).parent

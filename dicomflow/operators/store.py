@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,6 +20,7 @@ from dicomflow.connectors.dicomweb.stow import stow
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
 from dicomflow.connectors.dimse.association import DimseError
 from dicomflow.connectors.dimse.store import c_store
+from dicomflow.connectors.local_copies import local_copies
 from dicomflow.connectors.outcomes import StoreOutcome
 from dicomflow.errors import ConfigError, DicomflowError, ErrorCode
 from dicomflow.operators.base import map_records
@@ -32,29 +33,36 @@ class NotStoredError(DicomflowError):
 
 @dataclass(frozen=True)
 class Store:
-    """C-STORE (or STOW-RS, for a DICOMweb address) every record's file (a local path)
-    to ``address``.
+    """C-STORE (or STOW-RS, for a DICOMweb address) every record's file to ``address``.
 
-    ``limit``, when given, is called in the task to get a context manager that
-    holds one association slot (a cluster-wide semaphore in pipelines).
+    Files in a bucket are fetched to a temporary folder first (``storage_options``
+    reach them). ``limit``, when given, is called in the task to get a context
+    manager that holds one association slot (a cluster-wide semaphore in
+    pipelines); it is taken only once the files are local.
     """
 
     address: DimseAddress | DicomwebAddress
     options: DimseOptions | DicomwebOptions
     limit: Callable[[], AbstractContextManager[Any]] | None = None
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     name: ClassVar[str] = "store"
 
     def __call__(self, batch: Batch) -> Batch:
-        paths = [Path(r.ref.url) for r in batch.records if not r.failed]
-        if not paths:
+        urls = [r.ref.url for r in batch.records if not r.failed]
+        if not urls:
             return batch
         try:
-            with self.limit() if self.limit is not None else nullcontext():
-                outcomes = {o.path: o for o in self._send(paths)}
+            with local_copies(urls, self.storage_options) as local:
+                with self.limit() if self.limit is not None else nullcontext():
+                    sent = {o.path: o for o in self._send(list(local.values()))}
+                outcomes = {url: sent.get(str(path)) for url, path in local.items()}
         except (DimseError, DicomwebError, ConfigError) as exc:  # config: e.g. a secret's
             # variable missing on this worker; the message names it
             message = f"not stored: {exc}"
+            return map_records(batch, self.name, lambda r: _fail(message))
+        except OSError as exc:  # a file in a bucket could not be fetched
+            message = f"not stored: the file could not be read ({type(exc).__name__})"
             return map_records(batch, self.name, lambda r: _fail(message))
         return map_records(batch, self.name, lambda r: _check(r, outcomes))
 
@@ -70,8 +78,8 @@ def _fail(message: str) -> InstanceRecord:
     raise NotStoredError(message)
 
 
-def _check(record: InstanceRecord, outcomes: dict[str, StoreOutcome]) -> InstanceRecord:
-    outcome = outcomes.get(str(Path(record.ref.url)))
+def _check(record: InstanceRecord, outcomes: dict[str, StoreOutcome | None]) -> InstanceRecord:
+    outcome = outcomes.get(record.ref.url)
     if outcome is None or not outcome.ok:
         reason = outcome.message if outcome is not None else "not sent"
         raise NotStoredError(f"the peer did not store it ({reason})")

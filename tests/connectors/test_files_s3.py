@@ -199,3 +199,74 @@ def test_a_peer_retrieved_into_a_bucket_lake(
     assert lake.series().num_rows == 2
     expected = {str(pydicom.dcmread(PYDICOM_TEST_FILES / n).SOPInstanceUID) for n in names}
     assert set(lake.instances(columns=["SOPInstanceUID"]).column(0).to_pylist()) == expected
+
+
+def _orthanc_sop_uids(server: object) -> set[str]:
+    uids = set()
+    for instance in server.get("/instances"):  # type: ignore[attr-defined]
+        tags = server.get(f"/instances/{instance}/simplified-tags")  # type: ignore[attr-defined]
+        uids.add(tags["SOPInstanceUID"])
+    return uids
+
+
+def test_bucket_inputs_are_sent_to_a_pacs(s3_options: dict, client: Client, tmp_path: Path) -> None:
+    """``ingest s3://… --send dimse://…``: every DICOM object of the bucket reaches Orthanc
+    (fetched to a temporary folder for C-STORE), and no credential reaches an error row."""
+    import dicomflow
+    from tests.peers.orthanc import orthanc_binary, running_orthanc
+
+    require(orthanc_binary() is not None, "Orthanc (Debian package orthanc)")
+    dicoms = [n for n in FILES if n.endswith(".dcm")]
+    expected = {
+        str(pydicom.dcmread(PYDICOM_TEST_FILES / n, stop_before_pixels=True).SOPInstanceUID)
+        for n in dicoms
+    }
+    with running_orthanc(tmp_path / "pacs") as server:
+        summary = dicomflow.ingest(
+            ["s3://dicoms/data/"],
+            out=str(tmp_path / "lake"),
+            pixels=False,
+            storage_options=s3_options,
+            send_to=server.url,
+            client=client,
+            progress=False,
+        )
+        stored = _orthanc_sop_uids(server)
+    assert stored == expected
+    assert summary.rows == len(dicoms) and summary.error_codes == {"not_dicom": 1}
+    errors = dicomflow.read_lake(str(tmp_path / "lake")).errors().to_pylist()
+    assert SECRET not in repr(errors)
+
+
+def test_bucket_lake_anonymize_send_stores_only_deidentified_instances(
+    s3_options: dict, client: Client, tmp_path: Path
+) -> None:
+    """A bucket lake with ``--anonymize --dicom --send``: the de-identified files live in
+    the bucket, and exactly the lake's de-identified instances reach Orthanc."""
+    import dicomflow
+    from dicomflow.anonymize.keys import SecretKey
+    from dicomflow.api import AnonymizeSettings, deidentifier
+    from tests.peers.orthanc import orthanc_binary, running_orthanc
+
+    require(orthanc_binary() is not None, "Orthanc (Debian package orthanc)")
+    sources = [str(PYDICOM_TEST_FILES / n) for n in ("CT_small.dcm", "MR_small.dcm")]
+    originals = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in sources}
+    settings = AnonymizeSettings(deidentifier(key=SecretKey(b"k" * 40)), write_dicom=True)
+    lake = "s3://dicoms/deid-lake"
+    with running_orthanc(tmp_path / "pacs") as server:
+        summary = dicomflow.ingest(
+            sources,
+            out=lake,
+            pixels=False,
+            storage_options=s3_options,
+            anonymize=settings,
+            send_to=server.url,
+            client=client,
+            progress=False,
+        )
+        stored = _orthanc_sop_uids(server)
+    assert summary.rows == len(sources) and summary.errors == 0
+    table = dicomflow.read_lake(lake, storage_options=s3_options).instances()
+    lake_uids = set(table.column("SOPInstanceUID").to_pylist())
+    assert stored == lake_uids and len(stored) == len(sources)
+    assert not stored & originals
