@@ -28,4 +28,4 @@ lint: install
 	$(BIN)/mypy dicomflow
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) demo-out demo-out-deidentified .pytest_cache
