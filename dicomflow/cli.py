@@ -34,8 +34,12 @@ T = TypeVar("T")
 def _configure_logging(verbose: int, json_lines: bool = False) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
     logs.configure(level, json_lines=json_lines)
-    # pynetdicom and pydicom can log identifiers; keep them at WARNING whatever -v says.
-    for noisy in ("pydicom", "pynetdicom", "distributed", "fsspec", "bokeh"):
+    # These can log identifiers (datasets, UIDs in URLs and queries) or credentials
+    # locations; keep them at WARNING whatever -v says.
+    for noisy in (
+        *("pydicom", "pynetdicom", "distributed", "fsspec", "bokeh"),
+        *("dicomweb_client", "urllib3", "requests", "s3fs", "botocore", "aiobotocore"),
+    ):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     # Whenever a cluster is started or joined, say where its dashboard is.
     logging.getLogger("dicomflow.pipelines.cluster").setLevel(logging.INFO)

@@ -283,14 +283,19 @@ def test_cli_ingest_from_dicomweb(orthanc: Orthanc, tmp_path: Path) -> None:
     out = tmp_path / "lake"
     done = subprocess.run(
         [
-            *(sys.executable, "-m", "dicomflow", "ingest", orthanc.dicomweb, "-q", "Modality=MR"),
-            *("--out", str(out), "--no-pixels", "--workers", "1", "--no-progress"),
+            *(sys.executable, "-m", "dicomflow", "-vv", "ingest", orthanc.dicomweb, "-q"),
+            f"StudyInstanceUID={_uid(PYDICOM_TEST_FILES / 'MR_small.dcm', 'StudyInstanceUID')}",
+            *("--out", str(out), "--no-pixels", "--workers", "1"),
+            "--no-progress",
         ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
+    assert "DEBUG" in done.stderr  # -vv logs, but never an identifier of the data
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        assert _uid(PYDICOM_TEST_FILES / "MR_small.dcm", keyword) not in done.stderr, keyword
     uids = dicomflow.read_lake(str(out)).instances(columns=["SOPInstanceUID"]).column(0)
     assert uids.to_pylist() == [_uid(PYDICOM_TEST_FILES / "MR_small.dcm")]
     refused = subprocess.run(
