@@ -20,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 from fsspec.core import url_to_fs
@@ -264,10 +265,18 @@ def _error(exc: BaseException) -> ErrorInfo:
     return ErrorInfo(STAGE, code, message)
 
 
+def _open(url: str, options: PixelOptions) -> BinaryIO:
+    """A local path opened directly (a quarter faster for pydicom than through fsspec's
+    file wrapper); anything else through fsspec."""
+    if "://" not in url:
+        return Path(url).open("rb")
+    fs, path = url_to_fs(url, **options.storage_options)
+    return cast(BinaryIO, fs.open(path, "rb"))
+
+
 def _decode(item: WorkItem, options: PixelOptions) -> DecodedPixels:
-    fs, path = url_to_fs(item.url, **options.storage_options)
     try:
-        with fs.open(path, "rb") as fp:
+        with _open(item.url, options) as fp:
             ds = read_dataset(fp)
     except OSError as exc:
         raise PixelDecodeError(
