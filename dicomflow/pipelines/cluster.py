@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import dask
 from distributed import Client, LocalCluster
 
 from dicomflow.errors import ConfigError
@@ -21,6 +22,19 @@ from dicomflow.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
+
+# Dask starts workers with MALLOC_TRIM_THRESHOLD_ set, and glibc then also fixes its mmap
+# threshold at 128 KiB: every decoded frame becomes a fresh mmap whose pages fault in on
+# first touch. Measured on a 512² CT slice, decode-and-write cost 2.4 to 2.8 ms instead of
+# 1.6 to 2.0. Buffers up to 16 MiB come from the heap again; larger ones are still mapped
+# and returned to the system when freed.
+WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(16 * 2**20)}
+
+
+def _pre_spawn_environ() -> dict[str, object]:
+    """Dask's own pre-spawn environment for worker processes, plus ours (the user's wins)."""
+    configured = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
+    return {**WORKER_MALLOC_ENV, **configured}
 
 
 def default_workers() -> int:
@@ -46,6 +60,7 @@ def open_client(scheduler: str | None = None, workers: int | None = None) -> Ite
     if n_workers < 1:
         raise ConfigError("--workers must be at least 1")
     with (
+        dask.config.set({"distributed.nanny.pre-spawn-environ": _pre_spawn_environ()}),
         LocalCluster(
             n_workers=n_workers,
             threads_per_worker=1,
