@@ -108,9 +108,12 @@ def create_temporary_stack(
     """Create the stack's group and empty array in a hidden temporary directory; return it.
 
     Workers fill the array (disjoint frame ranges, one chunk per frame), then
-    :func:`commit_stack` renames it into place. With ``run_id`` the temporary's
-    name is fixed for the run, so a plan recomputed after a worker died
-    replaces its predecessor's half-written temporary instead of leaving it.
+    :func:`commit_stack` renames it into place. With ``run_id`` the stack is
+    stamped with the run: a plan recomputed after its worker died (while the
+    decode-and-write shares of the first attempt finished, or still run) finds
+    its own stack and keeps the frames written into it. Anything else at the
+    place, such as a killed earlier run's temporary or, in a bucket, the
+    committed previous version, is replaced.
     """
     _ensure_groups(layout, location)
     if layout.is_local():
@@ -119,13 +122,17 @@ def create_temporary_stack(
         temporary = str(final.parent / f".{final.name}.{token}.tmp")
     else:  # no rename: write in place, the previous version removed first
         temporary = _url(layout, location.relative_path)
+    chunks = (frames_per_chunk, *shape[1:])
+    if run_id is not None and _building(temporary, layout, run_id, shape, chunks, dtype):
+        return temporary
+    if not layout.is_local():
         discard_stack(temporary, layout)
     try:
         group = open_stack_group(layout, temporary, mode="w")
         group.create_array(
             "0",
             shape=shape,
-            chunks=(frames_per_chunk, *shape[1:]),
+            chunks=chunks,
             dtype=dtype,
             compressors=[_compressor()],
             fill_value=0,
@@ -134,10 +141,39 @@ def create_temporary_stack(
             chunk_key_encoding={"name": "default", "separator": "."},
             dimension_names=["z", "y", "x", "c"][: len(shape)],
         )
+        if run_id is not None:
+            group.attrs.put({BUILDING_RUN: run_id})  # the commit replaces it
     except OSError as exc:
         discard_stack(temporary, layout)
         raise SinkError(f"cannot create a pixel stack ({type(exc).__name__})") from exc
     return temporary
+
+
+BUILDING_RUN = "dicomflow_building_run"  # the run filling a stack, until its commit
+
+
+def _building(
+    location: str,
+    layout: LakeLayout,
+    run_id: str,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    dtype: np.dtype,
+) -> bool:
+    """Whether ``location`` holds the stack this run is building, with this very array."""
+    try:
+        group = open_stack_group(layout, location, mode="r")
+        if group.attrs.get(BUILDING_RUN) != run_id:
+            return False
+        array = group["0"]
+    except (OSError, KeyError, zarr.errors.BaseZarrError):
+        return False
+    return (
+        isinstance(array, zarr.Array)
+        and tuple(array.shape) == tuple(shape)
+        and tuple(array.chunks) == chunks
+        and array.dtype == np.dtype(dtype)
+    )
 
 
 COMPRESSOR = {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"}
@@ -220,7 +256,7 @@ def commit_stack(
         try:
             group = open_stack_group(layout, temporary, mode="r+")
             shape = open_temporary_array(temporary, layout).shape
-            group.attrs.update(attributes_of(attributes, spacing, affine, shape))
+            group.attrs.put(attributes_of(attributes, spacing, affine, shape))
         except (OSError, zarr.errors.GroupNotFoundError) as exc:
             raise SinkError(f"cannot commit a pixel stack ({type(exc).__name__})") from exc
         return
@@ -235,7 +271,7 @@ def commit_stack(
     try:
         group = zarr.open_group(str(staged), mode="r+")
         shape = open_temporary_array(temporary, layout).shape
-        group.attrs.update(attributes_of(attributes, spacing, affine, shape))
+        group.attrs.put(attributes_of(attributes, spacing, affine, shape))
         if final.exists():
             # ``.tmp`` at the end: the next run sweeps it if we die before the rmtree
             trash = final.parent / f".{final.name}.{uuid.uuid4().hex}.old.tmp"

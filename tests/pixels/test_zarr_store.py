@@ -14,6 +14,7 @@ from dicomflow.lake.zarr_store import (
     StackLocation,
     commit_stack,
     create_temporary_stack,
+    open_stack_group,
     open_temporary_array,
 )
 
@@ -66,3 +67,34 @@ def test_commit_moves_the_stack_into_place_atomically(tmp_path: Path) -> None:
     assert zarr.open_group(str(final), mode="r")["0"][0, 0, 0] == 2
     hidden = [p for p in final.parent.iterdir() if p.name.startswith(".")]
     assert hidden == []
+
+
+@pytest.mark.parametrize("where", ["local", "bucket"])
+def test_a_stack_restarted_by_its_own_run_keeps_its_frames_and_no_other(
+    tmp_path: Path, where: str
+) -> None:
+    """A plan recomputed after its worker died finds the stack its run is building and
+    keeps it; a stack left by another run (or committed before) is started afresh."""
+    root = str(tmp_path / "lake") if where == "local" else f"memory://{tmp_path.name}/lake"
+    layout = LakeLayout(root)
+    assert layout.is_local() == (where == "local")
+    location = StackLocation("1.2", "1.2.3", "stack-0")
+    frames = np.arange(1, 3 * 16 + 1, dtype="u1").reshape(3, 4, 4)
+
+    def start(run_id: str) -> str:
+        return create_temporary_stack(
+            layout, location, shape=frames.shape, dtype=frames.dtype, run_id=run_id
+        )
+
+    first = start("run-a")
+    FrameWriter(first, layout).write(0, frames)
+    again = start("run-a")
+    assert again == first
+    assert np.array_equal(open_temporary_array(again, layout)[:], frames)
+    commit_stack(again, layout, location, spacing=(1.0, 1.0, 1.0), affine=np.eye(4), attributes={})
+    committed = open_stack_group(layout, location.relative_path)
+    assert "dicomflow_building_run" not in committed.attrs
+    assert np.array_equal(committed["0"][:], frames)
+
+    other = start("run-b")  # a later run: nothing of run-a's stack is reused
+    assert not open_temporary_array(other, layout)[:].any()
