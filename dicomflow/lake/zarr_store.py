@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -109,11 +108,12 @@ def create_temporary_stack(
 
     Workers fill the array (disjoint frame ranges, one chunk per frame), then
     :func:`commit_stack` renames it into place. With ``run_id`` the stack is
-    stamped with the run: a plan recomputed after its worker died (while the
-    decode-and-write shares of the first attempt finished, or still run) finds
-    its own stack and keeps the frames written into it. Anything else at the
-    place, such as a killed earlier run's temporary or, in a bucket, the
-    committed previous version, is replaced.
+    stamped with the run (attribute ``run_id``, kept by the commit): a plan
+    recomputed after its worker died (while the decode-and-write shares of the
+    first attempt finished, still run, or even after the commit) finds its own
+    stack and keeps the frames written into it. Anything else at the place, such
+    as a killed earlier run's temporary or, in a bucket, the previous version
+    committed by another run, is replaced.
     """
     _ensure_groups(layout, location)
     if layout.is_local():
@@ -142,14 +142,14 @@ def create_temporary_stack(
             dimension_names=["z", "y", "x", "c"][: len(shape)],
         )
         if run_id is not None:
-            group.attrs.put({BUILDING_RUN: run_id})  # the commit replaces it
+            group.attrs.put({RUN_ID: run_id})
     except OSError as exc:
         discard_stack(temporary, layout)
         raise SinkError(f"cannot create a pixel stack ({type(exc).__name__})") from exc
     return temporary
 
 
-BUILDING_RUN = "dicomflow_building_run"  # the run filling a stack, until its commit
+RUN_ID = "run_id"  # attribute: the run that wrote the stack (and is writing it, before commit)
 
 
 def _building(
@@ -163,7 +163,7 @@ def _building(
     """Whether ``location`` holds the stack this run is building, with this very array."""
     try:
         group = open_stack_group(layout, location, mode="r")
-        if group.attrs.get(BUILDING_RUN) != run_id:
+        if group.attrs.get(RUN_ID) != run_id:
             return False
         array = group["0"]
     except (OSError, KeyError, zarr.errors.BaseZarrError):
@@ -244,34 +244,32 @@ def commit_stack(
     spacing: tuple[float, float, float],
     affine: np.ndarray,
     attributes: dict[str, Any],
+    run_id: str | None = None,
 ) -> None:
     """Write the stack's attributes and rename it into place, replacing any previous one.
 
-    Safe to repeat: a retried commit (say the ledger commit after it failed) finds
-    its temporary gone and the final stack stamped with that temporary's name,
-    and does nothing.
+    Safe to repeat within a run: a retried commit (say the ledger commit after it
+    failed, or the whole series task after its worker died) finds the final stack
+    stamped with ``run_id`` and only removes what a recomputed plan started again.
     """
-    attributes_of = _stack_attributes
+    stamp = {RUN_ID: run_id} if run_id is not None else {}
     if not layout.is_local():  # written in place: the attributes are the commit
         try:
             group = open_stack_group(layout, temporary, mode="r+")
             shape = open_temporary_array(temporary, layout).shape
-            group.attrs.put(attributes_of(attributes, spacing, affine, shape))
+            group.attrs.put(_stack_attributes({**attributes, **stamp}, spacing, affine, shape))
         except (OSError, zarr.errors.GroupNotFoundError) as exc:
             raise SinkError(f"cannot commit a pixel stack ({type(exc).__name__})") from exc
         return
     final = _local_root(layout) / location.relative_path
     staged = Path(temporary)
-    if not staged.exists() and final.exists():
-        shape = tuple(zarr.open_array(str(final / "0"), mode="r").shape)
-        if _stored_attributes(final) == _json(
-            _stack_attributes(attributes, spacing, affine, shape)
-        ):
-            return  # this very stack was committed already (a retried commit)
+    if run_id is not None and _stored_run(final) == run_id:
+        shutil.rmtree(staged, ignore_errors=True)  # this run committed the stack already
+        return
     try:
         group = zarr.open_group(str(staged), mode="r+")
         shape = open_temporary_array(temporary, layout).shape
-        group.attrs.put(attributes_of(attributes, spacing, affine, shape))
+        group.attrs.put(_stack_attributes({**attributes, **stamp}, spacing, affine, shape))
         if final.exists():
             # ``.tmp`` at the end: the next run sweeps it if we die before the rmtree
             trash = final.parent / f".{final.name}.{uuid.uuid4().hex}.old.tmp"
@@ -301,15 +299,11 @@ def _stack_attributes(
     }
 
 
-def _json(value: Any) -> Any:
-    """``value`` as it reads back from zarr.json (tuples become lists, and so on)."""
-    return json.loads(json.dumps(value, default=str))
-
-
-def _stored_attributes(final: Path) -> Any:
+def _stored_run(final: Path) -> Any:
+    """The run that committed the stack at ``final`` (None if there is none)."""
     try:
-        return _json(dict(zarr.open_group(str(final), mode="r").attrs))
-    except (OSError, zarr.errors.GroupNotFoundError):
+        return zarr.open_group(str(final), mode="r").attrs.get(RUN_ID)
+    except (OSError, zarr.errors.BaseZarrError):
         return None
 
 

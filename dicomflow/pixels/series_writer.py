@@ -207,6 +207,7 @@ def commit_series(
             spacing=stack_plan.stack.spacing,
             affine=stack_plan.stack.affine,
             attributes={**stack_plan.reference, "sop_instance_uids": uids, "qc_flags": flags},
+            run_id=context.run_id,
         )
         frame = 0
         for info in stack_plan.stack.slices:

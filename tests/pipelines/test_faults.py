@@ -56,6 +56,7 @@ KILLS = 3
 INJECTED_SHARE = 0.01  # of partitions whose first commit attempt fails
 # Columns that differ between two runs over the same inputs (see dicomflow/schemas/):
 PER_RUN = {"instances": ("run_id", "scanned_at"), "series": ("run_id",), "errors": ("run_id",)}
+PER_RUN_ATTRIBUTES = ("run_id",)  # of each stack's Zarr group
 CONFIG = config_digest(ingest_config(IngestOptions(pixels=True), None))
 ENTRIES = Path("_ledger") / "entries"
 
@@ -100,9 +101,10 @@ def read_content(lake: Path) -> LakeContent:
     for relative in stack_arrays(lake):
         array = zarr.open_array(str(lake / relative), mode="r")
         arrays[str(relative)] = array[...]  # decodes every chunk
-        attributes[str(relative.parent)] = dict(
-            zarr.open_group(str(lake / relative.parent), mode="r").attrs
-        )
+        stored = dict(zarr.open_group(str(lake / relative.parent), mode="r").attrs)
+        attributes[str(relative.parent)] = {
+            k: v for k, v in stored.items() if k not in PER_RUN_ATTRIBUTES
+        }
     return LakeContent(
         _without_per_run(opened.instances(), "instances", "SOPInstanceUID"),
         _without_per_run(opened.series(), "series", "zarr_path"),

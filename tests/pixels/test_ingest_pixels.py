@@ -4,6 +4,7 @@ Zarr/xarray agree, reruns are byte-identical, and bad pixels become error rows."
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import struct
 import subprocess
@@ -147,12 +148,27 @@ def test_ome_zarr_metadata(pixel_lake: Path) -> None:
 def test_rerun_writes_byte_identical_chunks(client: Client, tmp_path: Path) -> None:
     sources = [str(PYDICOM_TEST_FILES / "dicomdirtests" / "77654033" / "CT2")]
     first, second = tmp_path / "a", tmp_path / "b"
-    for out in (first, second):
-        dicomflow.ingest(sources, out=str(out), client=client, progress=False)
-    chunks = sorted(p.relative_to(first) for p in (first / "pixels.zarr").rglob("*") if p.is_file())
-    assert any(c.name.startswith("c.") for c in chunks)
-    for chunk in chunks:
-        assert (first / chunk).read_bytes() == (second / chunk).read_bytes(), chunk
+    runs = [
+        dicomflow.ingest(sources, out=str(out), client=client, progress=False).run_id
+        for out in (first, second)
+    ]
+    files = sorted(p.relative_to(first) for p in (first / "pixels.zarr").rglob("*") if p.is_file())
+    assert any(c.name.startswith("c.") for c in files)
+    for path in files:
+        ours, theirs = (first / path).read_bytes(), (second / path).read_bytes()
+        if path.name != "zarr.json":
+            assert ours == theirs, path
+            continue
+        # metadata: identical but for the run that wrote each stack
+        stamps = [json.loads(m).get("attributes", {}).pop("run_id", None) for m in (ours, theirs)]
+        assert stamps in ([None, None], runs), path
+        assert _without_run(ours) == _without_run(theirs), path
+
+
+def _without_run(metadata: bytes) -> dict[str, Any]:
+    parsed = json.loads(metadata)
+    parsed.get("attributes", {}).pop("run_id", None)
+    return parsed
 
 
 def _nifti_corners(path: Path) -> tuple[tuple[int, ...], np.ndarray]:

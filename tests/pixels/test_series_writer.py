@@ -56,4 +56,4 @@ def test_a_recomputed_plan_keeps_the_frames_its_finished_shares_wrote(tmp_path: 
         expected = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
         assert np.array_equal(volume[frame], expected), f"frame {frame} lost"
     attributes = dict(zarr.open_group(str(tmp_path / "lake" / series["zarr_path"])).attrs)
-    assert "dicomflow_building_run" not in attributes
+    assert attributes["run_id"] == context.run_id

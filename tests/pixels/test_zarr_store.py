@@ -65,8 +65,13 @@ def test_commit_moves_the_stack_into_place_atomically(tmp_path: Path) -> None:
         assert not Path(temporary).exists()
     final = tmp_path / "lake" / location.relative_path
     assert zarr.open_group(str(final), mode="r")["0"][0, 0, 0] == 2
-    hidden = [p for p in final.parent.iterdir() if p.name.startswith(".")]
-    assert hidden == []
+    assert hidden_entries(tmp_path / "lake", location) == []
+
+
+def hidden_entries(lake: Path, location: StackLocation) -> list[str]:
+    """Temporaries beside a local stack (none once it is committed)."""
+    folder = (lake / location.relative_path).parent
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")] if folder.exists() else []
 
 
 @pytest.mark.parametrize("where", ["local", "bucket"])
@@ -86,15 +91,33 @@ def test_a_stack_restarted_by_its_own_run_keeps_its_frames_and_no_other(
             layout, location, shape=frames.shape, dtype=frames.dtype, run_id=run_id
         )
 
+    def commit(temporary: str, run_id: str) -> None:
+        commit_stack(
+            temporary,
+            layout,
+            location,
+            spacing=(1.0, 1.0, 1.0),
+            affine=np.eye(4),
+            attributes={},
+            run_id=run_id,
+        )
+
     first = start("run-a")
     FrameWriter(first, layout).write(0, frames)
     again = start("run-a")
     assert again == first
     assert np.array_equal(open_temporary_array(again, layout)[:], frames)
-    commit_stack(again, layout, location, spacing=(1.0, 1.0, 1.0), affine=np.eye(4), attributes={})
+    commit(again, "run-a")
     committed = open_stack_group(layout, location.relative_path)
-    assert "dicomflow_building_run" not in committed.attrs
+    assert committed.attrs["run_id"] == "run-a"
     assert np.array_equal(committed["0"][:], frames)
+
+    # the plan recomputed once more, after the commit (its worker died before the series
+    # task's result was fetched): the committed frames survive the repeated commit
+    commit(start("run-a"), "run-a")
+    assert np.array_equal(open_stack_group(layout, location.relative_path)["0"][:], frames)
+    if where == "local":
+        assert hidden_entries(tmp_path / "lake", location) == []
 
     other = start("run-b")  # a later run: nothing of run-a's stack is reused
     assert not open_temporary_array(other, layout)[:].any()
