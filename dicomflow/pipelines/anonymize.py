@@ -34,6 +34,7 @@ from dicomflow.pipelines.pipeline import (
     RunSummary,
     error_codes,
     execute,
+    literal,
     task_key,
     timed,
 )
@@ -196,7 +197,7 @@ def run_deidentify(
         (
             part,
             task(
-                part,
+                literal(part, task_key("deidentify-refs", context, part.name)),
                 operator,
                 sinks,
                 context,

@@ -34,6 +34,7 @@ from dicomflow.pipelines.pipeline import (
     RunSummary,
     commit_batch,
     execute,
+    literal,
     new_run_id,
     pending,
     prepare_lake,
@@ -170,7 +171,10 @@ def series_graph(
     rows = [
         delayed(read_rows, pure=True)(
             source,
-            refs[start : start + ROWS_PER_TASK],
+            literal(
+                refs[start : start + ROWS_PER_TASK],
+                task_key("rows-refs", context, f"{name}-{start}"),
+            ),
             context,
             tuple(operators),
             dask_key_name=task_key("rows", context, f"{name}-{start // ROWS_PER_TASK}"),
@@ -193,7 +197,7 @@ def series_graph(
     return delayed(commit_series_partition, pure=True)(
         plan,
         shares,
-        partition,
+        literal(partition, task_key("series-refs", context, name)),
         context,
         options,
         sinks,
@@ -293,7 +297,11 @@ def index_series(
     index_task = delayed(index_partition, pure=True)
     futures = client.compute(
         [
-            index_task(source, p, dask_key_name=task_key("index", context, p.name))
+            index_task(
+                source,
+                literal(p, task_key("index-refs", context, p.name)),
+                dask_key_name=task_key("index", context, p.name),
+            )
             for p in partitions
         ],
         retries=retries,
@@ -387,8 +395,9 @@ class _Stages:
         scan_task = delayed(run_partition, pure=True)
         for part in plan_partitions(loose, self.policy):
             key = task_key("scan", context, part.name)
+            listed = literal(part, task_key("scan-refs", context, part.name))
             jobs.append(
-                (part, scan_task(source, part, operators, sinks, context, dask_key_name=key))
+                (part, scan_task(source, listed, operators, sinks, context, dask_key_name=key))
             )
         execute(
             self.client,

