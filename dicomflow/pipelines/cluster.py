@@ -31,6 +31,10 @@ SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(16 * 2**20)}
 
 
+# Imported by each worker as it starts, so the first run's tasks do not pay for imports.
+WORKER_IMPORTS = "dicomflow.pipelines.worker_imports"
+
+
 def _pre_spawn_environ() -> dict[str, object]:
     """Dask's own pre-spawn environment for worker processes, plus ours (the user's wins)."""
     configured = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
@@ -68,6 +72,7 @@ def open_client(scheduler: str | None = None, workers: int | None = None) -> Ite
             dashboard_address=":0" if _has_dashboard() else None,
             local_directory=tempfile.gettempdir(),
             silence_logs=logging.ERROR,
+            preload=[WORKER_IMPORTS],
         ) as cluster,
         Client(cluster) as client,
     ):
