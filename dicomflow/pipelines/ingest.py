@@ -157,6 +157,19 @@ def commit_series_partition(
     return timed(result, plan.started, partition)
 
 
+def share_count(instances: int, workers: int = 1) -> int:
+    """How many decode-and-write shares a series of ``instances`` gets: one per
+    :data:`INSTANCES_PER_SHARE` up to :data:`MAX_SHARES`, rounded up to a multiple of
+    the workers when that adds at most a quarter more, so that no worker idles while
+    another decodes the last share (13 shares of 400 JPEG 2000 slices on 2 workers
+    left one idle for half a second)."""
+    count = max(1, min(MAX_SHARES, math.ceil(instances / INSTANCES_PER_SHARE)))
+    balanced = math.ceil(count / max(1, workers)) * max(1, workers)
+    if balanced <= count * 1.25:
+        count = balanced
+    return max(1, min(count, instances))
+
+
 def series_graph(
     source: FilesConnector,
     partition: Partition,
@@ -164,6 +177,7 @@ def series_graph(
     options: PixelOptions,
     sinks: Sequence[LakeSink],
     operators: Sequence[Operator] = (Flatten(),),
+    workers: int = 1,
 ) -> Delayed:
     """One series as header-reading shares → plan → decode-and-write shares → commit."""
     name = partition.name
@@ -184,7 +198,7 @@ def series_graph(
     plan = delayed(plan_rows, pure=True)(
         rows, context, options, dask_key_name=task_key("plan", context, name)
     )
-    count = max(1, min(MAX_SHARES, math.ceil(len(partition.refs) / INSTANCES_PER_SHARE)))
+    count = share_count(len(partition.refs), workers)
     # Shares depend on the small work list, not on the plan (which holds every header
     # row), so the scheduler is free to spread them over all workers.
     work = delayed(pixel_work, pure=True)(plan, dask_key_name=task_key("work", context, name))
@@ -387,11 +401,11 @@ class _Stages:
         sinks = self.sinks
         operators = (Flatten(), *self.options.after_flatten)
         jobs = []
+        workers = len(self.client.scheduler_info().get("workers", {})) if series_groups else 1
         for number, refs in enumerate(series_groups):
             part = partition_named(number, refs)
-            jobs.append(
-                (part, series_graph(source, part, context, pixel_options, sinks, operators))
-            )
+            graph = series_graph(source, part, context, pixel_options, sinks, operators, workers)
+            jobs.append((part, graph))
         scan_task = delayed(run_partition, pure=True)
         for part in plan_partitions(loose, self.policy):
             key = task_key("scan", context, part.name)

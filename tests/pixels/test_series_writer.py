@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 import zarr
 
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.lake.layout import LakeLayout
-from dicomflow.pipelines.ingest import plan_rows, read_rows
+from dicomflow.pipelines.ingest import plan_rows, read_rows, share_count
 from dicomflow.pixels.series_writer import PixelOptions, commit_series, pixel_work, write_items
 from dicomflow.records import RunContext
 from tests.conftest import REPO
@@ -57,3 +58,21 @@ def test_a_recomputed_plan_keeps_the_frames_its_finished_shares_wrote(tmp_path: 
         assert np.array_equal(volume[frame], expected), f"frame {frame} lost"
     attributes = dict(zarr.open_group(str(tmp_path / "lake" / series["zarr_path"])).attrs)
     assert attributes["run_id"] == context.run_id
+
+
+@pytest.mark.parametrize(
+    ("instances", "workers", "shares"),
+    [
+        (400, 1, 13),  # one per 32 instances
+        (400, 2, 14),  # 13 would leave one of 2 workers idle for the last share
+        (400, 16, 16),
+        (400, 32, 13),  # rounding to 32 would more than double the tasks
+        (100, 3, 4),
+        (3, 2, 1),
+        (1, 2, 1),
+        (0, 2, 1),
+        (5000, 2, 16),  # at most MAX_SHARES
+    ],
+)
+def test_share_counts(instances: int, workers: int, shares: int) -> None:
+    assert share_count(instances, workers) == shares
