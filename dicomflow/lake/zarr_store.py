@@ -299,6 +299,23 @@ def _stack_attributes(
     }
 
 
+def stack_exists(location: str, layout: LakeLayout) -> bool:
+    """Whether the stack group at ``location`` (as :func:`open_stack_group` takes it) exists."""
+    try:
+        open_stack_group(layout, location, mode="r")
+    except (OSError, zarr.errors.BaseZarrError):
+        return False
+    return True
+
+
+def committed_by(layout: LakeLayout, location: StackLocation, run_id: str) -> bool:
+    """Whether the stack at ``location`` was committed by run ``run_id`` (local lakes; a
+    bucket lake's stack is written in place, so there a repeated write is harmless)."""
+    if not layout.is_local() or not run_id:
+        return False
+    return bool(_stored_run(_local_root(layout) / location.relative_path) == run_id)
+
+
 def _stored_run(final: Path) -> Any:
     """The run that committed the stack at ``final`` (None if there is none)."""
     try:

@@ -33,9 +33,11 @@ from dicomflow.lake.zarr_store import (
     FrameWriter,
     StackLocation,
     commit_stack,
+    committed_by,
     create_temporary_stack,
     discard_stack,
     open_temporary_array,
+    stack_exists,
 )
 from dicomflow.operators.base import describe_failure
 from dicomflow.pixels.decode import (
@@ -95,6 +97,7 @@ class SeriesPlan:
     items: list[WorkItem]
     outcomes: dict[int, ErrorInfo | None]  # record index -> None (written) or the error
     started: float = 0.0  # wall-clock time the series' first task began (for run reports)
+    run_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,18 +107,21 @@ class PixelWork:
 
     items: tuple[WorkItem, ...]
     temporaries: dict[int, str]
+    locations: dict[int, StackLocation]
+    run_id: str
 
 
 def pixel_work(plan: SeriesPlan) -> PixelWork:
     temporaries = {i: s.temporary for i, s in enumerate(plan.stacks) if s.temporary}
-    return PixelWork(tuple(plan.items), temporaries)
+    locations = {i: s.location for i, s in enumerate(plan.stacks)}
+    return PixelWork(tuple(plan.items), temporaries, locations, plan.run_id)
 
 
 def plan_series(batch: Batch, options: PixelOptions) -> SeriesPlan:
     """Phase 1: plan stacks, create their arrays, write each stack's first instance."""
     records = [dataclasses.replace(r, header=None) for r in batch.records]  # headers stay here
     infos = [info for i, r in enumerate(records) if (info := slice_info(i, r)) is not None]
-    plan = SeriesPlan(records, [], [], {})
+    plan = SeriesPlan(records, [], [], {}, run_id=batch.context.run_id)
     for number, stack in enumerate(split_stacks(infos)):
         first_row = records[stack.slices[0].index].outputs[INSTANCES]
         location = StackLocation(
@@ -157,18 +163,30 @@ def plan_series(batch: Batch, options: PixelOptions) -> SeriesPlan:
 def write_items(
     work: PixelWork, part: int, parts: int, options: PixelOptions
 ) -> dict[int, ErrorInfo | None]:
-    """Phase 2: decode and write the ``part``-th of ``parts`` shares of the work items."""
+    """Phase 2: decode and write the ``part``-th of ``parts`` shares of the work items.
+
+    A share Dask computes again after its series was committed (the worker holding
+    its result died before the commit's result was fetched) finds the stack
+    committed by its run and reports its items written, as they are."""
     items = work.items[part::parts] if parts > 1 else work.items
     outcomes: dict[int, ErrorInfo | None] = {}
     writers: dict[int, FrameWriter] = {}
+    committed: dict[int, bool] = {}
     for item in items:
         try:
-            pixels = _decode(item, options)
             writer = writers.get(item.stack)
             if writer is None:
-                writer = writers[item.stack] = FrameWriter(
-                    work.temporaries[item.stack], options.layout
-                )
+                temporary = work.temporaries[item.stack]
+                if item.stack not in committed:
+                    location = work.locations[item.stack]
+                    committed[item.stack] = not stack_exists(
+                        temporary, options.layout
+                    ) and committed_by(options.layout, location, work.run_id)
+                if committed[item.stack]:
+                    outcomes[item.record] = None
+                    continue
+                writer = writers[item.stack] = FrameWriter(temporary, options.layout)
+            pixels = _decode(item, options)
             _check_fits(pixels.array, writer.array)
             writer.write(item.frame, pixels.array)
             outcomes[item.record] = None

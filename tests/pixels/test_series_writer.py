@@ -60,6 +60,30 @@ def test_a_recomputed_plan_keeps_the_frames_its_finished_shares_wrote(tmp_path: 
     assert attributes["run_id"] == context.run_id
 
 
+def test_shares_and_commit_recomputed_after_the_commit_change_nothing(tmp_path: Path) -> None:
+    """The worker holding the series' result and one share's result dies after the
+    commit: Dask computes that share and the commit again. The share finds the stack
+    committed by its run; no instance becomes an error row, no frame is lost."""
+    write_ct_series(tmp_path / "src", SLICES, per_series=SLICES, rows=32, cols=32)
+    source = FilesConnector((str(tmp_path / "src"),))
+    refs = sorted(source.query().refs, key=lambda r: r.url)
+    context = RunContext("20261128T000000Z-aftercommit", datetime.now(UTC))
+    options = PixelOptions(LakeLayout(str(tmp_path / "lake")))
+    plan = plan_rows([read_rows(source, refs, context)], context, options)
+    work = pixel_work(plan)
+    shares = [write_items(work, k, SHARES, options) for k in range(SHARES)]
+    first = commit_series(plan, shares, context, options)
+    (series,) = first.tables["series"]
+    volume = _committed_volume(tmp_path / "lake", series["zarr_path"])
+
+    shares[1] = write_items(work, 1, SHARES, options)  # recomputed after the commit
+    again = commit_series(plan, shares, context, options)
+
+    assert [r.error for r in again.records] == [None] * SLICES
+    assert again.tables["series"] == first.tables["series"]
+    assert np.array_equal(_committed_volume(tmp_path / "lake", series["zarr_path"]), volume)
+
+
 @pytest.mark.parametrize(
     ("instances", "workers", "shares"),
     [
