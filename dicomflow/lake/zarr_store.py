@@ -183,6 +183,24 @@ def _compressor() -> BloscCodec:
     return BloscCodec(**COMPRESSOR)  # type: ignore[arg-type]
 
 
+class ChunkEncoder:
+    """One frame as the bytes of its Zarr chunk (the stacks' Blosc codec), or None for an
+    all-zero frame, which zarr leaves unwritten (the fill value)."""
+
+    def __init__(self) -> None:
+        self.codec = numcodecs.Blosc(
+            cname=COMPRESSOR["cname"],
+            clevel=COMPRESSOR["clevel"],
+            shuffle=numcodecs.Blosc.BITSHUFFLE,
+        )
+
+    def __call__(self, frame: np.ndarray) -> bytes | None:
+        if not frame.any():
+            return None
+        data: bytes = self.codec.encode(np.ascontiguousarray(frame))
+        return data
+
+
 class FrameWriter:
     """Write whole frames of a stack being built, one Zarr chunk per frame.
 
@@ -202,11 +220,21 @@ class FrameWriter:
         assert isinstance(metadata, ArrayV3Metadata)  # stacks are always Zarr v3
         self.keys = metadata.chunk_key_encoding
         self.folders: set[Path] = set()  # chunk folders known to exist
-        self.codec = numcodecs.Blosc(
-            cname=COMPRESSOR["cname"],
-            clevel=COMPRESSOR["clevel"],
-            shuffle=numcodecs.Blosc.BITSHUFFLE,
-        )
+        self.encode = ChunkEncoder()
+
+    def place(self, frame: int, chunk: Path) -> None:
+        """Move ``chunk``, a file already encoded as this stack's chunks are (same codec,
+        same dtype), into ``frame``'s place (local stacks, one frame per chunk). A chunk
+        already in place and its source gone (a plan computed again) counts as placed."""
+        if self.fs is not None or not self.direct:
+            raise SinkError("pre-encoded chunks are placed only in local one-frame chunks")
+        position = (frame, *(0 for _ in self.array.shape[1:]))
+        target = Path(f"{self.root}/{self.keys.encode_chunk_key(position)}")
+        try:
+            chunk.replace(target)
+        except FileNotFoundError:
+            if not target.exists():
+                raise
 
     def write(self, start: int, frames: np.ndarray) -> None:
         frames = frames.astype(self.array.dtype, copy=False)
@@ -214,9 +242,9 @@ class FrameWriter:
             self.array[start : start + len(frames)] = frames
             return
         for offset, frame in enumerate(frames):
-            if not frame.any():
+            data = self.encode(frame)
+            if data is None:
                 continue
-            data = self.codec.encode(np.ascontiguousarray(frame))
             position = (start + offset, *(0 for _ in self.array.shape[1:]))
             key = f"{self.root}/{self.keys.encode_chunk_key(position)}"
             if self.fs is not None:

@@ -2,10 +2,14 @@
 
 Two stages in one run. First every input's header is read, in partitions, to
 learn its series (a few hundred microseconds a file). Then each series becomes
-a small graph: a few tasks read its headers again and flatten them, one plans
-the stacks, several decode the pixels and write Zarr, and one commits the
-``instances``, ``series`` and ``errors`` parts of that series. Inputs with no series (errors, files
-without a SeriesInstanceUID) are committed by ordinary scan partitions.
+a small graph: several tasks read its headers again, flatten them and (in a
+local lake) decode its images into a scratch folder, one plans the stacks and
+moves the decoded frames into their chunks, and one commits the ``instances``,
+``series`` and ``errors`` parts of that series. In a bucket lake, or with
+several frames per chunk, the plan is followed by decode-and-write shares
+instead (:mod:`dicomflow.pixels.series_writer`, :mod:`dicomflow.pixels.early`).
+Inputs with no series (errors, files without a SeriesInstanceUID) are committed
+by ordinary scan partitions.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,7 +49,15 @@ from dicomflow.pipelines.pipeline import (
 from dicomflow.pipelines.plan import Partition, PartitionPolicy, partition_named, plan_partitions
 from dicomflow.pipelines.report import write_report
 from dicomflow.pipelines.sinks import LakeSink
+from dicomflow.pixels.early import applies as early_applies
+from dicomflow.pixels.early import (
+    decode_to_scratch,
+    plan_decoded,
+    remove_scratch,
+    scratch_folder,
+)
 from dicomflow.pixels.series_writer import (
+    InstancePixels,
     PixelOptions,
     SeriesPlan,
     commit_series,
@@ -53,7 +65,7 @@ from dicomflow.pixels.series_writer import (
     plan_series,
     write_items,
 )
-from dicomflow.records import Batch, InstanceRecord, RunContext, SourceRef
+from dicomflow.records import Batch, ErrorInfo, InstanceRecord, RunContext, SourceRef
 
 SERIES_INSTANCE_UID = 0x0020000E
 
@@ -113,10 +125,12 @@ ROWS_PER_TASK = 64
 @dataclass(frozen=True)
 class SeriesRows:
     """A slice of a series' instances after the metadata operators, headers dropped (they
-    stay on the worker that read them; the flattened rows travel to the plan)."""
+    stay on the worker that read them; the flattened rows travel to the plan), and, when
+    the series is decoded early, what became of each image."""
 
     started: float
     records: tuple[InstanceRecord, ...]
+    decoded: dict[int, InstancePixels | ErrorInfo] = field(default_factory=dict)
 
 
 def read_rows(
@@ -124,22 +138,39 @@ def read_rows(
     refs: Sequence[SourceRef],
     context: RunContext,
     operators: Sequence[Operator] = (Flatten(),),
+    start: int = 0,
+    scratch: str | None = None,
+    options: PixelOptions | None = None,
 ) -> SeriesRows:
-    """Task: read part of a series' headers and run the metadata operators (flatten
-    first) on them. A series is read by several of these at once, so its plan does not
-    wait for one worker to read every header."""
+    """Task: read part of a series' headers (its inputs ``start`` onwards) and run the
+    metadata operators (flatten first) on them; with a ``scratch`` folder, also decode
+    the images into it (:mod:`dicomflow.pixels.early`). A series is read by several of
+    these at once, so its plan does not wait for one worker to read every header."""
     started = time.time()
     batch = Batch(tuple(source.fetch(refs)), context)
     for operator in operators:
         batch = operator(batch)
-    return SeriesRows(started, tuple(dataclasses.replace(r, header=None) for r in batch.records))
+    decoded = {}
+    if scratch is not None and options is not None:
+        decoded = decode_to_scratch(batch.records, start, scratch, options)
+    records = tuple(dataclasses.replace(r, header=None) for r in batch.records)
+    return SeriesRows(started, records, decoded)
 
 
 def plan_rows(
-    parts: Sequence[SeriesRows], context: RunContext, options: PixelOptions
+    parts: Sequence[SeriesRows],
+    context: RunContext,
+    options: PixelOptions,
+    scratch: str | None = None,
 ) -> SeriesPlan:
-    """Task: plan and start the series' stacks from its rows, in input order."""
-    plan = plan_series(Batch(tuple(r for part in parts for r in part.records), context), options)
+    """Task: plan and start the series' stacks from its rows, in input order (with a
+    ``scratch`` folder: plan them and move the early-decoded frames into place)."""
+    batch = Batch(tuple(r for part in parts for r in part.records), context)
+    if scratch is not None:
+        decoded = {k: v for part in parts for k, v in part.decoded.items()}
+        plan = plan_decoded(batch, decoded, scratch, options)
+    else:
+        plan = plan_series(batch, options)
     plan.started = min((part.started for part in parts), default=time.time())
     return plan
 
@@ -154,6 +185,7 @@ def commit_series_partition(
 ) -> PartitionResult:
     """Task: commit the stacks and the series' table parts."""
     result = commit_batch(commit_series(plan, shares, context, options), partition, sinks)
+    remove_scratch(plan.scratch)
     return timed(result, plan.started, partition)
 
 
@@ -179,35 +211,43 @@ def series_graph(
     operators: Sequence[Operator] = (Flatten(),),
     workers: int = 1,
 ) -> Delayed:
-    """One series as header-reading shares → plan → decode-and-write shares → commit."""
+    """One series as header-reading shares → plan → decode-and-write shares → commit;
+    where the series is decoded early, the header-reading shares decode too, the plan
+    places their frames, and no decode-and-write shares follow."""
     name = partition.name
     refs = list(partition.refs)
+    scratch = scratch_folder(options, name, context.run_id) if early_applies(options) else None
+    size = ROWS_PER_TASK
+    if scratch is not None:  # the decoding shares are the reading shares
+        size = math.ceil(len(refs) / share_count(len(refs), workers)) or 1
     rows = [
         delayed(read_rows, pure=True)(
             source,
-            literal(
-                refs[start : start + ROWS_PER_TASK],
-                task_key("rows-refs", context, f"{name}-{start}"),
-            ),
+            literal(refs[start : start + size], task_key("rows-refs", context, f"{name}-{start}")),
             context,
             tuple(operators),
-            dask_key_name=task_key("rows", context, f"{name}-{start // ROWS_PER_TASK}"),
+            start,
+            scratch,
+            options if scratch is not None else None,
+            dask_key_name=task_key("rows", context, f"{name}-{start // size}"),
         )
-        for start in range(0, len(refs), ROWS_PER_TASK)
+        for start in range(0, len(refs), size)
     ]
     plan = delayed(plan_rows, pure=True)(
-        rows, context, options, dask_key_name=task_key("plan", context, name)
+        rows, context, options, scratch, dask_key_name=task_key("plan", context, name)
     )
-    count = share_count(len(partition.refs), workers)
-    # Shares depend on the small work list, not on the plan (which holds every header
-    # row), so the scheduler is free to spread them over all workers.
-    work = delayed(pixel_work, pure=True)(plan, dask_key_name=task_key("work", context, name))
-    shares = [
-        delayed(write_items, pure=True)(
-            work, k, count, options, dask_key_name=task_key("pixels", context, f"{name}-{k}")
-        )
-        for k in range(count)
-    ]
+    shares = []
+    if scratch is None:
+        count = share_count(len(partition.refs), workers)
+        # Shares depend on the small work list, not on the plan (which holds every header
+        # row), so the scheduler is free to spread them over all workers.
+        work = delayed(pixel_work, pure=True)(plan, dask_key_name=task_key("work", context, name))
+        shares = [
+            delayed(write_items, pure=True)(
+                work, k, count, options, dask_key_name=task_key("pixels", context, f"{name}-{k}")
+            )
+            for k in range(count)
+        ]
     return delayed(commit_series_partition, pure=True)(
         plan,
         shares,

@@ -13,6 +13,10 @@
 
 An instance that cannot be decoded becomes an error row and its stack is
 flagged ``missing_frames``; the rest of the series is still written.
+
+In a local lake with one frame per chunk, :mod:`dicomflow.pixels.early` replaces
+phases 1 and 2: frames are decoded while the headers are read, and the plan
+moves them into place. Phase 3 is the same.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ class SeriesPlan:
     outcomes: dict[int, ErrorInfo | None]  # record index -> None (written) or the error
     started: float = 0.0  # wall-clock time the series' first task began (for run reports)
     run_id: str = ""
+    scratch: str | None = None  # where frames decoded early wait (see pixels.early)
 
 
 @dataclass(frozen=True)
@@ -117,11 +122,10 @@ def pixel_work(plan: SeriesPlan) -> PixelWork:
     return PixelWork(tuple(plan.items), temporaries, locations, plan.run_id)
 
 
-def plan_series(batch: Batch, options: PixelOptions) -> SeriesPlan:
-    """Phase 1: plan stacks, create their arrays, write each stack's first instance."""
-    records = [dataclasses.replace(r, header=None) for r in batch.records]  # headers stay here
+def plan_stacks(records: Sequence[InstanceRecord]) -> list[StackPlan]:
+    """The series' stacks, split and ordered, each with its place in the lake."""
     infos = [info for i, r in enumerate(records) if (info := slice_info(i, r)) is not None]
-    plan = SeriesPlan(records, [], [], {}, run_id=batch.context.run_id)
+    stacks = []
     for number, stack in enumerate(split_stacks(infos)):
         first_row = records[stack.slices[0].index].outputs[INSTANCES]
         location = StackLocation(
@@ -129,34 +133,67 @@ def plan_series(batch: Batch, options: PixelOptions) -> SeriesPlan:
             first_row.get("SeriesInstanceUID") or "unknown-series",
             f"stack-{number}",
         )
-        stack_plan = StackPlan(location.stack, location, stack)
-        plan.stacks.append(stack_plan)
+        stacks.append(StackPlan(location.stack, location, stack))
+    return stacks
+
+
+def start_stack(
+    stack_plan: StackPlan, first: InstancePixels, options: PixelOptions, run_id: str
+) -> str:
+    """Create the stack's array, typed and shaped by its first decoded instance; return
+    its temporary."""
+    stack_plan.reference = first.reference
+    stack_plan.dtype = first.dtype
+    stack_plan.shape = (stack_plan.stack.frames, *first.shape[1:])
+    stack_plan.temporary = create_temporary_stack(
+        options.layout,
+        stack_plan.location,
+        shape=stack_plan.shape,
+        dtype=np.dtype(first.dtype),
+        frames_per_chunk=options.frames_per_chunk,
+        run_id=run_id,
+    )
+    return stack_plan.temporary
+
+
+@dataclass(frozen=True)
+class InstancePixels:
+    """What a stack needs to know of one decoded instance (small: it travels between
+    workers); ``written`` lists the frames that have a chunk (all-zero frames have none)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    reference: dict[str, Any]
+    written: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, pixels: DecodedPixels, written: tuple[int, ...] = ()) -> InstancePixels:
+        array = pixels.array
+        return cls(str(array.dtype), tuple(array.shape), reference_attributes(pixels), written)
+
+
+def plan_series(batch: Batch, options: PixelOptions) -> SeriesPlan:
+    """Phase 1: plan stacks, create their arrays, write each stack's first instance."""
+    records = [dataclasses.replace(r, header=None) for r in batch.records]  # headers stay here
+    run_id = batch.context.run_id
+    plan = SeriesPlan(records, plan_stacks(records), [], {}, run_id=run_id)
+    for number, stack_plan in enumerate(plan.stacks):
         frame = 0
-        for info in stack.slices:
+        for info in stack_plan.stack.slices:
             item = WorkItem(info.index, number, frame, info.frames, records[info.index].ref.url)
             frame += info.frames
             if stack_plan.temporary is not None:
                 plan.items.append(item)
                 continue
             try:
-                pixels = _decode(item, options)
-                stack_plan.reference = _reference(pixels)
-                stack_plan.dtype = str(pixels.array.dtype)
-                stack_plan.shape = (stack.frames, *pixels.array.shape[1:])
-                stack_plan.temporary = create_temporary_stack(
-                    options.layout,
-                    location,
-                    shape=stack_plan.shape,
-                    dtype=pixels.array.dtype,
-                    frames_per_chunk=options.frames_per_chunk,
-                    run_id=batch.context.run_id,
-                )
-                open_temporary_array(stack_plan.temporary, options.layout)[
+                pixels = decode_item(item, options)
+                temporary = start_stack(stack_plan, InstancePixels.of(pixels), options, run_id)
+                open_temporary_array(temporary, options.layout)[
                     item.frame : item.frame + item.frames
                 ] = pixels.array
                 plan.outcomes[item.record] = None
             except Exception as exc:  # one bad instance must not sink the series
-                plan.outcomes[item.record] = _error(exc)
+                plan.outcomes[item.record] = error_info(exc)
     return plan
 
 
@@ -186,12 +223,12 @@ def write_items(
                     outcomes[item.record] = None
                     continue
                 writer = writers[item.stack] = FrameWriter(temporary, options.layout)
-            pixels = _decode(item, options)
-            _check_fits(pixels.array, writer.array)
+            pixels = decode_item(item, options)
+            check_fits(pixels.array, writer.array)
             writer.write(item.frame, pixels.array)
             outcomes[item.record] = None
         except Exception as exc:  # one bad instance must not sink the series
-            outcomes[item.record] = _error(exc)
+            outcomes[item.record] = error_info(exc)
     return outcomes
 
 
@@ -269,7 +306,7 @@ def _series_row(
     }
 
 
-def _reference(pixels: DecodedPixels) -> dict[str, Any]:
+def reference_attributes(pixels: DecodedPixels) -> dict[str, Any]:
     return {
         "rescale_applied": pixels.rescale_applied,
         "units": pixels.units,
@@ -279,7 +316,7 @@ def _reference(pixels: DecodedPixels) -> dict[str, Any]:
     }
 
 
-def _error(exc: BaseException) -> ErrorInfo:
+def error_info(exc: BaseException) -> ErrorInfo:
     code, message = describe_failure(exc)
     return ErrorInfo(STAGE, code, message)
 
@@ -293,7 +330,7 @@ def _open(url: str, options: PixelOptions) -> BinaryIO:
     return cast(BinaryIO, fs.open(path, "rb"))
 
 
-def _decode(item: WorkItem, options: PixelOptions) -> DecodedPixels:
+def decode_item(item: WorkItem, options: PixelOptions) -> DecodedPixels:
     try:
         with _open(item.url, options) as fp:
             ds = read_dataset(fp)
@@ -314,7 +351,7 @@ def _locate(record: InstanceRecord, location: StackLocation, frame: int) -> Inst
     return dataclasses.replace(record, outputs={**record.outputs, INSTANCES: row})
 
 
-def _check_fits(pixels: np.ndarray, array: Any) -> None:
+def check_fits(pixels: np.ndarray, array: Any) -> None:
     """A later instance must fit the stack's array exactly (shape and value range)."""
     if pixels.shape[1:] != tuple(array.shape[1:]):
         raise PixelDecodeError(

@@ -1,0 +1,141 @@
+"""Decode a series' pixels while its headers are read, before its stacks are planned.
+
+Where each frame goes is known only once every header of the series is read and
+its stacks are planned. Rather than wait for that, the tasks reading the headers
+also decode each image and write its frames, encoded exactly as their chunks will
+be, into a scratch folder of the run; the plan then renames every frame into its
+chunk. Decoding so overlaps the header work instead of following it.
+
+Only for local lakes with one frame per chunk (:func:`applies`): object stores
+cannot rename, and larger chunks mix instances. An instance whose decoded type or
+shape differs from its stack's is decoded again and written the ordinary way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from dicomflow.lake.zarr_store import PIXELS_ROOT, ChunkEncoder, FrameWriter
+from dicomflow.pixels.series_writer import (
+    InstancePixels,
+    PixelOptions,
+    SeriesPlan,
+    WorkItem,
+    check_fits,
+    decode_item,
+    error_info,
+    plan_stacks,
+    start_stack,
+)
+from dicomflow.pixels.slices import slice_info
+from dicomflow.records import Batch, ErrorInfo, InstanceRecord
+
+Decoded = Mapping[int, InstancePixels | ErrorInfo]  # record index in the series -> outcome
+
+
+def applies(options: PixelOptions) -> bool:
+    """Whether a series is decoded early: local lake, one frame per chunk."""
+    return options.layout.is_local() and options.frames_per_chunk == 1
+
+
+def scratch_folder(options: PixelOptions, series: str, run_id: str) -> str:
+    """The series' scratch folder for this run: hidden and ``.tmp``, so what a killed run
+    leaves is swept with its other temporaries."""
+    _, root = options.layout.filesystem()
+    token = hashlib.sha256(run_id.encode()).hexdigest()[:16]
+    return f"{root}/{PIXELS_ROOT}/.scratch-{series}-{token}.tmp"
+
+
+def decode_to_scratch(
+    records: Sequence[InstanceRecord], start: int, scratch: str, options: PixelOptions
+) -> dict[int, InstancePixels | ErrorInfo]:
+    """Decode the images among ``records`` (the series' records ``start`` onwards) and
+    write each frame's chunk to ``scratch`` as ``<record>.<frame>``."""
+    folder = Path(scratch)
+    folder.mkdir(parents=True, exist_ok=True)
+    encode = ChunkEncoder()
+    decoded: dict[int, InstancePixels | ErrorInfo] = {}
+    for offset, record in enumerate(records):
+        index = start + offset
+        info = slice_info(index, record)
+        if info is None:
+            continue
+        try:
+            pixels = decode_item(WorkItem(index, -1, 0, info.frames, record.ref.url), options)
+            written = []
+            for frame, data in enumerate(map(encode, pixels.array)):
+                if data is not None:
+                    (folder / f"{index}.{frame}").write_bytes(data)
+                    written.append(frame)
+            decoded[index] = InstancePixels.of(pixels, tuple(written))
+        except Exception as exc:  # one bad instance must not sink the series
+            decoded[index] = error_info(exc)
+    return decoded
+
+
+def plan_decoded(batch: Batch, decoded: Decoded, scratch: str, options: PixelOptions) -> SeriesPlan:
+    """Plan the stacks and move every decoded frame into its chunk: the whole pixel work
+    of the series but its commit (the plan has no work items left)."""
+    records = [dataclasses.replace(r, header=None) for r in batch.records]
+    run_id = batch.context.run_id
+    plan = SeriesPlan(records, plan_stacks(records), [], {}, run_id=run_id, scratch=scratch)
+    folder = Path(scratch)
+    for number, stack_plan in enumerate(plan.stacks):
+        slices = stack_plan.stack.slices
+        first = next(
+            (d for i in slices if isinstance(d := decoded.get(i.index), InstancePixels)), None
+        )
+        if first is None:  # nothing of the stack decoded: each instance's own error
+            for info in slices:
+                plan.outcomes[info.index] = _failure(decoded.get(info.index))
+            continue
+        try:
+            writer = FrameWriter(start_stack(stack_plan, first, options, run_id), options.layout)
+        except Exception as exc:
+            for info in slices:
+                plan.outcomes[info.index] = error_info(exc)
+            continue
+        frame = 0
+        for info in slices:
+            outcome = decoded.get(info.index)
+            item = WorkItem(info.index, number, frame, info.frames, records[info.index].ref.url)
+            frame += info.frames
+            if isinstance(outcome, ErrorInfo):
+                plan.outcomes[info.index] = outcome
+                continue
+            try:
+                if outcome is not None and _fits(outcome, first, info.frames):
+                    for written in outcome.written:
+                        writer.place(item.frame + written, folder / f"{info.index}.{written}")
+                else:  # another type or shape than the stack's: decode again, cast if exact
+                    pixels = decode_item(item, options)
+                    check_fits(pixels.array, writer.array)
+                    writer.write(item.frame, pixels.array)
+                plan.outcomes[info.index] = None
+            except Exception as exc:
+                plan.outcomes[info.index] = error_info(exc)
+    return plan
+
+
+def remove_scratch(scratch: str | None) -> None:
+    """Drop what is left of a series' scratch folder (frames of failed instances)."""
+    if scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _fits(outcome: InstancePixels, first: InstancePixels, frames: int) -> bool:
+    return (
+        outcome.dtype == first.dtype
+        and outcome.shape[1:] == first.shape[1:]
+        and outcome.shape[0] == frames
+    )
+
+
+def _failure(outcome: InstancePixels | ErrorInfo | None) -> ErrorInfo:
+    if isinstance(outcome, ErrorInfo):
+        return outcome
+    return error_info(RuntimeError("the instance was not decoded"))
