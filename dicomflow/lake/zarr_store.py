@@ -95,6 +95,16 @@ def _ensure_groups(layout: LakeLayout, location: StackLocation) -> None:
                 open_stack_group(layout, path, mode="a")
 
 
+def stack_temporary(layout: LakeLayout, location: StackLocation, run_id: str | None) -> str:
+    """Where a stack is built: in a local lake a hidden directory beside its place, named
+    for the run (random without one); in a bucket its place itself."""
+    if not layout.is_local():  # no rename: written in place, the previous version removed first
+        return _url(layout, location.relative_path)
+    final = _local_root(layout) / location.relative_path
+    token = hashlib.sha256(run_id.encode()).hexdigest()[:16] if run_id else uuid.uuid4().hex
+    return str(final.parent / f".{final.name}.{token}.tmp")
+
+
 def create_temporary_stack(
     layout: LakeLayout,
     location: StackLocation,
@@ -116,12 +126,7 @@ def create_temporary_stack(
     committed by another run, is replaced.
     """
     _ensure_groups(layout, location)
-    if layout.is_local():
-        final = _local_root(layout) / location.relative_path
-        token = hashlib.sha256(run_id.encode()).hexdigest()[:16] if run_id else uuid.uuid4().hex
-        temporary = str(final.parent / f".{final.name}.{token}.tmp")
-    else:  # no rename: write in place, the previous version removed first
-        temporary = _url(layout, location.relative_path)
+    temporary = stack_temporary(layout, location, run_id)
     chunks = (frames_per_chunk, *shape[1:])
     if run_id is not None and _building(temporary, layout, run_id, shape, chunks, dtype):
         return temporary

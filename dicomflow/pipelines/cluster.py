@@ -72,7 +72,7 @@ def open_client(scheduler: str | None = None, workers: int | None = None) -> Ite
             dashboard_address=":0" if _has_dashboard() else None,
             local_directory=tempfile.gettempdir(),
             silence_logs=logging.ERROR,
-            preload=[WORKER_IMPORTS],
+            preload=[*dask.config.get("distributed.worker.preload", []), WORKER_IMPORTS],
         ) as cluster,
         Client(cluster) as client,
     ):

@@ -15,15 +15,24 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from dicomflow.lake.zarr_store import PIXELS_ROOT, ChunkEncoder, FrameWriter
+from dicomflow.lake.zarr_store import (
+    PIXELS_ROOT,
+    ChunkEncoder,
+    FrameWriter,
+    committed_by,
+    open_stack_group,
+    stack_temporary,
+)
 from dicomflow.pixels.series_writer import (
     InstancePixels,
     PixelOptions,
     SeriesPlan,
+    StackPlan,
     WorkItem,
     check_fits,
     decode_item,
@@ -33,6 +42,8 @@ from dicomflow.pixels.series_writer import (
 )
 from dicomflow.pixels.slices import slice_info
 from dicomflow.records import Batch, ErrorInfo, InstanceRecord
+
+logger = logging.getLogger(__name__)
 
 Decoded = Mapping[int, InstancePixels | ErrorInfo]  # record index in the series -> outcome
 
@@ -56,7 +67,11 @@ def decode_to_scratch(
     """Decode the images among ``records`` (the series' records ``start`` onwards) and
     write each frame's chunk to ``scratch`` as ``<record>.<frame>``."""
     folder = Path(scratch)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:  # the plan decodes these instances itself
+        logger.warning("cannot create a pixel scratch folder; decoding at the plan instead")
+        return {}
     encode = ChunkEncoder()
     decoded: dict[int, InstancePixels | ErrorInfo] = {}
     for offset, record in enumerate(records):
@@ -79,46 +94,87 @@ def decode_to_scratch(
 
 def plan_decoded(batch: Batch, decoded: Decoded, scratch: str, options: PixelOptions) -> SeriesPlan:
     """Plan the stacks and move every decoded frame into its chunk: the whole pixel work
-    of the series but its commit (the plan has no work items left)."""
+    of the series but its commit (the plan has no work items left). An instance not
+    decoded early is decoded here; one of another type or shape than its stack's is
+    decoded again and cast if its values fit."""
     records = [dataclasses.replace(r, header=None) for r in batch.records]
     run_id = batch.context.run_id
     plan = SeriesPlan(records, plan_stacks(records), [], {}, run_id=run_id, scratch=scratch)
-    folder = Path(scratch)
     for number, stack_plan in enumerate(plan.stacks):
-        slices = stack_plan.stack.slices
-        first = next(
-            (d for i in slices if isinstance(d := decoded.get(i.index), InstancePixels)), None
-        )
-        if first is None:  # nothing of the stack decoded: each instance's own error
-            for info in slices:
-                plan.outcomes[info.index] = _failure(decoded.get(info.index))
+        if committed_by(options.layout, stack_plan.location, run_id):
+            _recount(stack_plan, number, plan, decoded, options)
+        else:
+            _place(stack_plan, number, plan, decoded, Path(scratch), options)
+    return plan
+
+
+def _place(
+    stack_plan: StackPlan,
+    number: int,
+    plan: SeriesPlan,
+    decoded: Decoded,
+    folder: Path,
+    options: PixelOptions,
+) -> None:
+    writer: FrameWriter | None = None
+    first: InstancePixels | None = None
+    frame = 0
+    for info in stack_plan.stack.slices:
+        item = WorkItem(info.index, number, frame, info.frames, plan.records[info.index].ref.url)
+        frame += info.frames
+        outcome = decoded.get(info.index)
+        if isinstance(outcome, ErrorInfo):
+            plan.outcomes[info.index] = outcome
             continue
         try:
-            writer = FrameWriter(start_stack(stack_plan, first, options, run_id), options.layout)
-        except Exception as exc:
-            for info in slices:
-                plan.outcomes[info.index] = error_info(exc)
+            pixels = None
+            if outcome is None:  # not decoded early
+                pixels = decode_item(item, options)
+                outcome = InstancePixels.of(pixels)
+            if writer is None or first is None:
+                temporary = start_stack(stack_plan, outcome, options, plan.run_id)
+                writer, first = FrameWriter(temporary, options.layout), outcome
+            if pixels is None and _fits(outcome, first, info.frames):
+                for written in outcome.written:
+                    writer.place(item.frame + written, folder / f"{info.index}.{written}")
+            else:
+                pixels = decode_item(item, options) if pixels is None else pixels
+                check_fits(pixels.array, writer.array)
+                writer.write(item.frame, pixels.array)
+            plan.outcomes[info.index] = None
+        except Exception as exc:  # one bad instance must not sink the series
+            plan.outcomes[info.index] = error_info(exc)
+
+
+def _recount(
+    stack_plan: StackPlan, number: int, plan: SeriesPlan, decoded: Decoded, options: PixelOptions
+) -> None:
+    """The stack was committed by this run already (the plan is computed again because the
+    worker holding its result died before the commit's result was fetched): take each
+    instance's outcome again, as the first plan found it, and touch no frame."""
+    array = open_stack_group(options.layout, stack_plan.location.relative_path)["0"]
+    first: InstancePixels | None = None
+    frame = 0
+    for info in stack_plan.stack.slices:
+        item = WorkItem(info.index, number, frame, info.frames, plan.records[info.index].ref.url)
+        frame += info.frames
+        outcome = decoded.get(info.index)
+        if isinstance(outcome, ErrorInfo):
+            plan.outcomes[info.index] = outcome
             continue
-        frame = 0
-        for info in slices:
-            outcome = decoded.get(info.index)
-            item = WorkItem(info.index, number, frame, info.frames, records[info.index].ref.url)
-            frame += info.frames
-            if isinstance(outcome, ErrorInfo):
-                plan.outcomes[info.index] = outcome
-                continue
-            try:
-                if outcome is not None and _fits(outcome, first, info.frames):
-                    for written in outcome.written:
-                        writer.place(item.frame + written, folder / f"{info.index}.{written}")
-                else:  # another type or shape than the stack's: decode again, cast if exact
-                    pixels = decode_item(item, options)
-                    check_fits(pixels.array, writer.array)
-                    writer.write(item.frame, pixels.array)
-                plan.outcomes[info.index] = None
-            except Exception as exc:
-                plan.outcomes[info.index] = error_info(exc)
-    return plan
+        try:
+            if outcome is None or (first is not None and not _fits(outcome, first, info.frames)):
+                pixels = decode_item(item, options)
+                check_fits(pixels.array, array)
+                outcome = InstancePixels.of(pixels)
+            first = first or outcome
+            plan.outcomes[info.index] = None
+        except Exception as exc:
+            plan.outcomes[info.index] = error_info(exc)
+    if first is not None:
+        stack_plan.reference, stack_plan.dtype = first.reference, first.dtype
+        stack_plan.shape = (stack_plan.stack.frames, *first.shape[1:])
+        stack_plan.temporary = stack_temporary(options.layout, stack_plan.location, plan.run_id)
 
 
 def remove_scratch(scratch: str | None) -> None:
@@ -133,9 +189,3 @@ def _fits(outcome: InstancePixels, first: InstancePixels, frames: int) -> bool:
         and outcome.shape[1:] == first.shape[1:]
         and outcome.shape[0] == frames
     )
-
-
-def _failure(outcome: InstancePixels | ErrorInfo | None) -> ErrorInfo:
-    if isinstance(outcome, ErrorInfo):
-        return outcome
-    return error_info(RuntimeError("the instance was not decoded"))

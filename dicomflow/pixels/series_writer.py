@@ -40,6 +40,7 @@ from dicomflow.lake.zarr_store import (
     committed_by,
     create_temporary_stack,
     discard_stack,
+    open_stack_group,
     open_temporary_array,
     stack_exists,
 )
@@ -197,6 +198,25 @@ def plan_series(batch: Batch, options: PixelOptions) -> SeriesPlan:
     return plan
 
 
+def share_items(
+    items: Sequence[WorkItem], part: int, parts: int, frames_per_chunk: int = 1
+) -> list[WorkItem]:
+    """The ``part``-th of ``parts`` shares of ``items``. With several frames per chunk, the
+    items that write into one chunk stay in one share: zarr writes part of a chunk by
+    reading and rewriting it, so two shares writing one chunk at once would lose frames."""
+    if parts <= 1:
+        return list(items)
+    if frames_per_chunk == 1:
+        return list(items[part::parts])
+    groups: list[list[WorkItem]] = []
+    for item in items:  # in frame order per stack: chunk-sharing items are neighbours
+        if groups and groups[-1][-1].stack == item.stack and item.frame % frames_per_chunk:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return [item for group in groups[part::parts] for item in group]
+
+
 def write_items(
     work: PixelWork, part: int, parts: int, options: PixelOptions
 ) -> dict[int, ErrorInfo | None]:
@@ -204,28 +224,28 @@ def write_items(
 
     A share Dask computes again after its series was committed (the worker holding
     its result died before the commit's result was fetched) finds the stack
-    committed by its run and reports its items written, as they are."""
-    items = work.items[part::parts] if parts > 1 else work.items
+    committed by its run: it decodes its items again, to report the outcomes the
+    first attempt had, and writes nothing."""
+    items = share_items(work.items, part, parts, options.frames_per_chunk)
     outcomes: dict[int, ErrorInfo | None] = {}
     writers: dict[int, FrameWriter] = {}
-    committed: dict[int, bool] = {}
+    committed: dict[int, Any] = {}  # stack -> its array, committed by this run already
     for item in items:
         try:
             writer = writers.get(item.stack)
-            if writer is None:
-                temporary = work.temporaries[item.stack]
-                if item.stack not in committed:
-                    location = work.locations[item.stack]
-                    committed[item.stack] = not stack_exists(
-                        temporary, options.layout
-                    ) and committed_by(options.layout, location, work.run_id)
-                if committed[item.stack]:
-                    outcomes[item.record] = None
-                    continue
-                writer = writers[item.stack] = FrameWriter(temporary, options.layout)
+            if writer is None and item.stack not in committed:
+                temporary, location = work.temporaries[item.stack], work.locations[item.stack]
+                if not stack_exists(temporary, options.layout) and committed_by(
+                    options.layout, location, work.run_id
+                ):
+                    group = open_stack_group(options.layout, location.relative_path)
+                    committed[item.stack] = group["0"]
+                else:
+                    writer = writers[item.stack] = FrameWriter(temporary, options.layout)
             pixels = decode_item(item, options)
-            check_fits(pixels.array, writer.array)
-            writer.write(item.frame, pixels.array)
+            check_fits(pixels.array, writer.array if writer else committed[item.stack])
+            if writer is not None:
+                writer.write(item.frame, pixels.array)
             outcomes[item.record] = None
         except Exception as exc:  # one bad instance must not sink the series
             outcomes[item.record] = error_info(exc)

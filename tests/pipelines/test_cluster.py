@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import dask
+
 from dicomflow.pipelines.cluster import WORKER_MALLOC_ENV, open_client
 from dicomflow.pipelines.worker_imports import MODULES
 
@@ -13,10 +15,15 @@ LOADED = "sorted(m for m in __import__('sys').modules if m in {names!r})"
 
 
 def test_local_workers_start_with_the_malloc_setting_and_the_task_imports() -> None:
+    """Ours come on top of the user's own preloads (here ``tabnanny``, which nothing else
+    imports), as the malloc setting comes on top of their environment."""
     wanted = {"pandas", "dicomflow.pipelines.ingest", "dicomflow.pixels.imagecodecs_plugin"}
     assert wanted <= set(MODULES)
-    with open_client(workers=1) as client:
+    with (
+        dask.config.set({"distributed.worker.preload": ["tabnanny"]}),
+        open_client(workers=1) as client,
+    ):
         environment = client.run(os.environ.get, "MALLOC_MMAP_THRESHOLD_")
-        loaded = client.run(eval, LOADED.format(names=wanted))
+        loaded = client.run(eval, LOADED.format(names=wanted | {"tabnanny"}))
     assert list(environment.values()) == [WORKER_MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]]
-    assert list(loaded.values()) == [sorted(wanted)]
+    assert list(loaded.values()) == [sorted(wanted | {"tabnanny"})]

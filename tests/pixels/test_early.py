@@ -18,7 +18,7 @@ import zarr
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.pipelines.ingest import SeriesRows, plan_rows, read_rows
-from dicomflow.pixels.early import applies, scratch_folder
+from dicomflow.pixels.early import applies, remove_scratch, scratch_folder
 from dicomflow.pixels.series_writer import (
     InstancePixels,
     PixelOptions,
@@ -156,3 +156,31 @@ def test_an_instance_decoded_to_another_type_is_cast_into_its_stack(tmp_path: Pa
     expected = _expected(paths)
     for frame, uid in enumerate(series["sop_instance_uids"]):
         assert np.array_equal(volume[frame], expected[uid]), f"frame {frame}"
+
+
+def test_a_plan_computed_again_after_the_commit_changes_nothing(tmp_path: Path) -> None:
+    """The worker holding the plan's and the commit's results dies once the commit is
+    done (its scratch removed): Dask computes both again from the reading shares'
+    results. The same rows come out, the broken instance is still the only error."""
+    paths, source, context = _setup(tmp_path, "replan")
+    broken = pydicom.dcmread(paths[5])
+    broken.PixelData = broken.PixelData[:100]
+    broken.save_as(paths[5])
+    lake = tmp_path / "lake"
+    options = PixelOptions(LakeLayout(str(lake)))
+    scratch = scratch_folder(options, "part-x", context.run_id)
+    parts = _read(source, context, options, scratch)
+    first = _commit(plan_rows(parts, context, options, scratch), context, options)
+    remove_scratch(scratch)  # as the commit task does
+    (series,) = first.tables["series"]
+    volume = zarr.open_group(str(lake / series["zarr_path"]), mode="r")["0"][:]
+
+    again = _commit(plan_rows(parts, context, options, scratch), context, options)
+
+    failed = [r.error is not None for r in first.records]
+    assert sum(failed) == 1 and series["qc_flags"] == ["missing_frames"]
+    assert [r.error is not None for r in again.records] == failed
+    assert [r.outputs for r in again.records] == [r.outputs for r in first.records]
+    assert again.tables == first.tables
+    assert np.array_equal(zarr.open_group(str(lake / series["zarr_path"]))["0"][:], volume)
+    assert [p.name for p in lake.rglob(".*")] == []

@@ -19,7 +19,14 @@ import zarr
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.pipelines.ingest import plan_rows, read_rows, share_count
-from dicomflow.pixels.series_writer import PixelOptions, commit_series, pixel_work, write_items
+from dicomflow.pixels.series_writer import (
+    PixelOptions,
+    WorkItem,
+    commit_series,
+    pixel_work,
+    share_items,
+    write_items,
+)
 from dicomflow.records import RunContext
 from tests.conftest import REPO
 
@@ -61,10 +68,14 @@ def test_a_recomputed_plan_keeps_the_frames_its_finished_shares_wrote(tmp_path: 
 
 
 def test_shares_and_commit_recomputed_after_the_commit_change_nothing(tmp_path: Path) -> None:
-    """The worker holding the series' result and one share's result dies after the
-    commit: Dask computes that share and the commit again. The share finds the stack
-    committed by its run; no instance becomes an error row, no frame is lost."""
-    write_ct_series(tmp_path / "src", SLICES, per_series=SLICES, rows=32, cols=32)
+    """The worker holding the series' result and the shares' results dies after the
+    commit: Dask computes the shares and the commit again. The shares find the stack
+    committed by its run and report what the first attempt found: the same rows, the
+    same error for the one broken instance, no frame lost."""
+    paths = write_ct_series(tmp_path / "src", SLICES, per_series=SLICES, rows=32, cols=32)
+    broken = pydicom.dcmread(paths[5])
+    broken.PixelData = broken.PixelData[:100]  # cannot be decoded: an error row, twice
+    broken.save_as(paths[5])
     source = FilesConnector((str(tmp_path / "src"),))
     refs = sorted(source.query().refs, key=lambda r: r.url)
     context = RunContext("20261128T000000Z-aftercommit", datetime.now(UTC))
@@ -76,10 +87,15 @@ def test_shares_and_commit_recomputed_after_the_commit_change_nothing(tmp_path: 
     (series,) = first.tables["series"]
     volume = _committed_volume(tmp_path / "lake", series["zarr_path"])
 
-    shares[1] = write_items(work, 1, SHARES, options)  # recomputed after the commit
+    failed = [r.error is not None for r in first.records]
+    assert sum(failed) == 1 and series["qc_flags"] == ["missing_frames"]
+
+    for k in range(SHARES):  # every share recomputed after the commit
+        shares[k] = write_items(work, k, SHARES, options)
     again = commit_series(plan, shares, context, options)
 
-    assert [r.error for r in again.records] == [None] * SLICES
+    assert [r.error is not None for r in again.records] == failed
+    assert [r.outputs for r in again.records] == [r.outputs for r in first.records]
     assert again.tables["series"] == first.tables["series"]
     assert np.array_equal(_committed_volume(tmp_path / "lake", series["zarr_path"]), volume)
 
@@ -100,3 +116,25 @@ def test_shares_and_commit_recomputed_after_the_commit_change_nothing(tmp_path: 
 )
 def test_share_counts(instances: int, workers: int, shares: int) -> None:
     assert share_count(instances, workers) == shares
+
+
+def test_items_that_write_one_chunk_stay_in_one_share() -> None:
+    # 2 frames per chunk; frame 0 is the plan's first instance, written before any share.
+    # Frames 8 and 9 are two instances in one chunk.
+    frames = [(1, 3), (4, 1), (5, 1), (6, 2), (8, 1), (9, 1), (10, 1)]
+    items = [WorkItem(i, 0, f, n, f"/{i}") for i, (f, n) in enumerate(frames)]
+    items += [WorkItem(7, 1, 1, 1, "/7"), WorkItem(8, 1, 2, 1, "/8")]  # a second stack
+    shares = [share_items(items, k, 3, frames_per_chunk=2) for k in range(3)]
+    assert sorted(i.record for share in shares for i in share) == list(range(9))
+    chunk_owner: dict[tuple[int, int], int] = {}
+    for k, share in enumerate(shares):
+        for item in share:
+            for frame in range(item.frame, item.frame + item.frames):
+                owner = chunk_owner.setdefault((item.stack, frame // 2), k)
+                assert owner == k, f"chunk {frame // 2} of stack {item.stack} in two shares"
+    assert all(shares)  # the work is still spread
+
+
+def test_one_frame_chunks_are_shared_round_robin() -> None:
+    items = [WorkItem(i, 0, i, 1, f"/{i}") for i in range(7)]
+    assert [i.record for i in share_items(items, 1, 3)] == [1, 4]
