@@ -184,3 +184,22 @@ def test_a_plan_computed_again_after_the_commit_changes_nothing(tmp_path: Path) 
     assert again.tables == first.tables
     assert np.array_equal(zarr.open_group(str(lake / series["zarr_path"]))["0"][:], volume)
     assert [p.name for p in lake.rglob(".*")] == []
+
+
+def test_a_scratch_folder_that_cannot_be_made_leaves_the_decoding_to_the_plan(
+    tmp_path: Path,
+) -> None:
+    paths, source, context = _setup(tmp_path, "noscratch")
+    (tmp_path / "not-a-folder").write_bytes(b"")
+    scratch = str(tmp_path / "not-a-folder" / "scratch")
+    lake = tmp_path / "lake"
+    options = PixelOptions(LakeLayout(str(lake)))
+    parts = _read(source, context, options, scratch)
+    assert all(part.decoded == {} for part in parts)
+    batch = _commit(plan_rows(parts, context, options, scratch), context, options)
+    assert [r.error for r in batch.records] == [None] * SLICES
+    (series,) = batch.tables["series"]
+    volume = zarr.open_group(str(lake / series["zarr_path"]), mode="r")["0"][:]
+    expected = _expected(paths)
+    for frame, uid in enumerate(series["sop_instance_uids"]):
+        assert np.array_equal(volume[frame], expected[uid]), f"frame {frame}"
