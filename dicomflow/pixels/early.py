@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import logging
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from dicomflow.lake.zarr_store import (
@@ -118,14 +118,7 @@ def _place(
 ) -> None:
     writer: FrameWriter | None = None
     first: InstancePixels | None = None
-    frame = 0
-    for info in stack_plan.stack.slices:
-        item = WorkItem(info.index, number, frame, info.frames, plan.records[info.index].ref.url)
-        frame += info.frames
-        outcome = decoded.get(info.index)
-        if isinstance(outcome, ErrorInfo):
-            plan.outcomes[info.index] = outcome
-            continue
+    for item, outcome in _decoded_slices(stack_plan, number, plan, decoded):
         try:
             pixels = None
             if outcome is None:  # not decoded early
@@ -134,16 +127,16 @@ def _place(
             if writer is None or first is None:
                 temporary = start_stack(stack_plan, outcome, options, plan.run_id)
                 writer, first = FrameWriter(temporary, options.layout), outcome
-            if pixels is None and _fits(outcome, first, info.frames):
+            if pixels is None and _fits(outcome, first, item.frames):
                 for written in outcome.written:
-                    writer.place(item.frame + written, folder / f"{info.index}.{written}")
+                    writer.place(item.frame + written, folder / f"{item.record}.{written}")
             else:
                 pixels = decode_item(item, options) if pixels is None else pixels
                 check_fits(pixels.array, writer.array)
                 writer.write(item.frame, pixels.array)
-            plan.outcomes[info.index] = None
+            plan.outcomes[item.record] = None
         except Exception as exc:  # one bad instance must not sink the series
-            plan.outcomes[info.index] = error_info(exc)
+            plan.outcomes[item.record] = error_info(exc)
 
 
 def _recount(
@@ -154,6 +147,27 @@ def _recount(
     instance's outcome again, as the first plan found it, and touch no frame."""
     array = open_stack_group(options.layout, stack_plan.location.relative_path)["0"]
     first: InstancePixels | None = None
+    for item, outcome in _decoded_slices(stack_plan, number, plan, decoded):
+        try:
+            if outcome is None or (first is not None and not _fits(outcome, first, item.frames)):
+                pixels = decode_item(item, options)
+                check_fits(pixels.array, array)
+                outcome = InstancePixels.of(pixels)
+            first = first or outcome
+            plan.outcomes[item.record] = None
+        except Exception as exc:
+            plan.outcomes[item.record] = error_info(exc)
+    if first is not None:
+        stack_plan.reference, stack_plan.dtype = first.reference, first.dtype
+        stack_plan.shape = (stack_plan.stack.frames, *first.shape[1:])
+        stack_plan.temporary = stack_temporary(options.layout, stack_plan.location, plan.run_id)
+
+
+def _decoded_slices(
+    stack_plan: StackPlan, number: int, plan: SeriesPlan, decoded: Decoded
+) -> Iterator[tuple[WorkItem, InstancePixels | None]]:
+    """Each slice of the stack as a work item with what early decoding made of it; the
+    slices that failed there get their error in the plan and are left out."""
     frame = 0
     for info in stack_plan.stack.slices:
         item = WorkItem(info.index, number, frame, info.frames, plan.records[info.index].ref.url)
@@ -161,20 +175,8 @@ def _recount(
         outcome = decoded.get(info.index)
         if isinstance(outcome, ErrorInfo):
             plan.outcomes[info.index] = outcome
-            continue
-        try:
-            if outcome is None or (first is not None and not _fits(outcome, first, info.frames)):
-                pixels = decode_item(item, options)
-                check_fits(pixels.array, array)
-                outcome = InstancePixels.of(pixels)
-            first = first or outcome
-            plan.outcomes[info.index] = None
-        except Exception as exc:
-            plan.outcomes[info.index] = error_info(exc)
-    if first is not None:
-        stack_plan.reference, stack_plan.dtype = first.reference, first.dtype
-        stack_plan.shape = (stack_plan.stack.frames, *first.shape[1:])
-        stack_plan.temporary = stack_temporary(options.layout, stack_plan.location, plan.run_id)
+        else:
+            yield item, outcome
 
 
 def remove_scratch(scratch: str | None) -> None:
