@@ -166,19 +166,26 @@ def _building(
     dtype: np.dtype,
 ) -> bool:
     """Whether ``location`` holds the stack this run is building, with this very array."""
-    try:
-        group = open_stack_group(layout, location, mode="r")
-        if group.attrs.get(RUN_ID) != run_id:
-            return False
-        array = group["0"]
-    except (OSError, KeyError, zarr.errors.BaseZarrError):
-        return False
+    array = _array_of_run(layout, location, run_id)
     return (
-        isinstance(array, zarr.Array)
+        array is not None
         and tuple(array.shape) == tuple(shape)
         and tuple(array.chunks) == chunks
         and array.dtype == np.dtype(dtype)
     )
+
+
+def _array_of_run(layout: LakeLayout, location: str, run_id: str) -> zarr.Array | None:
+    """Array ``0`` of the stack group at ``location`` (as :func:`open_stack_group` takes
+    it) if run ``run_id`` stamped the group, else None."""
+    try:
+        group = open_stack_group(layout, location, mode="r")
+        if group.attrs.get(RUN_ID) != run_id:
+            return None
+        array = group["0"]
+    except (OSError, KeyError, zarr.errors.BaseZarrError):
+        return None
+    return array if isinstance(array, zarr.Array) else None
 
 
 COMPRESSOR = {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"}
@@ -296,7 +303,7 @@ def commit_stack(
         return
     final = _local_root(layout) / location.relative_path
     staged = Path(temporary)
-    if run_id is not None and _stored_run(final) == run_id:
+    if committed_array(layout, location, run_id) is not None:
         shutil.rmtree(staged, ignore_errors=True)  # this run committed the stack already
         return
     try:
@@ -332,29 +339,15 @@ def _stack_attributes(
     }
 
 
-def stack_exists(location: str, layout: LakeLayout) -> bool:
-    """Whether the stack group at ``location`` (as :func:`open_stack_group` takes it) exists."""
-    try:
-        open_stack_group(layout, location, mode="r")
-    except (OSError, zarr.errors.BaseZarrError):
-        return False
-    return True
-
-
-def committed_by(layout: LakeLayout, location: StackLocation, run_id: str) -> bool:
-    """Whether the stack at ``location`` was committed by run ``run_id`` (local lakes; a
-    bucket lake's stack is written in place, so there a repeated write is harmless)."""
-    if not layout.is_local() or not run_id:
-        return False
-    return bool(_stored_run(_local_root(layout) / location.relative_path) == run_id)
-
-
-def _stored_run(final: Path) -> Any:
-    """The run that committed the stack at ``final`` (None if there is none)."""
-    try:
-        return zarr.open_group(str(final), mode="r").attrs.get(RUN_ID)
-    except (OSError, zarr.errors.BaseZarrError):
+def committed_array(
+    layout: LakeLayout, location: StackLocation, run_id: str | None
+) -> zarr.Array | None:
+    """The array of the stack at ``location`` if run ``run_id`` committed it, else None.
+    Local lakes only: a bucket lake's stack is written in place, where the run's stamp
+    marks it from its creation, and a repeated write there is harmless."""
+    if not run_id or not layout.is_local():
         return None
+    return _array_of_run(layout, location.relative_path, run_id)
 
 
 def discard_stack(temporary: str, layout: LakeLayout) -> None:

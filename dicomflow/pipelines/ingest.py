@@ -228,7 +228,7 @@ def series_graph(
             tuple(operators),
             start,
             scratch,
-            options if scratch is not None else None,
+            options,
             dask_key_name=task_key("rows", context, f"{name}-{start // size}"),
         )
         for start in range(0, len(refs), size)

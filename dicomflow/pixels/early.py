@@ -20,12 +20,13 @@ import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+import zarr
+
 from dicomflow.lake.zarr_store import (
     PIXELS_ROOT,
     ChunkEncoder,
     FrameWriter,
-    committed_by,
-    open_stack_group,
+    committed_array,
     stack_temporary,
 )
 from dicomflow.pixels.series_writer import (
@@ -101,8 +102,9 @@ def plan_decoded(batch: Batch, decoded: Decoded, scratch: str, options: PixelOpt
     run_id = batch.context.run_id
     plan = SeriesPlan(records, plan_stacks(records), [], {}, run_id=run_id, scratch=scratch)
     for number, stack_plan in enumerate(plan.stacks):
-        if committed_by(options.layout, stack_plan.location, run_id):
-            _recount(stack_plan, number, plan, decoded, options)
+        committed = committed_array(options.layout, stack_plan.location, run_id)
+        if committed is not None:
+            _recount(stack_plan, number, plan, decoded, committed, options)
         else:
             _place(stack_plan, number, plan, decoded, Path(scratch), options)
     return plan
@@ -140,12 +142,16 @@ def _place(
 
 
 def _recount(
-    stack_plan: StackPlan, number: int, plan: SeriesPlan, decoded: Decoded, options: PixelOptions
+    stack_plan: StackPlan,
+    number: int,
+    plan: SeriesPlan,
+    decoded: Decoded,
+    array: zarr.Array,
+    options: PixelOptions,
 ) -> None:
     """The stack was committed by this run already (the plan is computed again because the
     worker holding its result died before the commit's result was fetched): take each
     instance's outcome again, as the first plan found it, and touch no frame."""
-    array = open_stack_group(options.layout, stack_plan.location.relative_path)["0"]
     first: InstancePixels | None = None
     for item, outcome in _decoded_slices(stack_plan, number, plan, decoded):
         try:

@@ -37,12 +37,10 @@ from dicomflow.lake.zarr_store import (
     FrameWriter,
     StackLocation,
     commit_stack,
-    committed_by,
+    committed_array,
     create_temporary_stack,
     discard_stack,
-    open_stack_group,
     open_temporary_array,
-    stack_exists,
 )
 from dicomflow.operators.base import describe_failure
 from dicomflow.pixels.decode import (
@@ -234,13 +232,11 @@ def write_items(
         try:
             writer = writers.get(item.stack)
             if writer is None and item.stack not in committed:
-                temporary, location = work.temporaries[item.stack], work.locations[item.stack]
-                if not stack_exists(temporary, options.layout) and committed_by(
-                    options.layout, location, work.run_id
-                ):
-                    group = open_stack_group(options.layout, location.relative_path)
-                    committed[item.stack] = group["0"]
+                array = committed_array(options.layout, work.locations[item.stack], work.run_id)
+                if array is not None:
+                    committed[item.stack] = array
                 else:
+                    temporary = work.temporaries[item.stack]
                     writer = writers[item.stack] = FrameWriter(temporary, options.layout)
             pixels = decode_item(item, options)
             check_fits(pixels.array, writer.array if writer else committed[item.stack])

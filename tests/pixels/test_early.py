@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -73,6 +74,14 @@ def _expected(paths: list[Path]) -> dict[str, np.ndarray]:
     return out
 
 
+def _assert_frames(lake: Path, series: dict[str, Any], paths: list[Path]) -> None:
+    """Every frame of the committed stack equals pydicom's decode of its instance."""
+    volume = zarr.open_group(str(lake / series["zarr_path"]), mode="r")["0"][:]
+    expected = _expected(paths)
+    for frame, uid in enumerate(series["sop_instance_uids"]):
+        assert np.array_equal(volume[frame], expected[uid]), f"frame {frame}"
+
+
 def _commit(
     plan: SeriesPlan,
     context: RunContext,
@@ -124,10 +133,7 @@ def test_early_tasks_computed_again_keep_every_frame_and_leave_no_scratch(tmp_pa
     for batch in (first, second):
         assert [r.error for r in batch.records] == [None] * SLICES
     (series,) = second.tables["series"]
-    volume = zarr.open_group(str(lake / series["zarr_path"]), mode="r")["0"][:]
-    expected = _expected(paths)
-    for frame, uid in enumerate(series["sop_instance_uids"]):
-        assert np.array_equal(volume[frame], expected[uid]), f"frame {frame}"
+    _assert_frames(lake, series, paths)
     hidden = [p.name for p in lake.rglob(".*")]
     assert Path(scratch).exists()  # the commit task (ingest) removes it, not commit_series
     assert hidden == [Path(scratch).name]
@@ -152,10 +158,7 @@ def test_an_instance_decoded_to_another_type_is_cast_into_its_stack(tmp_path: Pa
     assert [r.error for r in batch.records] == [None] * SLICES
     (series,) = batch.tables["series"]
     assert series["dtype"] == "int32"
-    volume = zarr.open_group(str(lake / series["zarr_path"]), mode="r")["0"][:]
-    expected = _expected(paths)
-    for frame, uid in enumerate(series["sop_instance_uids"]):
-        assert np.array_equal(volume[frame], expected[uid]), f"frame {frame}"
+    _assert_frames(lake, series, paths)
 
 
 def test_a_plan_computed_again_after_the_commit_changes_nothing(tmp_path: Path) -> None:
@@ -199,7 +202,4 @@ def test_a_scratch_folder_that_cannot_be_made_leaves_the_decoding_to_the_plan(
     batch = _commit(plan_rows(parts, context, options, scratch), context, options)
     assert [r.error for r in batch.records] == [None] * SLICES
     (series,) = batch.tables["series"]
-    volume = zarr.open_group(str(lake / series["zarr_path"]), mode="r")["0"][:]
-    expected = _expected(paths)
-    for frame, uid in enumerate(series["sop_instance_uids"]):
-        assert np.array_equal(volume[frame], expected[uid]), f"frame {frame}"
+    _assert_frames(lake, series, paths)
