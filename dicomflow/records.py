@@ -63,6 +63,7 @@ class Header:
     pixel_data_offset: int | None = None
     pixel_data_length: int | None = None
     trailing_parsed: bool = True
+    pixel_data_end: int | None = None  # past the value (and its delimiter); fast reader only
 
 
 @dataclass(frozen=True, slots=True)

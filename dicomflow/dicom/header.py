@@ -91,12 +91,13 @@ def read_header(fp: BinaryIO, *, size: int | None) -> Header:
 def _from_fast(fast: FastHeader) -> Header:
     pixel: dict[str, Any] = {}
     if fast.pixel is not None:
-        tag, vr, offset, length, _ = fast.pixel
+        tag, vr, offset, length, end = fast.pixel
         pixel = {
             "pixel_data_tag": tag,
             "pixel_data_vr": vr,
             "pixel_data_offset": offset,
             "pixel_data_length": length,
+            "pixel_data_end": end,
         }
     return Header(
         fast.elements,

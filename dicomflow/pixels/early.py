@@ -81,7 +81,8 @@ def decode_to_scratch(
         if info is None:
             continue
         try:
-            pixels = decode_item(WorkItem(index, -1, 0, info.frames, record.ref.url), options)
+            item = WorkItem(index, -1, 0, info.frames, record.ref.url)
+            pixels = decode_item(item, options, record.header)
             written = []
             for frame, data in enumerate(map(encode, pixels.array)):
                 if data is not None:

@@ -50,8 +50,9 @@ from dicomflow.pixels.decode import (
     decode,
     read_dataset,
 )
+from dicomflow.pixels.header_dataset import dataset_from_header
 from dicomflow.pixels.slices import slice_info
-from dicomflow.records import Batch, ErrorInfo, InstanceRecord, RunContext
+from dicomflow.records import Batch, ErrorInfo, Header, InstanceRecord, RunContext
 from dicomflow.schemas.series import SERIES_SCHEMA_VERSION
 
 STAGE = "write_pixels"
@@ -346,10 +347,17 @@ def _open(url: str, options: PixelOptions) -> BinaryIO:
     return cast(BinaryIO, fs.open(path, "rb"))
 
 
-def decode_item(item: WorkItem, options: PixelOptions) -> DecodedPixels:
+def decode_item(
+    item: WorkItem, options: PixelOptions, header: Header | None = None
+) -> DecodedPixels:
+    """Decode one instance; with the ``header`` its scan read, only Pixel Data is read
+    from the file (:mod:`dicomflow.pixels.header_dataset`)."""
     try:
         with _open(item.url, options) as fp:
-            ds = read_dataset(fp)
+            ds = dataset_from_header(header, fp) if header is not None else None
+            if ds is None:
+                fp.seek(0)
+                ds = read_dataset(fp)
     except OSError as exc:
         raise PixelDecodeError(
             f"cannot read the source ({type(exc).__name__})", code=ErrorCode.UNREADABLE
