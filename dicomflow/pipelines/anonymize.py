@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-from dask.delayed import delayed
 from distributed import Client
 
 from dicomflow.anonymize.engine import Deidentifier
@@ -34,7 +33,7 @@ from dicomflow.pipelines.pipeline import (
     RunSummary,
     error_codes,
     execute,
-    literal,
+    task,
     task_key,
     timed,
 )
@@ -192,17 +191,17 @@ def run_deidentify(
         settings.deidentifier, reader, destination, label_outputs=settings.write_dicom
     )
     keyed = list(partitions)
-    task = delayed(deidentify_partition, pure=True)
     jobs = [
         (
             part,
             task(
-                literal(part, task_key("deidentify-refs", context, part.name)),
+                deidentify_partition,
+                part,
                 operator,
                 sinks,
                 context,
                 settings.mapping_dir,
-                dask_key_name=task_key("deidentify", context, part.name),
+                key=task_key("deidentify", context, part.name),
             ),
         )
         for part in keyed

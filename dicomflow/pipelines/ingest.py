@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from dask.delayed import Delayed, delayed
+from dask.delayed import Delayed
 from distributed import Client
 
 from dicomflow._version import __version__
@@ -38,11 +38,11 @@ from dicomflow.pipelines.pipeline import (
     RunSummary,
     commit_batch,
     execute,
-    literal,
     new_run_id,
     pending,
     prepare_lake,
     run_partition,
+    task,
     task_key,
     timed,
 )
@@ -221,41 +221,41 @@ def series_graph(
     if scratch is not None:  # the decoding shares are the reading shares
         size = math.ceil(len(refs) / share_count(len(refs), workers)) or 1
     rows = [
-        delayed(read_rows, pure=True)(
+        task(
+            read_rows,
             source,
-            literal(refs[start : start + size], task_key("rows-refs", context, f"{name}-{start}")),
+            refs[start : start + size],
             context,
             tuple(operators),
             start,
             scratch,
             options,
-            dask_key_name=task_key("rows", context, f"{name}-{start // size}"),
+            key=task_key("rows", context, f"{name}-{start // size}"),
         )
         for start in range(0, len(refs), size)
     ]
-    plan = delayed(plan_rows, pure=True)(
-        rows, context, options, scratch, dask_key_name=task_key("plan", context, name)
-    )
+    plan = task(plan_rows, rows, context, options, scratch, key=task_key("plan", context, name))
     shares = []
     if scratch is None:
         count = share_count(len(partition.refs), workers)
         # Shares depend on the small work list, not on the plan (which holds every header
         # row), so the scheduler is free to spread them over all workers.
-        work = delayed(pixel_work, pure=True)(plan, dask_key_name=task_key("work", context, name))
+        work = task(pixel_work, plan, key=task_key("work", context, name))
         shares = [
-            delayed(write_items, pure=True)(
-                work, k, count, options, dask_key_name=task_key("pixels", context, f"{name}-{k}")
+            task(
+                write_items, work, k, count, options, key=task_key("pixels", context, f"{name}-{k}")
             )
             for k in range(count)
         ]
-    return delayed(commit_series_partition, pure=True)(
+    return task(
+        commit_series_partition,
         plan,
         shares,
-        literal(partition, task_key("series-refs", context, name)),
+        partition,
         context,
         options,
         sinks,
-        dask_key_name=task_key("series", context, name),
+        key=task_key("series", context, name),
     )
 
 
@@ -348,14 +348,9 @@ def index_series(
 ) -> tuple[list[list[SourceRef]], list[SourceRef]]:
     """Stage one of a pixel ingest: the series of every input, as groups plus the rest."""
     partitions = plan_partitions(refs, policy)
-    index_task = delayed(index_partition, pure=True)
     futures = client.compute(
         [
-            index_task(
-                source,
-                literal(p, task_key("index-refs", context, p.name)),
-                dask_key_name=task_key("index", context, p.name),
-            )
+            task(index_partition, source, p, key=task_key("index", context, p.name))
             for p in partitions
         ],
         retries=retries,
@@ -446,12 +441,10 @@ class _Stages:
             part = partition_named(number, refs)
             graph = series_graph(source, part, context, pixel_options, sinks, operators, workers)
             jobs.append((part, graph))
-        scan_task = delayed(run_partition, pure=True)
         for part in plan_partitions(loose, self.policy):
             key = task_key("scan", context, part.name)
-            listed = literal(part, task_key("scan-refs", context, part.name))
             jobs.append(
-                (part, scan_task(source, listed, operators, sinks, context, dask_key_name=key))
+                (part, task(run_partition, source, part, operators, sinks, context, key=key))
             )
         execute(
             self.client,
