@@ -197,8 +197,11 @@ class Ledger:
                 if path not in live:
                     fs.rm(path)
                     removed += 1
-        for path in fs.glob(f"{root}/**/.*.tmp") + fs.glob(f"{root}/**/.*.old"):
-            if fs.exists(path):
+        for path in sorted(fs.find(root, withdirs=True)):  # one walk of the lake
+            name = path.rsplit("/", 1)[-1]
+            if not (name.startswith(".") and name.endswith((".tmp", ".old"))):
+                continue
+            if fs.exists(path):  # not inside a temporary removed already
                 fs.rm(path, recursive=True)
                 removed += 1
         if removed:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dask.delayed import Delayed
-from distributed import Client
+from distributed import Client, wait
 
 from dicomflow._version import __version__
 from dicomflow.connectors.files import FilesConnector
@@ -189,6 +189,20 @@ def commit_series_partition(
     return timed(result, plan.started, partition)
 
 
+def place_and_commit(
+    parts: Sequence[SeriesRows],
+    partition: Partition,
+    context: RunContext,
+    options: PixelOptions,
+    scratch: str,
+    sinks: Sequence[LakeSink],
+) -> PartitionResult:
+    """Task: plan an early-decoded series, move its frames into place and commit it (one
+    task, not two: the plan has no decoding left to hand out)."""
+    plan = plan_rows(parts, context, options, scratch)
+    return commit_series_partition(plan, [], partition, context, options, sinks)
+
+
 def share_count(instances: int, workers: int = 1) -> int:
     """How many decode-and-write shares a series of ``instances`` gets: one per
     :data:`INSTANCES_PER_SHARE` up to :data:`MAX_SHARES`, rounded up to a multiple of
@@ -212,8 +226,8 @@ def series_graph(
     workers: int = 1,
 ) -> Delayed:
     """One series as header-reading shares → plan → decode-and-write shares → commit;
-    where the series is decoded early, the header-reading shares decode too, the plan
-    places their frames, and no decode-and-write shares follow."""
+    where the series is decoded early, the header-reading shares decode too and one task
+    places their frames and commits."""
     name = partition.name
     refs = list(partition.refs)
     scratch = scratch_folder(options, name, context.run_id) if early_applies(options) else None
@@ -234,19 +248,26 @@ def series_graph(
         )
         for start in range(0, len(refs), size)
     ]
-    plan = task(plan_rows, rows, context, options, scratch, key=task_key("plan", context, name))
-    shares = []
-    if scratch is None:
-        count = share_count(len(partition.refs), workers)
-        # Shares depend on the small work list, not on the plan (which holds every header
-        # row), so the scheduler is free to spread them over all workers.
-        work = task(pixel_work, plan, key=task_key("work", context, name))
-        shares = [
-            task(
-                write_items, work, k, count, options, key=task_key("pixels", context, f"{name}-{k}")
-            )
-            for k in range(count)
-        ]
+    if scratch is not None:  # one task places the frames and commits
+        return task(
+            place_and_commit,
+            rows,
+            partition,
+            context,
+            options,
+            scratch,
+            sinks,
+            key=task_key("series", context, name),
+        )
+    plan = task(plan_rows, rows, context, options, None, key=task_key("plan", context, name))
+    count = share_count(len(partition.refs), workers)
+    # Shares depend on the small work list, not on the plan (which holds every header
+    # row), so the scheduler is free to spread them over all workers.
+    work = task(pixel_work, plan, key=task_key("work", context, name))
+    shares = [
+        task(write_items, work, k, count, options, key=task_key("pixels", context, f"{name}-{k}"))
+        for k in range(count)
+    ]
     return task(
         commit_series_partition,
         plan,
@@ -355,11 +376,14 @@ def index_series(
         ],
         retries=retries,
     )
+    wait(futures)
+    finished = [f.status == "finished" for f in futures]
+    results = iter(client.gather([f for f, ok in zip(futures, finished, strict=True) if ok]))
     index: list[tuple[SourceRef, str | None]] = []
-    for partition, future in zip(partitions, futures, strict=True):
-        try:
-            index.extend(future.result())
-        except Exception:  # unindexed inputs still go through a scan and get their rows
+    for partition, ok in zip(partitions, finished, strict=True):
+        if ok:
+            index.extend(next(results))
+        else:  # unindexed inputs still go through a scan and get their rows
             index.extend((ref, None) for ref in partition.refs)
     return group_by_series(index)
 

@@ -7,6 +7,7 @@ the slowest partitions, and the versions of everything that wrote the outputs.
 
 from __future__ import annotations
 
+import functools
 import html
 import importlib.metadata
 import json
@@ -24,6 +25,12 @@ PACKAGES = ("dicomflow", "pydicom", "pynetdicom", "dask", "distributed", "pyarro
 
 
 def versions() -> dict[str, str]:
+    """The versions of Python and the packages a run used (looked up once per process)."""
+    return dict(_installed_versions())
+
+
+@functools.cache
+def _installed_versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
     for name in PACKAGES:
         try:

@@ -145,3 +145,32 @@ def test_a_changed_input_replaces_its_old_row_without_duplicates(
         edited = {pydicom.dcmread(p).SOPInstanceUID for p in (paths[2], src / "rtplan.dcm")}
         descriptions = dict(zip(uids, table.column(1).to_pylist(), strict=True))
         assert {descriptions[u] for u in edited} == {f"edited {pixels}"}
+
+
+def test_temporaries_at_any_depth_are_swept_and_ordinary_names_kept(
+    tmp_path: Path, client: object
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(PYDICOM_TEST_FILES / "CT_small.dcm", src / "CT_small.dcm")
+    lake = tmp_path / "lake"
+    run_scan([str(src)], out=str(lake), client=client)
+    deep = lake / "pixels.zarr" / "1.2.3" / "4.5.6"
+    deep.mkdir(parents=True)
+    left = [
+        lake / "instances" / ".part-x.0123.tmp",  # a table part being written
+        deep / ".0.abcd.tmp",  # a stack being built (a folder with chunks)
+        deep / ".0.abcd.old",  # a stack being replaced
+        lake / "pixels.zarr" / ".scratch-part-1-ab.tmp",  # early-decoding scratch
+    ]
+    for path in left[:1] + left[2:3]:
+        path.write_bytes(b"x")
+    for path in (left[1], left[3]):
+        (path / "c").mkdir(parents=True)
+        (path / "c" / "0").write_bytes(b"x")
+    kept = [deep / "data.tmp", deep / ".hidden"]  # not temporaries by their names
+    for path in kept:
+        path.write_bytes(b"x")
+    assert Ledger(LakeLayout(str(lake))).remove_orphans() == len(left)
+    assert not any(path.exists() for path in left)
+    assert all(path.exists() for path in kept)
