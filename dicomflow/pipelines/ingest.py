@@ -23,11 +23,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dask.delayed import Delayed
-from distributed import Client, wait
+from distributed import Client, as_completed
 
 from dicomflow._version import __version__
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.dicom.elements import Elements
+from dicomflow.dicom.geometry import SliceInfo
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.ledger import Committed, Ledger, config_digest
 from dicomflow.operators.base import Operator
@@ -65,6 +66,7 @@ from dicomflow.pixels.series_writer import (
     plan_series,
     write_items,
 )
+from dicomflow.pixels.slices import slice_infos
 from dicomflow.records import Batch, ErrorInfo, InstanceRecord, RunContext, SourceRef
 
 SERIES_INSTANCE_UID = 0x0020000E
@@ -131,6 +133,7 @@ class SeriesRows:
     started: float
     records: tuple[InstanceRecord, ...]
     decoded: dict[int, InstancePixels | ErrorInfo] = field(default_factory=dict)
+    infos: tuple[SliceInfo, ...] = ()  # the images' stack-planning facts (decoded early)
 
 
 def read_rows(
@@ -151,10 +154,12 @@ def read_rows(
     for operator in operators:
         batch = operator(batch)
     decoded = {}
+    infos: list[SliceInfo] = []
     if scratch is not None and options is not None:
-        decoded = decode_to_scratch(batch.records, start, scratch, options)
+        infos = slice_infos(batch.records, start)
+        decoded = decode_to_scratch(batch.records, infos, start, scratch, options)
     records = tuple(dataclasses.replace(r, header=None) for r in batch.records)
-    return SeriesRows(started, records, decoded)
+    return SeriesRows(started, records, decoded, tuple(infos))
 
 
 def plan_rows(
@@ -168,7 +173,8 @@ def plan_rows(
     batch = Batch(tuple(r for part in parts for r in part.records), context)
     if scratch is not None:
         decoded = {k: v for part in parts for k, v in part.decoded.items()}
-        plan = plan_decoded(batch, decoded, scratch, options)
+        infos = [info for part in parts for info in part.infos]
+        plan = plan_decoded(batch, decoded, scratch, options, infos)
     else:
         plan = plan_series(batch, options)
     plan.started = min((part.started for part in parts), default=time.time())
@@ -376,13 +382,16 @@ def index_series(
         ],
         retries=retries,
     )
-    wait(futures)
-    finished = [f.status == "finished" for f in futures]
-    results = iter(client.gather([f for f, ok in zip(futures, finished, strict=True) if ok]))
+    # Results are fetched as tasks finish, so fetching overlaps the tasks still running.
+    found = {
+        future.key: result
+        for future, result in as_completed(futures, with_results=True, raise_errors=False)
+        if future.status == "finished"
+    }
     index: list[tuple[SourceRef, str | None]] = []
-    for partition, ok in zip(partitions, finished, strict=True):
-        if ok:
-            index.extend(next(results))
+    for partition, future in zip(partitions, futures, strict=True):
+        if future.key in found:
+            index.extend(found[future.key])
         else:  # unindexed inputs still go through a scan and get their rows
             index.extend((ref, None) for ref in partition.refs)
     return group_by_series(index)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import zarr
 
+from dicomflow.dicom.geometry import SliceInfo
 from dicomflow.lake.zarr_store import (
     PIXELS_ROOT,
     ChunkEncoder,
@@ -41,7 +42,6 @@ from dicomflow.pixels.series_writer import (
     plan_stacks,
     start_stack,
 )
-from dicomflow.pixels.slices import slice_info
 from dicomflow.records import Batch, ErrorInfo, InstanceRecord
 
 logger = logging.getLogger(__name__)
@@ -63,10 +63,15 @@ def scratch_folder(options: PixelOptions, series: str, run_id: str) -> str:
 
 
 def decode_to_scratch(
-    records: Sequence[InstanceRecord], start: int, scratch: str, options: PixelOptions
+    records: Sequence[InstanceRecord],
+    infos: Sequence[SliceInfo],
+    start: int,
+    scratch: str,
+    options: PixelOptions,
 ) -> dict[int, InstancePixels | ErrorInfo]:
-    """Decode the images among ``records`` (the series' records ``start`` onwards) and
-    write each frame's chunk to ``scratch`` as ``<record>.<frame>``."""
+    """Decode the images among ``records`` (the series' records ``start`` onwards, whose
+    images ``infos`` describes) and write each frame's chunk to ``scratch`` as
+    ``<record>.<frame>``."""
     folder = Path(scratch)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -75,11 +80,9 @@ def decode_to_scratch(
         return {}
     encode = ChunkEncoder()
     decoded: dict[int, InstancePixels | ErrorInfo] = {}
-    for offset, record in enumerate(records):
-        index = start + offset
-        info = slice_info(index, record)
-        if info is None:
-            continue
+    for info in infos:
+        index = info.index
+        record = records[index - start]
         try:
             item = WorkItem(index, -1, 0, info.frames, record.ref.url)
             pixels = decode_item(item, options, record.header)
@@ -94,14 +97,21 @@ def decode_to_scratch(
     return decoded
 
 
-def plan_decoded(batch: Batch, decoded: Decoded, scratch: str, options: PixelOptions) -> SeriesPlan:
+def plan_decoded(
+    batch: Batch,
+    decoded: Decoded,
+    scratch: str,
+    options: PixelOptions,
+    infos: Sequence[SliceInfo] | None = None,
+) -> SeriesPlan:
     """Plan the stacks and move every decoded frame into its chunk: the whole pixel work
     of the series but its commit (the plan has no work items left). An instance not
     decoded early is decoded here; one of another type or shape than its stack's is
     decoded again and cast if its values fit."""
     records = [dataclasses.replace(r, header=None) for r in batch.records]
     run_id = batch.context.run_id
-    plan = SeriesPlan(records, plan_stacks(records), [], {}, run_id=run_id, scratch=scratch)
+    stacks = plan_stacks(records, infos)
+    plan = SeriesPlan(records, stacks, [], {}, run_id=run_id, scratch=scratch)
     for number, stack_plan in enumerate(plan.stacks):
         committed = committed_array(options.layout, stack_plan.location, run_id)
         if committed is not None:

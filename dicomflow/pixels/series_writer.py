@@ -30,7 +30,7 @@ from typing import Any, BinaryIO, cast
 import numpy as np
 from fsspec.core import url_to_fs
 
-from dicomflow.dicom.geometry import Stack, split_stacks
+from dicomflow.dicom.geometry import SliceInfo, Stack, split_stacks
 from dicomflow.errors import ErrorCode
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.zarr_store import (
@@ -51,7 +51,7 @@ from dicomflow.pixels.decode import (
     read_dataset,
 )
 from dicomflow.pixels.header_dataset import dataset_from_header
-from dicomflow.pixels.slices import slice_info
+from dicomflow.pixels.slices import slice_infos
 from dicomflow.records import Batch, ErrorInfo, Header, InstanceRecord, RunContext
 from dicomflow.schemas.series import SERIES_SCHEMA_VERSION
 
@@ -122,9 +122,13 @@ def pixel_work(plan: SeriesPlan) -> PixelWork:
     return PixelWork(tuple(plan.items), temporaries, locations, plan.run_id)
 
 
-def plan_stacks(records: Sequence[InstanceRecord]) -> list[StackPlan]:
-    """The series' stacks, split and ordered, each with its place in the lake."""
-    infos = [info for i, r in enumerate(records) if (info := slice_info(i, r)) is not None]
+def plan_stacks(
+    records: Sequence[InstanceRecord], infos: Sequence[SliceInfo] | None = None
+) -> list[StackPlan]:
+    """The series' stacks, split and ordered, each with its place in the lake (from the
+    records' slice facts, or ``infos`` when they were taken already)."""
+    if infos is None:
+        infos = slice_infos(records)
     stacks = []
     for number, stack in enumerate(split_stacks(infos)):
         first_row = records[stack.slices[0].index].outputs[INSTANCES]

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from dicomflow.dicom.geometry import SliceInfo
 from dicomflow.records import InstanceRecord
 
 INSTANCES = "instances"
+
+
+def slice_infos(records: Sequence[InstanceRecord], start: int = 0) -> list[SliceInfo]:
+    """The facts of every image among ``records`` (the series' records ``start`` onwards)."""
+    return [info for i, r in enumerate(records, start) if (info := slice_info(i, r)) is not None]
 
 
 def slice_info(index: int, record: InstanceRecord) -> SliceInfo | None:
