@@ -126,14 +126,18 @@ ROWS_PER_TASK = 64
 
 @dataclass(frozen=True)
 class SeriesRows:
-    """A slice of a series' instances after the metadata operators, headers dropped (they
+    """Some of a series' instances after the metadata operators, headers dropped (they
     stay on the worker that read them; the flattened rows travel to the plan), and, when
-    the series is decoded early, what became of each image."""
+    the series is decoded early, what became of each image. Indices (of ``decoded``, of
+    ``infos``) are positions in ``records``; frame ``f`` of record ``i`` waits in
+    ``{chunks[i]}.{f}``, inside the ``scratch`` folder."""
 
     started: float
     records: tuple[InstanceRecord, ...]
     decoded: dict[int, InstancePixels | ErrorInfo] = field(default_factory=dict)
     infos: tuple[SliceInfo, ...] = ()  # the images' stack-planning facts (decoded early)
+    chunks: tuple[str, ...] = ()
+    scratch: str | None = None
 
 
 def read_rows(
@@ -153,28 +157,48 @@ def read_rows(
     batch = Batch(tuple(source.fetch(refs)), context)
     for operator in operators:
         batch = operator(batch)
-    decoded = {}
-    infos: list[SliceInfo] = []
-    if scratch is not None and options is not None:
-        infos = slice_infos(batch.records, start)
-        decoded = decode_to_scratch(batch.records, infos, start, scratch, options)
-    records = tuple(dataclasses.replace(r, header=None) for r in batch.records)
-    return SeriesRows(started, records, decoded, tuple(infos))
+    if scratch is None or options is None:
+        return SeriesRows(started, _without_headers(batch.records))
+    chunks = tuple(f"{scratch}/{start + k}" for k in range(len(batch.records)))
+    return _decoded_rows(started, batch.records, chunks, scratch, options)
+
+
+def _decoded_rows(
+    started: float,
+    records: Sequence[InstanceRecord],
+    chunks: tuple[str, ...],
+    scratch: str,
+    options: PixelOptions,
+) -> SeriesRows:
+    infos = slice_infos(records)
+    decoded = decode_to_scratch(records, infos, chunks, scratch, options)
+    return SeriesRows(started, _without_headers(records), decoded, tuple(infos), chunks, scratch)
+
+
+def _without_headers(records: Sequence[InstanceRecord]) -> tuple[InstanceRecord, ...]:
+    return tuple(dataclasses.replace(r, header=None) for r in records)
 
 
 def plan_rows(
     parts: Sequence[SeriesRows],
     context: RunContext,
     options: PixelOptions,
-    scratch: str | None = None,
+    early: bool = False,
 ) -> SeriesPlan:
-    """Task: plan and start the series' stacks from its rows, in input order (with a
-    ``scratch`` folder: plan them and move the early-decoded frames into place)."""
+    """Task: plan and start the series' stacks from its rows, parts in input order
+    (``early``: plan them and move the early-decoded frames into place)."""
     batch = Batch(tuple(r for part in parts for r in part.records), context)
-    if scratch is not None:
-        decoded = {k: v for part in parts for k, v in part.decoded.items()}
-        infos = [info for part in parts for info in part.infos]
-        plan = plan_decoded(batch, decoded, scratch, options, infos)
+    if early:
+        decoded: dict[int, InstancePixels | ErrorInfo] = {}
+        infos: list[SliceInfo] = []
+        chunks: list[str] = []
+        for part in parts:  # positions in a part become indices in the series
+            offset = len(chunks)
+            decoded.update((offset + k, v) for k, v in part.decoded.items())
+            infos.extend(dataclasses.replace(i, index=offset + i.index) for i in part.infos)
+            chunks.extend(part.chunks or [""] * len(part.records))
+        folders = sorted({part.scratch for part in parts if part.scratch})
+        plan = plan_decoded(batch, decoded, chunks, folders, options, infos)
     else:
         plan = plan_series(batch, options)
     plan.started = min((part.started for part in parts), default=time.time())
@@ -200,12 +224,11 @@ def place_and_commit(
     partition: Partition,
     context: RunContext,
     options: PixelOptions,
-    scratch: str,
     sinks: Sequence[LakeSink],
 ) -> PartitionResult:
     """Task: plan an early-decoded series, move its frames into place and commit it (one
     task, not two: the plan has no decoding left to hand out)."""
-    plan = plan_rows(parts, context, options, scratch)
+    plan = plan_rows(parts, context, options, early=True)
     return commit_series_partition(plan, [], partition, context, options, sinks)
 
 
@@ -261,11 +284,10 @@ def series_graph(
             partition,
             context,
             options,
-            scratch,
             sinks,
             key=task_key("series", context, name),
         )
-    plan = task(plan_rows, rows, context, options, None, key=task_key("plan", context, name))
+    plan = task(plan_rows, rows, context, options, key=task_key("plan", context, name))
     count = share_count(len(partition.refs), workers)
     # Shares depend on the small work list, not on the plan (which holds every header
     # row), so the scheduler is free to spread them over all workers.

@@ -65,16 +65,15 @@ def scratch_folder(options: PixelOptions, series: str, run_id: str) -> str:
 def decode_to_scratch(
     records: Sequence[InstanceRecord],
     infos: Sequence[SliceInfo],
-    start: int,
+    chunks: Sequence[str],
     scratch: str,
     options: PixelOptions,
 ) -> dict[int, InstancePixels | ErrorInfo]:
-    """Decode the images among ``records`` (the series' records ``start`` onwards, whose
-    images ``infos`` describes) and write each frame's chunk to ``scratch`` as
-    ``<record>.<frame>``."""
-    folder = Path(scratch)
+    """Decode the images among ``records`` (``infos`` describes them, indexed by their
+    position in ``records``) and write frame ``f`` of record ``i``, encoded as its chunk,
+    to ``{chunks[i]}.{f}`` in the ``scratch`` folder."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        Path(scratch).mkdir(parents=True, exist_ok=True)
     except OSError:  # the plan decodes these instances itself
         logger.warning("cannot create a pixel scratch folder; decoding at the plan instead")
         return {}
@@ -82,14 +81,14 @@ def decode_to_scratch(
     decoded: dict[int, InstancePixels | ErrorInfo] = {}
     for info in infos:
         index = info.index
-        record = records[index - start]
+        record = records[index]
         try:
             item = WorkItem(index, -1, 0, info.frames, record.ref.url)
             pixels = decode_item(item, options, record.header)
             written = []
             for frame, data in enumerate(map(encode, pixels.array)):
                 if data is not None:
-                    (folder / f"{index}.{frame}").write_bytes(data)
+                    Path(f"{chunks[index]}.{frame}").write_bytes(data)
                     written.append(frame)
             decoded[index] = InstancePixels.of(pixels, tuple(written))
         except Exception as exc:  # one bad instance must not sink the series
@@ -100,7 +99,8 @@ def decode_to_scratch(
 def plan_decoded(
     batch: Batch,
     decoded: Decoded,
-    scratch: str,
+    chunks: Sequence[str],
+    scratch: Sequence[str],
     options: PixelOptions,
     infos: Sequence[SliceInfo] | None = None,
 ) -> SeriesPlan:
@@ -111,13 +111,13 @@ def plan_decoded(
     records = [dataclasses.replace(r, header=None) for r in batch.records]
     run_id = batch.context.run_id
     stacks = plan_stacks(records, infos)
-    plan = SeriesPlan(records, stacks, [], {}, run_id=run_id, scratch=scratch)
+    plan = SeriesPlan(records, stacks, [], {}, run_id=run_id, scratch=tuple(scratch))
     for number, stack_plan in enumerate(plan.stacks):
         committed = committed_array(options.layout, stack_plan.location, run_id)
         if committed is not None:
             _recount(stack_plan, number, plan, decoded, committed, options)
         else:
-            _place(stack_plan, number, plan, decoded, Path(scratch), options)
+            _place(stack_plan, number, plan, decoded, chunks, options)
     return plan
 
 
@@ -126,7 +126,7 @@ def _place(
     number: int,
     plan: SeriesPlan,
     decoded: Decoded,
-    folder: Path,
+    chunks: Sequence[str],
     options: PixelOptions,
 ) -> None:
     writer: FrameWriter | None = None
@@ -142,7 +142,7 @@ def _place(
                 writer, first = FrameWriter(temporary, options.layout), outcome
             if pixels is None and _fits(outcome, first, item.frames):
                 for written in outcome.written:
-                    writer.place(item.frame + written, folder / f"{item.record}.{written}")
+                    writer.place(item.frame + written, Path(f"{chunks[item.record]}.{written}"))
             else:
                 pixels = decode_item(item, options) if pixels is None else pixels
                 check_fits(pixels.array, writer.array)
@@ -196,10 +196,10 @@ def _decoded_slices(
             yield item, outcome
 
 
-def remove_scratch(scratch: str | None) -> None:
-    """Drop what is left of a series' scratch folder (frames of failed instances)."""
-    if scratch:
-        shutil.rmtree(scratch, ignore_errors=True)
+def remove_scratch(scratch: Sequence[str]) -> None:
+    """Drop what is left of a series' scratch folders (frames of failed instances)."""
+    for folder in scratch:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _fits(outcome: InstancePixels, first: InstancePixels, frames: int) -> bool:

@@ -102,7 +102,7 @@ class SeriesPlan:
     outcomes: dict[int, ErrorInfo | None]  # record index -> None (written) or the error
     started: float = 0.0  # wall-clock time the series' first task began (for run reports)
     run_id: str = ""
-    scratch: str | None = None  # where frames decoded early wait (see pixels.early)
+    scratch: tuple[str, ...] = ()  # where frames decoded early wait (see pixels.early)
 
 
 @dataclass(frozen=True)

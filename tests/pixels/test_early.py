@@ -100,7 +100,7 @@ def test_early_decoding_writes_what_the_two_phase_path_writes(tmp_path: Path) ->
         assert applies(options)
         if mode == "early":
             scratch = scratch_folder(options, "part-x", context.run_id)
-            plan = plan_rows(_read(source, context, options, scratch), context, options, scratch)
+            plan = plan_rows(_read(source, context, options, scratch), context, options, early=True)
             assert plan.items == []  # nothing left for decode-and-write shares
             batch = _commit(plan, context, options)
         else:
@@ -124,10 +124,10 @@ def test_early_tasks_computed_again_keep_every_frame_and_leave_no_scratch(tmp_pa
     options = PixelOptions(LakeLayout(str(lake)))
     scratch = scratch_folder(options, "part-x", context.run_id)
     parts = _read(source, context, options, scratch)
-    plan = plan_rows(parts, context, options, scratch)
+    plan = plan_rows(parts, context, options, early=True)
     parts = _read(source, context, options, scratch)  # scratch chunks written again
-    plan = plan_rows(parts, context, options, scratch)
-    plan = plan_rows(parts, context, options, scratch)  # scratch already moved: still placed
+    plan = plan_rows(parts, context, options, early=True)
+    plan = plan_rows(parts, context, options, early=True)  # scratch already moved: still placed
     first = _commit(plan, context, options)
     second = _commit(plan, context, options)
     for batch in (first, second):
@@ -154,7 +154,7 @@ def test_an_instance_decoded_to_another_type_is_cast_into_its_stack(tmp_path: Pa
     assert all(isinstance(d, InstancePixels) for d in decoded)
     dtypes = {d.dtype for d in decoded if isinstance(d, InstancePixels)}
     assert dtypes == {"int16", "int32"}
-    batch = _commit(plan_rows(parts, context, options, scratch), context, options)
+    batch = _commit(plan_rows(parts, context, options, early=True), context, options)
     assert [r.error for r in batch.records] == [None] * SLICES
     (series,) = batch.tables["series"]
     assert series["dtype"] == "int32"
@@ -173,12 +173,12 @@ def test_a_plan_computed_again_after_the_commit_changes_nothing(tmp_path: Path) 
     options = PixelOptions(LakeLayout(str(lake)))
     scratch = scratch_folder(options, "part-x", context.run_id)
     parts = _read(source, context, options, scratch)
-    first = _commit(plan_rows(parts, context, options, scratch), context, options)
-    remove_scratch(scratch)  # as the commit task does
+    first = _commit(plan_rows(parts, context, options, early=True), context, options)
+    remove_scratch([scratch])  # as the commit task does
     (series,) = first.tables["series"]
     volume = zarr.open_group(str(lake / series["zarr_path"]), mode="r")["0"][:]
 
-    again = _commit(plan_rows(parts, context, options, scratch), context, options)
+    again = _commit(plan_rows(parts, context, options, early=True), context, options)
 
     failed = [r.error is not None for r in first.records]
     assert sum(failed) == 1 and series["qc_flags"] == ["missing_frames"]
@@ -199,7 +199,7 @@ def test_a_scratch_folder_that_cannot_be_made_leaves_the_decoding_to_the_plan(
     options = PixelOptions(LakeLayout(str(lake)))
     parts = _read(source, context, options, scratch)
     assert all(part.decoded == {} for part in parts)
-    batch = _commit(plan_rows(parts, context, options, scratch), context, options)
+    batch = _commit(plan_rows(parts, context, options, early=True), context, options)
     assert [r.error for r in batch.records] == [None] * SLICES
     (series,) = batch.tables["series"]
     _assert_frames(lake, series, paths)
