@@ -14,30 +14,23 @@ by ordinary scan partitions.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from dask.delayed import Delayed
 from distributed import Client, as_completed
 
 from dicomflow._version import __version__
 from dicomflow.connectors.files import FilesConnector
-from dicomflow.dicom.elements import Elements
-from dicomflow.dicom.geometry import SliceInfo
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.ledger import Committed, Ledger, config_digest
 from dicomflow.operators.base import Operator
 from dicomflow.operators.flatten import Flatten
 from dicomflow.pipelines.anonymize import AnonymizeSettings, keyed_refs, run_deidentify
 from dicomflow.pipelines.pipeline import (
-    PartitionResult,
     RunSummary,
-    commit_batch,
     execute,
     new_run_id,
     pending,
@@ -45,31 +38,15 @@ from dicomflow.pipelines.pipeline import (
     run_partition,
     task,
     task_key,
-    timed,
 )
 from dicomflow.pipelines.plan import Partition, PartitionPolicy, partition_named, plan_partitions
 from dicomflow.pipelines.report import write_report
+from dicomflow.pipelines.series_tasks import group_by_series, series_graph, series_of
 from dicomflow.pipelines.sinks import LakeSink
-from dicomflow.pixels.early import applies as early_applies
-from dicomflow.pixels.early import (
-    decode_to_scratch,
-    plan_decoded,
-    remove_scratch,
-    scratch_folder,
-)
 from dicomflow.pixels.series_writer import (
-    InstancePixels,
     PixelOptions,
-    SeriesPlan,
-    commit_series,
-    pixel_work,
-    plan_series,
-    write_items,
 )
-from dicomflow.pixels.slices import slice_infos
-from dicomflow.records import Batch, ErrorInfo, InstanceRecord, RunContext, SourceRef
-
-SERIES_INSTANCE_UID = 0x0020000E
+from dicomflow.records import RunContext, SourceRef
 
 
 @dataclass(frozen=True)
@@ -82,16 +59,6 @@ class IngestOptions:
     after_flatten: tuple[Operator, ...] = ()  # e.g. ``store`` to send instances on
 
 
-def series_of(elements: Elements) -> str | None:
-    """The SeriesInstanceUID of a header, read straight from its element tree."""
-    for element in elements:
-        if element.tag == SERIES_INSTANCE_UID and isinstance(element.value, bytes):
-            return element.value.decode("ascii", "replace").rstrip("\x00 ") or None
-        if element.tag > SERIES_INSTANCE_UID:
-            break
-    return None
-
-
 def index_partition(
     source: FilesConnector, partition: Partition
 ) -> list[tuple[SourceRef, str | None]]:
@@ -100,212 +67,6 @@ def index_partition(
         (record.ref, series_of(record.header.elements) if record.header else None)
         for record in source.fetch(partition.refs)
     ]
-
-
-def group_by_series(
-    index: Sequence[tuple[SourceRef, str | None]],
-) -> tuple[list[list[SourceRef]], list[SourceRef]]:
-    """Series groups (sorted, deterministic) and the inputs that belong to none."""
-    groups: dict[str, list[SourceRef]] = {}
-    loose: list[SourceRef] = []
-    for ref, series in index:
-        if series is None:
-            loose.append(ref)
-        else:
-            groups.setdefault(series, []).append(ref)
-    ordered = [sorted(refs, key=lambda r: r.url) for _, refs in sorted(groups.items())]
-    return ordered, sorted(loose, key=lambda r: r.url)
-
-
-INSTANCES_PER_SHARE = 32
-MAX_SHARES = 16
-
-
-ROWS_PER_TASK = 64
-
-
-@dataclass(frozen=True)
-class SeriesRows:
-    """Some of a series' instances after the metadata operators, headers dropped (they
-    stay on the worker that read them; the flattened rows travel to the plan), and, when
-    the series is decoded early, what became of each image. Indices (of ``decoded``, of
-    ``infos``) are positions in ``records``; frame ``f`` of record ``i`` waits in
-    ``{chunks[i]}.{f}``, inside the ``scratch`` folder."""
-
-    started: float
-    records: tuple[InstanceRecord, ...]
-    decoded: dict[int, InstancePixels | ErrorInfo] = field(default_factory=dict)
-    infos: tuple[SliceInfo, ...] = ()  # the images' stack-planning facts (decoded early)
-    chunks: tuple[str, ...] = ()
-    scratch: str | None = None
-
-
-def read_rows(
-    source: FilesConnector,
-    refs: Sequence[SourceRef],
-    context: RunContext,
-    operators: Sequence[Operator] = (Flatten(),),
-    start: int = 0,
-    scratch: str | None = None,
-    options: PixelOptions | None = None,
-) -> SeriesRows:
-    """Task: read part of a series' headers (its inputs ``start`` onwards) and run the
-    metadata operators (flatten first) on them; with a ``scratch`` folder, also decode
-    the images into it (:mod:`dicomflow.pixels.early`). A series is read by several of
-    these at once, so its plan does not wait for one worker to read every header."""
-    started = time.time()
-    batch = Batch(tuple(source.fetch(refs)), context)
-    for operator in operators:
-        batch = operator(batch)
-    if scratch is None or options is None:
-        return SeriesRows(started, _without_headers(batch.records))
-    chunks = tuple(f"{scratch}/{start + k}" for k in range(len(batch.records)))
-    return _decoded_rows(started, batch.records, chunks, scratch, options)
-
-
-def _decoded_rows(
-    started: float,
-    records: Sequence[InstanceRecord],
-    chunks: tuple[str, ...],
-    scratch: str,
-    options: PixelOptions,
-) -> SeriesRows:
-    infos = slice_infos(records)
-    decoded = decode_to_scratch(records, infos, chunks, scratch, options)
-    return SeriesRows(started, _without_headers(records), decoded, tuple(infos), chunks, scratch)
-
-
-def _without_headers(records: Sequence[InstanceRecord]) -> tuple[InstanceRecord, ...]:
-    return tuple(dataclasses.replace(r, header=None) for r in records)
-
-
-def plan_rows(
-    parts: Sequence[SeriesRows],
-    context: RunContext,
-    options: PixelOptions,
-    early: bool = False,
-) -> SeriesPlan:
-    """Task: plan and start the series' stacks from its rows, parts in input order
-    (``early``: plan them and move the early-decoded frames into place)."""
-    batch = Batch(tuple(r for part in parts for r in part.records), context)
-    if early:
-        decoded: dict[int, InstancePixels | ErrorInfo] = {}
-        infos: list[SliceInfo] = []
-        chunks: list[str] = []
-        for part in parts:  # positions in a part become indices in the series
-            offset = len(chunks)
-            decoded.update((offset + k, v) for k, v in part.decoded.items())
-            infos.extend(dataclasses.replace(i, index=offset + i.index) for i in part.infos)
-            chunks.extend(part.chunks or [""] * len(part.records))
-        folders = sorted({part.scratch for part in parts if part.scratch})
-        plan = plan_decoded(batch, decoded, chunks, folders, options, infos)
-    else:
-        plan = plan_series(batch, options)
-    plan.started = min((part.started for part in parts), default=time.time())
-    return plan
-
-
-def commit_series_partition(
-    plan: SeriesPlan,
-    shares: list[dict[int, Any]],
-    partition: Partition,
-    context: RunContext,
-    options: PixelOptions,
-    sinks: Sequence[LakeSink],
-) -> PartitionResult:
-    """Task: commit the stacks and the series' table parts."""
-    result = commit_batch(commit_series(plan, shares, context, options), partition, sinks)
-    remove_scratch(plan.scratch)
-    return timed(result, plan.started, partition)
-
-
-def place_and_commit(
-    parts: Sequence[SeriesRows],
-    partition: Partition,
-    context: RunContext,
-    options: PixelOptions,
-    sinks: Sequence[LakeSink],
-) -> PartitionResult:
-    """Task: plan an early-decoded series, move its frames into place and commit it (one
-    task, not two: the plan has no decoding left to hand out)."""
-    plan = plan_rows(parts, context, options, early=True)
-    return commit_series_partition(plan, [], partition, context, options, sinks)
-
-
-def share_count(instances: int, workers: int = 1) -> int:
-    """How many decode-and-write shares a series of ``instances`` gets: one per
-    :data:`INSTANCES_PER_SHARE` up to :data:`MAX_SHARES`, rounded up to a multiple of
-    the workers when that adds at most a quarter more, so that no worker idles while
-    another decodes the last share (13 shares of 400 JPEG 2000 slices on 2 workers
-    left one idle for half a second)."""
-    count = max(1, min(MAX_SHARES, math.ceil(instances / INSTANCES_PER_SHARE)))
-    balanced = math.ceil(count / max(1, workers)) * max(1, workers)
-    if balanced <= count * 1.25:
-        count = balanced
-    return max(1, min(count, instances))
-
-
-def series_graph(
-    source: FilesConnector,
-    partition: Partition,
-    context: RunContext,
-    options: PixelOptions,
-    sinks: Sequence[LakeSink],
-    operators: Sequence[Operator] = (Flatten(),),
-    workers: int = 1,
-) -> Delayed:
-    """One series as header-reading shares → plan → decode-and-write shares → commit;
-    where the series is decoded early, the header-reading shares decode too and one task
-    places their frames and commits."""
-    name = partition.name
-    refs = list(partition.refs)
-    scratch = scratch_folder(options, name, context.run_id) if early_applies(options) else None
-    size = ROWS_PER_TASK
-    if scratch is not None:  # the decoding shares are the reading shares
-        size = math.ceil(len(refs) / share_count(len(refs), workers)) or 1
-    rows = [
-        task(
-            read_rows,
-            source,
-            refs[start : start + size],
-            context,
-            tuple(operators),
-            start,
-            scratch,
-            options,
-            key=task_key("rows", context, f"{name}-{start // size}"),
-        )
-        for start in range(0, len(refs), size)
-    ]
-    if scratch is not None:  # one task places the frames and commits
-        return task(
-            place_and_commit,
-            rows,
-            partition,
-            context,
-            options,
-            sinks,
-            key=task_key("series", context, name),
-        )
-    plan = task(plan_rows, rows, context, options, key=task_key("plan", context, name))
-    count = share_count(len(partition.refs), workers)
-    # Shares depend on the small work list, not on the plan (which holds every header
-    # row), so the scheduler is free to spread them over all workers.
-    work = task(pixel_work, plan, key=task_key("work", context, name))
-    shares = [
-        task(write_items, work, k, count, options, key=task_key("pixels", context, f"{name}-{k}"))
-        for k in range(count)
-    ]
-    return task(
-        commit_series_partition,
-        plan,
-        shares,
-        partition,
-        context,
-        options,
-        sinks,
-        key=task_key("series", context, name),
-    )
 
 
 def run_ingest(

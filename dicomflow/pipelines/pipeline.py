@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 from dask.delayed import Delayed, delayed
-from distributed import Client, as_completed
+from distributed import Client, Future, as_completed
 
 from dicomflow.connectors.files import Listing
 from dicomflow.errors import ErrorCode
@@ -248,14 +248,18 @@ def execute(
     context: RunContext,
     progress: bool | None,
     retries: int,
+    submitted: Callable[[], None] | None = None,
 ) -> None:
-    """Run the partition tasks, folding results into ``summary`` as they finish.
+    """Run the partition tasks, folding results into ``summary`` as they finish
+    (``submitted`` is called once they are all submitted).
 
     A partition whose task still fails after its retries is not lost: its inputs
     are committed as error rows (code ``internal``), and the failure is logged
     with the exception type only.
     """
     futures = client.compute([task for _, task in jobs], retries=retries)
+    if submitted is not None:
+        submitted()
     partitions = {
         future.key: partition for future, (partition, _) in zip(futures, jobs, strict=True)
     }
@@ -332,8 +336,8 @@ class _Embedded:
 
 
 def _holds_tasks(value: Any) -> bool:
-    return isinstance(value, Delayed) or (
-        type(value) in (list, tuple) and any(isinstance(v, Delayed) for v in value)
+    return isinstance(value, Delayed | Future) or (
+        type(value) in (list, tuple) and any(isinstance(v, Delayed | Future) for v in value)
     )
 
 

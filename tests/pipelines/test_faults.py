@@ -35,14 +35,9 @@ from dicomflow.connectors.files import FilesConnector
 from dicomflow.lake.layout import TABLES, LakeLayout
 from dicomflow.lake.ledger import Ledger, config_digest
 from dicomflow.pipelines.cluster import open_client
-from dicomflow.pipelines.ingest import (
-    IngestOptions,
-    group_by_series,
-    index_partition,
-    ingest_config,
-    list_inputs,
-)
+from dicomflow.pipelines.ingest import IngestOptions, index_partition, ingest_config, list_inputs
 from dicomflow.pipelines.plan import partition_named, plan_partitions
+from dicomflow.pipelines.series_tasks import group_by_series
 from dicomflow.schemas import instances_schema, series_schema
 from tests.conftest import REPO
 

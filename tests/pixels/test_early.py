@@ -18,7 +18,7 @@ import zarr
 
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.lake.layout import LakeLayout
-from dicomflow.pipelines.ingest import SeriesRows, plan_rows, read_rows
+from dicomflow.pipelines.series_tasks import SeriesRows, plan_rows, read_rows
 from dicomflow.pixels.early import applies, remove_scratch, scratch_folder
 from dicomflow.pixels.series_writer import (
     InstancePixels,

@@ -18,7 +18,7 @@ import zarr
 
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.lake.layout import LakeLayout
-from dicomflow.pipelines.ingest import plan_rows, read_rows, share_count
+from dicomflow.pipelines.series_tasks import plan_rows, read_rows, share_count
 from dicomflow.pixels.series_writer import (
     PixelOptions,
     WorkItem,
