@@ -40,9 +40,12 @@ from dicomflow.pipelines.pipeline import (
     task_key,
 )
 from dicomflow.pipelines.plan import Partition, PartitionPolicy, partition_named, plan_partitions
+from dicomflow.pipelines.read_once import MAX_INPUTS as READ_ONCE_MAX_INPUTS
+from dicomflow.pipelines.read_once import Reading, place_series, submit_reading
 from dicomflow.pipelines.report import write_report
 from dicomflow.pipelines.series_tasks import group_by_series, series_graph, series_of
 from dicomflow.pipelines.sinks import LakeSink
+from dicomflow.pixels.early import applies as early_applies
 from dicomflow.pixels.series_writer import (
     PixelOptions,
 )
@@ -57,6 +60,7 @@ class IngestOptions:
     frames_per_chunk: int = 1
     expand_palette: bool = False
     after_flatten: tuple[Operator, ...] = ()  # e.g. ``store`` to send instances on
+    read_once: bool = True  # in a fresh local lake, read each file once (same outputs)
 
 
 def index_partition(
@@ -141,6 +145,22 @@ def run_ingest(
         stages.run(source, [], todo, summary)
         return finish(summary, layout, name, context, started)
 
+    if reads_once(options, stages.pixel_options, done, refs):
+        reading = submit_reading(
+            client,
+            source,
+            refs,
+            context,
+            stages.operators,
+            stages.pixel_options,
+            workers=stages.workers(),
+            policy=policy,
+            retries=retries,
+        )
+        summary = RunSummary(context.run_id, files=len(refs))
+        groups, loose = group_by_series(reading.index)
+        stages.run(source, groups, loose, summary, reading)
+        return finish(summary, layout, name, context, started)
     series_groups, loose = index_series(client, source, refs, context, policy, retries)
     todo_groups, todo_loose, skipped = pending_series(series_groups, loose, done)
     summary = RunSummary(context.run_id, files=len(refs), skipped=skipped)
@@ -178,6 +198,21 @@ def index_series(
         else:  # unindexed inputs still go through a scan and get their rows
             index.extend((ref, None) for ref in partition.refs)
     return group_by_series(index)
+
+
+def reads_once(
+    options: IngestOptions, pixels: PixelOptions, done: Committed, refs: Sequence[SourceRef]
+) -> bool:
+    """Whether the run reads each file once (:mod:`.read_once`): pixels decoded early,
+    nothing of this configuration in the lake yet, and few enough inputs to hold."""
+    return (
+        options.read_once
+        and options.pixels
+        and early_applies(pixels)
+        and not done.by_identity
+        and not done.by_name
+        and len(refs) <= READ_ONCE_MAX_INPUTS
+    )
 
 
 def pending_series(
@@ -235,27 +270,55 @@ class _Stages:
     retries: int
     sinks: tuple[LakeSink, ...]
 
+    @property
+    def pixel_options(self) -> PixelOptions:
+        return PixelOptions(
+            self.layout,
+            self.layout.storage_options,
+            frames_per_chunk=self.options.frames_per_chunk,
+            expand_palette=self.options.expand_palette,
+        )
+
+    @property
+    def operators(self) -> tuple[Operator, ...]:
+        return (Flatten(), *self.options.after_flatten)
+
+    def workers(self) -> int:
+        return max(1, len(self.client.scheduler_info().get("workers", {})))
+
     def run(
         self,
         source: FilesConnector,
         series_groups: Sequence[Sequence[SourceRef]],
         loose: Sequence[SourceRef],
         summary: RunSummary,
+        reading: Reading | None = None,
     ) -> None:
-        context = self.context
-        pixel_options = PixelOptions(
-            self.layout,
-            self.layout.storage_options,
-            frames_per_chunk=self.options.frames_per_chunk,
-            expand_palette=self.options.expand_palette,
-        )
-        sinks = self.sinks
-        operators = (Flatten(), *self.options.after_flatten)
+        """Commit every series (from ``reading``'s results when the files were read
+        already, else with its own graph) and scan the loose inputs."""
+        context, sinks, operators = self.context, self.sinks, self.operators
+        pixel_options = self.pixel_options
         jobs = []
-        workers = len(self.client.scheduler_info().get("workers", {})) if series_groups else 1
+        workers = self.workers() if series_groups and reading is None else 1
+        series_of_url = {ref.url: uid for ref, uid in reading.index} if reading else {}
         for number, refs in enumerate(series_groups):
             part = partition_named(number, refs)
-            graph = series_graph(source, part, context, pixel_options, sinks, operators, workers)
+            if reading is not None:
+                uid = series_of_url[refs[0].url]
+                graph = task(
+                    place_series,
+                    reading.holding(uid or ""),
+                    uid,
+                    part,
+                    context,
+                    pixel_options,
+                    sinks,
+                    key=task_key("series", context, part.name),
+                )
+            else:
+                graph = series_graph(
+                    source, part, context, pixel_options, sinks, operators, workers
+                )
             jobs.append((part, graph))
         for part in plan_partitions(loose, self.policy):
             key = task_key("scan", context, part.name)
@@ -270,4 +333,5 @@ class _Stages:
             context=context,
             progress=self.progress,
             retries=self.retries,
+            submitted=reading.release if reading is not None else None,
         )

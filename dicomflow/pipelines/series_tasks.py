@@ -116,16 +116,18 @@ def read_rows(
     if scratch is None or options is None:
         return SeriesRows(started, _without_headers(batch.records))
     chunks = tuple(f"{scratch}/{start + k}" for k in range(len(batch.records)))
-    return _decoded_rows(started, batch.records, chunks, scratch, options)
+    return decoded_rows(started, batch.records, chunks, scratch, options)
 
 
-def _decoded_rows(
+def decoded_rows(
     started: float,
     records: Sequence[InstanceRecord],
     chunks: tuple[str, ...],
     scratch: str,
     options: PixelOptions,
 ) -> SeriesRows:
+    """Records of one series after the metadata operators, their images decoded early:
+    frame ``f`` of record ``i`` written to ``{chunks[i]}.{f}`` in ``scratch``."""
     infos = slice_infos(records)
     decoded = decode_to_scratch(records, infos, chunks, scratch, options)
     return SeriesRows(started, _without_headers(records), decoded, tuple(infos), chunks, scratch)

@@ -1,0 +1,205 @@
+"""Ingest into a fresh local lake reading each file once.
+
+The two-stage ingest (:mod:`.ingest`) reads every header twice: once to learn the
+series, then again in the series' reading tasks. When the lake holds nothing of
+this configuration yet (no rerun to skip inputs for) and the lake decodes early
+(:func:`dicomflow.pixels.early.applies`), the first pass can do everything instead:
+each task reads its files, flattens them and decodes their images into scratch
+folders, grouped by series, and keeps the result on its worker. The client learns
+the series from small lists, then one task per series takes its parts from those
+results, places the frames and commits (:func:`.series_tasks.place_and_commit`).
+
+Every result is held until the series are known, so this path is for runs of at
+most :data:`MAX_INPUTS` inputs; larger runs take the two-stage path, whose memory
+does not grow with the run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from distributed import Client, Future, as_completed, wait
+
+from dicomflow.connectors.files import FilesConnector
+from dicomflow.operators.base import Operator
+from dicomflow.pipelines.pipeline import PartitionResult, task, task_key
+from dicomflow.pipelines.plan import Partition, PartitionPolicy, plan_partitions
+from dicomflow.pipelines.series_tasks import (
+    SeriesRows,
+    decoded_rows,
+    place_and_commit,
+    series_of,
+    share_count,
+)
+from dicomflow.pipelines.sinks import LakeSink
+from dicomflow.pixels.early import scratch_folder
+from dicomflow.pixels.series_writer import PixelOptions
+from dicomflow.records import Batch, InstanceRecord, RunContext, SourceRef
+
+MAX_INPUTS = 5_000  # results held at once: about 10 kB of rows per input
+
+
+@dataclass(frozen=True)
+class ReadPart:
+    """What a reading task keeps on its worker: the series of each of its inputs (None
+    when it has none or cannot be read) and, per series, its rows and decoded frames."""
+
+    series: tuple[str | None, ...]
+    rows: dict[str, SeriesRows]
+
+
+def read_part(
+    source: FilesConnector,
+    partition: Partition,
+    context: RunContext,
+    operators: Sequence[Operator],
+    options: PixelOptions,
+) -> ReadPart:
+    """Task: read the partition's files once, run the metadata operators on those that
+    belong to a series and decode their images early, one scratch folder per series.
+    Inputs without a series are left to the run's scan partitions."""
+    started = time.time()
+    records = tuple(source.fetch(partition.refs))
+    series = tuple(series_of(r.header.elements) if r.header else None for r in records)
+    members: dict[str, list[InstanceRecord]] = {}
+    for record, uid in zip(records, series, strict=True):
+        if uid is not None:
+            members.setdefault(uid, []).append(record)
+    rows = {}
+    for number, (uid, group) in enumerate(members.items()):
+        batch = Batch(tuple(group), context)
+        for operator in operators:
+            batch = operator(batch)
+        scratch = scratch_folder(options, f"{partition.name}-{number}", context.run_id)
+        chunks = tuple(f"{scratch}/{k}" for k in range(len(batch.records)))
+        rows[uid] = decoded_rows(started, batch.records, chunks, scratch, options)
+    return ReadPart(series, rows)
+
+
+def series_list(part: ReadPart) -> tuple[str | None, ...]:
+    """Task: the small part of a reading task's result that the client needs."""
+    return part.series
+
+
+def place_series(
+    parts: Sequence[ReadPart],
+    series: str,
+    partition: Partition,
+    context: RunContext,
+    options: PixelOptions,
+    sinks: Sequence[LakeSink],
+) -> PartitionResult:
+    """Task: gather the series' rows from the reading tasks (in input order), place its
+    frames and commit it."""
+    rows = [part.rows[series] for part in parts if series in part.rows]
+    return place_and_commit(rows, partition, context, options, sinks)
+
+
+def reading_partitions(
+    refs: Sequence[SourceRef], workers: int, policy: PartitionPolicy | None = None
+) -> list[Partition]:
+    """Partitions of the sorted inputs, sized like a series' decoding shares (so both
+    workers stay busy to the end), capped by the policy's count and bytes."""
+    policy = policy or PartitionPolicy()
+    size = min(policy.max_files, max(1, math.ceil(len(refs) / share_count(len(refs), workers))))
+    return plan_partitions(
+        refs, PartitionPolicy(min_files=size, max_files=size, max_bytes=policy.max_bytes)
+    )
+
+
+@dataclass
+class Reading:
+    """The reading tasks of a run, submitted: their futures (held until the series tasks
+    that need them are submitted) and what the client learnt from them."""
+
+    futures: list[Future]
+    index: list[tuple[SourceRef, str | None]]  # every input with its series, in input order
+    parts_of: dict[str, list[int]]  # series -> the reading tasks holding some of it
+
+    def holding(self, series: str) -> list[Future]:
+        """The reading tasks that hold some of ``series``, in input order."""
+        return [self.futures[n] for n in self.parts_of.get(series, [])]
+
+    def release(self) -> None:
+        """Let Dask drop each reading task's result once its series tasks are done."""
+        self.futures.clear()
+
+
+def submit_reading(
+    client: Client,
+    source: FilesConnector,
+    refs: Sequence[SourceRef],
+    context: RunContext,
+    operators: Sequence[Operator],
+    options: PixelOptions,
+    *,
+    workers: int,
+    policy: PartitionPolicy | None,
+    retries: int,
+) -> Reading:
+    """Submit the reading tasks and wait for the series of every input (a task that
+    still fails after its retries leaves its inputs without a series: they are scanned)."""
+    parts = reading_partitions(refs, workers, policy)
+    futures = client.compute(
+        [
+            task(
+                read_part,
+                source,
+                p,
+                context,
+                tuple(operators),
+                options,
+                key=task_key("read", context, p.name),
+            )
+            for p in parts
+        ],
+        retries=retries,
+    )
+    wait(futures)
+    found = _series_in_memory(client, [f.key for f in futures])
+    # Lost results (a worker died) are computed again through a task; failed ones fail it.
+    missing = [(f, p) for f, p in zip(futures, parts, strict=True) if f.key not in found]
+    lists = [
+        client.submit(series_list, f, key=task_key("index", context, p.name), retries=retries)
+        for f, p in missing
+    ]
+    for (future, _), result in zip(missing, _results(lists), strict=True):
+        if result is not None:
+            found[future.key] = result
+    index: list[tuple[SourceRef, str | None]] = []
+    parts_of: dict[str, list[int]] = {}
+    for number, (part, future) in enumerate(zip(parts, futures, strict=True)):
+        uids = found.get(future.key) or (None,) * len(part.refs)
+        index.extend(zip(part.refs, uids, strict=True))
+        for uid in dict.fromkeys(u for u in uids if u is not None):
+            parts_of.setdefault(uid, []).append(number)
+    return Reading(futures, index, parts_of)
+
+
+def _series_in_memory(client: Client, keys: list[str]) -> dict[str, tuple[str | None, ...]]:
+    """The series lists of the reading results the workers hold, asked of every worker at
+    once: a list task per result cost 2 to 3 ms each, one after another on a worker."""
+    found: dict[str, tuple[str | None, ...]] = {}
+    answers = client.run(_held_series, keys, on_error="return")
+    for answer in answers.values():
+        if isinstance(answer, dict):
+            found.update(answer)
+    return found
+
+
+def _held_series(keys: list[str], dask_worker: Any = None) -> dict[str, tuple[str | None, ...]]:
+    data = dask_worker.data if dask_worker is not None else {}
+    return {key: data[key].series for key in keys if key in data}
+
+
+def _results(futures: list[Future]) -> list[Any]:
+    """Each future's result, or None where it failed; in the order given."""
+    done = {
+        future.key: result if future.status == "finished" else None
+        for future, result in as_completed(futures, with_results=True, raise_errors=False)
+    }
+    return [done.get(future.key) for future in futures]

@@ -1,0 +1,107 @@
+"""Reading each file once (``pipelines.read_once``) writes exactly what the two-stage
+ingest writes, and is used only where it applies."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from distributed import Client, get_task_stream
+
+import dicomflow
+from dicomflow.pipelines.ingest import IngestOptions, run_ingest
+from dicomflow.pipelines.read_once import reading_partitions
+from dicomflow.records import SourceRef
+from tests.conftest import CORPUS, IN_CI, PYDICOM_TEST_FILES, require
+
+PER_RUN = {"instances": ("run_id", "scanned_at"), "series": ("run_id",), "errors": ("run_id",)}
+SORT = {"instances": "source", "series": "zarr_path", "errors": "source"}
+
+
+def _sources(tmp_path: Path) -> list[str]:
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("not DICOM")
+    ct = (PYDICOM_TEST_FILES / "CT_small.dcm").read_bytes()
+    (junk / "cut.dcm").write_bytes(ct[: len(ct) // 2])
+    sources = [str(PYDICOM_TEST_FILES), str(junk)]
+    if CORPUS.exists():
+        sources.append(str(CORPUS))
+    return sources
+
+
+def _run(client: Client, sources: list[str], lake: Path, read_once: bool) -> set[str]:
+    with get_task_stream(client) as stream:
+        summary = run_ingest(
+            client, sources, out=str(lake), options=IngestOptions(read_once=read_once)
+        )
+    assert summary.accounted
+    return {str(t["key"]).split("-")[1] for t in stream.data}  # dicomflow-<stage>-…
+
+
+def _table(lake: Path, name: str) -> pa.Table:
+    table = getattr(dicomflow.read_lake(str(lake)), name)()
+    return table.drop_columns(list(PER_RUN[name])).sort_by(SORT[name]).combine_chunks()
+
+
+def _without_run(metadata: bytes) -> dict[str, Any]:
+    parsed = json.loads(metadata)
+    parsed.get("attributes", {}).pop("run_id", None)
+    return dict(parsed)
+
+
+def test_reading_once_writes_what_two_stages_write(client: Client, tmp_path: Path) -> None:
+    if IN_CI:
+        require(CORPUS.exists(), "the shared corpus")
+    sources = _sources(tmp_path)
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    assert {"read", "series"} <= _run(client, sources, once, read_once=True)
+    stages = _run(client, sources, twice, read_once=False)
+    assert {"index", "rows", "series"} <= stages and "read" not in stages
+    for name in PER_RUN:
+        assert _table(once, name).equals(_table(twice, name)), name
+    files = sorted(p.relative_to(once) for p in (once / "pixels.zarr").rglob("*") if p.is_file())
+    assert files == sorted(
+        p.relative_to(twice) for p in (twice / "pixels.zarr").rglob("*") if p.is_file()
+    )
+    assert sum(p.name.startswith("c.") for p in files) > 100
+    for path in files:
+        ours, theirs = (once / path).read_bytes(), (twice / path).read_bytes()
+        if path.name == "zarr.json":
+            assert _without_run(ours) == _without_run(theirs), path
+        else:
+            assert ours == theirs, path
+    assert not [p for p in once.rglob(".*")]  # no scratch or temporaries left
+
+
+def test_a_lake_with_committed_inputs_is_read_in_two_stages(client: Client, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(PYDICOM_TEST_FILES / "dicomdirtests" / "77654033" / "CT2", src / "ct")
+    lake = tmp_path / "lake"
+    assert "read" in _run(client, [str(src)], lake, read_once=True)
+    shutil.copytree(PYDICOM_TEST_FILES / "dicomdirtests" / "98892003" / "MR700", src / "mr")
+    stages = _run(client, [str(src)], lake, read_once=True)
+    assert "read" not in stages and "index" in stages  # the rerun skips the committed series
+    assert len(dicomflow.read_lake(str(lake)).series()) >= 2
+
+
+@pytest.mark.parametrize(
+    ("inputs", "workers", "sizes"),
+    [
+        (400, 2, [29] * 13 + [23]),  # like a series' decoding shares: 14 tasks
+        (10, 2, [10]),  # under 32 inputs a task is not worth splitting
+        (1, 4, [1]),
+        (20_000, 2, [500] * 40),  # capped by the policy's max_files
+    ],
+)
+def test_reading_partitions_keep_both_workers_busy(
+    inputs: int, workers: int, sizes: list[int]
+) -> None:
+    refs = [SourceRef(f"/data/{i:06d}.dcm", size=1000) for i in range(inputs)]
+    parts = reading_partitions(refs, workers)
+    assert [len(p.refs) for p in parts] == sizes
+    assert [r for p in parts for r in p.refs] == refs
