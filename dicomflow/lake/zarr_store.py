@@ -178,6 +178,10 @@ def _building(
 def _array_of_run(layout: LakeLayout, location: str, run_id: str) -> zarr.Array | None:
     """Array ``0`` of the stack group at ``location`` (as :func:`open_stack_group` takes
     it) if run ``run_id`` stamped the group, else None."""
+    if layout.is_local():  # nothing there (the usual case): no need to ask zarr
+        path = Path(location if location.startswith("/") else _local_root(layout) / location)
+        if not (path / "zarr.json").exists():
+            return None
     try:
         group = open_stack_group(layout, location, mode="r")
         if group.attrs.get(RUN_ID) != run_id:
