@@ -2,14 +2,18 @@
 
 Two stages in one run. First every input's header is read, in partitions, to
 learn its series (a few hundred microseconds a file). Then each series becomes
-a small graph: several tasks read its headers again, flatten them and (in a
-local lake) decode its images into a scratch folder, one plans the stacks and
-moves the decoded frames into their chunks, and one commits the ``instances``,
-``series`` and ``errors`` parts of that series. In a bucket lake, or with
-several frames per chunk, the plan is followed by decode-and-write shares
+a small graph (:mod:`.series_tasks`): several tasks read its headers again,
+flatten them and (in a local lake) decode its images into scratch folders, and
+one task places the decoded frames into their chunks and commits the
+``instances``, ``series`` and ``errors`` parts of that series. In a bucket lake,
+or with several frames per chunk, a plan is followed by decode-and-write shares
 instead (:mod:`dicomflow.pixels.series_writer`, :mod:`dicomflow.pixels.early`).
 Inputs with no series (errors, files without a SeriesInstanceUID) are committed
 by ordinary scan partitions.
+
+When the lake holds nothing of this configuration yet, the first stage does the
+reading, flattening and decoding itself and the files are read once
+(:mod:`.read_once`); the outputs are the same.
 """
 
 from __future__ import annotations
