@@ -22,18 +22,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import dask
 from distributed import Client, Future, as_completed, wait
 
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.operators.base import Operator
 from dicomflow.pipelines.pipeline import PartitionResult, task, task_key
-from dicomflow.pipelines.plan import Partition, PartitionPolicy, plan_partitions
+from dicomflow.pipelines.plan import Partition, PartitionPolicy, partition_named
 from dicomflow.pipelines.series_tasks import (
     SeriesRows,
     decoded_rows,
     place_and_commit,
     series_of,
-    share_count,
 )
 from dicomflow.pipelines.sinks import LakeSink
 from dicomflow.pixels.early import scratch_folder
@@ -99,16 +99,33 @@ def place_series(
     return place_and_commit(rows, partition, context, options, sinks)
 
 
+SMALLEST_PART = 8
+
+
 def reading_partitions(
     refs: Sequence[SourceRef], workers: int, policy: PartitionPolicy | None = None
 ) -> list[Partition]:
-    """Partitions of the sorted inputs, sized like a series' decoding shares (so both
-    workers stay busy to the end), capped by the policy's count and bytes."""
+    """Partitions of the sorted inputs, largest first (each a share of what is left:
+    ``remaining / (2 × workers)``, at least :data:`SMALLEST_PART`), so the last tasks
+    are short and no worker waits long for the other's last one (equal tasks of 29
+    JPEG 2000 slices left one worker idle for up to 0.6 s). Capped by the policy's
+    count and bytes."""
     policy = policy or PartitionPolicy()
-    size = min(policy.max_files, max(1, math.ceil(len(refs) / share_count(len(refs), workers))))
-    return plan_partitions(
-        refs, PartitionPolicy(min_files=size, max_files=size, max_bytes=policy.max_bytes)
-    )
+    groups: list[list[SourceRef]] = []
+    remaining, group_bytes, size = len(refs), 0, 0
+    for ref in refs:
+        if (
+            not groups
+            or len(groups[-1]) >= size
+            or group_bytes + (ref.size or 0) > policy.max_bytes
+        ):
+            size = min(policy.max_files, max(SMALLEST_PART, math.ceil(remaining / (2 * workers))))
+            groups.append([])
+            group_bytes = 0
+        groups[-1].append(ref)
+        group_bytes += ref.size or 0
+        remaining -= 1
+    return [partition_named(i, g) for i, g in enumerate(groups)]
 
 
 @dataclass
@@ -144,21 +161,21 @@ def submit_reading(
     """Submit the reading tasks and wait for the series of every input (a task that
     still fails after its retries leaves its inputs without a series: they are scanned)."""
     parts = reading_partitions(refs, workers, policy)
-    futures = client.compute(
-        [
-            task(
-                read_part,
-                source,
-                p,
-                context,
-                tuple(operators),
-                options,
-                key=task_key("read", context, p.name),
+    reads = []
+    for number, part in enumerate(parts):
+        with dask.annotate(priority=len(parts) - number):  # largest first
+            reads.append(
+                task(
+                    read_part,
+                    source,
+                    part,
+                    context,
+                    tuple(operators),
+                    options,
+                    key=task_key("read", context, part.name),
+                )
             )
-            for p in parts
-        ],
-        retries=retries,
-    )
+    futures = client.compute(reads, retries=retries)
     wait(futures)
     found = _series_in_memory(client, [f.key for f in futures])
     # Lost results (a worker died) are computed again through a task; failed ones fail it.

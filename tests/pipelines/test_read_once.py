@@ -14,6 +14,7 @@ from distributed import Client, get_task_stream
 
 import dicomflow
 from dicomflow.pipelines.ingest import IngestOptions, run_ingest
+from dicomflow.pipelines.plan import PartitionPolicy
 from dicomflow.pipelines.read_once import reading_partitions
 from dicomflow.records import SourceRef
 from tests.conftest import CORPUS, IN_CI, PYDICOM_TEST_FILES, require
@@ -92,16 +93,24 @@ def test_a_lake_with_committed_inputs_is_read_in_two_stages(client: Client, tmp_
 @pytest.mark.parametrize(
     ("inputs", "workers", "sizes"),
     [
-        (400, 2, [29] * 13 + [23]),  # like a series' decoding shares: 14 tasks
-        (10, 2, [10]),  # under 32 inputs a task is not worth splitting
+        (400, 2, [100, 75, 57, 42, 32, 24, 18, 13, 10, 8, 8, 8, 5]),  # largest first
+        (10, 2, [8, 2]),
         (1, 4, [1]),
-        (20_000, 2, [500] * 40),  # capped by the policy's max_files
+        (20_000, 2, [500] * 37 + [375, 282, 211, 158, 119, 89, 67, 50, 38, 28, 21, 16, 12]),
     ],
 )
-def test_reading_partitions_keep_both_workers_busy(
+def test_reading_partitions_end_with_short_tasks(
     inputs: int, workers: int, sizes: list[int]
 ) -> None:
     refs = [SourceRef(f"/data/{i:06d}.dcm", size=1000) for i in range(inputs)]
     parts = reading_partitions(refs, workers)
-    assert [len(p.refs) for p in parts] == sizes
+    assert [len(p.refs) for p in parts][: len(sizes)] == sizes
+    assert [r for p in parts for r in p.refs] == refs
+    assert len({p.name for p in parts}) == len(parts)
+
+
+def test_reading_partitions_respect_the_byte_cap() -> None:
+    refs = [SourceRef(f"/data/{i:03d}.dcm", size=400) for i in range(100)]
+    parts = reading_partitions(refs, 1, PartitionPolicy(max_bytes=1000))
+    assert all(sum(r.size or 0 for r in p.refs) <= 1000 for p in parts)
     assert [r for p in parts for r in p.refs] == refs
