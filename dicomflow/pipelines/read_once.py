@@ -142,7 +142,12 @@ class Reading:
         return [self.futures[n] for n in self.parts_of.get(series, [])]
 
     def release(self) -> None:
-        """Let Dask drop each reading task's result once its series tasks are done."""
+        """Let Dask drop each reading task's result once its series tasks are done (called
+        once they are submitted). Held on, a result lost with its worker would be computed
+        again even after every series it feeds was committed: a decode for nothing, whose
+        scratch folders could appear after the run's final sweep."""
+        for future in self.futures:
+            future.release()
         self.futures.clear()
 
 
