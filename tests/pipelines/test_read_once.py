@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
-from distributed import Client, get_task_stream
+from distributed import Client, get_task_stream, wait
 
 import dicomflow
 from dicomflow.pipelines.ingest import IngestOptions, run_ingest
+from dicomflow.pipelines.pipeline import task
 from dicomflow.pipelines.plan import PartitionPolicy
-from dicomflow.pipelines.read_once import reading_partitions
+from dicomflow.pipelines.read_once import Reading, reading_partitions
 from dicomflow.records import SourceRef
 from tests.conftest import CORPUS, IN_CI, PYDICOM_TEST_FILES, require
 
@@ -114,3 +116,35 @@ def test_reading_partitions_respect_the_byte_cap() -> None:
     parts = reading_partitions(refs, 1, PartitionPolicy(max_bytes=1000))
     assert all(sum(r.size or 0 for r in p.refs) <= 1000 for p in parts)
     assert [r for p in parts for r in p.refs] == refs
+
+
+def _twice(value: int) -> int:
+    return 2 * value
+
+
+def _total(values: list[int]) -> int:
+    return sum(values)
+
+
+def test_released_reading_results_are_wanted_only_by_their_series(client: Client) -> None:
+    """Held by the client too, a result lost with its worker would be decoded again after
+    its series committed (and leave scratch folders behind the run's sweep)."""
+    keys = [f"dicomflow-read-release-test-{i}" for i in range(2)]
+    futures = [client.submit(_twice, i, key=key) for i, key in enumerate(keys)]
+    wait(futures)
+    reading = Reading(list(futures), [], {"x": [0, 1]})
+    graph = task(_total, reading.holding("x"), key="dicomflow-series-t")  # holds the futures
+    series = client.compute(graph)
+    reading.release()
+    del futures
+
+    def wanted(keys: list[str], dask_scheduler: Any = None) -> list[int]:
+        tasks = dask_scheduler.tasks
+        return [len(tasks[k].who_wants or ()) for k in keys if k in tasks]
+
+    deadline = time.monotonic() + 10
+    while any(client.run_on_scheduler(wanted, keys)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(client.run_on_scheduler(wanted, keys))
+    assert series.result() == 2
+    del graph
