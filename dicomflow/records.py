@@ -106,15 +106,18 @@ class Batch:
 
     ``tables`` holds rows that belong to the batch rather than to one record
     (for example one ``series`` row per stack), keyed by table name.
+    ``instances``, when set, is the ``instances`` table of ``records`` built ahead
+    (an Arrow table, by tasks that ran in parallel); new records drop it.
     """
 
     records: tuple[InstanceRecord, ...]
     context: RunContext
     tables: dict[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)
+    instances: Any = None
 
     def replace_records(self, records: list[InstanceRecord] | tuple[InstanceRecord, ...]) -> Batch:
         return Batch(tuple(records), self.context, self.tables)
 
     def with_table_rows(self, table: str, rows: list[dict[str, Any]]) -> Batch:
         tables = {**self.tables, table: (*self.tables.get(table, ()), *rows)}
-        return Batch(self.records, self.context, tables)
+        return Batch(self.records, self.context, tables, self.instances)

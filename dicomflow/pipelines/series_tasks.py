@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 from dask.delayed import Delayed
 
 from dicomflow.connectors.files import FilesConnector
@@ -23,6 +24,7 @@ from dicomflow.dicom.elements import Elements
 from dicomflow.dicom.geometry import SliceInfo
 from dicomflow.operators.base import Operator
 from dicomflow.operators.flatten import Flatten
+from dicomflow.pipelines.instance_rows import has_row, located, rows_table
 from dicomflow.pipelines.pipeline import PartitionResult, commit_batch, task, task_key, timed
 from dicomflow.pipelines.plan import Partition
 from dicomflow.pipelines.sinks import LakeSink
@@ -94,6 +96,7 @@ class SeriesRows:
     infos: tuple[SliceInfo, ...] = ()  # the images' stack-planning facts (decoded early)
     chunks: tuple[str, ...] = ()
     scratch: str | None = None
+    table: pa.Table | None = None  # the instances table of records (see .instance_rows)
 
 
 def read_rows(
@@ -130,7 +133,15 @@ def decoded_rows(
     frame ``f`` of record ``i`` written to ``{chunks[i]}.{f}`` in ``scratch``."""
     infos = slice_infos(records)
     decoded = decode_to_scratch(records, infos, chunks, scratch, options)
-    return SeriesRows(started, _without_headers(records), decoded, tuple(infos), chunks, scratch)
+    return SeriesRows(
+        started,
+        _without_headers(records),
+        decoded,
+        tuple(infos),
+        chunks,
+        scratch,
+        rows_table(records),
+    )
 
 
 def _without_headers(records: Sequence[InstanceRecord]) -> tuple[InstanceRecord, ...]:
@@ -170,9 +181,16 @@ def commit_series_partition(
     context: RunContext,
     options: PixelOptions,
     sinks: Sequence[LakeSink],
+    parts: Sequence[SeriesRows] = (),
 ) -> PartitionResult:
-    """Task: commit the stacks and the series' table parts."""
-    result = commit_batch(commit_series(plan, shares, context, options), partition, sinks)
+    """Task: commit the stacks and the series' table parts (with the instances table
+    the reading ``parts`` built ahead, when each did)."""
+    batch = commit_series(plan, shares, context, options)
+    if parts and all(part.table is not None for part in parts):
+        had_row = [has_row(r) for part in parts for r in part.records]
+        pieces = [part.table for part in parts if part.table is not None]
+        batch = dataclasses.replace(batch, instances=located(pieces, had_row, batch.records))
+    result = commit_batch(batch, partition, sinks)
     remove_scratch(plan.scratch)
     return timed(result, plan.started, partition)
 
@@ -187,7 +205,7 @@ def place_and_commit(
     """Task: plan an early-decoded series, move its frames into place and commit it (one
     task, not two: the plan has no decoding left to hand out)."""
     plan = plan_rows(parts, context, options, early=True)
-    return commit_series_partition(plan, [], partition, context, options, sinks)
+    return commit_series_partition(plan, [], partition, context, options, sinks, parts)
 
 
 def share_count(instances: int, workers: int = 1) -> int:

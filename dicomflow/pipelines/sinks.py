@@ -56,6 +56,10 @@ class Sink(Protocol):
 
 
 def instance_table(batch: Batch) -> pa.Table:
+    """The batch's ``instances`` table: built ahead, or from its records' rows."""
+    if batch.instances is not None:
+        table: pa.Table = batch.instances
+        return table
     rows = [r.outputs[INSTANCES] for r in batch.records if not r.failed and INSTANCES in r.outputs]
     return rows_to_table(rows)
 

@@ -1,0 +1,48 @@
+"""The ``instances`` table of a series, built ahead by its reading tasks.
+
+Turning 400 flattened rows into an Arrow table takes about 35 ms. The series'
+commit runs alone, after every reading task, so each reading task builds the
+table of its own records instead, in parallel, and the commit only joins the
+pieces, drops the rows of instances that failed since (a broken image) and
+fills in where each instance's frames went (``zarr_path``, ``frame_index``).
+The result equals the table built from the committed records' rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyarrow as pa
+
+from dicomflow.dicom.rows import rows_to_table
+from dicomflow.operators.flatten import OUTPUT as INSTANCES
+from dicomflow.records import InstanceRecord
+
+LOCATED = ("zarr_path", "frame_index")  # the columns the commit fills in
+
+
+def has_row(record: InstanceRecord) -> bool:
+    """Whether ``record`` has a row in the ``instances`` table (as the sink decides)."""
+    return not record.failed and INSTANCES in record.outputs
+
+
+def rows_table(records: Sequence[InstanceRecord]) -> pa.Table:
+    """The ``instances`` table of ``records`` as they are now."""
+    return rows_to_table([r.outputs[INSTANCES] for r in records if has_row(r)])
+
+
+def located(
+    pieces: Sequence[pa.Table], had_row: Sequence[bool], records: Sequence[InstanceRecord]
+) -> pa.Table:
+    """The ``instances`` table of the committed ``records`` from ``pieces`` (built when
+    ``had_row`` was true of each record, in the same order)."""
+    table = pa.concat_tables(pieces)
+    kept = [r for r, had in zip(records, had_row, strict=True) if had]
+    table = table.filter(pa.array([has_row(r) for r in kept], type=pa.bool_()))
+    rows = [r.outputs[INSTANCES] for r in kept if has_row(r)]
+    for name in LOCATED:
+        index = table.schema.get_field_index(name)
+        column = table.schema.field(index)
+        values = pa.array([row.get(name) for row in rows], type=column.type)
+        table = table.set_column(index, column, values)
+    return table.combine_chunks()
