@@ -160,6 +160,7 @@ def run_ingest(
             workers=stages.workers(),
             policy=policy,
             retries=retries,
+            progress=progress,
         )
         summary = RunSummary(context.run_id, files=len(refs))
         groups, loose = group_by_series(reading.index)

@@ -11,10 +11,22 @@ from tqdm import tqdm
 class Progress:
     """Counts inputs as partitions finish. Silent when output is not a terminal."""
 
-    def __init__(self, total: int, *, enabled: bool | None = None, unit: str = "file") -> None:
+    def __init__(
+        self,
+        total: int,
+        *,
+        enabled: bool | None = None,
+        unit: str = "file",
+        description: str | None = None,
+    ) -> None:
         show = sys.stderr.isatty() if enabled is None else enabled
         self._bar = tqdm(
-            total=total, unit=unit, disable=not show, dynamic_ncols=True, smoothing=0.1
+            total=total,
+            unit=unit,
+            desc=description,
+            disable=not show,
+            dynamic_ncols=True,
+            smoothing=0.1,
         )
 
     def advance(self, n: int) -> None:

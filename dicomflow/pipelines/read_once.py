@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import dask
-from distributed import Client, Future, as_completed, wait
+from distributed import Client, Future, as_completed
 
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.operators.base import Operator
 from dicomflow.pipelines.pipeline import PartitionResult, task, task_key
 from dicomflow.pipelines.plan import Partition, PartitionPolicy, partition_named
+from dicomflow.pipelines.progress import Progress
 from dicomflow.pipelines.series_tasks import (
     SeriesRows,
     decoded_rows,
@@ -162,6 +163,7 @@ def submit_reading(
     workers: int,
     policy: PartitionPolicy | None,
     retries: int,
+    progress: bool | None = None,
 ) -> Reading:
     """Submit the reading tasks and wait for the series of every input (a task that
     still fails after its retries leaves its inputs without a series: they are scanned)."""
@@ -181,7 +183,10 @@ def submit_reading(
                 )
             )
     futures = client.compute(reads, retries=retries)
-    wait(futures)
+    sizes = {f.key: len(p.refs) for f, p in zip(futures, parts, strict=True)}
+    with Progress(len(refs), enabled=progress, description="read") as bar:
+        for done in as_completed(futures):  # most of the run's time: show it
+            bar.advance(sizes[done.key])
     found = _series_in_memory(client, [f.key for f in futures])
     # Lost results (a worker died) are computed again through a task; failed ones fail it.
     missing = [(f, p) for f, p in zip(futures, parts, strict=True) if f.key not in found]

@@ -148,3 +148,16 @@ def test_released_reading_results_are_wanted_only_by_their_series(client: Client
     assert not any(client.run_on_scheduler(wanted, keys))
     assert series.result() == 2
     del graph
+
+
+def test_reading_shows_its_own_progress(
+    client: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reading is most of a read-once run: it has a bar of its own, before the commits'."""
+    src = tmp_path / "src"
+    shutil.copytree(PYDICOM_TEST_FILES / "dicomdirtests" / "77654033" / "CT2", src)
+    files = len([p for p in src.rglob("*") if p.is_file()])
+    run_ingest(client, [str(src)], out=str(tmp_path / "lake"), progress=True)
+    err = capsys.readouterr().err
+    assert "read: 100%" in err and f"{files}/{files}" in err
+    assert err.index("read:") < err.rindex(f"{files}/{files}")
