@@ -62,6 +62,11 @@ def _local_root(layout: LakeLayout) -> Path:
     return Path(root)
 
 
+def _local_path(layout: LakeLayout, location: str) -> Path:
+    """A stack's ``location`` in a local lake (relative to the root, or absolute)."""
+    return Path(location) if location.startswith("/") else _local_root(layout) / location
+
+
 def _url(layout: LakeLayout, relative: str) -> str:
     """The fsspec URL of ``relative`` (a path under the lake root)."""
     fs, root = layout.filesystem()
@@ -72,8 +77,7 @@ def open_stack_group(layout: LakeLayout, location: str, mode: Any = "r") -> zarr
     """The Zarr group at ``location``: a path under the lake root, or the absolute path
     or URL :func:`create_temporary_stack` returned."""
     if layout.is_local():
-        path = location if location.startswith("/") else str(_local_root(layout) / location)
-        return zarr.open_group(path, mode=mode, zarr_format=3)
+        return zarr.open_group(str(_local_path(layout, location)), mode=mode, zarr_format=3)
     url = location if "://" in location else _url(layout, location)
     return zarr.open_group(url, mode=mode, zarr_format=3, storage_options=layout.storage_options)
 
@@ -178,10 +182,8 @@ def _building(
 def _array_of_run(layout: LakeLayout, location: str, run_id: str) -> zarr.Array | None:
     """Array ``0`` of the stack group at ``location`` (as :func:`open_stack_group` takes
     it) if run ``run_id`` stamped the group, else None."""
-    if layout.is_local():  # nothing there (the usual case): no need to ask zarr
-        path = Path(location if location.startswith("/") else _local_root(layout) / location)
-        if not (path / "zarr.json").exists():
-            return None
+    if layout.is_local() and not (_local_path(layout, location) / "zarr.json").exists():
+        return None  # nothing there (the usual case): no need to ask zarr
     try:
         group = open_stack_group(layout, location, mode="r")
         if group.attrs.get(RUN_ID) != run_id:

@@ -22,7 +22,7 @@ LOCATED = ("zarr_path", "frame_index")  # the columns the commit fills in
 
 
 def has_row(record: InstanceRecord) -> bool:
-    """Whether ``record`` has a row in the ``instances`` table (as the sink decides)."""
+    """Whether ``record`` has a row in the ``instances`` table."""
     return not record.failed and INSTANCES in record.outputs
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from dicomflow.records import SourceRef
@@ -57,16 +57,24 @@ def plan_partitions(
         return []
     per_partition = math.ceil(len(refs) / policy.target_partitions)
     per_partition = max(policy.min_files, min(policy.max_files, per_partition))
-    groups: list[list[SourceRef]] = [[]]
-    group_bytes = 0
-    for ref in refs:
-        size = ref.size or 0
-        current = groups[-1]
-        if current and (len(current) >= per_partition or group_bytes + size > policy.max_bytes):
+    return split_partitions(refs, lambda _remaining: per_partition, policy.max_bytes)
+
+
+def split_partitions(
+    refs: Sequence[SourceRef], size_for: Callable[[int], int], max_bytes: int
+) -> list[Partition]:
+    """Cut ``refs``, in order, into partitions: each holds ``size_for(inputs left)`` inputs
+    (asked as it starts), or fewer where ``max_bytes`` would be passed."""
+    groups: list[list[SourceRef]] = []
+    group_bytes = size = 0
+    for remaining, ref in zip(range(len(refs), 0, -1), refs, strict=True):
+        nbytes = ref.size or 0
+        if not groups or len(groups[-1]) >= size or group_bytes + nbytes > max_bytes:
+            size = size_for(remaining)
             groups.append([])
             group_bytes = 0
         groups[-1].append(ref)
-        group_bytes += size
+        group_bytes += nbytes
     return [partition_named(i, g) for i, g in enumerate(groups)]
 
 

@@ -28,7 +28,7 @@ from distributed import Client, Future, as_completed
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.operators.base import Operator
 from dicomflow.pipelines.pipeline import PartitionResult, task, task_key
-from dicomflow.pipelines.plan import Partition, PartitionPolicy, partition_named
+from dicomflow.pipelines.plan import Partition, PartitionPolicy, split_partitions
 from dicomflow.pipelines.progress import Progress
 from dicomflow.pipelines.series_tasks import (
     SeriesRows,
@@ -112,21 +112,11 @@ def reading_partitions(
     JPEG 2000 slices left one worker idle for up to 0.6 s). Capped by the policy's
     count and bytes."""
     policy = policy or PartitionPolicy()
-    groups: list[list[SourceRef]] = []
-    remaining, group_bytes, size = len(refs), 0, 0
-    for ref in refs:
-        if (
-            not groups
-            or len(groups[-1]) >= size
-            or group_bytes + (ref.size or 0) > policy.max_bytes
-        ):
-            size = min(policy.max_files, max(SMALLEST_PART, math.ceil(remaining / (2 * workers))))
-            groups.append([])
-            group_bytes = 0
-        groups[-1].append(ref)
-        group_bytes += ref.size or 0
-        remaining -= 1
-    return [partition_named(i, g) for i, g in enumerate(groups)]
+
+    def size_for(remaining: int) -> int:
+        return min(policy.max_files, max(SMALLEST_PART, math.ceil(remaining / (2 * workers))))
+
+    return split_partitions(refs, size_for, policy.max_bytes)
 
 
 @dataclass

@@ -14,11 +14,10 @@ from typing import Any, ClassVar, Protocol
 import pyarrow as pa
 
 from dicomflow._version import __version__
-from dicomflow.dicom.rows import rows_to_table
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.ledger import Ledger, entry_for
 from dicomflow.lake.writer import write_part
-from dicomflow.operators.flatten import OUTPUT as INSTANCES
+from dicomflow.pipelines.instance_rows import rows_table
 from dicomflow.pipelines.plan import Partition
 from dicomflow.records import Batch
 from dicomflow.schemas import (
@@ -60,8 +59,7 @@ def instance_table(batch: Batch) -> pa.Table:
     if batch.instances is not None:
         table: pa.Table = batch.instances
         return table
-    rows = [r.outputs[INSTANCES] for r in batch.records if not r.failed and INSTANCES in r.outputs]
-    return rows_to_table(rows)
+    return rows_table(batch.records)
 
 
 def error_table(batch: Batch) -> pa.Table:

@@ -13,7 +13,6 @@ shape differs from its stack's is decoded again and written the ordinary way.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import shutil
@@ -108,7 +107,7 @@ def plan_decoded(
     of the series but its commit (the plan has no work items left). An instance not
     decoded early is decoded here; one of another type or shape than its stack's is
     decoded again and cast if its values fit."""
-    records = [dataclasses.replace(r, header=None) for r in batch.records]
+    records = list(batch.records)  # the reading tasks dropped the headers already
     run_id = batch.context.run_id
     stacks = plan_stacks(records, infos)
     plan = SeriesPlan(records, stacks, [], {}, run_id=run_id, scratch=tuple(scratch))
