@@ -24,7 +24,7 @@ from dicomflow.dicom.elements import Elements
 from dicomflow.dicom.geometry import SliceInfo
 from dicomflow.operators.base import Operator
 from dicomflow.operators.flatten import Flatten
-from dicomflow.pipelines.instance_rows import has_row, located, rows_table
+from dicomflow.pipelines.instance_rows import has_row, located, packed, rows_table, unpacked
 from dicomflow.pipelines.pipeline import PartitionResult, commit_batch, task, task_key, timed
 from dicomflow.pipelines.plan import Partition
 from dicomflow.pipelines.sinks import LakeSink
@@ -97,6 +97,19 @@ class SeriesRows:
     chunks: tuple[str, ...] = ()
     scratch: str | None = None
     table: pa.Table | None = None  # the instances table of records (see .instance_rows)
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        """Pickled with the table packed in one piece (:func:`.instance_rows.packed`)."""
+        state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if self.table is not None:
+            state["table"] = packed(self.table)
+        return _series_rows, (state,)
+
+
+def _series_rows(state: dict[str, Any]) -> SeriesRows:
+    if state["table"] is not None:
+        state["table"] = unpacked(state["table"])
+    return SeriesRows(**state)
 
 
 def read_rows(
