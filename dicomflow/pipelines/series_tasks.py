@@ -24,7 +24,14 @@ from dicomflow.dicom.elements import Elements
 from dicomflow.dicom.geometry import SliceInfo
 from dicomflow.operators.base import Operator
 from dicomflow.operators.flatten import Flatten
-from dicomflow.pipelines.instance_rows import has_row, located, packed, rows_table, unpacked
+from dicomflow.pipelines.instance_rows import (
+    has_row,
+    located,
+    packed,
+    rows_table,
+    slimmed,
+    unpacked,
+)
 from dicomflow.pipelines.pipeline import PartitionResult, commit_batch, task, task_key, timed
 from dicomflow.pipelines.plan import Partition
 from dicomflow.pipelines.sinks import LakeSink
@@ -85,10 +92,11 @@ ROWS_PER_TASK = 64
 @dataclass(frozen=True)
 class SeriesRows:
     """Some of a series' instances after the metadata operators, headers dropped (they
-    stay on the worker that read them; the flattened rows travel to the plan), and, when
-    the series is decoded early, what became of each image. Indices (of ``decoded``, of
-    ``infos``) are positions in ``records``; frame ``f`` of record ``i`` waits in
-    ``{chunks[i]}.{f}``, inside the ``scratch`` folder."""
+    stay on the worker that read them; the flattened rows travel to the plan, or, when
+    the series is decoded early, the ``table`` of those rows, the records keeping only
+    what the commit reads: :func:`.instance_rows.slimmed`), and what became of each
+    image. Indices (of ``decoded``, of ``infos``) are positions in ``records``; frame
+    ``f`` of record ``i`` waits in ``{chunks[i]}.{f}``, inside the ``scratch`` folder."""
 
     started: float
     records: tuple[InstanceRecord, ...]
@@ -146,15 +154,8 @@ def decoded_rows(
     frame ``f`` of record ``i`` written to ``{chunks[i]}.{f}`` in ``scratch``."""
     infos = slice_infos(records)
     decoded = decode_to_scratch(records, infos, chunks, scratch, options)
-    return SeriesRows(
-        started,
-        _without_headers(records),
-        decoded,
-        tuple(infos),
-        chunks,
-        scratch,
-        rows_table(records),
-    )
+    table = rows_table(records)
+    return SeriesRows(started, slimmed(records), decoded, tuple(infos), chunks, scratch, table)
 
 
 def _without_headers(records: Sequence[InstanceRecord]) -> tuple[InstanceRecord, ...]:

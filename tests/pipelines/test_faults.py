@@ -49,6 +49,7 @@ PER_SERIES = 100
 INSTANCES = SERIES * PER_SERIES
 KILLS = 3
 INJECTED_SHARE = 0.01  # of partitions whose first commit attempt fails
+COMMIT_DELAY = 0.3  # seconds added to each commit of fault run A
 # Columns that differ between two runs over the same inputs (see dicomflow/schemas/):
 PER_RUN = {"instances": ("run_id", "scanned_at"), "series": ("run_id",), "errors": ("run_id",)}
 PER_RUN_ATTRIBUTES = ("run_id",)  # of each stack's Zarr group
@@ -256,9 +257,10 @@ class FailFirstCommit(WorkerPlugin):
 
     name = "fail-first-commit"
 
-    def __init__(self, selected: frozenset[str], markers: str) -> None:
+    def __init__(self, selected: frozenset[str], markers: str, delay: float = 0.0) -> None:
         self.selected = selected
         self.markers = markers
+        self.delay = delay  # seconds added to every commit (see fault_run_a)
 
     def setup(self, worker: Any) -> None:
         from dicomflow.lake import ledger
@@ -266,9 +268,10 @@ class FailFirstCommit(WorkerPlugin):
         original = ledger.Ledger.commit
         if getattr(original, "fault_injected", False):
             return
-        selected, markers = self.selected, Path(self.markers)
+        selected, markers, delay = self.selected, Path(self.markers), self.delay
 
         def commit(self: ledger.Ledger, entry: ledger.LedgerEntry) -> None:
+            time.sleep(delay)
             if entry.partition in selected:
                 try:
                     (markers / entry.partition).touch(exist_ok=False)
@@ -377,7 +380,10 @@ def fault_run_a(source: Path, reference: LakeContent) -> FaultRun:
     names = series_partition_names(source)
     injected = selected_by_hash(names, INJECTED_SHARE)
     with open_client(workers=2) as client:
-        client.register_plugin(FailFirstCommit(injected, str(markers)))
+        # Each commit takes COMMIT_DELAY longer, so that the three kills (each waits for the
+        # nanny's restart, about 1.5 s) land while series are still committing: reading each
+        # file once, the run commits its 20 series in about a second otherwise.
+        client.register_plugin(FailFirstCommit(injected, str(markers), COMMIT_DELAY))
         killer = WorkerKiller(client, lake, KILLS)
         killer.start()
         try:

@@ -18,6 +18,7 @@ import zarr
 
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.lake.layout import LakeLayout
+from dicomflow.pipelines.instance_rows import has_row, located, rows_table
 from dicomflow.pipelines.series_tasks import SeriesRows, plan_rows, read_rows
 from dicomflow.pixels.early import applies, remove_scratch, scratch_folder
 from dicomflow.pixels.series_writer import (
@@ -100,20 +101,28 @@ def test_early_decoding_writes_what_the_two_phase_path_writes(tmp_path: Path) ->
         assert applies(options)
         if mode == "early":
             scratch = scratch_folder(options, "part-x", context.run_id)
-            plan = plan_rows(_read(source, context, options, scratch), context, options, early=True)
+            parts = _read(source, context, options, scratch)
+            plan = plan_rows(parts, context, options, early=True)
             assert plan.items == []  # nothing left for decode-and-write shares
             batch = _commit(plan, context, options)
+            # the reading tasks built the instances table; the records keep little of it
+            had_row = [has_row(r) for part in parts for r in part.records]
+            pieces = [part.table for part in parts if part.table is not None]
+            instances = located(pieces, had_row, batch.records)
         else:
             plan = plan_rows(_read(source, context, options, None), context, options)
             work = pixel_work(plan)
             batch = _commit(
                 plan, context, options, [write_items(work, k, 2, options) for k in (0, 1)]
             )
-        results[mode] = (batch, _files(lake))
-    (early, early_files), (phased, phased_files) = results["early"], results["two-phase"]
+            instances = rows_table(batch.records)
+        results[mode] = (batch, _files(lake), instances)
+    (early, early_files, early_rows) = results["early"]
+    (phased, phased_files, phased_rows) = results["two-phase"]
     assert early_files == phased_files and len(early_files) == SLICES
     assert early.tables == phased.tables
-    assert [r.outputs for r in early.records] == [r.outputs for r in phased.records]
+    assert early_rows.num_rows == SLICES and early_rows.equals(phased_rows)
+    assert [r.error for r in early.records] == [r.error for r in phased.records]
 
 
 def test_early_tasks_computed_again_keep_every_frame_and_leave_no_scratch(tmp_path: Path) -> None:
