@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from datetime import UTC, datetime
 
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.errors import ErrorCode
 from dicomflow.operators.flatten import OUTPUT as INSTANCES
 from dicomflow.operators.flatten import Flatten
-from dicomflow.pipelines.instance_rows import has_row, located, rows_table
+from dicomflow.pipelines.instance_rows import (
+    COMMIT_COLUMNS,
+    has_row,
+    located,
+    rows_table,
+    slimmed,
+)
+from dicomflow.pipelines.series_tasks import SeriesRows
 from dicomflow.records import Batch, InstanceRecord, RunContext
 from tests.conftest import PYDICOM_TEST_FILES
 
@@ -52,3 +60,38 @@ def test_the_table_built_ahead_equals_the_committed_rows_table() -> None:
     assert ahead.equals(rows_table(committed))
     assert ahead.num_rows == sum(map(has_row, records)) - 1
     assert ahead.column("frame_index").to_pylist()[:2] == [0, 1]
+
+
+def test_slimmed_records_give_the_same_table_once_committed() -> None:
+    """The reading tasks keep the table and slim the records: the commit's result is the
+    table the full records give, and the records keep what the commit reads."""
+    records = _records()
+    pieces = [rows_table(records[:2]), rows_table(records[2:])]
+    slim = list(slimmed(records))
+    assert all(r.header is None for r in slim)
+    assert [has_row(r) for r in slim] == [has_row(r) for r in records]
+    for full, cut in zip(records, slim, strict=True):
+        if has_row(full):
+            expected = {k: full.outputs[INSTANCES].get(k) for k in COMMIT_COLUMNS}
+            assert cut.outputs[INSTANCES] == expected and expected["SeriesInstanceUID"]
+    ahead = located(pieces, [has_row(r) for r in records], _committed(slim))
+    assert ahead.equals(rows_table(_committed(records)))
+
+
+def test_series_rows_pickle_their_table_in_band() -> None:
+    """Pickled as it is, a table inside another object becomes one out-of-band buffer per
+    column buffer, each a frame of its own when Dask moves it between workers."""
+    records = _records()
+    rows = SeriesRows(1.0, slimmed(records), table=rows_table(records))
+    assert len(_out_of_band(rows.table)) > 10  # what packing avoids
+    assert _out_of_band(rows) == []
+    again = pickle.loads(pickle.dumps(rows, protocol=5))
+    assert again.table.equals(rows.table) and again.records == rows.records
+    assert again.started == rows.started and again.scratch is None
+    assert pickle.loads(pickle.dumps(SeriesRows(2.0, ()))).table is None
+
+
+def _out_of_band(value: object) -> list[pickle.PickleBuffer]:
+    buffers: list[pickle.PickleBuffer] = []
+    pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    return buffers
