@@ -13,8 +13,8 @@ already running, and end to end with its start-up added) and the Zarr
 compression ratio. It also times dicomflow's decode alone, one slice after another
 in this process, as each worker decodes: the workers cannot beat the baseline by
 more than the baseline's time over that decode time shared among them ("decode
-bound"), whatever the rest costs. Best of ``--repeat`` runs per side; dirty pages are flushed
-(``os.sync``) before each timed run, so neither side pays for the other's writes.
+bound"), whatever the rest costs. Best of ``--repeat`` runs per side; dirty pages are
+flushed (``os.sync``) before each timed run, so neither side pays for the other's writes.
 """
 
 from __future__ import annotations
@@ -104,7 +104,10 @@ def baseline(paths: list[Path], out: Path) -> float:
 def decode_alone(paths: list[Path]) -> float:
     """Seconds to decode ``paths`` one after another (files already parsed), the way each
     worker decodes: the same codec plugins, one thread, the Modality LUT applied."""
-    datasets = [read_dataset(path.open("rb")) for path in paths]
+    datasets = []
+    for path in paths:
+        with path.open("rb") as fp:
+            datasets.append(read_dataset(fp))
     start = time.perf_counter()
     for ds in datasets:
         decode(ds)

@@ -35,7 +35,6 @@ WORKER_MALLOC_ENV = {
     "MALLOC_MMAP_THRESHOLD_": str(16 * 2**20),
     "MALLOC_TRIM_THRESHOLD_": str(16 * 2**20),
 }
-DASK_DEFAULT_TRIM_THRESHOLD = 65536  # distributed.yaml: nanny.pre-spawn-environ
 
 
 # Imported by each worker as it starts, so the first run's tasks do not pay for imports.
@@ -45,9 +44,12 @@ WORKER_IMPORTS = "dicomflow.pipelines.worker_imports"
 def _pre_spawn_environ() -> dict[str, object]:
     """Dask's own pre-spawn environment for worker processes, plus ours (the user's wins
     over ours, ours over Dask's default trim threshold)."""
-    configured = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
-    if str(configured.get("MALLOC_TRIM_THRESHOLD_")) == str(DASK_DEFAULT_TRIM_THRESHOLD):
-        del configured["MALLOC_TRIM_THRESHOLD_"]
+    key = "distributed.nanny.pre-spawn-environ"
+    configured = dict(dask.config.get(key, default={}) or {})
+    shipped = dask.config.get(key, default={}, config=dask.config.merge(*dask.config.defaults))
+    trim = "MALLOC_TRIM_THRESHOLD_"
+    if trim in configured and str(configured[trim]) == str((shipped or {}).get(trim)):
+        del configured[trim]  # Dask's own default, not the user's choice
     return {**WORKER_MALLOC_ENV, **configured}
 
 

@@ -41,17 +41,14 @@ def slimmed(records: Sequence[InstanceRecord]) -> tuple[InstanceRecord, ...]:
     once :func:`rows_table` holds the rows whole. A full row (about 135 values and the
     header as DICOM JSON) made most of what a read series held on its worker and moved
     to the commit; 5,000 held instances took 118 MB more than 1,000."""
-    return tuple(
-        dataclasses.replace(r, header=None, outputs={**r.outputs, INSTANCES: _slim(r)})
-        if has_row(r)
-        else dataclasses.replace(r, header=None)
-        for r in records
-    )
+    return tuple(dataclasses.replace(r, header=None, outputs=_slim(r)) for r in records)
 
 
 def _slim(record: InstanceRecord) -> dict[str, Any]:
+    if not has_row(record):
+        return record.outputs
     row = record.outputs[INSTANCES]
-    return {name: row.get(name) for name in COMMIT_COLUMNS}
+    return {**record.outputs, INSTANCES: {name: row.get(name) for name in COMMIT_COLUMNS}}
 
 
 def packed(table: pa.Table) -> bytes:
