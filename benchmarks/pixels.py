@@ -15,6 +15,10 @@ in this process, as each worker decodes: the workers cannot beat the baseline by
 more than the baseline's time over that decode time shared among them ("decode
 bound"), whatever the rest costs. Best of ``--repeat`` runs per side; dirty pages are
 flushed (``os.sync``) before each timed run, so neither side pays for the other's writes.
+The ratio of each repeat's pair of runs is printed too (their spread is the machine's
+noise), and so is what creating a file costs in the work folder: both sides create one
+chunk file a slice, and on some virtual machines that costs more than decoding an
+uncompressed slice.
 """
 
 from __future__ import annotations
@@ -114,6 +118,17 @@ def decode_alone(paths: list[Path]) -> float:
     return time.perf_counter() - start
 
 
+def file_creation(folder: Path, count: int = 200) -> float:
+    """Seconds to create one empty file in a new folder under ``folder``."""
+    probe = Path(tempfile.mkdtemp(dir=folder))
+    start = time.perf_counter()
+    for number in range(count):
+        (probe / str(number)).touch()
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(probe)
+    return elapsed / count
+
+
 def stored_bytes(path: Path) -> int:
     """Bytes of the chunk files (named ``c.<z>.0.0`` in dicomflow's stacks, kept under
     ``c/`` by zarr's default key encoding)."""
@@ -148,6 +163,7 @@ def main() -> None:
                 paths = write_series(data, args.n, syntax, args.size)
                 base, ours, alone = [], [], []
                 lake = work / f"lake-{syntax}"
+                creation = file_creation(work)
                 for _ in range(args.repeat):
                     os.sync()  # neither side pays for flushing the other's writes
                     base.append(baseline(paths, work / "baseline.zarr"))
@@ -162,6 +178,7 @@ def main() -> None:
                     alone.append(decode_alone(paths))
                 compression = decoded_mb * 1e6 / stored_bytes(lake / "pixels.zarr")
                 b, o, d = min(base), min(ours), min(alone)
+                pairs = sorted(x / y for x, y in zip(base, ours, strict=True))
                 print(
                     f"{syntax:13s} baseline {decoded_mb / b:6.1f} MB/s | dicomflow "
                     f"{decoded_mb / o:6.1f} MB/s (ratio {b / o:.2f}x), end to end "
@@ -171,6 +188,10 @@ def main() -> None:
                 print(
                     f"{'':13s} decode alone {d / args.n * 1e3:5.2f} ms a slice on one core:"
                     f" decode bound on {workers} workers {b / (d / workers):.2f}x"
+                )
+                print(
+                    f"{'':13s} each repeat's ratio {pairs[0]:.2f}-{pairs[-1]:.2f}x; creating a"
+                    f" file here {creation * 1e6:.0f} us (one a slice on each side)"
                 )
     finally:
         shutil.rmtree(work, ignore_errors=True)
