@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 from dask.delayed import Delayed, delayed
+from dask.sizeof import sizeof
 from distributed import Client, Future, as_completed
 
 from dicomflow.connectors.files import Listing
@@ -28,6 +29,7 @@ from dicomflow.lake.ledger import Committed, Ledger
 from dicomflow.operators.base import Operator
 from dicomflow.pipelines.plan import Partition, PartitionPolicy, plan_partitions
 from dicomflow.pipelines.progress import Progress
+from dicomflow.pipelines.result_sizes import mapping_bytes
 from dicomflow.pipelines.sinks import FAILED_PARTITION_STAGE, LakeSink, Sink
 from dicomflow.records import Batch, InstanceRecord, RunContext, SourceRef
 
@@ -54,6 +56,15 @@ class PartitionResult:
     tables: dict[str, pa.Table] | None = None
     seconds: float = 0.0  # how long the partition's work took
     first_source: str = ""  # names the partition in reports (display form, no credentials)
+
+
+def partition_result_bytes(result: PartitionResult) -> int:
+    """A partition's result: its collected tables, when a sink returns them."""
+    tables = mapping_bytes(result.tables) if result.tables is not None else 0
+    return tables + mapping_bytes(result.error_codes) + sizeof(result.first_source)
+
+
+sizeof.register(PartitionResult, partition_result_bytes)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dask
+from dask.sizeof import sizeof
 from distributed import Client, Future, as_completed
 
 from dicomflow.connectors.files import FilesConnector
@@ -30,11 +31,13 @@ from dicomflow.operators.base import Operator
 from dicomflow.pipelines.pipeline import PartitionResult, task, task_key
 from dicomflow.pipelines.plan import Partition, PartitionPolicy, split_partitions
 from dicomflow.pipelines.progress import Progress
+from dicomflow.pipelines.result_sizes import items_bytes
 from dicomflow.pipelines.series_tasks import (
     SeriesRows,
     decoded_rows,
     place_and_commit,
     series_of,
+    series_rows_bytes,
 )
 from dicomflow.pipelines.sinks import LakeSink
 from dicomflow.pixels.early import scratch_folder
@@ -51,6 +54,14 @@ class ReadPart:
 
     series: tuple[str | None, ...]
     rows: dict[str, SeriesRows]
+
+
+def read_part_bytes(part: ReadPart) -> int:
+    """What a held reading result weighs, for Dask (see :mod:`.result_sizes`)."""
+    return items_bytes(part.series) + sum(map(series_rows_bytes, part.rows.values()))
+
+
+sizeof.register(ReadPart, read_part_bytes)
 
 
 def read_part(

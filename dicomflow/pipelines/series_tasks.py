@@ -18,6 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 from dask.delayed import Delayed
+from dask.sizeof import sizeof
 
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.dicom.elements import Elements
@@ -34,6 +35,7 @@ from dicomflow.pipelines.instance_rows import (
 )
 from dicomflow.pipelines.pipeline import PartitionResult, commit_batch, task, task_key, timed
 from dicomflow.pipelines.plan import Partition
+from dicomflow.pipelines.result_sizes import items_bytes, mapping_bytes, records_bytes
 from dicomflow.pipelines.sinks import LakeSink
 from dicomflow.pixels.early import applies as early_applies
 from dicomflow.pixels.early import (
@@ -118,6 +120,23 @@ def _series_rows(state: dict[str, Any]) -> SeriesRows:
     if state["table"] is not None:
         state["table"] = unpacked(state["table"])
     return SeriesRows(**state)
+
+
+def series_rows_bytes(rows: SeriesRows) -> int:
+    """What a reading task's result holds (see :mod:`.result_sizes`): mostly its table
+    or, without one, its records' rows."""
+    total = records_bytes(rows.records) + mapping_bytes(rows.decoded)
+    total += items_bytes(rows.infos) + items_bytes(rows.chunks)
+    return total + (rows.table.nbytes if rows.table is not None else 0)
+
+
+def series_plan_bytes(plan: SeriesPlan) -> int:
+    """A series' plan: its records (every row) and the small work list."""
+    return records_bytes(plan.records) + items_bytes(plan.items) + mapping_bytes(plan.outcomes)
+
+
+sizeof.register(SeriesRows, series_rows_bytes)
+sizeof.register(SeriesPlan, series_plan_bytes)
 
 
 def read_rows(
