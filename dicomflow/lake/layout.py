@@ -14,6 +14,8 @@ from dicomflow.errors import ConfigError
 
 _UID = re.compile(r"^[0-9.]{1,64}$")
 TABLES = ("instances", "errors", "series")
+PIXELS_ROOT = "pixels.zarr"  # stacks at pixels.zarr/<study>/<series>/<stack>
+STACK_DEPTH = 4  # path components from the lake root to a stack
 
 
 def safe_uid_component(value: str) -> str:

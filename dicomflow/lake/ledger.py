@@ -21,13 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from dicomflow.errors import SinkError
-from dicomflow.lake.layout import TABLES, LakeLayout
+from dicomflow.lake.layout import PIXELS_ROOT, STACK_DEPTH, TABLES, LakeLayout
 from dicomflow.lake.writer import put_atomically
 from dicomflow.records import SourceRef
 
@@ -197,16 +198,42 @@ class Ledger:
                 if path not in live:
                     fs.rm(path)
                     removed += 1
-        for path in sorted(fs.find(root, withdirs=True)):  # one walk of the lake
-            name = path.rsplit("/", 1)[-1]
-            if not (name.startswith(".") and name.endswith((".tmp", ".old"))):
-                continue
-            if fs.exists(path):  # not inside a temporary removed already
+        if self.layout.is_local():  # nothing writes temporaries into a bucket lake
+            for path in local_temporaries(root):
                 fs.rm(path, recursive=True)
                 removed += 1
         if removed:
             logger.info("removed %d uncommitted files left by an interrupted run", removed)
         return removed
+
+
+def is_temporary(name: str) -> bool:
+    """A hidden file or folder an interrupted write leaves (see :mod:`.writer`)."""
+    return name.startswith(".") and name.endswith((".tmp", ".old"))
+
+
+def local_temporaries(root: str) -> Iterator[str]:
+    """The temporaries in a local lake, outermost only, in one walk that does not enter
+    the stacks: nothing is written inside a committed stack (a stack is built beside its
+    place and renamed), and their chunk files, one a frame, are most of a pixel lake.
+    Walking every one of them made each run's start and end sweep cost about 6 µs a file
+    (0.24 s for 100 series of 400 slices)."""
+    pending = [(root, 0)]
+    while pending:
+        folder, depth = pending.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:  # removed meanwhile, or not a folder
+            continue
+        for entry in entries:
+            if is_temporary(entry.name):
+                yield entry.path
+            elif entry.is_dir(follow_symlinks=False) and not _is_stack(entry.path, root, depth):
+                pending.append((entry.path, depth + 1))
+
+
+def _is_stack(path: str, root: str, depth: int) -> bool:
+    return depth + 1 == STACK_DEPTH and path[len(root) :].lstrip("/").startswith(PIXELS_ROOT + "/")
 
 
 def entry_for(

@@ -31,10 +31,8 @@ from zarr.codecs import BloscCodec
 from zarr.core.metadata import ArrayV3Metadata
 
 from dicomflow.errors import SinkError
-from dicomflow.lake.layout import LakeLayout, safe_uid_component
+from dicomflow.lake.layout import PIXELS_ROOT, LakeLayout, safe_uid_component
 from dicomflow.schemas.zarr_layout import ZARR_SCHEMA_VERSION, ome_multiscales
-
-PIXELS_ROOT = "pixels.zarr"
 
 
 @dataclass(frozen=True)

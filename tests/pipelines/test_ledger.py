@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import zarr
 
 from dicomflow.api import ingest, read_lake, run_scan
+from dicomflow.lake import ledger as ledger_module
 from dicomflow.lake.layout import LakeLayout
-from dicomflow.lake.ledger import Ledger
+from dicomflow.lake.ledger import Ledger, local_temporaries
 from tests.conftest import PYDICOM_TEST_FILES, REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -174,3 +177,37 @@ def test_temporaries_at_any_depth_are_swept_and_ordinary_names_kept(
     assert Ledger(LakeLayout(str(lake))).remove_orphans() == len(left)
     assert not any(path.exists() for path in left)
     assert all(path.exists() for path in kept)
+
+
+def test_the_sweep_does_not_walk_into_stacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stack's chunk files (one a frame) are most of a pixel lake, and nothing temporary
+    is ever written inside a committed stack: the sweep lists the folders around the
+    stacks, never a stack itself."""
+    lake = tmp_path / "lake"
+    series = lake / "pixels.zarr" / "1.2.3" / "4.5.6"
+    stack = series / "0"
+    (stack / "0" / "c").mkdir(parents=True)
+    for z in range(50):
+        (stack / "0" / "c" / str(z)).write_bytes(b"x")
+    inside = stack / ".not-ours.tmp"  # never written by dicomflow: left alone
+    inside.write_bytes(b"x")
+    renders = lake / "renders" / "1.2.3" / "4.5.6"
+    renders.mkdir(parents=True)
+    beside = [series / ".0.abcd.tmp", renders / ".x.png.ab.tmp", lake / "_runs" / ".r.tmp"]
+    for path in beside:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    listed: list[str] = []
+    real_scandir = os.scandir
+
+    def scandir(folder: str) -> object:
+        listed.append(os.path.relpath(folder, lake))
+        return real_scandir(folder)
+
+    monkeypatch.setattr(ledger_module.os, "scandir", scandir)
+    assert sorted(local_temporaries(str(lake))) == sorted(str(p) for p in beside)
+    assert "pixels.zarr/1.2.3/4.5.6" in listed and "renders/1.2.3/4.5.6" in listed
+    assert not [folder for folder in listed if folder.startswith("pixels.zarr/1.2.3/4.5.6/")]
+    assert inside.exists()
