@@ -41,7 +41,7 @@ def elements_bytes(elements: Elements) -> int:
     total = sys.getsizeof(elements)
     for element in elements:
         total += sys.getsizeof(element)
-        if isinstance(element.value, tuple):  # a sequence: items of elements
+        if element.vr == "SQ" and isinstance(element.value, tuple):  # items of elements
             total += sys.getsizeof(element.value) + sum(map(elements_bytes, element.value))
         elif element.value is not None:
             total += sizeof(element.value)

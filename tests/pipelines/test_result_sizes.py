@@ -8,6 +8,7 @@ never saw them.
 from __future__ import annotations
 
 import pickle
+import shutil
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from distributed import Client, LocalCluster, wait
 
 from dicomflow.connectors.files import STAGE as READ_STAGE
 from dicomflow.connectors.files import FilesConnector
+from dicomflow.dicom.elements import Elements
 from dicomflow.errors import ErrorCode
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.operators.flatten import Flatten
@@ -29,7 +31,7 @@ from dicomflow.pipelines.result_sizes import record_bytes, records_bytes
 from dicomflow.pipelines.series_tasks import SeriesRows, plan_rows, read_rows
 from dicomflow.pixels.series_writer import PixelOptions
 from dicomflow.records import RunContext, SourceRef
-from tests.conftest import REPO
+from tests.conftest import PYDICOM_TEST_FILES, REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from synth import write_ct_series
@@ -86,6 +88,28 @@ def test_records_with_headers_and_errors_count_them(tmp_path: Path) -> None:
     failed = record.with_error(READ_STAGE, ErrorCode.UNREADABLE, "x" * 10_000)
     assert record_bytes(failed) >= record_bytes(record) + 10_000
     assert records_bytes([]) == sys.getsizeof([])
+
+
+def _value_bytes(elements: Elements) -> int:
+    total = 0
+    for element in elements:
+        if element.vr == "SQ" and isinstance(element.value, tuple):
+            total += sum(_value_bytes(item) for item in element.value)
+        elif isinstance(element.value, bytes):
+            total += len(element.value)
+    return total
+
+
+def test_nested_sequences_count_every_item(tmp_path: Path) -> None:
+    """An RT Plan's header is mostly sequences within sequences."""
+    shutil.copy(PYDICOM_TEST_FILES / "rtplan.dcm", tmp_path / "rtplan.dcm")
+    source = FilesConnector((str(tmp_path),))
+    (record,) = source.fetch(source.query().refs)
+    assert record.header is not None
+    elements = record.header.elements
+    nested = _value_bytes(tuple(e for e in elements if e.vr == "SQ"))
+    assert nested > 500
+    assert record_bytes(record) >= _value_bytes(elements) + _value_bytes(record.header.file_meta)
 
 
 def test_a_partition_result_counts_its_collected_tables(tmp_path: Path) -> None:
