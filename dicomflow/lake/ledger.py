@@ -114,6 +114,10 @@ class Committed:
                 todo.append(ref)
         return todo
 
+    def partition_of(self, ref: SourceRef) -> str | None:
+        """The partition whose live entry committed ``ref`` as it is now, if any."""
+        return self.by_identity.get(input_identity(ref))
+
 
 @dataclass(frozen=True)
 class Ledger:

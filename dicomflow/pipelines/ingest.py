@@ -47,7 +47,13 @@ from dicomflow.pipelines.plan import Partition, PartitionPolicy, partition_named
 from dicomflow.pipelines.read_once import MAX_INPUTS as READ_ONCE_MAX_INPUTS
 from dicomflow.pipelines.read_once import Reading, place_series, submit_reading
 from dicomflow.pipelines.report import write_report
-from dicomflow.pipelines.series_tasks import group_by_series, series_graph, series_of
+from dicomflow.pipelines.series_tasks import (
+    commit_groups,
+    group_by_series,
+    series_graph,
+    series_of,
+    small_series_graph,
+)
 from dicomflow.pipelines.sinks import LakeSink
 from dicomflow.pixels.early import applies as early_applies
 from dicomflow.pixels.series_writer import (
@@ -225,7 +231,18 @@ def pending_series(
 ) -> tuple[list[Sequence[SourceRef]], list[SourceRef], int]:
     """The series not fully committed (whole), the loose inputs not committed, and how
     many inputs are skipped: a series is done only when all of its instances are."""
-    todo_groups = [g for g in groups if done.todo(g)]
+    todo = [bool(done.todo(g)) for g in groups]
+    # Small series are committed together: one of them redone takes the others of its
+    # commit with it, so the new entries cover (and supersede) the old one whole.
+    redone = {
+        p for g, t in zip(groups, todo, strict=True) if t for p in map(done.partition_of, g)
+    } - {None}
+    if redone:
+        todo = [
+            t or not redone.isdisjoint(map(done.partition_of, g))
+            for g, t in zip(groups, todo, strict=True)
+        ]
+    todo_groups = [g for g, t in zip(groups, todo, strict=True) if t]
     todo_loose, skipped = pending(loose, done)
     skipped += sum(len(g) for g in groups) - sum(len(g) for g in todo_groups)
     return todo_groups, todo_loose, skipped
@@ -306,19 +323,34 @@ class _Stages:
         jobs = []
         workers = self.workers() if series_groups and reading is None else 1
         series_of_url = {ref.url: uid for ref, uid in reading.index} if reading else {}
-        for number, refs in enumerate(series_groups):
-            part = partition_named(number, refs)
+
+        def uid(refs: Sequence[SourceRef]) -> str:
+            return series_of_url[refs[0].url] or ""
+
+        def holder(refs: Sequence[SourceRef]) -> tuple[int, ...]:
+            return reading.held_by(uid(refs)) if reading is not None else ()
+
+        if early_applies(pixel_options):  # small series share a commit
+            commits = commit_groups(series_groups, holder)
+        else:
+            commits = [[refs] for refs in series_groups]
+        for number, group in enumerate(commits):
+            part = partition_named(number, [ref for refs in group for ref in refs])
             if reading is not None:
-                uid = series_of_url[refs[0].url]
+                uids = tuple(uid(refs) for refs in group)
                 graph = task(
                     place_series,
-                    reading.holding(uid or ""),
-                    uid,
+                    reading.holding(*uids),
+                    uids,
                     part,
                     context,
                     pixel_options,
                     sinks,
                     key=task_key("series", context, part.name),
+                )
+            elif len(group) > 1:
+                graph = small_series_graph(
+                    source, group, part, context, pixel_options, sinks, operators
                 )
             else:
                 graph = series_graph(

@@ -6,8 +6,9 @@ this configuration yet (no rerun to skip inputs for) and the lake decodes early
 (:func:`dicomflow.pixels.early.applies`), the first pass can do everything instead:
 each task reads its files, flattens them and decodes their images into scratch
 folders, grouped by series, and keeps the result on its worker. The client learns
-the series from small lists, then one task per series takes its parts from those
-results, places the frames and commits (:func:`.series_tasks.place_and_commit`).
+the series from small lists, then one task per series (or per group of small series)
+takes its parts from those results, places the frames and commits
+(:func:`.series_tasks.place_and_commit_many`).
 
 Every result is held until the series are known, so this path is for runs of at
 most :data:`MAX_INPUTS` inputs; larger runs take the two-stage path, whose memory
@@ -35,7 +36,7 @@ from dicomflow.pipelines.result_sizes import items_bytes
 from dicomflow.pipelines.series_tasks import (
     SeriesRows,
     decoded_rows,
-    place_and_commit,
+    place_and_commit_many,
     series_of,
     series_rows_bytes,
 )
@@ -99,16 +100,17 @@ def series_list(part: ReadPart) -> tuple[str | None, ...]:
 
 def place_series(
     parts: Sequence[ReadPart],
-    series: str,
+    series: Sequence[str],
     partition: Partition,
     context: RunContext,
     options: PixelOptions,
     sinks: Sequence[LakeSink],
 ) -> PartitionResult:
-    """Task: gather the series' rows from the reading tasks (in input order), place its
-    frames and commit it."""
-    rows = [part.rows[series] for part in parts if series in part.rows]
-    return place_and_commit(rows, partition, context, options, sinks)
+    """Task: gather each series' rows from the reading tasks (in input order), place
+    their frames and commit them together (small series share a commit:
+    :func:`.series_tasks.commit_groups`)."""
+    rows = [[part.rows[uid] for part in parts if uid in part.rows] for uid in series]
+    return place_and_commit_many(rows, partition, context, options, sinks)
 
 
 SMALLEST_PART = 8
@@ -139,9 +141,13 @@ class Reading:
     index: list[tuple[SourceRef, str | None]]  # every input with its series, in input order
     parts_of: dict[str, list[int]]  # series -> the reading tasks holding some of it
 
-    def holding(self, series: str) -> list[Future]:
+    def holding(self, *series: str) -> list[Future]:
         """The reading tasks that hold some of ``series``, in input order."""
-        return [self.futures[n] for n in self.parts_of.get(series, [])]
+        return [self.futures[n] for n in self.held_by(*series)]
+
+    def held_by(self, *series: str) -> tuple[int, ...]:
+        """The numbers of the reading tasks that hold some of ``series``, in order."""
+        return tuple(sorted({n for uid in series for n in self.parts_of.get(uid, [])}))
 
     def release(self) -> None:
         """Let Dask drop each reading task's result once its series tasks are done (called
