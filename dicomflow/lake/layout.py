@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -48,6 +49,10 @@ class LakeLayout:
 
     def is_local(self) -> bool:
         """True when the lake is a local directory (renames are atomic there)."""
+        return self._local
+
+    @functools.cached_property
+    def _local(self) -> bool:  # asked several times a stack; the answer never changes
         fs, _ = self.filesystem()
         protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
         return bool({"file", "local"} & set(protocols))

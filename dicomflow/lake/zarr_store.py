@@ -16,7 +16,6 @@ being replaced is therefore briefly absent from a bucket lake, never mixed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import shutil
 import uuid
@@ -28,11 +27,20 @@ import numcodecs
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.group import GroupMetadata
 from zarr.core.metadata import ArrayV3Metadata
 
 from dicomflow.errors import SinkError
 from dicomflow.lake.layout import PIXELS_ROOT, LakeLayout, safe_uid_component
+from dicomflow.lake.writer import put_atomically
 from dicomflow.schemas.zarr_layout import ZARR_SCHEMA_VERSION, ome_multiscales
+
+# An empty Zarr v3 group, as zarr writes it (the study and series levels): written
+# directly, it costs a file write instead of two calls into zarr's event loop.
+GROUP_DOCUMENT = (
+    GroupMetadata(zarr_format=3).to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
+)
 
 
 @dataclass(frozen=True)
@@ -91,10 +99,9 @@ def _ensure_groups(layout: LakeLayout, location: StackLocation) -> None:
     ):
         if part is not None:
             path = f"{path}/{part}"
-        if not fs.exists(f"{root}/{path}/zarr.json"):
-            # another worker may make it between our check and our call
-            with contextlib.suppress(zarr.errors.ContainsGroupError):
-                open_stack_group(layout, path, mode="a")
+        document = f"{root}/{path}/zarr.json"
+        if not fs.exists(document):  # another worker may write the same bytes meanwhile
+            put_atomically(fs, document, GROUP_DOCUMENT)
 
 
 def stack_temporary(layout: LakeLayout, location: StackLocation, run_id: str | None) -> str:

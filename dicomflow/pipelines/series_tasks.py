@@ -262,9 +262,10 @@ def place_and_commit_many(
     batches, plans = [], []
     for parts in series:
         plan = plan_rows(parts, context, options, early=True)
-        batches.append(with_instances(commit_series(plan, [], context, options), parts))
+        batches.append(commit_series(plan, [], context, options))
         plans.append(plan)
-    result = commit_batch(merged(batches, context), partition, sinks)
+    batch = with_instances(merged(batches, context), [part for parts in series for part in parts])
+    result = commit_batch(batch, partition, sinks)
     for plan in plans:
         remove_scratch(plan.scratch)
     return timed(result, min((p.started for p in plans), default=time.time()), partition)
@@ -283,15 +284,12 @@ def place_and_commit_each(
 
 
 def merged(batches: Sequence[Batch], context: RunContext) -> Batch:
-    """Several series' committed batches as one: records, ``series`` rows, ``instances``."""
+    """Several series' committed batches as one: their records and ``series`` rows."""
     if len(batches) == 1:
         return batches[0]
     records = tuple(r for batch in batches for r in batch.records)
     rows = tuple(row for batch in batches for row in batch.tables.get(SERIES_TABLE, ()))
-    instances = pa.concat_tables(
-        [b.instances if b.instances is not None else rows_table(b.records) for b in batches]
-    )
-    return Batch(records, context, {SERIES_TABLE: rows}, instances)
+    return Batch(records, context, {SERIES_TABLE: rows})
 
 
 SMALL_SERIES = 32  # a series of fewer instances is committed together with others
