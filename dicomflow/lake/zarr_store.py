@@ -296,8 +296,10 @@ def commit_stack(
     affine: np.ndarray,
     attributes: dict[str, Any],
     run_id: str | None = None,
+    shape: tuple[int, ...] | None = None,
 ) -> None:
-    """Write the stack's attributes and rename it into place, replacing any previous one.
+    """Write the stack's attributes and rename it into place, replacing any previous one
+    (``shape``, when the caller knows it, spares reopening the array for it).
 
     Safe to repeat within a run: a retried commit (say the ledger commit after it
     failed, or the whole series task after its worker died) finds the final stack
@@ -307,7 +309,7 @@ def commit_stack(
     if not layout.is_local():  # written in place: the attributes are the commit
         try:
             group = open_stack_group(layout, temporary, mode="r+")
-            shape = open_temporary_array(temporary, layout).shape
+            shape = shape or open_temporary_array(temporary, layout).shape
             group.attrs.put(_stack_attributes({**attributes, **stamp}, spacing, affine, shape))
         except (OSError, zarr.errors.GroupNotFoundError) as exc:
             raise SinkError(f"cannot commit a pixel stack ({type(exc).__name__})") from exc
@@ -319,7 +321,7 @@ def commit_stack(
         return
     try:
         group = zarr.open_group(str(staged), mode="r+")
-        shape = open_temporary_array(temporary, layout).shape
+        shape = shape or open_temporary_array(temporary, layout).shape
         group.attrs.put(_stack_attributes({**attributes, **stamp}, spacing, affine, shape))
         if final.exists():
             # ``.tmp`` at the end: the next run sweeps it if we die before the rmtree

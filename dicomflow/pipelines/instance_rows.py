@@ -75,7 +75,9 @@ def located(
     ``had_row`` was true of each record, in the same order)."""
     table = pa.concat_tables(pieces)
     kept = [r for r, had in zip(records, had_row, strict=True) if had]
-    table = table.filter(pa.array([has_row(r) for r in kept], type=pa.bool_()))
+    mask = [has_row(r) for r in kept]
+    if not all(mask):  # some lost their row since (say, a pixel error that drops it)
+        table = table.filter(pa.array(mask, type=pa.bool_()))
     rows = [r.outputs[INSTANCES] for r in kept if has_row(r)]
     for name in LOCATED:
         index = table.schema.get_field_index(name)

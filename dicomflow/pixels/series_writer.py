@@ -284,6 +284,7 @@ def commit_series(
             affine=stack_plan.stack.affine,
             attributes={**stack_plan.reference, "sop_instance_uids": uids, "qc_flags": flags},
             run_id=context.run_id,
+            shape=stack_plan.shape,
         )
         frame = 0
         for info in stack_plan.stack.slices:
