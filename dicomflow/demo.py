@@ -42,7 +42,7 @@ def run_demo(out: Path, *, workers: int | None = None) -> int:
     modalities = sorted({m for m in instances.column("Modality").to_pylist() if m})
     click.echo(
         f"files: {summary.files}  rows: {summary.rows}  errors: {summary.errors}  "
-        f"seconds: {summary.seconds:.1f}"
+        f"seconds: {summary.seconds:.1f}" + _skipped(summary.skipped)
     )
     click.echo(f"modalities: {', '.join(modalities)}")
     click.echo(f"pixel stacks: {stacks.num_rows}")
@@ -54,6 +54,7 @@ def run_demo(out: Path, *, workers: int | None = None) -> int:
     click.echo(
         f"de-identified: files {deid.files}  rows {deid.rows}  errors {deid.errors} "
         "(quarantined burned-in candidates and unreadable inputs are error rows)"
+        + _skipped(deid.skipped)
     )
     click.echo(f"  DICOM            {deid_out}/dicom/<study>/<series>/<sop>.dcm")
     click.echo(f"  tables and Zarr  {deid_out}/instances, series, errors, pixels.zarr")
@@ -70,3 +71,8 @@ def run_demo(out: Path, *, workers: int | None = None) -> int:
             f"print(dicomflow.open_series('{out}', '{uid}'))\""
         )
     return 0 if summary.accounted and deid.accounted else 1
+
+
+def _skipped(count: int) -> str:
+    """A rerun into the same lake commits nothing new: say so, or "rows: 0" puzzles."""
+    return f"  skipped (already committed): {count}" if count else ""
