@@ -78,7 +78,7 @@ def located(
     mask = [has_row(r) for r in kept]
     if not all(mask):  # some lost their row since (say, a pixel error that drops it)
         table = table.filter(pa.array(mask, type=pa.bool_()))
-    rows = [r.outputs[INSTANCES] for r in kept if has_row(r)]
+    rows = [r.outputs[INSTANCES] for r, keep in zip(kept, mask, strict=True) if keep]
     for name in LOCATED:
         index = table.schema.get_field_index(name)
         column = table.schema.field(index)

@@ -347,8 +347,9 @@ class _Embedded:
 
 
 def _holds_tasks(value: Any) -> bool:
+    """A task, or a list or tuple holding tasks at any depth (say, each series' parts)."""
     return isinstance(value, Delayed | Future) or (
-        type(value) in (list, tuple) and any(isinstance(v, Delayed | Future) for v in value)
+        type(value) in (list, tuple) and any(map(_holds_tasks, value))
     )
 
 

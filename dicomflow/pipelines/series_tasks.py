@@ -2,7 +2,7 @@
 
 A series is read by several tasks at once (:func:`read_rows`: headers, the metadata
 operators and, in a local lake, early decoding into a scratch folder), then planned
-and committed (:func:`place_and_commit`), or in a bucket lake (or with several
+and committed (:func:`place_and_commit_many`), or in a bucket lake (or with several
 frames per chunk) planned, decoded and written by shares, and committed
 (:mod:`dicomflow.pixels.series_writer`). :func:`series_graph` builds that graph.
 """
@@ -236,18 +236,6 @@ def with_instances(batch: Batch, parts: Sequence[SeriesRows]) -> Batch:
     return dataclasses.replace(batch, instances=located(pieces, had_row, batch.records))
 
 
-def place_and_commit(
-    parts: Sequence[SeriesRows],
-    partition: Partition,
-    context: RunContext,
-    options: PixelOptions,
-    sinks: Sequence[LakeSink],
-) -> PartitionResult:
-    """Task: plan an early-decoded series, move its frames into place and commit it (one
-    task, not two: the plan has no decoding left to hand out)."""
-    return place_and_commit_many([parts], partition, context, options, sinks)
-
-
 def place_and_commit_many(
     series: Sequence[Sequence[SeriesRows]],
     partition: Partition,
@@ -255,10 +243,11 @@ def place_and_commit_many(
     options: PixelOptions,
     sinks: Sequence[LakeSink],
 ) -> PartitionResult:
-    """Task: place several early-decoded series (each given as its reading parts) and
-    commit them together: their stacks one by one, their table parts and ledger entry
-    once. Committed alone, a one-instance series cost 18 ms, most of it three Parquet
-    parts (a one-row ``instances`` part took 4.4 ms and 48 KB) and the entry."""
+    """Task: place early-decoded series (each given as its reading parts) and commit them
+    together: their stacks one by one, their table parts and ledger entry once (one task
+    for a series, not two: the plan has no decoding left to hand out). Committed alone,
+    a one-instance series cost 18 ms, most of it three Parquet parts (a one-row
+    ``instances`` part took 4.4 ms and 48 KB) and the entry."""
     batches, plans = [], []
     for parts in series:
         plan = plan_rows(parts, context, options, early=True)
@@ -269,18 +258,6 @@ def place_and_commit_many(
     for plan in plans:
         remove_scratch(plan.scratch)
     return timed(result, min((p.started for p in plans), default=time.time()), partition)
-
-
-def place_and_commit_each(
-    reads: Sequence[SeriesRows],
-    partition: Partition,
-    context: RunContext,
-    options: PixelOptions,
-    sinks: Sequence[LakeSink],
-) -> PartitionResult:
-    """Task: :func:`place_and_commit_many` of series each read by one task (a graph task
-    takes a flat list of tasks as its dependencies, not a list of lists)."""
-    return place_and_commit_many([[r] for r in reads], partition, context, options, sinks)
 
 
 def merged(batches: Sequence[Batch], context: RunContext) -> Batch:
@@ -365,8 +342,8 @@ def series_graph(
     ]
     if scratch is not None:  # one task places the frames and commits
         return task(
-            place_and_commit,
-            rows,
+            place_and_commit_many,
+            [rows],
             partition,
             context,
             options,
@@ -424,8 +401,8 @@ def small_series_graph(
             )
         )
     return task(
-        place_and_commit_each,
-        reads,
+        place_and_commit_many,
+        [[read] for read in reads],
         partition,
         context,
         options,
