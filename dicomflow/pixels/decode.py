@@ -118,16 +118,14 @@ def _decode(ds: Dataset, memory_budget: int) -> DecodedPixels:
         raise PixelDecodeError(
             f"no decoder for transfer syntax {syntax}", code=ErrorCode.UNSUPPORTED_TRANSFER_SYNTAX
         )
-    if header_int(ds, "BitsAllocated", 0) == 1:
-        raise PixelDecodeError(
-            "Bits Allocated 1 (bit-packed) is not decoded", code=ErrorCode.UNSUPPORTED_PIXELS
-        )
     if expected_bytes(ds) > memory_budget:
         raise PixelDecodeError(
             "decoded pixels would exceed the memory budget", code=ErrorCode.TOO_LARGE
         )
     try:
-        array = _pixel_array(ds, decoder)  # YBR_FULL/YBR_FULL_422 -> RGB; palette: indices
+        # YBR_FULL/YBR_FULL_422 -> RGB; palette: indices; Bits Allocated 1 (SEG) unpacked
+        # by pydicom to one uint8 0/1 a pixel
+        array = _pixel_array(ds, decoder)
     except (
         ValueError,
         RuntimeError,
