@@ -20,8 +20,9 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from dicomflow.dicom.header import read_header
-from dicomflow.errors import DicomReadError, ErrorCode, SourceError
+from dicomflow.errors import ConfigError, DicomReadError, ErrorCode, SourceError
 from dicomflow.records import InstanceRecord, SourceRef
+from dicomflow.urls import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +49,30 @@ class FilesConnector:
     scheme = "file"
 
     def query(self) -> Listing:
-        """Expand every URL into files, sorted, each with its size and modification time."""
+        """Expand every URL into files, sorted, each with its size and modification time.
+
+        A path or URL that does not exist is a mistake in the configuration: it raises
+        :class:`ConfigError` naming every such input (credentials and query strings
+        removed). A glob pattern that matches nothing, or an input that cannot be
+        listed for another reason, is a failure of that input (an error row).
+        """
         refs: dict[str, SourceRef] = {}
         failures: list[tuple[SourceRef, str]] = []
+        missing: list[str] = []
         for url in self.urls:
             try:
                 for ref in _expand(url, self.storage_options):
                     refs.setdefault(ref.url, ref)
+            except _NoMatch as exc:
+                logger.warning("a pattern matches no input")
+                failures.append((SourceRef(url), _describe(exc)))
+            except FileNotFoundError:
+                missing.append(redact_url(url))
             except (OSError, ValueError) as exc:
                 logger.warning("cannot list an input (%s)", type(exc).__name__)
                 failures.append((SourceRef(url), _describe(exc)))
+        if missing:
+            raise ConfigError(f"input does not exist: {', '.join(missing)}")
         return Listing(sorted(refs.values(), key=lambda r: r.url), failures)
 
     def fetch(self, refs: Iterable[SourceRef]) -> Iterator[InstanceRecord]:
@@ -76,7 +91,13 @@ class FilesConnector:
         return data
 
 
+class _NoMatch(FileNotFoundError):
+    """A glob pattern matched nothing."""
+
+
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, _NoMatch):
+        return "pattern matches no input"
     if isinstance(exc, FileNotFoundError):
         return "path does not exist"
     if isinstance(exc, PermissionError):
@@ -92,7 +113,7 @@ def _expand(url: str, storage_options: dict[str, Any]) -> Iterator[SourceRef]:
     if any(ch in path for ch in _GLOB_CHARS) and not fs.exists(path):
         found = fs.glob(path, detail=True)
         if not found:
-            raise FileNotFoundError(path)  # a pattern that matches nothing is reported
+            raise _NoMatch(path)  # a pattern that matches nothing is reported
         entries = {p: info for p, info in found.items() if info.get("type") != "directory"}
         for sub, info in list(found.items()):
             if info.get("type") == "directory":

@@ -22,6 +22,7 @@ from distributed import Client
 from dicomflow.api import run_scan, scan_errors
 from dicomflow.connectors.files import REMOTE_BLOCK_SIZE
 from dicomflow.dicom.header import read_header
+from dicomflow.errors import ConfigError
 from dicomflow.schemas import column_specs
 from tests.conftest import PYDICOM_TEST_FILES, REPO, require
 
@@ -83,15 +84,26 @@ def test_s3_scan_equals_local_scan(s3_options: dict, client: Client) -> None:
 
 def test_credentials_never_reach_outputs(s3_options: dict, client: Client) -> None:
     summary = run_scan(
-        ["s3://dicoms/data/", "s3://dicoms/missing.dcm"],
-        storage_options=s3_options,
-        client=client,
-        progress=False,
+        ["s3://dicoms/data/"], storage_options=s3_options, client=client, progress=False
     )
     instances = pa.concat_tables(summary.tables["instances"])
     dumped = str(instances.to_pylist()) + str(scan_errors(summary).to_pylist())
     assert SECRET not in dumped
-    assert summary.error_codes.get("unreadable") == 1
+    assert summary.error_codes == {"not_dicom": 1}
+
+
+def test_a_missing_object_is_a_config_error_without_credentials(
+    s3_options: dict, client: Client
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        run_scan(
+            ["s3://dicoms/data/", "s3://dicoms/missing.dcm"],
+            storage_options=s3_options,
+            client=client,
+            progress=False,
+        )
+    assert "s3://dicoms/missing.dcm" in str(info.value)
+    assert SECRET not in str(info.value)
 
 
 def test_header_read_fetches_a_small_part_of_a_large_object(s3_options: dict) -> None:

@@ -20,6 +20,7 @@ from distributed import Client, LocalCluster
 
 import dicomflow
 from dicomflow.api import run_scan, scan_errors
+from dicomflow.errors import ConfigError
 from dicomflow.pipelines.cluster import open_client
 from dicomflow.schemas import errors_schema, instances_schema
 from tests.conftest import PYDICOM_TEST_FILES, corpus_files, pydicom_files
@@ -125,10 +126,9 @@ def test_scan_returns_a_table_and_errors_in_memory(client: Client) -> None:
     assert errors.column("code").to_pylist() == ["not_dicom"]
 
 
-def test_missing_path_is_an_error_row_not_a_crash(client: Client, tmp_path: Path) -> None:
-    summary = run_scan([str(tmp_path / "does-not-exist.dcm")], client=client, progress=False)
-    assert summary.files == 1 and summary.errors == 1
-    assert summary.error_codes == {"unreadable": 1}
+def test_missing_path_is_a_config_error_not_a_crash(client: Client, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        run_scan([str(tmp_path / "does-not-exist.dcm")], client=client, progress=False)
 
 
 @pytest.mark.integration
