@@ -5,6 +5,8 @@ reads each input's header (on a worker) into an :class:`InstanceRecord`. The
 connector holds only its URLs and storage options, so it pickles to workers;
 filesystems are opened inside the task. Reading stops before Pixel Data, and
 remote files are opened with a small block size so only header bytes travel.
+A file damaged in or after its Pixel Data still gives its header (flagged, see
+:class:`~dicomflow.dicom.header.DamagedHeader`), so it keeps its row.
 """
 
 from __future__ import annotations
@@ -158,7 +160,7 @@ def _read_one(
         fs, path = _filesystem(ref.url, storage_options, fs_cache)
         options = {} if isinstance(fs, LocalFileSystem) else {"block_size": REMOTE_BLOCK_SIZE}
         with fs.open(path, "rb", **options) as fp:
-            header = read_header(fp, size=ref.size)
+            header = read_header(fp, size=ref.size, salvage=True)
     except DicomReadError as exc:
         return record.with_error(STAGE, exc.code, str(exc))
     except (OSError, SourceError) as exc:

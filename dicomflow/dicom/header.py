@@ -6,6 +6,11 @@ and the pydicom-backed reader here for everything else. Both stop at Pixel
 Data, read only its element header (and the item headers of encapsulated
 data) to locate it, and parse any elements that follow it. On a remote file
 this costs a few small range requests instead of downloading the object.
+
+A file damaged in or after its Pixel Data (a value cut short, encapsulated data
+without its sequence delimiter, elements after it cut short) still has an
+intact header. Read with ``salvage``, it gives a :class:`DamagedHeader`: every
+element before Pixel Data, where Pixel Data starts, and what is wrong with it.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import warnings
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, BinaryIO
+from dataclasses import dataclass
+from typing import Any, BinaryIO, NamedTuple
 
 import pydicom
 from pydicom import config as pydicom_config
@@ -45,6 +51,24 @@ DEFER_BYTES = 64 * 1024
 
 _PIXEL_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"UN"})
 
+# What a salvaged header says about its damage (the ``warnings`` of its row): no values.
+PIXEL_DATA_TRUNCATED = "pixel data truncated"
+PIXEL_DATA_MALFORMED = "pixel data malformed"
+TRAILING_TRUNCATED = "elements after pixel data truncated"
+
+
+@dataclass(frozen=True, slots=True)
+class DamagedHeader(Header):
+    """The header of a file damaged in or after its Pixel Data, read with ``salvage``.
+
+    Every element before Pixel Data is there. Pixel Data is located as far as it
+    could be (its declared length may run past the end of the file; encapsulated
+    data has no known end) and elements stored after it are lost. ``damage`` says
+    what is wrong, without values.
+    """
+
+    damage: str = PIXEL_DATA_TRUNCATED
+
 
 @contextmanager
 def pydicom_mode(mode: int) -> Iterator[None]:
@@ -65,15 +89,18 @@ def pydicom_mode(mode: int) -> Iterator[None]:
         settings.reading_validation_mode = previous
 
 
-def read_header(fp: BinaryIO, *, size: int | None) -> Header:
+def read_header(fp: BinaryIO, *, size: int | None, salvage: bool = False) -> Header:
     """Parse the header of the DICOM file open in ``fp``.
 
     Raises :class:`NotDicomError` for content that is not DICOM and
     :class:`MalformedDicomError` (code ``truncated``, ``too_deep`` or
     ``malformed``) for DICOM that cannot be parsed. Messages carry no values.
+    With ``salvage``, damage that starts at Pixel Data does not raise: the
+    header comes back as a :class:`DamagedHeader`.
 
     The fast reader handles ordinary little-endian Part 10 files; everything
-    else (and anything it is unsure of) goes to the pydicom-backed reader.
+    else (and anything it is unsure of, damage included) goes to the
+    pydicom-backed reader.
     """
     head = fp.read(SNIFF_BYTES)
     if not head:
@@ -85,7 +112,7 @@ def read_header(fp: BinaryIO, *, size: int | None) -> Header:
             return _from_fast(read_fast(fp, size))
         except FastPathUnsupported:
             pass
-    return read_header_with_pydicom(fp, size=size)
+    return read_header_with_pydicom(fp, size=size, salvage=salvage)
 
 
 def _from_fast(fast: FastHeader) -> Header:
@@ -110,22 +137,24 @@ def _from_fast(fast: FastHeader) -> Header:
     )
 
 
-def read_header_with_pydicom(fp: BinaryIO, *, size: int | None) -> Header:
+def read_header_with_pydicom(fp: BinaryIO, *, size: int | None, salvage: bool = False) -> Header:
     """The careful reader: pydicom parses, then its datasets become the element tree.
 
     The first attempt runs pydicom in strict mode so that a file ending early
     raises instead of being silently cut short. Files that strict mode rejects
     only for an encoding inconsistency (implicit VR where explicit was
     declared, an unknown tag in implicit VR) are re-read in pydicom's default,
-    tolerant mode, as ``pydicom.dcmread`` would read them.
+    tolerant mode, as ``pydicom.dcmread`` would read them. With ``salvage``,
+    damage in or after Pixel Data gives a :class:`DamagedHeader` instead of an error.
     """
     try:
-        ds, meta, fields = _read_in_mode(fp, size, pydicom_config.RAISE)
+        ds, meta, fields = _read_in_mode(fp, size, pydicom_config.RAISE, salvage)
     except _Inconsistent:
-        ds, meta, fields = _read_in_mode(fp, size, pydicom_config.WARN)
+        ds, meta, fields = _read_in_mode(fp, size, pydicom_config.WARN, salvage)
+    kind = DamagedHeader if "damage" in fields else Header
     with pydicom_mode(pydicom_config.WARN):
         try:
-            return Header(tree_from_dataset(ds), tree_from_dataset(meta), **fields)
+            return kind(tree_from_dataset(ds), tree_from_dataset(meta), **fields)
         except RecursionError as exc:
             raise MalformedDicomError(
                 "sequences nested too deeply to parse", code=ErrorCode.TOO_DEEP
@@ -154,11 +183,11 @@ class _Inconsistent(Exception):
 _Parsed = tuple[Dataset, FileMetaDataset, dict[str, Any]]
 
 
-def _read_in_mode(fp: BinaryIO, size: int | None, mode: int) -> _Parsed:
+def _read_in_mode(fp: BinaryIO, size: int | None, mode: int, salvage: bool) -> _Parsed:
     fp.seek(0)
     with pydicom_mode(mode):
         try:
-            return _parse(fp, size)
+            return _parse(fp, size, salvage)
         except MalformedDicomError:
             raise
         except RecursionError as exc:
@@ -188,7 +217,7 @@ def _read_in_mode(fp: BinaryIO, size: int | None, mode: int) -> _Parsed:
             raise MalformedDicomError(f"header cannot be parsed ({type(exc).__name__})") from exc
 
 
-def _parse(fp: BinaryIO, size: int | None) -> _Parsed:
+def _parse(fp: BinaryIO, size: int | None, salvage: bool) -> _Parsed:
     meta_probe = pydicom.dcmread(fp, force=True, stop_before_pixels=True, defer_size=DEFER_BYTES)
     file_meta: FileMetaDataset = meta_probe.file_meta
     ts = file_meta.get("TransferSyntaxUID")
@@ -208,20 +237,37 @@ def _parse(fp: BinaryIO, size: int | None) -> _Parsed:
     _check_complete(ds, size)
     _check_complete(file_meta, size)
     _load_deferred_structure(ds, fp)
-    pixel = _locate_pixel_data(fp, size, little=little)
+    try:
+        pixel = _locate_pixel_data(fp, size, little=little)
+    except MalformedDicomError:
+        if not salvage:
+            raise
+        fields.update(damage=PIXEL_DATA_TRUNCATED, trailing_parsed=False)  # its header is cut
+        return ds, file_meta, fields
     if pixel is None:
         return ds, file_meta, fields
-    pixel_tag, pixel_vr, value_offset, length, end = pixel
     fields.update(
-        pixel_data_tag=pixel_tag,
-        pixel_data_vr=pixel_vr,
-        pixel_data_offset=value_offset,
-        pixel_data_length=length,
+        pixel_data_tag=pixel.tag,
+        pixel_data_vr=pixel.vr,
+        pixel_data_offset=pixel.offset,
+        pixel_data_length=pixel.length,
     )
-    if size is not None and end < size:
-        fields["trailing_parsed"] = _merge_trailing_elements(
-            fp, ds, end, size, little=little, implicit=implicit
-        )
+    if pixel.error is not None:
+        if not salvage:
+            raise pixel.error
+        truncated = pixel.error.code == ErrorCode.TRUNCATED
+        damage = PIXEL_DATA_TRUNCATED if truncated else PIXEL_DATA_MALFORMED
+        fields.update(damage=damage, trailing_parsed=False)
+        return ds, file_meta, fields
+    if size is not None and pixel.end < size:
+        try:
+            fields["trailing_parsed"] = _merge_trailing_elements(
+                fp, ds, pixel.end, size, little=little, implicit=implicit
+            )
+        except MalformedDicomError:
+            if not salvage:
+                raise
+            fields.update(damage=TRAILING_TRUNCATED, trailing_parsed=False)
     return ds, file_meta, fields
 
 
@@ -305,13 +351,26 @@ def _parse_deflated(fp: BinaryIO, file_meta: FileMetaDataset, fields: dict[str, 
     return ds, file_meta, fields
 
 
-def _locate_pixel_data(
-    fp: BinaryIO, size: int | None, *, little: bool
-) -> tuple[int, str | None, int, int | None, int] | None:
+class _PixelLocation(NamedTuple):
+    """Where Pixel Data sits; ``length`` None means encapsulated (undefined length).
+
+    A value that runs past the end of the file, or encapsulated data whose items
+    cannot be walked to their delimiter, has ``error`` set (and no known end).
+    """
+
+    tag: int
+    vr: str | None
+    offset: int
+    length: int | None
+    end: int
+    error: MalformedDicomError | None = None
+
+
+def _locate_pixel_data(fp: BinaryIO, size: int | None, *, little: bool) -> _PixelLocation | None:
     """Read the Pixel Data element header at the current position, if there is one.
 
-    Returns ``(tag, vr, value_offset, value_length_or_None, end_offset)`` where a
-    ``None`` length means encapsulated (undefined length) data.
+    Raises :class:`MalformedDicomError` only when that element header itself is cut
+    short; damage in the value is reported in the location's ``error``.
     """
     start = fp.tell()
     raw = fp.read(12)
@@ -340,9 +399,13 @@ def _locate_pixel_data(
     if length != UNDEFINED_LENGTH:
         end = value_offset + length
         if size is not None and end > size:
-            raise MalformedDicomError(
+            cut = MalformedDicomError(
                 "Pixel Data runs past the end of the file", code=ErrorCode.TRUNCATED
             )
-        return tag, vr, value_offset, length, end
-    end = skip_fragments(fp, value_offset, size, order)
-    return tag, vr, value_offset, None, end
+            return _PixelLocation(tag, vr, value_offset, length, end, cut)
+        return _PixelLocation(tag, vr, value_offset, length, end)
+    try:
+        end = skip_fragments(fp, value_offset, size, order)
+    except MalformedDicomError as exc:
+        return _PixelLocation(tag, vr, value_offset, None, value_offset, exc)
+    return _PixelLocation(tag, vr, value_offset, None, end)

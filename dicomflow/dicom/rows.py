@@ -13,6 +13,7 @@ from pydicom.uid import UID_dictionary
 from dicomflow.dicom.dicomjson import EncodeContext, encode_json
 from dicomflow.dicom.elements import UNDEFINED_LENGTH, Element
 from dicomflow.dicom.fastread import IMPLICIT_PIXEL_VR
+from dicomflow.dicom.header import DamagedHeader
 from dicomflow.dicom.typed import typed_value
 from dicomflow.records import Header, SourceRef
 from dicomflow.schemas.instances import ColumnSpec, column_specs, instances_schema
@@ -63,7 +64,9 @@ def header_to_row(
     meta_json = encode_json(header.file_meta, meta_ctx)
 
     warnings: list[str] = []
-    if not header.trailing_parsed:
+    if isinstance(header, DamagedHeader):  # the header is whole; what follows it is not
+        warnings.append(header.damage)
+    elif not header.trailing_parsed:
         warnings.append("bytes after Pixel Data are not a parseable data set")
     row: dict[str, Any] = dict.fromkeys(_keywords())
     specs = _specs_by_tag()
