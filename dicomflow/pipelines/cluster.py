@@ -1,9 +1,29 @@
-"""Where a pipeline runs: a given scheduler, or a local cluster of processes.
+"""Where a pipeline runs: the caller's client, a named scheduler, this process, or a
+local cluster of processes.
 
-Order of precedence: an explicit ``scheduler`` address, then the
-``DASK_SCHEDULER_ADDRESS`` environment variable, then a fresh ``LocalCluster``
-with one single-threaded worker process per core (pydicom is pure Python, so
-processes, not threads, give parallelism).
+:func:`connect_client` chooses, in this order:
+
+1. the client the caller passes;
+2. a client already active in this process (``distributed.get_client``), unless a
+   scheduler is named;
+3. the scheduler named by ``scheduler``, else by ``DASK_SCHEDULER_ADDRESS``;
+4. a cluster inside this process (:func:`in_process_client`) when the job is small;
+5. a fresh ``LocalCluster`` of single-threaded worker processes, one per core
+   (:func:`open_client`): pydicom is pure Python, so processes, not threads, give
+   parallelism to parsing.
+
+Small means: the work the job is estimated to take on one core, less what the other
+cores would take off it, is no more than what starting and stopping worker processes
+costs (:func:`runs_in_process`). On 2 cores that is up to about 4,600 header-only
+inputs, or 1,300 slices with pixels; a one-file scan takes 1.1 s instead of 2.5 s.
+Each constant below says where it was measured (``benchmarks/startup.py`` measures
+them again).
+
+An in-process cluster is a real ``distributed`` scheduler and workers, so futures,
+``as_completed`` and Dask semaphores work as on any cluster. Its workers are threads
+in this process: a crash in native code (a codec) takes the command down with it,
+where a worker process would be restarted and its task retried. That is one more
+reason the in-process path is kept to small jobs.
 """
 
 from __future__ import annotations
@@ -12,7 +32,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import dask
 from distributed import Client, LocalCluster
@@ -22,6 +42,30 @@ from dicomflow.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
+
+# One core's work per input, measured in this process on 512x512 CT slices (2 cores,
+# benchmarks/startup.py): reading a header, flattening it and committing its row,
+# 0.57 ms (5,000 files in 2.87 s); decoding the pixels and writing them to Zarr besides,
+# 2.2 ms a slice in all (800 uncompressed slices in 1.71 s, 800 RLE slices in 1.9 s).
+# A multi-frame file is one input but many frames, so pixel work is also counted by the
+# byte: 1.6 ms of pixel work for a 0.52 MB uncompressed slice. Decoding compressed
+# frames costs more (JPEG 2000: 13 ms a slice), but it releases the GIL, so an
+# in-process job with pixels gets one worker thread per core: 300 JPEG 2000 slices took
+# 2.6 s on two in-process workers, as on two worker processes, and 4.7 s on one (800
+# uncompressed slices, where parsing holds the GIL, 1.9 s on two and 1.7 s on one).
+SECONDS_PER_INPUT = 0.6e-3
+SECONDS_PER_PIXEL_INPUT = 1.6e-3
+SECONDS_PER_PIXEL_BYTE = 3e-9
+
+# What a local cluster of worker processes costs a job over an in-process one (2 cores,
+# benchmarks/startup.py): its workers start in 1.15 s when they import what a header job
+# needs, 1.2 s with the pixel codecs too, where threads start in 0.02 s; they stop in
+# 0.02 s either way (worker_imports.dask_teardown). And this process imports, to read
+# the lake back for the run report, what in-process tasks had imported already (pandas,
+# through pyarrow.dataset): 0.25 s. A scan of 5,000 files is where the two meet (3.7 s
+# each, whole command).
+PROCESS_CLUSTER_SECONDS = 1.4
+PROCESS_CLUSTER_PIXEL_SECONDS = 1.45
 
 # Dask starts workers with MALLOC_TRIM_THRESHOLD_ at 64 KiB, and glibc then also fixes its
 # mmap threshold at 128 KiB: every decoded frame becomes a fresh mmap whose pages fault in
@@ -53,13 +97,140 @@ def _pre_spawn_environ() -> dict[str, object]:
     return {**WORKER_MALLOC_ENV, **configured}
 
 
+def _preloads(pixels: bool) -> tuple[list[str], list[list[str]]]:
+    """The user's worker preloads with ours last, and each one's arguments (Dask takes
+    one list of arguments for all preloads, or one list per preload)."""
+    preload = dask.config.get("distributed.worker.preload", None) or []
+    preload = [preload] if isinstance(preload, str) else list(preload)
+    argv = dask.config.get("distributed.worker.preload-argv", None) or []
+    if argv and isinstance(argv[0], str):
+        per_preload = [list(argv)] * len(preload)
+    elif argv:
+        per_preload = [list(item) for item in argv]
+    else:
+        per_preload = [[] for _ in preload]
+    return [*preload, WORKER_IMPORTS], [*per_preload, [] if pixels else ["--headers-only"]]
+
+
 def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def estimated_seconds(inputs: int, input_bytes: int | None = None, *, pixels: bool) -> float:
+    """The work of a job on one core, from its inputs and their bytes (see the constants)."""
+    seconds = inputs * SECONDS_PER_INPUT
+    if pixels:
+        by_bytes = (input_bytes or 0) * SECONDS_PER_PIXEL_BYTE
+        seconds += max(inputs * SECONDS_PER_PIXEL_INPUT, by_bytes)
+    return seconds
+
+
+def runs_in_process(
+    inputs: int | None,
+    input_bytes: int | None = None,
+    *,
+    pixels: bool = False,
+    workers: int | None = None,
+) -> bool:
+    """Whether a job is small enough to run in this process: its inputs are known, no more
+    than one worker was asked for, and worker processes would save less than they cost.
+
+    With ``n`` cores, processes take a job of ``w`` seconds on one core down to ``w / n``
+    at best, so they pay when ``w * (1 - 1/n)`` exceeds their start and stop. ``n`` is
+    taken as at least 2: on one core they never pay, but they still keep a codec crash or
+    a leak away from the command, which matters for a big job.
+    """
+    if inputs is None or (workers is not None and workers > 1):
+        return False
+    cores = max(2, default_workers())
+    saved = estimated_seconds(inputs, input_bytes, pixels=pixels) * (1 - 1 / cores)
+    return saved <= (PROCESS_CLUSTER_PIXEL_SECONDS if pixels else PROCESS_CLUSTER_SECONDS)
+
+
+def connect_client(
+    client: Client | None,
+    scheduler: str | None,
+    workers: int | None,
+    *,
+    inputs: int | None = None,
+    input_bytes: int | None = None,
+    pixels: bool = False,
+) -> AbstractContextManager[Client]:
+    """A context yielding the client a job runs on, closing only what it started.
+
+    ``client`` if given; else an already-active client when no scheduler is named; else
+    the scheduler named by ``scheduler`` or ``DASK_SCHEDULER_ADDRESS``; else a cluster in
+    this process when the job is small (``inputs`` and ``input_bytes`` known, see
+    :func:`runs_in_process`); else a local cluster of ``workers`` processes (one per core
+    by default). ``pixels`` says whether the job decodes images.
+    """
+    if client is not None:
+        logger.info("Running on the client given")
+        return nullcontext(client)
+    if scheduler is None:
+        active = _current_client()
+        if active is not None:
+            logger.info("Running on the active Dask client")
+            return nullcontext(active)
+    if scheduler or os.environ.get(SCHEDULER_ENV):
+        return open_client(scheduler, workers, pixels=pixels)
+    if runs_in_process(inputs, input_bytes, pixels=pixels, workers=workers):
+        threads = 1 if workers == 1 or not pixels else default_workers()
+        logger.info(
+            "Running in this process (%d input%s, %d worker thread%s)",
+            inputs,
+            "" if inputs == 1 else "s",
+            threads,
+            "" if threads == 1 else "s",
+        )
+        return in_process_client(threads)
+    return open_client(None, workers, pixels=pixels)
+
+
+def _current_client() -> Client | None:
+    from distributed import get_client
+
+    try:
+        return get_client()
+    except ValueError:
+        return None
+
+
 @contextmanager
-def open_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Client]:
-    """Yield a connected :class:`distributed.Client`, closing what this call started."""
+def in_process_client(workers: int = 1) -> Iterator[Client]:
+    """Yield a client of a cluster inside this process: a scheduler and ``workers``
+    single-threaded workers, all threads, started and stopped in about 0.02 s.
+
+    Workers' statistical profiler is off: it samples the stacks of every thread every
+    10 ms, and here those are this process's threads (3 % of a 5,000-file scan). As the
+    workers share this process, each one's memory limit is the machine's, not a share.
+    """
+    from distributed.system import MEMORY_LIMIT
+
+    with (
+        dask.config.set({"distributed.worker.profile.enabled": False}),
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=False,
+            dashboard_address=None,
+            memory_limit=MEMORY_LIMIT,
+            local_directory=tempfile.gettempdir(),
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+@contextmanager
+def open_client(
+    scheduler: str | None = None, workers: int | None = None, *, pixels: bool = True
+) -> Iterator[Client]:
+    """Yield a connected :class:`distributed.Client`, closing what this call started: the
+    scheduler at ``scheduler`` (else ``DASK_SCHEDULER_ADDRESS``), else a local cluster of
+    ``workers`` processes. Its workers import the pixel codecs as they start unless
+    ``pixels`` is false."""
     address = scheduler or os.environ.get(SCHEDULER_ENV)
     if address:
         if workers is not None:
@@ -69,12 +240,19 @@ def open_client(scheduler: str | None = None, workers: int | None = None) -> Ite
         except (OSError, TimeoutError) as exc:
             raise ConfigError(f"cannot reach the Dask scheduler at {address}") from exc
         with client:
+            logger.info("Running on the Dask scheduler at %s", client.scheduler.address)
             logger.info("Dask dashboard: %s", client.dashboard_link)
             yield client
         return
     n_workers = workers or default_workers()
     if n_workers < 1:
         raise ConfigError("--workers must be at least 1")
+    preload, preload_argv = _preloads(pixels)
+    logger.info(
+        "Starting a local cluster of %d worker process%s",
+        n_workers,
+        "" if n_workers == 1 else "es",
+    )
     with (
         dask.config.set({"distributed.nanny.pre-spawn-environ": _pre_spawn_environ()}),
         LocalCluster(
@@ -84,7 +262,8 @@ def open_client(scheduler: str | None = None, workers: int | None = None) -> Ite
             dashboard_address=":0" if _has_dashboard() else None,
             local_directory=tempfile.gettempdir(),
             silence_logs=logging.ERROR,
-            preload=[*dask.config.get("distributed.worker.preload", []), WORKER_IMPORTS],
+            preload=preload,
+            preload_argv=preload_argv,
         ) as cluster,
         Client(cluster) as client,
     ):

@@ -1,17 +1,201 @@
-"""Local clusters start their workers ready for pixel work."""
+"""Where a job runs: the choice between this process, worker processes and a named
+scheduler, the clusters' workers, and their teardown."""
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 
 import dask
+import pandas as pd
+import psutil
+import pyarrow as pa
+import pytest
+from distributed import Client, LocalCluster
 
-from dicomflow.pipelines.cluster import WORKER_MALLOC_ENV, _pre_spawn_environ, open_client
+import dicomflow
+from dicomflow.pipelines import cluster
+from dicomflow.pipelines.cluster import (
+    SCHEDULER_ENV,
+    WORKER_IMPORTS,
+    WORKER_MALLOC_ENV,
+    _pre_spawn_environ,
+    _preloads,
+    connect_client,
+    default_workers,
+    open_client,
+    runs_in_process,
+)
 from dicomflow.pipelines.worker_imports import MODULES
+from tests.conftest import PYDICOM_TEST_FILES
 
 # Asked of each fresh worker before it runs any task. ``eval`` is pickled by reference,
 # so asking imports nothing on the worker (a function from this module would).
 LOADED = "sorted(m for m in __import__('sys').modules if m in {names!r})"
+
+VOLATILE = ["run_id", "scanned_at"]
+
+
+@pytest.fixture
+def no_active_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other tests leave a session-wide client active, which ``connect_client`` would
+    rightly use; these tests are about what it starts when there is none."""
+    monkeypatch.setattr(cluster, "_current_client", lambda: None)
+    monkeypatch.delenv(SCHEDULER_ENV, raising=False)
+
+
+def _addresses(client: Client) -> list[str]:
+    return list(client.scheduler_info()["workers"])
+
+
+def _children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _gone(pids: set[int]) -> bool:
+    return not any(
+        psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        for pid in pids
+    )
+
+
+@pytest.mark.parametrize(
+    ("inputs", "input_bytes", "pixels", "workers", "in_process"),
+    [
+        (1, 500_000, False, None, True),
+        (1_000, 500_000_000, False, None, True),
+        (100_000, None, False, None, False),
+        (100, 50_000_000, True, None, True),
+        (100_000, 50_000_000_000, True, None, False),
+        (1, 10_000_000_000, True, None, False),  # one multi-frame file, but 10 GB of it
+        (None, None, False, None, False),  # not listed first: a query, a retrieve
+        (1, 500_000, False, 1, True),
+        (1, 500_000, False, 2, False),
+    ],
+    ids=[
+        "one-file",
+        "1000-headers",
+        "100000-headers",
+        "100-slices",
+        "100000-slices",
+        "huge-multiframe",
+        "unknown-size",
+        "one-worker-asked",
+        "two-workers-asked",
+    ],
+)
+def test_which_jobs_run_in_this_process(
+    inputs: int | None, input_bytes: int | None, pixels: bool, workers: int | None, in_process: bool
+) -> None:
+    assert runs_in_process(inputs, input_bytes, pixels=pixels, workers=workers) is in_process
+
+
+def test_a_small_job_runs_in_this_process_and_starts_no_process(
+    no_active_client: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = _children()
+    with (
+        caplog.at_level(logging.INFO, logger=cluster.__name__),
+        connect_client(None, None, None, inputs=3, input_bytes=3 * 2**20) as client,
+    ):
+        assert client.cluster.processes is False
+        addresses = _addresses(client)
+        pids = set(client.run(os.getpid).values())
+        started = _children() - before
+    assert [a.split("://")[0] for a in addresses] == ["inproc"]  # one worker thread
+    assert pids == {os.getpid()}
+    assert not started
+    assert "Running in this process (3 inputs, 1 worker thread)" in caplog.messages
+
+
+def test_a_small_pixel_job_gets_a_worker_thread_per_core(no_active_client: None) -> None:
+    """Decoding releases the GIL, so threads decode in parallel."""
+    with connect_client(None, None, None, inputs=3, input_bytes=2**20, pixels=True) as client:
+        addresses = _addresses(client)
+    assert len(addresses) == default_workers()
+    assert all(a.startswith("inproc://") for a in addresses)
+
+
+def test_a_large_job_gets_worker_processes_that_are_gone_after_it(
+    no_active_client: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = _children()
+    with (
+        caplog.at_level(logging.INFO, logger=cluster.__name__),
+        connect_client(None, None, None, inputs=100_000) as client,
+    ):
+        assert client.cluster.processes is True
+        addresses = _addresses(client)
+        pids = set(client.run(os.getpid).values())
+        started = _children() - before
+        loaded = client.run(eval, LOADED.format(names={"pandas", "imagecodecs"}))
+    assert len(addresses) == default_workers()
+    assert all(a.startswith("tcp://") for a in addresses)
+    assert len(pids) == len(addresses) and pids <= started
+    assert _gone(pids), "a worker process outlived its cluster"
+    # a job without pixels: its workers imported pandas, and no codec
+    assert all(names == ["pandas"] for names in loaded.values())
+    assert "Starting a local cluster of %d worker process%s" in {r.msg for r in caplog.records}
+
+
+def test_workers_asked_for_are_processes_whatever_the_size(no_active_client: None) -> None:
+    with connect_client(None, None, 2, inputs=1) as client:
+        assert client.cluster.processes is True
+        assert len(_addresses(client)) == 2
+
+
+@pytest.fixture
+def running_scheduler() -> Iterator[str]:
+    """A scheduler someone else runs, reached over TCP."""
+    with LocalCluster(
+        n_workers=1, processes=False, protocol="tcp", dashboard_address=None
+    ) as running:
+        yield running.scheduler_address
+
+
+def test_a_named_scheduler_is_used_whatever_the_size(
+    no_active_client: None, running_scheduler: str
+) -> None:
+    with connect_client(None, running_scheduler, None, inputs=1) as client:
+        assert client.scheduler.address == running_scheduler
+        assert client.cluster is None  # nothing started here
+
+
+def test_the_scheduler_in_the_environment_is_used(
+    no_active_client: None, running_scheduler: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SCHEDULER_ENV, running_scheduler)
+    with connect_client(None, None, None, inputs=1) as client:
+        assert client.scheduler.address == running_scheduler
+
+
+def test_a_given_or_active_client_is_used_and_left_open(running_scheduler: str) -> None:
+    with Client(running_scheduler) as active:
+        with connect_client(active, None, None, inputs=1) as given:
+            assert given is active
+        with connect_client(None, None, None, inputs=1) as found:
+            assert found is active
+        assert active.status == "running"
+
+
+def _content(table: pa.Table) -> pd.DataFrame:
+    frame = table.drop_columns(VOLATILE).to_pandas()
+    return frame.sort_values("source").reset_index(drop=True)
+
+
+def test_in_this_process_and_in_worker_processes_the_table_is_the_same(
+    no_active_client: None, client: Client
+) -> None:
+    """``client`` is the suite's cluster of two worker processes."""
+    sources = [str(PYDICOM_TEST_FILES)]
+    files = [p for p in PYDICOM_TEST_FILES.rglob("*") if p.is_file()]
+    with connect_client(None, None, None, inputs=len(files)) as here:
+        assert _addresses(here)[0].startswith("inproc://")
+        in_process = dicomflow.scan(sources, client=here, progress=False)
+    in_processes = dicomflow.scan(sources, client=client, progress=False)
+    assert in_process.num_rows > 50
+    pd.testing.assert_frame_equal(_content(in_process), _content(in_processes))
 
 
 def test_local_workers_start_with_the_malloc_setting_and_the_task_imports() -> None:
@@ -31,6 +215,18 @@ def test_local_workers_start_with_the_malloc_setting_and_the_task_imports() -> N
 
 def _malloc_environment() -> dict[str, str | None]:
     return {name: os.environ.get(name) for name in WORKER_MALLOC_ENV}
+
+
+def test_the_users_preload_arguments_stay_with_their_preloads() -> None:
+    config = {"distributed.worker.preload": ["tabnanny"], "distributed.worker.preload-argv": []}
+    with dask.config.set(config):
+        assert _preloads(pixels=False) == (
+            ["tabnanny", WORKER_IMPORTS],
+            [[], ["--headers-only"]],
+        )
+    config["distributed.worker.preload-argv"] = ["--verbose"]
+    with dask.config.set(config):
+        assert _preloads(pixels=True) == (["tabnanny", WORKER_IMPORTS], [["--verbose"], []])
 
 
 def test_a_trim_threshold_the_user_configured_is_kept() -> None:
