@@ -1,16 +1,59 @@
 """dicomflow: turn DICOM sources into analysis-ready data at cohort scale, on Dask.
 
-The public API is small: :func:`scan` a source into an Arrow table or a lake,
-and :func:`read_lake` to open a lake again.
+The public API is small. A :class:`Pipeline` (a spec: source, operators in order,
+sinks) is built in Python, from YAML or by the CLI, and :func:`run` runs it;
+:func:`scan` and :func:`ingest` build and run the common ones; :func:`read_lake`
+and :func:`open_series` open what they wrote; :func:`query`, :func:`send` and
+:func:`echo` talk to a PACS. Names are imported on first use, so a worker
+process that unpickles an operator does not import the whole API.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
 from dicomflow._version import __version__
-from dicomflow.api import Lake, ingest, open_series, read_lake, scan
+
+if TYPE_CHECKING:
+    from dicomflow.api import (
+        AnonymizeOperator,
+        FlattenOperator,
+        Lake,
+        Pipeline,
+        PixelsOperator,
+        echo,
+        ingest,
+        open_series,
+        query,
+        read_lake,
+        run,
+        scan,
+        send,
+    )
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-__all__ = ["Lake", "__version__", "ingest", "open_series", "read_lake", "scan"]
+__all__ = [
+    "AnonymizeOperator",
+    "FlattenOperator",
+    "Lake",
+    "Pipeline",
+    "PixelsOperator",
+    "__version__",
+    "echo",
+    "ingest",
+    "open_series",
+    "query",
+    "read_lake",
+    "run",
+    "scan",
+    "send",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(importlib.import_module("dicomflow.api"), name)
+    raise AttributeError(f"module 'dicomflow' has no attribute {name!r}")

@@ -1,198 +1,393 @@
-"""The notebook API: ``scan`` a source, ``read_lake`` to open the result."""
+"""The Python API: build a pipeline spec and run it, or talk to a peer.
+
+Everything that runs goes through one compiler (:mod:`dicomflow.pipelines.compiler`):
+:func:`scan` and :func:`ingest` only turn their keywords into a
+:class:`~dicomflow.schemas.spec.PipelineSpec` (:func:`ingest_spec`), exactly as
+the CLI's flags and YAML do, and :func:`run` runs any spec. :func:`echo`,
+:func:`query` and :func:`send` talk to a DICOM peer directly.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from datetime import UTC, datetime
-from typing import Any
+import shutil
+import tempfile
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeAlias
 
 import pyarrow as pa
 from distributed import Client
 
 from dicomflow.anonymize.config import deidentifier
-from dicomflow.connectors.dicomweb.address import DicomwebAddress, DicomwebOptions
-from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
+from dicomflow.anonymize.engine import Deidentifier
+from dicomflow.connectors.dicomweb.address import DicomwebError
+from dicomflow.connectors.dimse.association import DimseError
 from dicomflow.errors import ConfigError
-from dicomflow.lake.dicom_files import remove_files
-from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.reader import Lake, read_lake
-from dicomflow.operators.store import Store
 from dicomflow.pipelines.anonymize import AnonymizeSettings
-from dicomflow.pipelines.cluster import open_client
-from dicomflow.pipelines.limits import associations_limit
-from dicomflow.pipelines.peers import is_peer_url, peer_for
-from dicomflow.pipelines.pipeline import RunSummary, new_run_id
+from dicomflow.pipelines.compiler import Resources, compile_spec
+from dicomflow.pipelines.pipeline import RunSummary
 from dicomflow.pipelines.plan import PartitionPolicy
-from dicomflow.pipelines.retrieve import report_missing, retrieve
-from dicomflow.pipelines.scan import scan_pipeline
-from dicomflow.records import RunContext
-from dicomflow.schemas import errors_schema, instances_schema
+from dicomflow.schemas.spec import (
+    AnonymizeOperator,
+    Cluster,
+    DicomSink,
+    DicomwebPeerConfig,
+    DicomwebSink,
+    DicomwebSource,
+    DimsePeerConfig,
+    DimseSink,
+    DimseSource,
+    FilesSource,
+    FlattenOperator,
+    LakeSink,
+    Limits,
+    ListenSource,
+    OperatorConfig,
+    PipelineSpec,
+    PixelsOperator,
+    SinkConfig,
+    SourceConfig,
+)
 
 __all__ = [
+    "AnonymizeOperator",
+    "ConfigError",
+    "DimsePeerConfig",
+    "PeerError",
     "AnonymizeSettings",
+    "FlattenOperator",
     "Lake",
-    "connect_client",
+    "Pipeline",
+    "PixelsOperator",
     "deidentifier",
+    "echo",
     "ingest",
+    "ingest_spec",
+    "listen_spec",
     "open_series",
+    "peer_options",
+    "query",
     "read_lake",
+    "run",
     "run_scan",
     "scan",
-    "scan_errors",
+    "send",
+    "write_table",
 ]
 
+Pipeline: TypeAlias = PipelineSpec
+"""A pipeline is its spec: build one in Python, from YAML, or from the CLI."""
 
-def _current_client() -> Client | None:
-    try:
-        from distributed import get_client
-
-        return get_client()
-    except ValueError:
-        return None
+PeerError = (DimseError, DicomwebError)  # a peer failed to answer, or answered with a failure
+PYTHON_KEY = "python"  # the key_ref of a de-identifier handed to ingest() in Python
+PeerOptions: TypeAlias = Any  # DimseOptions or DicomwebOptions, from dicomflow.connectors
 
 
-def connect_client(
-    client: Client | None, scheduler: str | None, workers: int | None
-) -> AbstractContextManager[Client]:
-    """``client`` if given, else an already-active client, else the scheduler named by
-    ``scheduler``/``DASK_SCHEDULER_ADDRESS``, else a new local cluster (closed after)."""
-    active = client or (_current_client() if scheduler is None else None)
-    return nullcontext(active) if active is not None else open_client(scheduler, workers)
-
-
-def run_scan(
-    sources: Sequence[str],
+def run(
+    spec: PipelineSpec,
     *,
-    out: str | None = None,
+    client: Client | None = None,
+    progress: bool | None = None,
+    deidentifiers: Mapping[str, Deidentifier] | None = None,
+    policy: PartitionPolicy | None = None,
+    on_batch: Callable[[RunSummary], Any] | None = None,
+    stop: Any = None,
+) -> RunSummary:
+    """Run ``spec`` and return its summary (its report is written to ``<lake>/_runs/``).
+
+    ``client``: run there (else the spec's cluster: a scheduler, or this machine,
+    in this process when the job is small). ``deidentifiers`` are de-identifiers
+    built in Python, named by an ``anonymize`` entry's ``key_ref``.
+    """
+    resources = Resources(
+        client=client,
+        progress=progress,
+        deidentifiers=dict(deidentifiers or {}),
+        policy=policy,
+        on_batch=on_batch,
+        stop=stop,
+    )
+    return compile_spec(spec, resources).run()
+
+
+def ingest_spec(
+    sources: str | Sequence[str],
+    *,
+    out: str,
+    pixels: bool = False,
+    query: Mapping[str, str] | None = None,
+    cohort: str | None = None,
+    dimse: PeerOptions | None = None,
+    dicomweb: PeerOptions | None = None,
+    max_associations: int = 2,
     scheduler: str | None = None,
     workers: int | None = None,
-    client: Client | None = None,
-    storage_options: dict[str, Any] | None = None,
-    policy: PartitionPolicy | None = None,
-    progress: bool | None = None,
-) -> RunSummary:
-    """Run the metadata scan and return its summary (used by the CLI and :func:`scan`).
+    storage_options: Mapping[str, Any] | None = None,
+    out_storage_options: Mapping[str, Any] | None = None,
+    anonymize: AnonymizeOperator | AnonymizeSettings | None = None,
+    write_dicom: bool = False,
+    send_to: str | None = None,
+    send_options: PeerOptions | None = None,
+    name: str = "ingest",
+    retries: int = 2,
+    frames_per_chunk: int = 1,
+    expand_palette: bool = False,
+    inline_binary_limit: int = 1024,
+    operators: Sequence[OperatorConfig] = (),
+    incremental: bool = False,
+) -> PipelineSpec:
+    """The spec that :func:`ingest` (and ``dicomflow ingest``) runs with these keywords.
 
-    Uses ``client`` if given, else an already-active client, else the scheduler
-    named by ``scheduler``/``DASK_SCHEDULER_ADDRESS``, else a local cluster.
+    ``sources`` are files, folders, globs and fsspec URLs, or one ``dimse://`` or
+    ``dicomweb+http(s)://`` peer retrieved by ``query`` (or a ``cohort`` CSV).
+    ``storage_options`` reach the sources and ``out_storage_options`` the lake (the
+    source's when not given). ``operators`` are added after the built-in ones.
     """
-    pipeline = scan_pipeline(sources, out=out, storage_options=storage_options, policy=policy)
-    with connect_client(client, scheduler, workers) as connected:
-        return pipeline.run(connected, progress=progress)
+    urls = [sources] if isinstance(sources, str) else list(sources)
+    source = _source(urls, query, cohort, dimse, dicomweb, dict(storage_options or {}))
+    steps: list[OperatorConfig] = []
+    if isinstance(anonymize, AnonymizeSettings):
+        write_dicom = write_dicom or anonymize.write_dicom
+        steps.append(AnonymizeOperator(key_ref=PYTHON_KEY, mapping=anonymize.mapping_dir))
+    elif anonymize is not None:
+        steps.append(anonymize)
+    steps.append(FlattenOperator(inline_binary_limit=inline_binary_limit))
+    if pixels:
+        steps.append(
+            PixelsOperator(frames_per_chunk=frames_per_chunk, expand_palette=expand_palette)
+        )
+    steps.extend(operators)
+    lake_options = storage_options if out_storage_options is None else out_storage_options
+    sinks: list[SinkConfig] = [LakeSink(path=out, storage_options=dict(lake_options or {}))]
+    if write_dicom:
+        if anonymize is None:
+            raise ConfigError("de-identified DICOM files need anonymize (--anonymize)")
+        sinks.append(DicomSink())
+    if send_to is not None:
+        sinks.append(_send_sink(send_to, send_options, dimse, dicomweb))
+    return _validated(
+        name=name,
+        source=source,
+        operators=steps,
+        sinks=sinks,
+        cluster=Cluster(workers=workers, scheduler=scheduler),
+        limits=Limits(max_associations=max_associations, retries=retries),
+        incremental=incremental,
+    )
 
 
 def ingest(
     sources: str | Sequence[str],
     *,
     out: str,
-    pixels: bool = True,
-    query: Mapping[str, str] | None = None,
-    dimse: DimseOptions | None = None,
-    dicomweb: DicomwebOptions | None = None,
-    max_associations: int = 2,
+    pixels: bool = False,
+    client: Client | None = None,
+    progress: bool | None = None,
+    policy: PartitionPolicy | None = None,
+    anonymize: AnonymizeOperator | AnonymizeSettings | None = None,
+    **options: Any,
+) -> RunSummary:
+    """Ingest ``sources`` into the lake at ``out``, all in one run; return the summary.
+
+    Sources are files, folders, globs or fsspec URLs, or one ``dimse://AE@host:port``
+    peer (C-FIND by ``query``, then C-GET) or ``dicomweb+https://host/root`` server
+    (QIDO-RS, then WADO-RS). With ``pixels``, every image stack is written to
+    ``<out>/pixels.zarr`` plus the ``series`` table. With ``anonymize`` (a spec entry,
+    or :class:`AnonymizeSettings` around a :func:`deidentifier`), every input is
+    de-identified first and every output is made from de-identified data. With
+    ``send_to``, every instance written is also sent there with C-STORE or STOW-RS
+    (failures are ``not_stored`` error rows). Other keywords: :func:`ingest_spec`.
+    """
+    spec = ingest_spec(sources, out=out, pixels=pixels, anonymize=anonymize, **options)
+    engines = {PYTHON_KEY: anonymize.deidentifier} if isinstance(anonymize, AnonymizeSettings) else {}
+    return run(spec, client=client, progress=progress, deidentifiers=engines, policy=policy)
+
+
+def run_scan(
+    sources: str | Sequence[str],
+    *,
+    out: str,
     scheduler: str | None = None,
     workers: int | None = None,
     client: Client | None = None,
-    storage_options: dict[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    out_storage_options: Mapping[str, Any] | None = None,
     policy: PartitionPolicy | None = None,
     progress: bool | None = None,
-    anonymize: AnonymizeSettings | None = None,
-    send_to: str | None = None,
-    send_options: DimseOptions | DicomwebOptions | None = None,
-    name: str = "ingest",
-    retries: int = 2,
-    frames_per_chunk: int = 1,
-    expand_palette: bool = False,
+    inline_binary_limit: int = 1024,
 ) -> RunSummary:
-    """Ingest ``sources`` into the lake at ``out``, all in one run.
+    """Scan headers into the lake at ``out`` and return the run's summary: an ingest
+    whose only operator is ``flatten``."""
+    return ingest(
+        sources,
+        out=out,
+        pixels=False,
+        client=client,
+        progress=progress,
+        policy=policy,
+        scheduler=scheduler,
+        workers=workers,
+        storage_options=storage_options,
+        out_storage_options=out_storage_options,
+        inline_binary_limit=inline_binary_limit,
+        name="scan",
+    )
 
-    Sources are files, folders, globs or fsspec URLs, ``dimse://AE@host:port``
-    peers (retrieved with C-GET by ``query``, e.g. ``{"StudyInstanceUID": …}``) and
-    ``dicomweb+https://host/root`` servers (QIDO-RS then WADO-RS by the same
-    ``query``), at most ``max_associations`` connections to a peer at a time. With
-    ``pixels``, every image stack is
-    written to ``<out>/pixels.zarr`` plus the ``series`` table. With
-    ``anonymize`` (see :func:`deidentifier`), every input is de-identified first
-    and all outputs are made from the de-identified data; retrieved originals
-    are deleted once de-identified. With ``send_to`` (``dimse://AE@host:port`` or
-    ``dicomweb+https://host/root``), every instance written is also sent there with
-    C-STORE or STOW-RS (the de-identified files when anonymizing), at most
-    ``max_associations`` at a time; failures are ``not_stored`` error rows.
-    ``send_options`` configure that peer (else ``dimse``/``dicomweb`` do).
+
+def scan(src: str | Sequence[str], out: str | None = None, **options: Any) -> Lake:
+    """Scan DICOM headers from ``src`` (paths, directories, globs, fsspec URLs) into a
+    lake and return it, whatever the arguments: ``lake.instances()`` is the table,
+    ``lake.errors()`` the inputs that could not be read. With ``out=None`` the lake is
+    a temporary folder, removed when the returned :class:`Lake` is garbage collected.
+    Keyword options are those of :func:`run_scan`.
     """
-    from dicomflow.pipelines.ingest import IngestOptions, run_ingest
-
-    urls = [sources] if isinstance(sources, str) else list(sources)
-    after: tuple[Store, ...] = ()
-    if send_to is not None:
-        after = (
-            _store_to(
-                send_to, send_options, dimse, dicomweb, max_associations, storage_options or {}
-            ),
-        )
-    peers = [peer_for(u, dimse, dicomweb) for u in urls if is_peer_url(u)]
-    files = [u for u in urls if not is_peer_url(u)]
-    if peers and not query:
-        raise ConfigError("a PACS or DICOMweb source needs a query (-q KEYWORD=VALUE)")
-    with connect_client(client, scheduler, workers) as connected:
-        missing = 0
-        retrieved: list[str] = []
-        layout = LakeLayout(out, dict(storage_options or {}))
-        for peer in peers:
-            paths, lost = retrieve(
-                connected, peer, query or {}, layout=layout, max_associations=max_associations
-            )
-            files.extend(paths)
-            retrieved.extend(paths)
-            missing += report_missing(
-                layout, peer, lost, RunContext(new_run_id(), datetime.now(UTC)), query
-            )
-        summary = run_ingest(
-            connected,
-            files,
-            out=out,
-            options=IngestOptions(
-                pixels=pixels,
-                frames_per_chunk=frames_per_chunk,
-                expand_palette=expand_palette,
-                after_flatten=after,
-            ),
-            storage_options=storage_options,
-            policy=policy,
-            progress=progress,
-            anonymize=anonymize,
-            name=name,
-            retries=retries,
-        )
-        if anonymize is not None and retrieved:
-            remove_files(layout, retrieved)  # originals must not stay in a de-identified lake
-    summary.files += missing
-    summary.errors += missing
-    if missing:
-        summary.error_codes["not_retrieved"] += missing
-    return summary
+    if out is not None:
+        run_scan(src, out=out, **options)
+        return read_lake(out, storage_options=options.get("out_storage_options"))
+    folder = tempfile.mkdtemp(prefix="dicomflow-scan-")
+    try:
+        run_scan(src, out=folder, **options)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    lake = read_lake(folder)
+    weakref.finalize(lake, shutil.rmtree, folder, True)
+    return lake
 
 
-def _store_to(
+def listen_spec(
+    *,
+    ae_title: str,
+    port: int,
+    out: str,
+    pixels: bool = False,
+    allow: Sequence[str] = (),
+    batch_seconds: float = 5.0,
+    host: str = "0.0.0.0",  # noqa: S104 (an SCP listens)
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    anonymize: AnonymizeOperator | None = None,
+    name: str = "listen",
+) -> PipelineSpec:
+    """The spec of ``dicomflow listen``: a Storage SCP whose received files run
+    through the same operators as any other source."""
+    steps: list[OperatorConfig] = [] if anonymize is None else [anonymize]
+    steps.append(FlattenOperator())
+    if pixels:
+        steps.append(PixelsOperator())
+    source = ListenSource(
+        ae_title=ae_title,
+        port=port,
+        allow=list(allow),
+        batch_seconds=batch_seconds,
+        host=host,
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
+    return _validated(
+        name=name,
+        source=source,
+        operators=steps,
+        sinks=[LakeSink(path=out)],
+        cluster=Cluster(workers=workers, scheduler=scheduler),
+    )
+
+
+def echo(url: str, peer: DimsePeerConfig | None = None) -> Any:
+    """C-ECHO the DICOM peer at ``dimse://AE@host:port``; returns the round trip and
+    the accepted presentation contexts. ``peer`` carries our AE title, TLS and identity."""
+    from dicomflow.connectors.dimse.address import DimseAddress
+    from dicomflow.connectors.dimse.echo import c_echo
+    from dicomflow.pipelines.endpoints import dimse_options
+
+    settings = peer or DimsePeerConfig(url=url)
+    return c_echo(DimseAddress.parse(url), dimse_options(settings))
+
+
+def query(
     url: str,
-    options: DimseOptions | DicomwebOptions | None,
-    dimse: DimseOptions | None,
-    dicomweb: DicomwebOptions | None,
-    max_associations: int,
-    storage_options: dict[str, Any],
-) -> Store:
-    """The ``store`` operator for ``send_to``: C-STORE to a DIMSE peer, else STOW-RS."""
-    target: DimseAddress | DicomwebAddress
-    if url.startswith("dimse://"):
-        target = DimseAddress.parse(url)
-        options = options if isinstance(options, DimseOptions) else dimse or DimseOptions()
-    else:
-        target = DicomwebAddress.parse(url)
-        options = options if isinstance(options, DicomwebOptions) else dicomweb
-        options = options or DicomwebOptions()
-    return Store(
-        target, options, associations_limit(target, max_associations), dict(storage_options)
+    *,
+    level: str = "study",
+    keys: Mapping[str, str] | None = None,
+    model: str = "study",
+    return_keys: Sequence[str] = (),
+    limit: int | None = None,
+    cohort: str | None = None,
+    peer: DimsePeerConfig | None = None,
+) -> pa.Table:
+    """C-FIND the peer at ``dimse://AE@host:port``; the matches as a table typed like
+    ``instances``. With ``cohort`` (a CSV with an AccessionNumber, PatientID or
+    StudyInstanceUID column), one C-FIND per row, results joined."""
+    from dicomflow.connectors.dimse.address import DimseAddress
+    from dicomflow.connectors.dimse.find import find_cohort, find_table, read_cohort
+    from dicomflow.pipelines.endpoints import dimse_options
+
+    address = DimseAddress.parse(url)
+    options = dimse_options(peer or DimsePeerConfig(url=url))
+    if cohort:
+        column, values = read_cohort(cohort)
+        return find_cohort(
+            address,
+            level,  # type: ignore[arg-type]
+            column,
+            values,
+            query=dict(keys or {}),
+            model=model,  # type: ignore[arg-type]
+            return_keys=tuple(return_keys),
+            options=options,
+        )
+    return find_table(
+        address,
+        level,  # type: ignore[arg-type]
+        dict(keys or {}),
+        model=model,  # type: ignore[arg-type]
+        return_keys=tuple(return_keys),
+        limit=limit,
+        options=options,
+    )
+
+
+def send(paths: Sequence[str | Path], url: str, peer: DimsePeerConfig | None = None) -> list[Any]:
+    """C-STORE files and folders (recursively) to the peer at ``dimse://AE@host:port``;
+    one outcome per file, in path order."""
+    from dicomflow.connectors.dimse.address import DimseAddress
+    from dicomflow.connectors.dimse.store import c_store
+    from dicomflow.pipelines.endpoints import dimse_options
+
+    files = sorted(
+        p
+        for s in map(Path, paths)
+        for p in (s.rglob("*") if s.is_dir() else [s])
+        if p.is_file()
+    )
+    return c_store(DimseAddress.parse(url), files, dimse_options(peer or DimsePeerConfig(url=url)))
+
+
+def request_commitment(
+    url: str,
+    sent: Sequence[tuple[str, str]],
+    *,
+    report_port: int,
+    timeout: float,
+    peer: DimsePeerConfig | None = None,
+) -> Any:
+    """Storage Commitment for ``sent`` (SOP class, SOP instance) pairs."""
+    from dicomflow.connectors.dimse.address import DimseAddress
+    from dicomflow.connectors.dimse.commitment import request_commitment as commit
+    from dicomflow.pipelines.endpoints import dimse_options
+
+    return commit(
+        DimseAddress.parse(url),
+        list(sent),
+        dimse_options(peer or DimsePeerConfig(url=url)),
+        report_port=report_port,
+        timeout=timeout,
     )
 
 
@@ -215,29 +410,118 @@ def open_series(
     )
 
 
-def scan(
-    src: str | Sequence[str],
-    out: str | None = None,
-    **options: Any,
-) -> pa.Table | str:
-    """Scan DICOM headers from ``src`` (paths, directories, globs, fsspec URLs).
+def load_spec(path: str, sets: Sequence[str] = ()) -> PipelineSpec:
+    """Read a YAML spec, apply ``--set PATH=VALUE`` overrides, validate."""
+    from dicomflow.pipelines.spec_files import load_spec as load
 
-    With ``out=None`` returns the ``instances`` table as a :class:`pyarrow.Table`
-    (use :func:`run_scan` and :func:`scan_errors` to see the error rows too).
-    With ``out`` set, writes the lake there and returns its path. Keyword
-    options are those of :func:`run_scan`.
-    """
-    sources = [src] if isinstance(src, str) else list(src)
-    summary = run_scan(sources, out=out, **options)
-    if out is not None:
-        return out
-    parts = summary.tables.get("instances", [])
-    if not parts:
-        return instances_schema().empty_table()
-    return pa.concat_tables(parts)
+    return load(path, sets)
 
 
-def scan_errors(summary: RunSummary) -> pa.Table:
-    """The error rows of a collected scan."""
-    parts = summary.tables.get("errors", [])
-    return pa.concat_tables(parts) if parts else errors_schema().empty_table()
+def peer_options(
+    *,
+    calling_ae: str = "DICOMFLOW",
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    username: str | None = None,
+    password_env: str | None = None,
+    token_env: str | None = None,
+) -> tuple[PeerOptions, PeerOptions]:
+    """The connection options of a DIMSE peer and of a DICOMweb server from the same
+    settings (the CLI's peer flags); each is built from its spec entry."""
+    from dicomflow.pipelines.endpoints import dicomweb_options, dimse_options
+
+    common = {"tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key}
+    identity = {"username": username, "password_env": password_env}
+    try:
+        dimse = DimsePeerConfig(url="dimse://X@h:1", calling_ae=calling_ae, **common, **identity)
+        web = DicomwebPeerConfig(url="dicomweb+http://h", token_env=token_env, **common, **identity)
+    except ValueError as exc:
+        raise ConfigError(f"invalid peer settings: {exc}") from None
+    return dimse_options(dimse), dicomweb_options(web)
+
+
+def write_table(table: pa.Table, path: str) -> None:
+    """Write ``table`` as one Parquet file (zstd)."""
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, path, compression="zstd")
+
+
+def _validated(**fields: Any) -> PipelineSpec:
+    from pydantic import ValidationError
+
+    try:
+        return PipelineSpec(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid pipeline: {problems}") from None
+
+
+def _source(
+    urls: list[str],
+    query: Mapping[str, str] | None,
+    cohort: str | None,
+    dimse: PeerOptions | None,
+    dicomweb: PeerOptions | None,
+    storage_options: dict[str, Any],
+) -> SourceConfig:
+    peers = [u for u in urls if u.startswith(("dimse://", "dicomweb+http://", "dicomweb+https://"))]
+    if not peers:
+        return FilesSource(urls=urls, storage_options=storage_options)
+    if len(urls) > 1:
+        raise ConfigError("a pipeline has one source: one peer, or files (not both)")
+    if not query and not cohort:
+        raise ConfigError("a PACS or DICOMweb source needs a query (-q KEYWORD=VALUE)")
+    url = peers[0]
+    try:
+        if url.startswith("dimse://"):
+            return DimseSource(url=url, query=dict(query or {}), cohort=cohort, **_dimse_fields(dimse))
+        return DicomwebSource(url=url, query=dict(query or {}), **_dicomweb_fields(dicomweb))
+    except ValueError as exc:
+        raise ConfigError(f"invalid source: {exc}") from None
+
+
+def _send_sink(
+    url: str, options: PeerOptions | None, dimse: PeerOptions | None, dicomweb: PeerOptions | None
+) -> SinkConfig:
+    from dicomflow.connectors.dicomweb.address import DicomwebOptions
+    from dicomflow.connectors.dimse.address import DimseOptions
+
+    try:
+        if url.startswith("dimse://"):
+            chosen = options if isinstance(options, DimseOptions) else dimse
+            return DimseSink(url=url, **_dimse_fields(chosen))
+        chosen = options if isinstance(options, DicomwebOptions) else dicomweb
+        return DicomwebSink(url=url, **_dicomweb_fields(chosen))
+    except ValueError as exc:
+        raise ConfigError(f"invalid --send target: {exc}") from None
+
+
+def _dimse_fields(options: PeerOptions | None) -> dict[str, Any]:
+    """A :class:`DimseOptions` as the fields of a spec's DIMSE peer entry."""
+    if options is None:
+        return {}
+    tls = options.tls
+    return {
+        "calling_ae": options.calling_ae,
+        "connect_timeout": options.connect_timeout,
+        "acse_timeout": options.acse_timeout,
+        "dimse_timeout": options.dimse_timeout,
+        "network_timeout": options.network_timeout,
+        "tls_ca": tls.ca_file if tls else None,
+        "tls_cert": tls.cert_file if tls else None,
+        "tls_key": tls.key_file if tls else None,
+        "username": options.username,
+        "password_env": options.password_env,
+    }
+
+
+def _dicomweb_fields(options: PeerOptions | None) -> dict[str, Any]:
+    """A :class:`DicomwebOptions` as the fields of a spec's DICOMweb peer entry."""
+    if options is None:
+        return {}
+    names = DicomwebPeerConfig.model_fields.keys() - {"url"}
+    return {name: getattr(options, name) for name in names}

@@ -1,31 +1,24 @@
-"""The ``dicomflow`` command line.
+"""The ``dicomflow`` command line: flags become a pipeline spec, which :mod:`dicomflow.api`
+runs (``--print-spec`` prints it instead, as YAML for ``dicomflow run``).
 
 Exit codes: 0 every input accounted for (as a row or an error row); 2 a
-configuration error; 3 error rows with ``--fail-on-error``; 1 a crash or a
-systemic failure (inputs unaccounted for).
+configuration error; 3 error rows with ``--fail-on-error`` (or above a spec's
+error-rate limit); 1 a crash or a systemic failure (inputs unaccounted for).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import click
-import pyarrow.parquet as pq
 
 from dicomflow import logs
 from dicomflow._version import __version__
-from dicomflow.api import run_scan
-from dicomflow.connectors.dicomweb.address import DicomwebError, DicomwebOptions
-from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions, TlsOptions
-from dicomflow.connectors.dimse.association import DimseError
-from dicomflow.connectors.dimse.echo import c_echo
-from dicomflow.connectors.dimse.find import Level, Model, find_cohort, find_table, read_cohort
-from dicomflow.errors import ConfigError
-from dicomflow.pipelines.pipeline import RunSummary
 
 EXIT_OK, EXIT_CRASH, EXIT_CONFIG, EXIT_INPUT_ERRORS = 0, 1, 2, 3
 T = TypeVar("T")
@@ -33,6 +26,9 @@ T = TypeVar("T")
 
 def _configure_logging(verbose: int, json_lines: bool = False) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
+    # distributed sets up its own loggers (INFO, with a handler) when first imported,
+    # which now happens after this: tell it through Dask's configuration instead.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", logging.getLevelName(max(level, logging.WARNING)).lower())
     logs.configure(level, json_lines=json_lines)
     # These can log identifiers (datasets, UIDs in URLs and queries) or credentials
     # locations; keep them at WARNING whatever -v says.
@@ -41,14 +37,24 @@ def _configure_logging(verbose: int, json_lines: bool = False) -> None:
         *("dicomweb_client", "urllib3", "requests", "s3fs", "botocore", "aiobotocore"),
     ):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # pydicom logs every codec fallback at ERROR with a traceback; tasks that run in this
+    # process (small jobs) would print them. What failed becomes an error row instead.
+    import pydicom.config  # sets its logger's level on import: set ours after it
+
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL if verbose < 2 else logging.DEBUG)
     # Whenever a cluster is started or joined, say where its dashboard is.
     logging.getLogger("dicomflow.pipelines.cluster").setLevel(logging.INFO)
 
 
-def _print_summary(summary: RunSummary, out: str | None) -> None:
+def _print_summary(summary: Any, out: str | None) -> None:
     click.echo(
         f"files: {summary.files}  rows: {summary.rows}  errors: {summary.errors}  "
         f"seconds: {summary.seconds:.1f}  files/s: {summary.files_per_second:.0f}"
+        + (
+            f"  first row: {summary.first_result_seconds:.2f} s"
+            if summary.first_result_seconds is not None
+            else ""
+        )
         + (f"  skipped (already committed): {summary.skipped}" if summary.skipped else "")
     )
     if summary.error_codes:
@@ -79,18 +85,20 @@ def _with_options(
 
 
 def _run_options(command: Callable[..., None]) -> Callable[..., None]:
-    """The options every job command shares: where to run, and how to report."""
+    """The options every job command shares: where to run, how to report, or what
+    the command means as a spec."""
     options = [
         click.option(
             "--scheduler",
             default=None,
-            help="Dask scheduler address (else DASK_SCHEDULER_ADDRESS, else a local cluster).",
+            help="Dask scheduler address (else DASK_SCHEDULER_ADDRESS, else this machine).",
         ),
         click.option(
             "--workers",
             type=int,
             default=None,
-            help="Local worker processes (default: one per core).",
+            help="Local worker processes (default: in this process for small jobs, else "
+            "one per core).",
         ),
         click.option(
             "--fail-on-error", is_flag=True, help="Exit 3 if any input became an error row."
@@ -98,12 +106,38 @@ def _run_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option(
             "--progress/--no-progress", default=None, help="Force the progress bar on or off."
         ),
+        click.option(
+            "--print-spec",
+            is_flag=True,
+            help="Print the pipeline spec (YAML) this command means, and exit.",
+        ),
     ]
     return _with_options(command, options)
 
 
-def _dimse_options(command: Callable[..., None]) -> Callable[..., None]:
-    """How to reach a DICOM peer: our AE title, TLS files, user identity."""
+def _storage_options(command: Callable[..., None]) -> Callable[..., None]:
+    """fsspec options for the sources and for the lake, each its own."""
+    options = [
+        click.option(
+            "--storage-option",
+            "source_storage",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="fsspec option for the sources, e.g. anon=true (repeat).",
+        ),
+        click.option(
+            "--out-storage-option",
+            "out_storage",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="fsspec option for the lake (default: the sources' options) (repeat).",
+        ),
+    ]
+    return _with_options(command, options)
+
+
+def _peer_options(command: Callable[..., None]) -> Callable[..., None]:
+    """How to reach a peer: our AE title, TLS files, user identity."""
     options = [
         click.option("--calling-ae", default="DICOMFLOW", show_default=True, help="Our AE title."),
         click.option("--tls-ca", default=None, help="CA bundle to verify the peer (enables TLS)."),
@@ -117,65 +151,6 @@ def _dimse_options(command: Callable[..., None]) -> Callable[..., None]:
         ),
     ]
     return _with_options(command, options)
-
-
-def _build_dimse_options(
-    calling_ae: str,
-    tls_ca: str | None,
-    tls_cert: str | None,
-    tls_key: str | None,
-    username: str | None,
-    password_env: str | None,
-) -> DimseOptions:
-    return DimseOptions(
-        calling_ae=calling_ae,
-        tls=TlsOptions.from_files(tls_ca, tls_cert, tls_key),
-        username=username,
-        password_env=password_env,
-    )
-
-
-def _build_dicomweb_options(
-    calling_ae: str,
-    tls_ca: str | None,
-    tls_cert: str | None,
-    tls_key: str | None,
-    username: str | None,
-    password_env: str | None,
-    token_env: str | None,
-) -> DicomwebOptions:
-    """The same TLS and identity options, for DICOMweb peers (the AE title has no use)."""
-    del calling_ae
-    return DicomwebOptions(
-        tls_ca=tls_ca,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        username=username,
-        password_env=password_env,
-        token_env=token_env,
-    )
-
-
-@cli.command()
-@click.argument("src", nargs=-1, required=True)
-@click.option("--out", required=True, help="Lake directory or fsspec URL to write.")
-@_run_options
-def scan(
-    src: tuple[str, ...],
-    out: str,
-    scheduler: str | None,
-    workers: int | None,
-    fail_on_error: bool,
-    progress: bool | None,
-) -> None:
-    """Scan DICOM headers from SRC (paths, directories, globs, URLs) into a Parquet lake."""
-    summary = _run(
-        lambda: run_scan(
-            list(src), out=out, scheduler=scheduler, workers=workers, progress=progress
-        )
-    )
-    _print_summary(summary, out)
-    _exit_for(summary, fail_on_error)
 
 
 def _anonymize_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -223,9 +198,8 @@ def _anonymize_options(command: Callable[..., None]) -> Callable[..., None]:
     return _with_options(command, options)
 
 
-def _build_anonymize(
+def _anonymize_config(
     *,
-    write_dicom: bool,
     profile: str,
     deid_options: tuple[str, ...],
     key_file: str | None,
@@ -237,21 +211,87 @@ def _build_anonymize(
     vocabulary: str | None,
     mapping: str | None,
 ) -> Any:
-    from dicomflow.api import AnonymizeSettings, deidentifier
+    from dicomflow.api import AnonymizeOperator, ConfigError
 
-    engine = deidentifier(
-        key_file=key_file,
-        key_env=key_env,
-        profile=profile,
-        options=deid_options,
-        keep=keep_attributes,
-        overrides=_parse_queries(actions, "--action"),
-        pixel_rules=pixel_rules,
-        safe_private=safe_private,
-        vocabulary=vocabulary,
-        keep_mapping=mapping is not None,
+    try:
+        return AnonymizeOperator(
+            profile=profile,  # type: ignore[arg-type]
+            options=list(deid_options),
+            key_file=key_file,
+            key_env=key_env,
+            keep=list(keep_attributes),
+            actions=_pairs(actions, "--action"),
+            pixel_rules=pixel_rules,
+            safe_private=safe_private,
+            vocabulary=vocabulary,
+            mapping=mapping,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"invalid de-identification options: {_first_problem(exc)}") from None
+
+
+def _first_problem(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    return str(errors()[0]["msg"]) if callable(errors) else str(exc)
+
+
+def _peer_config(url: str, **peer: Any) -> Any:
+    """A peer's connection settings as its spec entry (DIMSE or DICOMweb by URL)."""
+    from dicomflow.api import ConfigError, DimsePeerConfig
+
+    try:
+        return DimsePeerConfig(url=url, **peer)
+    except ValueError as exc:
+        raise ConfigError(f"invalid peer: {_first_problem(exc)}") from None
+
+
+def _peer_options_objects(token_env: str | None, **peer: Any) -> tuple[Any, Any]:
+    """The connection options of a DIMSE and of a DICOMweb peer, from the same flags."""
+    from dicomflow.api import peer_options
+
+    return peer_options(token_env=token_env, **peer)
+
+
+@cli.command()
+@click.argument("src", nargs=-1, required=True)
+@click.option("--out", required=True, help="Lake directory or fsspec URL to write.")
+@click.option(
+    "--inline-binary-limit",
+    type=click.IntRange(min=0),
+    default=1024,
+    show_default=True,
+    help="Binary values up to this many bytes are inlined in the DICOM JSON.",
+)
+@_storage_options
+@_run_options
+def scan(
+    src: tuple[str, ...],
+    out: str,
+    inline_binary_limit: int,
+    source_storage: tuple[str, ...],
+    out_storage: tuple[str, ...],
+    scheduler: str | None,
+    workers: int | None,
+    fail_on_error: bool,
+    progress: bool | None,
+    print_spec: bool,
+) -> None:
+    """Scan DICOM headers from SRC (paths, directories, globs, URLs) into a Parquet lake."""
+    from dicomflow.api import ingest_spec
+
+    spec = _run(
+        lambda: ingest_spec(
+            list(src),
+            out=out,
+            name="scan",
+            inline_binary_limit=inline_binary_limit,
+            storage_options=_storage(source_storage, "--storage-option"),
+            out_storage_options=_storage(out_storage, "--out-storage-option") or None,
+            scheduler=scheduler,
+            workers=workers,
+        )
     )
-    return AnonymizeSettings(engine, write_dicom=write_dicom, mapping_dir=mapping)
+    _run_spec(spec, progress=progress, fail_on_error=fail_on_error, print_spec=print_spec)
 
 
 @cli.command()
@@ -286,6 +326,12 @@ def _build_anonymize(
     "e.g. -q StudyInstanceUID=1.2.3.",
 )
 @click.option(
+    "--cohort",
+    default=None,
+    help="For a dimse:// source: a CSV with an AccessionNumber, PatientID or "
+    "StudyInstanceUID column; every study it names is retrieved.",
+)
+@click.option(
     "--max-associations",
     type=int,
     default=2,
@@ -305,8 +351,9 @@ def _build_anonymize(
     help="DICOMweb: name of the environment variable holding a bearer token.",
 )
 @_anonymize_options
+@_storage_options
 @_run_options
-@_dimse_options
+@_peer_options
 def ingest(
     src: tuple[str, ...],
     out: str,
@@ -315,6 +362,18 @@ def ingest(
     expand_palette: bool,
     anonymize: bool,
     write_dicom: bool,
+    queries: tuple[str, ...],
+    cohort: str | None,
+    max_associations: int,
+    send_to: str | None,
+    token_env: str | None,
+    source_storage: tuple[str, ...],
+    out_storage: tuple[str, ...],
+    scheduler: str | None,
+    workers: int | None,
+    fail_on_error: bool,
+    progress: bool | None,
+    print_spec: bool,
     profile: str,
     deid_options: tuple[str, ...],
     key_file: str | None,
@@ -325,28 +384,16 @@ def ingest(
     safe_private: str | None,
     vocabulary: str | None,
     mapping: str | None,
-    queries: tuple[str, ...],
-    max_associations: int,
-    send_to: str | None,
-    token_env: str | None,
-    scheduler: str | None,
-    workers: int | None,
-    fail_on_error: bool,
-    progress: bool | None,
-    **dimse: Any,
+    **peer: Any,
 ) -> None:
     """Ingest SRC (files, folders, URLs, dimse://AE@host:port, dicomweb+https://host/root)
     into a lake, in one run."""
-    from dicomflow.api import ingest as run_ingest
+    from dicomflow.api import ingest_spec
 
-    options = _run(lambda: _build_dimse_options(**dimse))
-    web = _run(lambda: _build_dicomweb_options(token_env=token_env, **dimse))
-    matching = _run(lambda: _parse_queries(queries))
-    settings = None
+    deid = None
     if anonymize:
-        settings = _run(
-            lambda: _build_anonymize(
-                write_dicom=write_dicom,
+        deid = _run(
+            lambda: _anonymize_config(
                 profile=profile,
                 deid_options=deid_options,
                 key_file=key_file,
@@ -359,29 +406,29 @@ def ingest(
                 mapping=mapping,
             )
         )
-    elif write_dicom:
-        _run(lambda: _config_error("--dicom writes de-identified files: it needs --anonymize"))
-    summary = _dimse(
-        "retrieve",
-        lambda: run_ingest(
+    dimse, web = _run(lambda: _peer_options_objects(token_env, **peer))
+    spec = _run(
+        lambda: ingest_spec(
             list(src),
             out=out,
             pixels=pixels,
-            query=matching,
-            dimse=options,
+            query=_pairs(queries, "-q"),
+            cohort=cohort,
+            dimse=dimse,
             dicomweb=web,
             max_associations=max_associations,
             scheduler=scheduler,
             workers=workers,
-            progress=progress,
-            anonymize=settings,
+            storage_options=_storage(source_storage, "--storage-option"),
+            out_storage_options=_storage(out_storage, "--out-storage-option") or None,
+            anonymize=deid,
+            write_dicom=write_dicom,
             send_to=send_to,
             frames_per_chunk=frames_per_chunk,
             expand_palette=expand_palette,
-        ),
+        )
     )
-    _print_summary(summary, out)
-    _exit_for(summary, fail_on_error)
+    _run_spec(spec, progress=progress, fail_on_error=fail_on_error, print_spec=print_spec)
 
 
 @cli.command()
@@ -396,32 +443,37 @@ def anonymize(
     workers: int | None,
     fail_on_error: bool,
     progress: bool | None,
+    print_spec: bool,
     **deid: Any,
 ) -> None:
     """De-identify SRC into OUT/dicom/<study>/<series>/<sop>.dcm (shortcut for
     ``ingest --anonymize --dicom``); the tables are made from the output files."""
-    from dicomflow.api import ingest as run_ingest
+    from dicomflow.api import ingest_spec
 
-    settings = _run(lambda: _build_anonymize(write_dicom=True, **deid))
-    summary = _run(
-        lambda: run_ingest(
+    config = _run(lambda: _anonymize_config(**deid))
+    spec = _run(
+        lambda: ingest_spec(
             list(src),
             out=out,
-            pixels=False,
+            anonymize=config,
+            write_dicom=True,
             scheduler=scheduler,
             workers=workers,
-            progress=progress,
-            anonymize=settings,
+            name="anonymize",
         )
     )
-    _print_summary(summary, out)
-    click.echo(f"de-identified DICOM: {Path(out) / 'dicom'}")
-    _exit_for(summary, fail_on_error)
+    _run_spec(
+        spec,
+        progress=progress,
+        fail_on_error=fail_on_error,
+        print_spec=print_spec,
+        footer=f"de-identified DICOM: {Path(out) / 'dicom'}",
+    )
 
 
 @cli.command()
 @click.argument("url")
-@_dimse_options
+@_peer_options
 @click.option(
     "-v",
     "--verbose",
@@ -429,12 +481,13 @@ def anonymize(
     is_flag=True,
     help="Also print the negotiated presentation contexts.",
 )
-def echo(url: str, show_contexts: bool, **dimse: Any) -> None:
+def echo(url: str, show_contexts: bool, **peer: Any) -> None:
     """C-ECHO a DICOM peer (dimse://CALLED_AE@host:port). Exit 0 if it answers, else 1."""
-    address = _run(lambda: DimseAddress.parse(url))
-    options = _run(lambda: _build_dimse_options(**dimse))
-    result = _dimse("C-ECHO", lambda: c_echo(address, options))
-    click.echo(f"C-ECHO {address}: success in {result.round_trip_ms:.1f} ms")
+    from dicomflow import api
+
+    settings = _run(lambda: _peer_config(url, **peer))
+    result = _peer("C-ECHO", lambda: api.echo(url, settings))
+    click.echo(f"C-ECHO {url}: success in {result.round_trip_ms:.1f} ms")
     if show_contexts:
         for context in result.contexts:
             click.echo(f"  accepted {context}")
@@ -472,7 +525,7 @@ def echo(url: str, show_contexts: bool, **dimse: Any) -> None:
     "one C-FIND per row, results joined.",
 )
 @click.option("--out", required=True, help="Parquet file to write.")
-@_dimse_options
+@_peer_options
 def query(
     url: str,
     level: str,
@@ -482,42 +535,27 @@ def query(
     limit: int | None,
     cohort: str | None,
     out: str,
-    **dimse: Any,
+    **peer: Any,
 ) -> None:
     """C-FIND a DICOM peer and write the matches as Parquet (typed like instances)."""
-    address = _run(lambda: DimseAddress.parse(url))
-    options = _run(lambda: _build_dimse_options(**dimse))
-    matching = _run(lambda: _parse_queries(queries))
-    find_level, find_model = cast(Level, level), cast(Model, model)
-    if cohort:
-        column, values = _run(lambda: read_cohort(cohort))
-        table = _dimse(
-            "C-FIND",
-            lambda: find_cohort(
-                address,
-                find_level,
-                column,
-                values,
-                query=matching,
-                model=find_model,
-                return_keys=return_keys,
-                options=options,
-            ),
-        )
-    else:
-        table = _dimse(
-            "C-FIND",
-            lambda: find_table(
-                address,
-                find_level,
-                matching,
-                model=find_model,
-                return_keys=return_keys,
-                limit=limit,
-                options=options,
-            ),
-        )
-    pq.write_table(table, out, compression="zstd")
+    from dicomflow import api
+
+    settings = _run(lambda: _peer_config(url, **peer))
+    keys = _run(lambda: _pairs(queries, "-q"))
+    table = _peer(
+        "C-FIND",
+        lambda: api.query(
+            url,
+            level=level,
+            keys=keys,
+            model=model,
+            return_keys=return_keys,
+            limit=limit,
+            cohort=cohort,
+            peer=settings,
+        ),
+    )
+    api.write_table(table, out)
     click.echo(f"matches: {table.num_rows}  written: {out}")
 
 
@@ -536,28 +574,20 @@ def query(
 @click.option(
     "--commit-timeout", type=float, default=60.0, show_default=True, help="Seconds to wait."
 )
-@_dimse_options
+@_peer_options
 def send(
     src: tuple[str, ...],
     url: str,
     commit_port: int | None,
     commit_timeout: float,
-    **dimse: Any,
+    **peer: Any,
 ) -> None:
     """C-STORE files or folders to a DICOM peer. Exit 0 if all were stored (and committed,
     with --commit), 3 if some failed."""
-    from dicomflow.connectors.dimse.commitment import request_commitment
-    from dicomflow.connectors.dimse.store import c_store
+    from dicomflow import api
 
-    address = _run(lambda: DimseAddress.parse(url))
-    options = _run(lambda: _build_dimse_options(**dimse))
-    paths = sorted(
-        p
-        for s in src
-        for p in (Path(s).rglob("*") if Path(s).is_dir() else [Path(s)])
-        if p.is_file()
-    )
-    outcomes = _dimse("C-STORE", lambda: c_store(address, paths, options))
+    settings = _run(lambda: _peer_config(url, **peer))
+    outcomes = _peer("C-STORE", lambda: api.send(list(src), url, settings))
     failed = [o for o in outcomes if not o.ok]
     click.echo(f"sent: {len(outcomes) - len(failed)}  failed: {len(failed)}")
     for outcome in failed[:20]:
@@ -565,10 +595,10 @@ def send(
     uncommitted = 0
     if commit_port is not None:
         sent = [(o.sop_class_uid, o.sop_instance_uid) for o in outcomes if o.ok]
-        result = _dimse(
+        result = _peer(
             "storage commitment",
-            lambda: request_commitment(
-                address, sent, options, report_port=commit_port, timeout=commit_timeout
+            lambda: api.request_commitment(
+                url, sent, report_port=commit_port, timeout=commit_timeout, peer=settings
             ),
         )
         uncommitted = len(result.failed) + len(result.missing)
@@ -587,6 +617,9 @@ def send(
 @click.option("--port", type=int, required=True, help="Port to listen on.")
 @click.option("--out", required=True, help="Lake directory to write.")
 @click.option("--pixels/--no-pixels", default=False, help="Also write image stacks to Zarr.")
+@click.option(
+    "--anonymize", is_flag=True, help="De-identify every received instance before any output."
+)
 @click.option("--allow", "allowed", multiple=True, help="Calling AE titles to accept (repeat).")
 @click.option(
     "--batch-seconds",
@@ -598,51 +631,64 @@ def send(
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to bind.")  # noqa: S104
 @click.option("--workers", type=int, default=None, help="Local worker processes.")
 @click.option("--scheduler", default=None, help="Dask scheduler address.")
-@_dimse_options
+@click.option("--tls-ca", default=None, help="Callers must present a certificate it signed.")
+@click.option("--tls-cert", default=None, help="Our certificate (serves TLS).")
+@click.option("--tls-key", default=None, help="Our private key.")
+@click.option(
+    "--print-spec", is_flag=True, help="Print the pipeline spec (YAML) and exit."
+)
+@_anonymize_options
 def listen(
     ae_title: str,
     port: int,
     out: str,
     pixels: bool,
+    anonymize: bool,
     allowed: tuple[str, ...],
     batch_seconds: float,
     host: str,
     workers: int | None,
     scheduler: str | None,
-    **dimse: Any,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    print_spec: bool,
+    **deid: Any,
 ) -> None:
     """Receive pushed instances (C-STORE) and ingest them in micro-batches, until stopped.
 
     TLS: --tls-cert/--tls-key serve TLS; with --tls-ca, callers must present a
     certificate signed by it.
     """
-    from dicomflow.api import connect_client
-    from dicomflow.pipelines.listen import listen as run_listen
+    from dicomflow.api import listen_spec
 
-    options = _run(lambda: _build_dimse_options(**dimse))
-
-    def report(summary: RunSummary) -> None:
-        click.echo(f"batch: files {summary.files}  rows {summary.rows}  errors {summary.errors}")
-
-    with connect_client(None, scheduler, workers) as client:
-        click.echo(f"listening as {ae_title} on {host}:{port}; stop with Ctrl-C")
-        totals = run_listen(
-            client,
+    config = _run(lambda: _anonymize_config(**deid)) if anonymize else None
+    spec = _run(
+        lambda: listen_spec(
             ae_title=ae_title,
             port=port,
             out=out,
             pixels=pixels,
-            options=options,
-            allowed_callers=frozenset(allowed) or None,
+            allow=allowed,
             batch_seconds=batch_seconds,
             host=host,
-            on_batch=report,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            scheduler=scheduler,
+            workers=workers,
+            anonymize=config,
         )
-    _print_summary(totals, out)
+    )
+    if print_spec:
+        click.echo(spec.to_yaml(), nl=False)
+        sys.exit(EXIT_OK)
 
+    def report(summary: Any) -> None:
+        click.echo(f"batch: files {summary.files}  rows {summary.rows}  errors {summary.errors}")
 
-def _config_error(message: str) -> None:
-    raise ConfigError(message)
+    click.echo(f"listening as {ae_title} on {host}:{port}; stop with Ctrl-C")
+    _run_spec(spec, progress=False, fail_on_error=False, print_spec=False, on_batch=report)
 
 
 @cli.command()
@@ -656,7 +702,7 @@ def _config_error(message: str) -> None:
 )
 def validate(spec_file: str, sets: tuple[str, ...]) -> None:
     """Check a pipeline spec; print it with every default filled in. Exit 0 or 2."""
-    from dicomflow.spec_runner import load_spec
+    from dicomflow.api import load_spec
 
     spec = _run(lambda: load_spec(spec_file, sets))
     click.echo(spec.to_yaml(), nl=False)
@@ -678,30 +724,65 @@ def run_command(
 ) -> None:
     """Run a pipeline spec (YAML). Exit 0 all good, 3 too many failed inputs, 2 config
     error, 1 crash."""
-    from dicomflow.spec_runner import load_spec, run_spec
+    from dicomflow.api import load_spec
 
     spec = _run(lambda: load_spec(spec_file, sets))
-    summary = _dimse("run", lambda: run_spec(spec, progress=progress))
-    _print_summary(summary, spec.lake.path)
     limit = spec.limits.max_error_rate if max_error_rate is None else max_error_rate
+    _run_spec(spec, progress=progress, max_error_rate=limit)
+
+
+def _run_spec(
+    spec: Any,
+    *,
+    progress: bool | None,
+    fail_on_error: bool = False,
+    max_error_rate: float | None = None,
+    print_spec: bool = False,
+    footer: str | None = None,
+    on_batch: Callable[[Any], None] | None = None,
+) -> None:
+    """Print ``spec`` (with ``print_spec``) or run it, print its summary and exit with
+    its code: the one place every job command ends."""
+    from dicomflow import api
+
+    if print_spec:
+        click.echo(spec.to_yaml(), nl=False)
+        sys.exit(EXIT_OK)
+    summary = _peer("run", lambda: api.run(spec, progress=progress, on_batch=on_batch))
+    _print_summary(summary, spec.lake.path)
+    if footer:
+        click.echo(footer)
     if not summary.accounted:
         click.echo("error: some inputs were neither written nor reported as errors", err=True)
         sys.exit(EXIT_CRASH)
-    rate = summary.errors / summary.files if summary.files else 0.0
-    if rate > limit:
-        click.echo(f"error rate {rate:.1%} is above the limit {limit:.1%}", err=True)
+    if fail_on_error and summary.errors:
         sys.exit(EXIT_INPUT_ERRORS)
+    if max_error_rate is not None:
+        rate = summary.errors / summary.files if summary.files else 0.0
+        if rate > max_error_rate:
+            click.echo(f"error rate {rate:.1%} is above the limit {max_error_rate:.1%}", err=True)
+            sys.exit(EXIT_INPUT_ERRORS)
     sys.exit(EXIT_OK)
 
 
-def _parse_queries(queries: tuple[str, ...], option: str = "-q") -> dict[str, str]:
-    matching = {}
-    for item in queries:
-        keyword, sep, value = item.partition("=")
-        if not sep or not keyword:
-            raise ConfigError(f"each {option} takes KEYWORD=VALUE")
-        matching[keyword.strip()] = value
-    return matching
+def _pairs(items: tuple[str, ...], option: str) -> dict[str, str]:
+    """``KEY=VALUE`` arguments as a mapping."""
+    from dicomflow.api import ConfigError
+
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"each {option} takes KEY=VALUE")
+        pairs[key.strip()] = value
+    return pairs
+
+
+def _storage(items: tuple[str, ...], option: str) -> dict[str, Any]:
+    """fsspec options from ``KEY=VALUE`` pairs, values read as YAML scalars (true, 3)."""
+    import yaml
+
+    return {key: yaml.safe_load(value) if value else "" for key, value in _pairs(items, option).items()}
 
 
 @cli.command()
@@ -716,6 +797,8 @@ def demo(out: str, workers: int | None) -> None:
 
 def _run(job: Callable[[], T]) -> T:
     """Run ``job``, turning configuration errors into exit code 2 with a clear message."""
+    from dicomflow.api import ConfigError
+
     try:
         return job()
     except ConfigError as exc:
@@ -723,23 +806,16 @@ def _run(job: Callable[[], T]) -> T:
         sys.exit(EXIT_CONFIG)
 
 
-def _dimse(label: str, job: Callable[[], T]) -> T:
+def _peer(label: str, job: Callable[[], T]) -> T:
     """Run a job that talks to a peer (DIMSE or DICOMweb): configuration errors exit 2, a
     failing peer exits 1, both clearly."""
+    from dicomflow.api import PeerError
+
     try:
         return _run(job)
-    except (DimseError, DicomwebError) as exc:
+    except PeerError as exc:
         click.echo(f"{label} failed: {exc}", err=True)
         sys.exit(EXIT_CRASH)
-
-
-def _exit_for(summary: RunSummary, fail_on_error: bool) -> None:
-    if not summary.accounted:
-        click.echo("error: some inputs were neither written nor reported as errors", err=True)
-        sys.exit(EXIT_CRASH)
-    if fail_on_error and summary.errors:
-        sys.exit(EXIT_INPUT_ERRORS)
-    sys.exit(EXIT_OK)
 
 
 def main() -> None:

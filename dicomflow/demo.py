@@ -9,8 +9,7 @@ import click
 import pydicom.data
 
 from dicomflow.anonymize.keys import SecretKey
-from dicomflow.api import AnonymizeSettings, connect_client, deidentifier, ingest
-from dicomflow.lake.reader import read_lake
+from dicomflow.api import AnonymizeSettings, deidentifier, ingest, read_lake
 
 # Only for the demo's public sample files: real data needs a secret key (--key-file).
 DEMO_KEY = SecretKey(b"dicomflow-demo-key-public-never-use-for-real-data")
@@ -26,16 +25,13 @@ def run_demo(out: Path, *, workers: int | None = None) -> int:
     out = out.resolve()
     samples = sample_data_dir()
     click.echo(f"ingesting {samples} → {out}")
-    with connect_client(None, None, workers) as client:
-        summary = ingest([str(samples)], out=str(out), pixels=True, client=client)
-        deid_out = out.parent / f"{out.name}-deidentified"
-        click.echo(f"de-identifying the same files (PS3.15 basic profile, demo key) → {deid_out}")
-        settings = AnonymizeSettings(
-            deidentifier(key=DEMO_KEY, options=["retain-longitudinal-modified"]), write_dicom=True
-        )
-        deid = ingest(
-            [str(samples)], out=str(deid_out), pixels=True, client=client, anonymize=settings
-        )
+    summary = ingest([str(samples)], out=str(out), pixels=True, workers=workers)
+    deid_out = out.parent / f"{out.name}-deidentified"
+    click.echo(f"de-identifying the same files (PS3.15 basic profile, demo key) → {deid_out}")
+    settings = AnonymizeSettings(
+        deidentifier(key=DEMO_KEY, options=["retain-longitudinal-modified"]), write_dicom=True
+    )
+    deid = ingest([str(samples)], out=str(deid_out), pixels=True, workers=workers, anonymize=settings)
     lake = read_lake(str(out))
     stacks = lake.series()
     instances = lake.instances(columns=["Modality"])

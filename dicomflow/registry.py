@@ -1,7 +1,11 @@
-"""Lazy registries of named units (operators, connectors), backed by entry points.
+"""Lazy registries of named units (operators, sources, sinks), backed by entry points.
 
 Built-ins are declared as entry points in ``pyproject.toml`` exactly like
 plugins, so both are found the same way and nothing is imported until asked for.
+A third-party package adds an operator by declaring, in its own metadata::
+
+    [project.entry-points."dicomflow.operators"]
+    my_step = "my_package.module:MyStep"
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ class Registry:
     group: str
 
     def names(self) -> list[str]:
-        return sorted(ep.name for ep in entry_points(group=self.group))
+        return sorted({ep.name for ep in entry_points(group=self.group)})
 
     def get(self, name: str) -> Any:
         matches = [ep for ep in entry_points(group=self.group) if ep.name == name]
@@ -37,4 +41,5 @@ class Registry:
 
 
 operators = Registry("dicomflow.operators")
-connectors = Registry("dicomflow.connectors")
+sources = Registry("dicomflow.sources")
+sinks = Registry("dicomflow.sinks")

@@ -74,6 +74,12 @@ class LedgerEntry:
     complete: bool = True  # False: the partition failed and only error rows were committed
     committed_at: str = ""
     names: tuple[str, ...] = ()  # input_name of each input, in the order of ``inputs``
+    operators: dict[str, str] = field(default_factory=dict)  # operator -> settings digest
+
+    def covers(self, operators: Mapping[str, str]) -> bool:
+        """Whether this entry's run applied every one of ``operators`` with the same
+        settings (and perhaps more): its outputs then hold everything theirs would."""
+        return bool(operators) and all(self.operators.get(k) == v for k, v in operators.items())
 
     @classmethod
     def from_json(cls, text: str) -> LedgerEntry:
@@ -173,10 +179,22 @@ class Ledger:
         (from ``entries`` when the caller has read them already)."""
         return self.committed(config, entries).by_identity
 
-    def committed(self, config: str, entries: Sequence[LedgerEntry] | None = None) -> Committed:
-        """What the complete, live entries of ``config`` hold (see :class:`Committed`)."""
+    def committed(
+        self,
+        config: str,
+        entries: Sequence[LedgerEntry] | None = None,
+        operators: Mapping[str, str] | None = None,
+    ) -> Committed:
+        """What the complete, live entries of ``config`` hold (see :class:`Committed`),
+        and those of any other pipeline whose operators cover ``operators``: a scan of a
+        lake an ingest with pixels made finds its inputs done, rather than redoing them
+        and superseding the pixel outputs with rows that lack them."""
         done = Committed()
-        mine = [e for e in (self.entries() if entries is None else entries) if e.config == config]
+        mine = [
+            e
+            for e in (self.entries() if entries is None else entries)
+            if e.config == config or (operators and e.covers(operators))
+        ]
         for entry in self.live(mine):
             if entry.complete:
                 done.by_identity.update((identity, entry.partition) for identity in entry.inputs)
@@ -197,7 +215,7 @@ class Ledger:
         fs, root = self.layout.filesystem()
         live = {f"{root}/{p}" for p in self.live_parts(entries)}
         removed = 0
-        for table in TABLES:
+        for table in table_names(fs, root):
             for path in fs.glob(f"{root}/{table}/*.parquet"):
                 if path not in live:
                     fs.rm(path)
@@ -209,6 +227,13 @@ class Ledger:
         if removed:
             logger.info("removed %d uncommitted files left by an interrupted run", removed)
         return removed
+
+
+def table_names(fs: Any, root: str) -> list[str]:
+    """The lake's table folders: the built-in ones and any an operator declared (a
+    top-level folder holding Parquet parts)."""
+    found = {p.rstrip("/").rsplit("/", 2)[-2] for p in fs.glob(f"{root}/*/*.parquet")}
+    return sorted(found | set(TABLES))
 
 
 def is_temporary(name: str) -> bool:
@@ -250,6 +275,7 @@ def entry_for(
     arrays: Iterable[str] = (),
     versions: Mapping[str, str] | None = None,
     complete: bool = True,
+    operators: Mapping[str, str] | None = None,
 ) -> LedgerEntry:
     """The entry committing ``partition``, made of ``refs`` (identities and names)."""
     inputs = list(refs)
@@ -263,4 +289,5 @@ def entry_for(
         dict(versions or {}),
         complete,
         names=tuple(input_name(ref) for ref in inputs),
+        operators=dict(operators or {}),
     )

@@ -15,16 +15,41 @@ from typing import Any, ClassVar
 
 import fsspec
 
+from dicomflow.anonymize.config import deidentifier
 from dicomflow.anonymize.engine import Deidentifier
 from dicomflow.anonymize.values import quiet_pydicom
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.errors import DeidentificationError
-from dicomflow.lake.dicom_files import DicomFiles
+from dicomflow.errors import ConfigError
+from dicomflow.lake.dicom_files import DICOM_DIR, DicomFiles
 from dicomflow.lake.ledger import input_identity
-from dicomflow.operators.base import map_records
+from dicomflow.operators.base import FileOutput, OperatorKind, Outputs, RunSettings, map_records
 from dicomflow.records import Batch, InstanceRecord, SourceRef
+from dicomflow.schemas.spec import AnonymizeOperator
 
 SERIES_OUTPUT = "series_uid"
+
+
+def build_deidentifier(config: AnonymizeOperator) -> Deidentifier:
+    """The de-identifier a spec's ``anonymize`` entry describes (the one place it is
+    built from settings); every problem is a :class:`ConfigError`, before any work."""
+    if config.key_ref is not None:
+        raise ConfigError(
+            f"anonymize names the key {config.key_ref!r} given to dicomflow.run; "
+            "none of that name was given"
+        )
+    return deidentifier(
+        key_file=config.key_file,
+        key_env=config.key_env,
+        profile=config.profile,
+        options=config.options,
+        keep=config.keep,
+        overrides=config.actions,
+        pixel_rules=config.pixel_rules,
+        safe_private=config.safe_private,
+        vocabulary=config.vocabulary,
+        keep_mapping=config.mapping is not None,
+    )
 MAPPING_OUTPUT = "mapping"
 
 
@@ -42,6 +67,23 @@ class Anonymize:
     label_outputs: bool = False
 
     name: ClassVar[str] = "anonymize"
+    kind: ClassVar[OperatorKind] = "instance"
+    Config: ClassVar[type[AnonymizeOperator]] = AnonymizeOperator
+    outputs: ClassVar[Outputs] = Outputs(
+        files=(FileOutput(DICOM_DIR + "/{study}/{series}/{sop}.dcm"),)
+    )
+    needs_pixels: ClassVar[bool] = False
+
+    @classmethod
+    def build(cls, config: AnonymizeOperator, run: RunSettings) -> Anonymize:
+        """De-identify into the lake's ``dicom/`` folder (the key from the spec's file or
+        variable: a ``key_ref`` is resolved by :func:`dicomflow.run` instead)."""
+        return cls(
+            build_deidentifier(config),
+            FilesConnector((), dict(run.source_storage_options)),
+            DicomFiles(run.lake),
+            label_outputs=True,
+        )
 
     def __call__(self, batch: Batch) -> Batch:
         pseudonyms = self.deidentifier.pseudonyms

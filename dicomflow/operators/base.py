@@ -9,10 +9,15 @@ and the batch goes on.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
-from typing import ClassVar, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+
+import pyarrow as pa
 
 from dicomflow.errors import DicomflowError, ErrorCode
+from dicomflow.lake.layout import LakeLayout
 from dicomflow.records import Batch, InstanceRecord
 
 logger = logging.getLogger(__name__)
@@ -54,3 +59,86 @@ def map_records(
             code, message = describe_failure(exc)
             out.append(record.with_error(stage, code, message))
     return batch.replace_records(out)
+
+
+OperatorKind = Literal["instance", "series"]
+
+
+@dataclass(frozen=True)
+class TableOutput:
+    """A table an operator makes: ``<lake>/<name>/part-*.parquet``, one part a commit.
+
+    Records carry their rows in ``record.outputs[name]`` (one row as a mapping, or a
+    list of them); the lake sink writes them with ``schema`` and files the
+    ``version`` with the commit. Tables are named in snake_case.
+    """
+
+    name: str
+    schema: pa.Schema
+    version: str
+
+    def __post_init__(self) -> None:
+        if not TABLE_NAME.fullmatch(self.name) or self.name in RESERVED_TABLES:
+            raise ValueError(f"not a usable table name: {self.name!r}")
+
+
+TABLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+RESERVED_TABLES = frozenset({"errors", "pixels", "dicom", "renders"})
+
+
+@dataclass(frozen=True)
+class FileOutput:
+    """Files an operator writes under the lake: ``pattern`` names one, relative to the
+    lake (``renders/{study}/{series}/{sop}.png``); its folder is the first component."""
+
+    pattern: str
+
+    @property
+    def folder(self) -> str:
+        return self.pattern.split("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What an operator makes: columns it fills in on ``instances``, its own tables, and
+    the files it writes under the lake."""
+
+    columns: tuple[str, ...] = ()
+    tables: tuple[TableOutput, ...] = ()
+    files: tuple[FileOutput, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What an operator may need to know about the run it is built for (resolved on the
+    client): the lake it writes to, how to read the source, how gently to treat peers."""
+
+    lake: LakeLayout
+    source_storage_options: dict[str, Any] = field(default_factory=dict)
+    max_associations: int = 2
+    name: str = "pipeline"
+
+
+@runtime_checkable
+class OperatorDefinition(Protocol):
+    """What a class registered in ``dicomflow.operators`` declares, besides being an
+    :class:`Operator` once built:
+
+    - ``name``: its registry name (also the ``name`` of its spec entry);
+    - ``kind``: ``"instance"`` (``batch -> batch`` on a partition's records) or
+      ``"series"`` (a batch is one series);
+    - ``Config``: its pydantic configuration model (a
+      :class:`dicomflow.schemas.spec.OperatorConfig`), which the JSON Schema shows;
+    - ``outputs``: the columns, tables and files it makes;
+    - ``needs_pixels``: whether it reads ``record.pixels`` (decoded once per run);
+    - ``build(config, run)``: the operator for one run.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[OperatorKind]
+    Config: ClassVar[type[Any]]
+    outputs: ClassVar[Outputs]
+    needs_pixels: ClassVar[bool]
+
+    @classmethod
+    def build(cls, config: Any, run: RunSettings) -> Operator: ...

@@ -10,8 +10,16 @@ from pydicom import config as pydicom_config
 from dicomflow.dicom.header import pydicom_mode
 from dicomflow.dicom.rows import RowContext, header_to_row
 from dicomflow.errors import ErrorCode, MalformedDicomError
-from dicomflow.operators.base import map_records
+from dicomflow.operators.base import (
+    OperatorKind,
+    Outputs,
+    RunSettings,
+    TableOutput,
+    map_records,
+)
 from dicomflow.records import Batch, InstanceRecord
+from dicomflow.schemas import INSTANCES_SCHEMA_VERSION, instances_schema
+from dicomflow.schemas.spec import FlattenOperator
 
 OUTPUT = "instances"
 
@@ -28,6 +36,16 @@ class Flatten:
     inline_binary_limit: int = 1024
 
     name: ClassVar[str] = "flatten"
+    kind: ClassVar[OperatorKind] = "instance"
+    Config: ClassVar[type[FlattenOperator]] = FlattenOperator
+    outputs: ClassVar[Outputs] = Outputs(
+        tables=(TableOutput(OUTPUT, instances_schema(), INSTANCES_SCHEMA_VERSION),)
+    )
+    needs_pixels: ClassVar[bool] = False
+
+    @classmethod
+    def build(cls, config: FlattenOperator, run: RunSettings) -> Flatten:
+        return cls(inline_binary_limit=config.inline_binary_limit)
 
     def __call__(self, batch: Batch) -> Batch:
         ctx = RowContext(batch.context.run_id, batch.context.started_at, self.inline_binary_limit)

@@ -23,7 +23,7 @@ from dicomflow.connectors.dimse.store import c_store
 from dicomflow.connectors.local_copies import local_copies
 from dicomflow.connectors.outcomes import StoreOutcome
 from dicomflow.errors import ConfigError, DicomflowError, ErrorCode
-from dicomflow.operators.base import map_records
+from dicomflow.operators.base import OperatorKind, Outputs, map_records
 from dicomflow.records import Batch, InstanceRecord
 
 
@@ -47,6 +47,9 @@ class Store:
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     name: ClassVar[str] = "store"
+    kind: ClassVar[OperatorKind] = "instance"
+    outputs: ClassVar[Outputs] = Outputs()
+    needs_pixels: ClassVar[bool] = False
 
     def __call__(self, batch: Batch) -> Batch:
         urls = [r.ref.url for r in batch.records if not r.failed]

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from dicomflow.lake.layout import PIXELS_ROOT
+from dicomflow.operators.base import FileOutput, OperatorKind, Outputs, RunSettings, TableOutput
 from dicomflow.pixels.series_writer import (
     PixelOptions,
     commit_series,
@@ -19,6 +21,8 @@ from dicomflow.pixels.series_writer import (
     write_items,
 )
 from dicomflow.records import Batch
+from dicomflow.schemas import SERIES_SCHEMA_VERSION, series_schema
+from dicomflow.schemas.spec import PixelsOperator
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,26 @@ class WritePixels:
 
     options: PixelOptions
 
-    name: ClassVar[str] = "write_pixels"
+    name: ClassVar[str] = "pixels"
+    kind: ClassVar[OperatorKind] = "series"
+    Config: ClassVar[type[PixelsOperator]] = PixelsOperator
+    outputs: ClassVar[Outputs] = Outputs(
+        columns=("zarr_path", "frame_index"),
+        tables=(TableOutput("series", series_schema(), SERIES_SCHEMA_VERSION),),
+        files=(FileOutput(PIXELS_ROOT + "/{study}/{series}/{stack}"),),
+    )
+    needs_pixels: ClassVar[bool] = True
+
+    @classmethod
+    def build(cls, config: PixelsOperator, run: RunSettings) -> WritePixels:
+        return cls(
+            PixelOptions(
+                run.lake,
+                run.source_storage_options,
+                frames_per_chunk=config.frames_per_chunk,
+                expand_palette=config.expand_palette,
+            )
+        )
 
     def __call__(self, batch: Batch) -> Batch:
         plan = plan_series(batch, self.options)

@@ -175,7 +175,10 @@ def connect_client(
     if scheduler or os.environ.get(SCHEDULER_ENV):
         return open_client(scheduler, workers, pixels=pixels)
     if runs_in_process(inputs, input_bytes, pixels=pixels, workers=workers):
-        threads = 1 if workers == 1 or not pixels else default_workers()
+        # One task thread: pydicom's and our per-call warning filters
+        # (warnings.catch_warnings) are process-wide, and tasks in two threads undo
+        # each other's; worker processes give the parallelism when a job is larger.
+        threads = 1
         logger.info(
             "Running in this process (%d input%s, %d worker thread%s)",
             inputs,

@@ -27,11 +27,12 @@ from typing import Any
 from distributed import Client, as_completed
 
 from dicomflow._version import __version__
-from dicomflow.connectors.files import FilesConnector
+from dicomflow.connectors.files import FilesConnector, Listing
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.ledger import Committed, Ledger, config_digest
-from dicomflow.operators.base import Operator
+from dicomflow.operators.base import Operator, TableOutput
 from dicomflow.operators.flatten import Flatten
+from dicomflow.operators.write_pixels import WritePixels
 from dicomflow.pipelines.anonymize import AnonymizeSettings, keyed_refs, run_deidentify
 from dicomflow.pipelines.pipeline import (
     RunSummary,
@@ -64,13 +65,17 @@ from dicomflow.records import RunContext, SourceRef
 
 @dataclass(frozen=True)
 class IngestOptions:
-    """What ``ingest`` writes besides the instances table."""
+    """What ``ingest`` runs and writes: the instance operators in order (flatten among
+    them), the pixel series operator's settings, and the extra tables the operators
+    declare (the compiler, :mod:`.compiler`, resolves these from a spec)."""
 
     pixels: bool = True
     frames_per_chunk: int = 1
     expand_palette: bool = False
-    after_flatten: tuple[Operator, ...] = ()  # e.g. ``store`` to send instances on
+    operators: tuple[Operator, ...] = (Flatten(),)
+    tables: tuple[TableOutput, ...] = ()  # declared by operators besides the built-ins
     read_once: bool = True  # in a fresh local lake, read each file once (same outputs)
+    fingerprints: tuple[tuple[str, str], ...] = ()  # (operator, digest of its config)
 
 
 def index_partition(
@@ -85,7 +90,7 @@ def index_partition(
 
 def run_ingest(
     client: Client,
-    sources: Sequence[str],
+    sources: Sequence[str] | FilesConnector,
     *,
     out: str,
     options: IngestOptions | None = None,
@@ -95,6 +100,10 @@ def run_ingest(
     retries: int = 2,
     anonymize: AnonymizeSettings | None = None,
     name: str = "ingest",
+    source_storage_options: dict[str, Any] | None = None,
+    context: RunContext | None = None,
+    not_retrieved: int = 0,
+    listing: Listing | None = None,
 ) -> RunSummary:
     """Run the stages on ``client`` and return the summary (its report is written to
     ``<lake>/_runs/``).
@@ -103,19 +112,32 @@ def run_ingest(
     rerun, or the resumption of a killed run); a series with new instances is
     assembled again from all of them. With ``anonymize``, every input is first
     de-identified (see :mod:`dicomflow.pipelines.anonymize`) and the later stages
-    read only the de-identified files.
+    read only the de-identified files. ``storage_options`` reach the lake and
+    ``source_storage_options`` the sources (the same when not given). The
+    ``not_retrieved`` error rows a retrieval already committed under ``context``
+    are counted in the summary and its report. ``sources`` may also be a listing
+    source already built (``query()`` on the client, ``fetch()`` on workers), and
+    ``listing`` what its ``query()`` returned.
     """
     options = options or IngestOptions()
     storage = dict(storage_options or {})
     started = time.perf_counter()
-    context = RunContext(new_run_id(), datetime.now(UTC))
+    context = context or RunContext(new_run_id(), datetime.now(UTC))
     layout = LakeLayout(out, storage)
-    config = config_digest(ingest_config(options, anonymize))
-    sinks = (LakeSink(layout, config),)
+    config = ingest_config(options, anonymize)
+    tables = options.tables
+    if options.pixels and not any(t.name == "series" for t in tables):
+        tables = (*tables, *WritePixels.outputs.tables)
+    sinks = (LakeSink(layout, config_digest(config), tables, fingerprint(config)),)
     done = prepare_lake(sinks)
-    source = FilesConnector(tuple(sources), storage)
-    refs = list_inputs(source)
+    if isinstance(sources, str | list | tuple):
+        source_storage = storage if source_storage_options is None else source_storage_options
+        source = FilesConnector(tuple(sources), dict(source_storage))
+    else:
+        source = sources
+    refs = list_inputs(source, listing)
     stages = _Stages(client, layout, context, options, policy, progress, retries, sinks)
+    accounted = _Retrieval(not_retrieved)
     if anonymize is not None:
         keyed = keyed_refs(refs, anonymize.deidentifier)
         if options.pixels:  # a series with new instances is de-identified again whole
@@ -148,21 +170,21 @@ def run_ingest(
         finally:
             if not anonymize.write_dicom:
                 destination.remove()
-        return finish(summary, layout, name, context, started)
+        return finish(accounted(summary), layout, name, context, started)
     if not options.pixels:
         todo, skipped = pending(refs, done)
         summary = RunSummary(context.run_id, files=len(refs), skipped=skipped)
         stages.run(source, [], todo, summary)
-        return finish(summary, layout, name, context, started)
+        return finish(accounted(summary), layout, name, context, started)
 
-    if reads_once(options, stages.pixel_options, done, refs):
+    if reads_once(options, stages.pixel_options(source), done, refs):
         reading = submit_reading(
             client,
             source,
             refs,
             context,
             stages.operators,
-            stages.pixel_options,
+            stages.pixel_options(source),
             workers=stages.workers(),
             policy=policy,
             retries=retries,
@@ -171,12 +193,12 @@ def run_ingest(
         summary = RunSummary(context.run_id, files=len(refs))
         groups, loose = group_by_series(reading.index)
         stages.run(source, groups, loose, summary, reading)
-        return finish(summary, layout, name, context, started)
+        return finish(accounted(summary), layout, name, context, started)
     series_groups, loose = index_series(client, source, refs, context, policy, retries)
     todo_groups, todo_loose, skipped = pending_series(series_groups, loose, done)
     summary = RunSummary(context.run_id, files=len(refs), skipped=skipped)
     stages.run(source, todo_groups, todo_loose, summary)
-    return finish(summary, layout, name, context, started)
+    return finish(accounted(summary), layout, name, context, started)
 
 
 def index_series(
@@ -248,6 +270,20 @@ def pending_series(
     return todo_groups, todo_loose, skipped
 
 
+@dataclass(frozen=True)
+class _Retrieval:
+    """The ``not_retrieved`` error rows committed before the ingest, counted in its summary."""
+
+    missing: int
+
+    def __call__(self, summary: RunSummary) -> RunSummary:
+        summary.files += self.missing
+        summary.errors += self.missing
+        if self.missing:
+            summary.error_codes["not_retrieved"] += self.missing
+        return summary
+
+
 def finish(
     summary: RunSummary, layout: LakeLayout, name: str, context: RunContext, started: float
 ) -> RunSummary:
@@ -259,23 +295,32 @@ def finish(
 
 
 def ingest_config(options: IngestOptions, anonymize: AnonymizeSettings | None) -> dict[str, Any]:
-    """What makes two ingest runs produce the same outputs (their ledger configuration)."""
-    config: dict[str, Any] = {
-        "job": "ingest",
-        "version": __version__,
-        "pixels": options.pixels,
-        "frames_per_chunk": options.frames_per_chunk,
-        "expand_palette": options.expand_palette,
-        "after_flatten": [repr(op) for op in options.after_flatten],
+    """What makes two runs produce the same outputs (their ledger configuration): each
+    operator with a digest of its configuration, in order."""
+    steps = dict(options.fingerprints) or {
+        op.name: config_digest({"repr": repr(op)}) for op in options.operators
     }
+    if options.pixels:
+        steps.setdefault(
+            "pixels",
+            config_digest(
+                {"frames": options.frames_per_chunk, "palette": options.expand_palette}
+            ),
+        )
     if anonymize is not None:
-        config["anonymize"] = anonymize.fingerprint()
-    return config
+        steps["anonymize"] = config_digest(anonymize.fingerprint())
+    return {"version": __version__, "operators": steps}
 
 
-def list_inputs(source: FilesConnector) -> list[SourceRef]:
+def fingerprint(config: dict[str, Any]) -> dict[str, str]:
+    """The operators of a run's configuration, each with the digest of its settings (what
+    the ledger compares across pipelines: see :meth:`dicomflow.lake.ledger.Ledger.committed`)."""
+    return {**config["operators"], "version": config["version"]}
+
+
+def list_inputs(source: FilesConnector, listing: Listing | None = None) -> list[SourceRef]:
     """Every input, sorted; inputs that failed to list are kept (they become error rows)."""
-    listing = source.query()
+    listing = listing if listing is not None else source.query()
     return sorted(listing.refs + [ref for ref, _ in listing.failures], key=lambda r: r.url)
 
 
@@ -292,18 +337,18 @@ class _Stages:
     retries: int
     sinks: tuple[LakeSink, ...]
 
-    @property
-    def pixel_options(self) -> PixelOptions:
+    def pixel_options(self, source: FilesConnector) -> PixelOptions:
+        """Where stacks go, and how ``source``'s files are read to decode them."""
         return PixelOptions(
             self.layout,
-            self.layout.storage_options,
+            source.storage_options,
             frames_per_chunk=self.options.frames_per_chunk,
             expand_palette=self.options.expand_palette,
         )
 
     @property
     def operators(self) -> tuple[Operator, ...]:
-        return (Flatten(), *self.options.after_flatten)
+        return self.options.operators
 
     def workers(self) -> int:
         return max(1, len(self.client.scheduler_info().get("workers", {})))
@@ -319,7 +364,7 @@ class _Stages:
         """Commit every series (from ``reading``'s results when the files were read
         already, else with its own graph) and scan the loose inputs."""
         context, sinks, operators = self.context, self.sinks, self.operators
-        pixel_options = self.pixel_options
+        pixel_options = self.pixel_options(source)
         jobs = []
         workers = self.workers() if series_groups and reading is None else 1
         series_of_url = {ref.url: uid for ref, uid in reading.index} if reading else {}

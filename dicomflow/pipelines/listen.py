@@ -16,12 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from distributed import Client
-
-from dicomflow.connectors.dimse.address import DimseOptions
 from dicomflow.connectors.dimse.scp import storage_scp
 from dicomflow.lake.layout import LakeLayout
-from dicomflow.pipelines.ingest import IngestOptions, run_ingest
+from dicomflow.pipelines.endpoints import Listener
 from dicomflow.pipelines.pipeline import RunSummary
 
 logger = logging.getLogger(__name__)
@@ -44,26 +41,24 @@ def _take_batch(incoming: Path, batches: Path, number: int) -> list[str]:
 
 
 def listen(
-    client: Client,
+    listener: Listener,
     *,
-    ae_title: str,
-    port: int,
-    out: str,
-    pixels: bool,
-    options: DimseOptions,
-    allowed_callers: frozenset[str] | None = None,
-    batch_seconds: float = 5.0,
-    host: str = "0.0.0.0",  # noqa: S104 (an SCP listens)
+    lake: LakeLayout,
+    ingest: Callable[[list[str]], RunSummary],
     stop: threading.Event | None = None,
     on_batch: Callable[[RunSummary], Any] | None = None,
 ) -> RunSummary:
-    """Receive and ingest until ``stop`` is set (or SIGTERM/SIGINT); return the totals."""
+    """Receive and ingest until ``stop`` is set (or SIGTERM/SIGINT); return the totals.
+
+    ``ingest`` runs one micro-batch of received files through the compiled pipeline,
+    with every operator of the spec (de-identification included): nothing received
+    reaches the lake any other way.
+    """
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
-    layout = LakeLayout(out)
-    _, root = layout.filesystem()
+    _, root = lake.filesystem()
     incoming = Path(root) / RECEIVED / "incoming"
     batches = Path(root) / RECEIVED
     totals = RunSummary("listen")
@@ -75,9 +70,7 @@ def listen(
         if not files:
             return
         number += 1
-        summary = run_ingest(
-            client, files, out=out, options=IngestOptions(pixels=pixels), progress=False
-        )
+        summary = ingest(files)
         totals.files += summary.files
         totals.rows += summary.rows
         totals.errors += summary.errors
@@ -86,10 +79,15 @@ def listen(
             on_batch(summary)
 
     with storage_scp(
-        ae_title, port, incoming, host=host, options=options, allowed_callers=allowed_callers
+        listener.ae_title,
+        listener.port,
+        incoming,
+        host=listener.host,
+        options=listener.options,
+        allowed_callers=listener.allowed_callers,
     ):
-        logger.info("listening as %s on port %d", ae_title, port)
-        while not stop.wait(batch_seconds):
+        logger.info("listening as %s on port %d", listener.ae_title, listener.port)
+        while not stop.wait(listener.batch_seconds):
             ingest_ready()
     ingest_ready()  # what arrived before the SCP shut down
     return totals

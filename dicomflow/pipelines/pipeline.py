@@ -82,6 +82,8 @@ class RunSummary:
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (seconds, inputs done)
     slowest: list[tuple[float, int, str]] = field(default_factory=list)  # (s, inputs, source)
     report: str | None = None
+    started: float = field(default_factory=time.perf_counter, repr=False)
+    first_result_seconds: float | None = None  # from the summary's start to the first commit
 
     @property
     def files_per_second(self) -> float:
@@ -230,7 +232,7 @@ def prepare_lake(sinks: Sequence[Sink]) -> Committed:
     ledger = Ledger(lake.layout)
     entries = ledger.entries()  # read once: a lake may hold thousands
     ledger.remove_orphans(entries)
-    return ledger.committed(lake.config, entries)
+    return ledger.committed(lake.config, entries, lake.operators)
 
 
 def run_failed_partition(
@@ -307,6 +309,8 @@ def execute(
                     )
                     bar.advance(len(partition.refs))
                     continue
+            if summary.first_result_seconds is None:
+                summary.first_result_seconds = time.perf_counter() - summary.started
             summary.rows += result.rows
             summary.errors += result.errors
             summary.error_codes.update(result.error_codes)

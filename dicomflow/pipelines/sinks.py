@@ -2,13 +2,15 @@
 
 ``LakeSink`` writes one ``instances`` part and one ``errors`` part per
 partition, atomically, under the partition's deterministic name (always both,
-so every part directory is readable even when one partition had no errors).
-``CollectSink`` returns the tables to the caller instead, for notebooks.
+so every part directory is readable even when one partition had no errors),
+and one part of every table the run's operators declare (``series``, or a
+plugin's own). ``CollectSink`` returns the tables to the caller instead.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import pyarrow as pa
@@ -17,6 +19,8 @@ from dicomflow._version import __version__
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.ledger import Ledger, entry_for
 from dicomflow.lake.writer import write_part
+from dicomflow.operators.base import TableOutput
+from dicomflow.operators.flatten import OUTPUT as INSTANCES
 from dicomflow.pipelines.instance_rows import rows_table
 from dicomflow.pipelines.plan import Partition
 from dicomflow.records import Batch
@@ -25,8 +29,8 @@ from dicomflow.schemas import (
     INSTANCES_SCHEMA_VERSION,
     SERIES_SCHEMA_VERSION,
     errors_schema,
-    series_schema,
 )
+SCHEMA_VERSION_KEY = b"dicomflow.schema_version"
 
 FAILED_PARTITION_STAGE = "partition"  # the stage of error rows for a partition that kept failing
 
@@ -75,16 +79,42 @@ def error_table(batch: Batch) -> pa.Table:
     return pa.table(columns, schema=errors_schema())
 
 
+def declared_rows(batch: Batch, table: str) -> list[dict[str, Any]]:
+    """The rows of a declared ``table``: the batch's own, then each record's (a record
+    carries one row as a mapping, or a list of them, in ``outputs[table]``)."""
+    rows = list(batch.tables.get(table, ()))
+    for record in batch.records:
+        value = record.outputs.get(table)
+        if isinstance(value, Mapping):
+            rows.append(dict(value))
+        elif isinstance(value, list | tuple):
+            rows.extend(dict(row) for row in value)
+    return rows
+
+
+def declared_table(batch: Batch, output: TableOutput) -> pa.Table:
+    """One declared table of ``batch``, its schema version in the Parquet metadata."""
+    table = pa.Table.from_pylist(declared_rows(batch, output.name), schema=output.schema)
+    return table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), SCHEMA_VERSION_KEY: output.version.encode()}
+    )
+
+
 @dataclass(frozen=True)
 class LakeSink:
-    """Commit the partition's ``instances`` and ``errors`` parts to a lake, then its
-    ledger entry (the commit itself: parts without an entry are never read).
+    """Commit the partition's ``instances`` and ``errors`` parts and a part of every
+    declared table to a lake, then its ledger entry (the commit itself: parts without
+    an entry are never read).
 
-    ``config`` is the digest of the run's configuration the entry is filed under.
+    ``config`` is the digest of the run's configuration the entry is filed under;
+    ``operators`` names each operator of the run with a digest of its settings, so
+    another pipeline over the same lake can tell what it may reuse.
     """
 
     layout: LakeLayout
     config: str = "default"
+    tables: tuple[TableOutput, ...] = ()
+    operators: dict[str, str] = field(default_factory=dict)
     name: ClassVar[str] = "lake"
 
     def write(self, batch: Batch, partition: Partition) -> SinkResult:
@@ -92,9 +122,13 @@ class LakeSink:
         errors = error_table(batch)
         _, root = self.layout.filesystem()
         parts: dict[str, str] = {}
-        if "series" in batch.tables:
-            series = pa.Table.from_pylist(list(batch.tables["series"]), schema=series_schema())
-            parts["series"] = write_part(self.layout, "series", partition.name, series)
+        versions = operator_versions()
+        for output in self.tables:
+            if output.name == INSTANCES:
+                continue  # built from the records' rows below
+            table = declared_table(batch, output)
+            parts[output.name] = write_part(self.layout, output.name, partition.name, table)
+            versions[f"{output.name}_schema"] = output.version
         parts["errors"] = write_part(self.layout, "errors", partition.name, errors)
         parts["instances"] = write_part(self.layout, "instances", partition.name, instances)
         arrays = sorted(
@@ -107,7 +141,8 @@ class LakeSink:
             run_id=batch.context.run_id,
             parts={table: path.removeprefix(root + "/") for table, path in parts.items()},
             arrays=arrays,
-            versions=operator_versions(),
+            versions=versions,
+            operators=self.operators,
             complete=not all(
                 r.error is not None and r.error.stage == FAILED_PARTITION_STAGE
                 for r in batch.records

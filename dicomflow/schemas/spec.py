@@ -1,17 +1,37 @@
 """Pipeline specs: the pydantic models behind ``dicomflow run spec.yaml``.
 
 A spec names a source, the operators with their parameters, the sinks, the
-cluster, limits and the run's name. The same models are the Python API (build
-a :class:`PipelineSpec` in code), they export the JSON Schema committed as
-``pipeline-spec.schema.json``, and a spec round-trips YAML → Python → YAML.
+cluster, limits and the run's name. It is the only thing that runs: the CLI's
+flags, the keywords of ``dicomflow.ingest`` and YAML are three ways to build one.
+The same models are the Python API (build a :class:`PipelineSpec` in code), they
+export the JSON Schema committed as ``pipeline-spec.schema.json``, and a spec
+round-trips YAML → Python → YAML.
+
+Operators, sources and sinks are open sets: each entry of the ``operators`` list
+is validated by the configuration model of the operator its ``name`` names in
+the ``dicomflow.operators`` entry-point group (sources and sinks by their
+``kind``, in ``dicomflow.sources`` and ``dicomflow.sinks``). Built-ins are
+registered exactly as plugins are; a plugin's model subclasses
+:class:`OperatorConfig` (or :class:`SourceConfig`, :class:`SinkConfig`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from dicomflow import registry
+from dicomflow.errors import ConfigError
 
 SPEC_VERSION = "1"
 
@@ -20,7 +40,25 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class FilesSource(_Model):
+class OperatorConfig(_Model):
+    """The configuration of one operator in a spec; ``name`` is its registry name."""
+
+    name: str
+
+
+class SourceConfig(_Model):
+    """The configuration of a spec's source; ``kind`` is its registry name."""
+
+    kind: str
+
+
+class SinkConfig(_Model):
+    """The configuration of one of a spec's sinks; ``kind`` is its registry name."""
+
+    kind: str
+
+
+class FilesSource(SourceConfig):
     """Files, folders, globs or fsspec URLs (``s3://bucket/prefix`` …)."""
 
     kind: Literal["files"] = "files"
@@ -44,20 +82,35 @@ class _Secured(_Tls):
     password_env: str | None = None
 
 
-class _WebSecured(_Secured):
-    """DICOMweb adds a bearer token, also by variable name."""
+class DimsePeerConfig(_Secured):
+    """How to reach a DICOM peer: its URL, our AE title, timeouts, TLS and identity."""
 
+    url: str = Field(pattern=r"^dimse://")
+    calling_ae: str = "DICOMFLOW"
+    connect_timeout: float = Field(default=10.0, gt=0)
+    acse_timeout: float = Field(default=30.0, gt=0)
+    dimse_timeout: float = Field(default=60.0, gt=0)
+    network_timeout: float = Field(default=60.0, gt=0)
+
+
+class DicomwebPeerConfig(_Secured):
+    """How to reach a DICOMweb server: its URL, timeouts, retries, TLS, identity and a
+    bearer token (by variable name)."""
+
+    url: str = Field(pattern=r"^dicomweb\+https?://")
     token_env: str | None = None
+    connect_timeout: float = Field(default=10.0, gt=0)
+    read_timeout: float = Field(default=120.0, gt=0)
+    attempts: int = Field(default=4, ge=1)
+    backoff_seconds: float = Field(default=0.5, ge=0)
 
 
-class DimseSource(_Secured):
+class DimseSource(DimsePeerConfig, SourceConfig):
     """A PACS over DIMSE: C-FIND by ``query`` (or one per row of ``cohort``), then C-GET."""
 
     kind: Literal["dimse"] = "dimse"
-    url: str = Field(pattern=r"^dimse://")
     query: dict[str, str] = Field(default_factory=dict)
     cohort: str | None = None
-    calling_ae: str = "DICOMFLOW"
 
     @model_validator(mode="after")
     def _needs_a_query(self) -> DimseSource:
@@ -66,15 +119,14 @@ class DimseSource(_Secured):
         return self
 
 
-class DicomwebSource(_WebSecured):
+class DicomwebSource(DicomwebPeerConfig, SourceConfig):
     """A DICOMweb server: QIDO-RS instance search by ``query``, then WADO-RS."""
 
     kind: Literal["dicomweb"] = "dicomweb"
-    url: str = Field(pattern=r"^dicomweb\+https?://")
     query: dict[str, str] = Field(min_length=1)
 
 
-class ListenSource(_Tls):
+class ListenSource(_Tls, SourceConfig):
     """dicomflow as a Storage SCP: instances pushed to it are ingested in micro-batches.
 
     ``tls_cert``/``tls_key`` serve TLS; with ``tls_ca``, callers must present a
@@ -85,21 +137,17 @@ class ListenSource(_Tls):
     port: int = Field(gt=0, lt=65536)
     allow: list[str] = Field(default_factory=list)
     batch_seconds: float = Field(default=5.0, gt=0)
+    host: str = "0.0.0.0"  # noqa: S104 (an SCP listens)
 
 
-Source = Annotated[
-    FilesSource | DimseSource | DicomwebSource | ListenSource, Field(discriminator="kind")
-]
-
-
-class FlattenOperator(_Model):
-    """Headers → the ``instances`` table (always part of ingest)."""
+class FlattenOperator(OperatorConfig):
+    """Headers → the ``instances`` table (every pipeline has it; added first when missing)."""
 
     name: Literal["flatten"] = "flatten"
     inline_binary_limit: int = Field(default=1024, ge=0)
 
 
-class PixelsOperator(_Model):
+class PixelsOperator(OperatorConfig):
     """Decode, assemble stacks and write OME-Zarr plus the ``series`` table."""
 
     name: Literal["pixels"] = "pixels"
@@ -107,7 +155,7 @@ class PixelsOperator(_Model):
     expand_palette: bool = False
 
 
-class AnonymizeOperator(_Model):
+class AnonymizeOperator(OperatorConfig):
     """PS3.15 Annex E de-identification; the key comes from a file or an env variable."""
 
     name: Literal["anonymize"] = "anonymize"
@@ -115,6 +163,7 @@ class AnonymizeOperator(_Model):
     options: list[str] = Field(default_factory=list)
     key_file: str | None = None
     key_env: str | None = None
+    key_ref: str | None = None  # Python only: a de-identifier handed to ``dicomflow.run``
     keep: list[str] = Field(default_factory=list)
     actions: dict[str, str] = Field(default_factory=dict)
     pixel_rules: str | None = None
@@ -124,17 +173,15 @@ class AnonymizeOperator(_Model):
 
     @model_validator(mode="after")
     def _one_key_source(self) -> AnonymizeOperator:
-        if bool(self.key_file) == bool(self.key_env):
-            raise ValueError("anonymize needs exactly one of key_file or key_env")
+        if sum(bool(k) for k in (self.key_file, self.key_env, self.key_ref)) != 1:
+            raise ValueError(
+                "anonymize needs exactly one of key_file or key_env "
+                "(or, from Python, key_ref naming a de-identifier given to run)"
+            )
         return self
 
 
-Operator = Annotated[
-    FlattenOperator | PixelsOperator | AnonymizeOperator, Field(discriminator="name")
-]
-
-
-class LakeSink(_Model):
+class LakeSink(SinkConfig):
     """The output lake: a folder or a bucket URL."""
 
     kind: Literal["lake"] = "lake"
@@ -142,28 +189,22 @@ class LakeSink(_Model):
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
 
-class DicomSink(_Model):
+class DicomSink(SinkConfig):
     """De-identified DICOM files in the lake (``dicom/<study>/<series>/<sop>.dcm``)."""
 
     kind: Literal["dicom"] = "dicom"
 
 
-class DimseSink(_Secured):
+class DimseSink(DimsePeerConfig, SinkConfig):
     """Send every written instance to a DICOM peer with C-STORE."""
 
     kind: Literal["dimse"] = "dimse"
-    url: str = Field(pattern=r"^dimse://")
-    calling_ae: str = "DICOMFLOW"
 
 
-class DicomwebSink(_WebSecured):
+class DicomwebSink(DicomwebPeerConfig, SinkConfig):
     """STOW-RS every written instance to a DICOMweb server."""
 
     kind: Literal["dicomweb"] = "dicomweb"
-    url: str = Field(pattern=r"^dicomweb\+https?://")
-
-
-Sink = Annotated[LakeSink | DicomSink | DimseSink | DicomwebSink, Field(discriminator="kind")]
 
 
 class Cluster(_Model):
@@ -181,8 +222,31 @@ class Limits(_Model):
     retries: int = Field(default=2, ge=0)
 
 
-def _default_operators() -> list[Operator]:
+def _default_operators() -> list[OperatorConfig]:
     return [FlattenOperator()]
+
+
+def _config_model(group: registry.Registry, key: str) -> type[_Model]:
+    """The configuration model registered under ``key`` in ``group``."""
+    model = getattr(group.get(key), "Config", None)
+    if not (isinstance(model, type) and issubclass(model, _Model)):
+        raise ConfigError(f"{group.group} entry {key!r} declares no configuration model")
+    return model
+
+
+def _resolve(group: registry.Registry, field: str, item: Any) -> Any:
+    """A raw mapping validated by the model its ``field`` names in ``group`` (an already
+    built model is kept as it is)."""
+    if isinstance(item, BaseModel) or not isinstance(item, dict):
+        return item
+    key = item.get(field)
+    if not isinstance(key, str):
+        raise ValueError(f"each entry needs a {field!r}")
+    try:
+        model = _config_model(group, key)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return model.model_validate(item)
 
 
 class PipelineSpec(_Model):
@@ -190,12 +254,35 @@ class PipelineSpec(_Model):
 
     version: Literal["1"] = "1"
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    source: Source
-    operators: list[Operator] = Field(default_factory=_default_operators)
-    sinks: list[Sink] = Field(min_length=1)
+    source: SerializeAsAny[SourceConfig]
+    operators: list[SerializeAsAny[OperatorConfig]] = Field(default_factory=_default_operators)
+    sinks: list[SerializeAsAny[SinkConfig]] = Field(min_length=1)
     cluster: Cluster = Field(default_factory=Cluster)
     limits: Limits = Field(default_factory=Limits)
     incremental: bool = False
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source_model(cls, value: Any) -> Any:
+        return _resolve(registry.sources, "kind", value)
+
+    @field_validator("operators", mode="before")
+    @classmethod
+    def _operator_models(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        models = [_resolve(registry.operators, "name", item) for item in value]
+        names = [getattr(m, "name", None) for m in models]
+        if "flatten" not in names:  # every pipeline writes the instances table
+            models.insert(1 if names[:1] == ["anonymize"] else 0, FlattenOperator())
+        return models
+
+    @field_validator("sinks", mode="before")
+    @classmethod
+    def _sink_models(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        return [_resolve(registry.sinks, "kind", item) for item in value]
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineSpec:
@@ -207,6 +294,11 @@ class PipelineSpec(_Model):
             raise ValueError("each operator appears at most once")
         if any(isinstance(s, DicomSink) for s in self.sinks) and "anonymize" not in names:
             raise ValueError("a dicom sink writes de-identified files: it needs anonymize")
+        if "anonymize" in names[1:]:
+            raise ValueError(
+                "anonymize must be the first operator: every later step sees only "
+                "de-identified data"
+            )
         return self
 
     @property
@@ -225,9 +317,26 @@ class PipelineSpec(_Model):
         return cls.model_validate(yaml.safe_load(text))
 
 
+def _union(group: registry.Registry, field: str) -> Any:
+    """Every model registered in ``group``, as a union told apart by ``field``."""
+    models = tuple(_config_model(group, name) for name in group.names())
+    if len(models) == 1:
+        return models[0]
+    return Annotated[Union[models], Field(discriminator=field)]  # noqa: UP007
+
+
 def spec_json_schema() -> dict[str, Any]:
-    """The JSON Schema of :class:`PipelineSpec` (committed next to this module)."""
-    return PipelineSpec.model_json_schema()
+    """The JSON Schema of :class:`PipelineSpec` with every registered operator, source and
+    sink model in it (the built-ins' is committed next to this module)."""
+    documented = create_model(
+        "PipelineSpec",
+        __base__=PipelineSpec,
+        __doc__=PipelineSpec.__doc__,
+        source=(_union(registry.sources, "kind"), ...),
+        operators=(list[_union(registry.operators, "name")], Field(default_factory=_default_operators)),  # type: ignore[misc]
+        sinks=(list[_union(registry.sinks, "kind")], Field(min_length=1)),  # type: ignore[misc]
+    )
+    return documented.model_json_schema()
 
 
 if __name__ == "__main__":  # regenerate the committed schema: python -m dicomflow.schemas.spec

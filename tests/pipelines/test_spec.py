@@ -24,7 +24,7 @@ from dicomflow.schemas.spec import (
     PixelsOperator,
     spec_json_schema,
 )
-from dicomflow.spec_runner import apply_set, load_spec
+from dicomflow.pipelines.spec_files import apply_set, load_spec
 from tests.conftest import PYDICOM_TEST_FILES
 
 STOCK = sorted(p.name for p in resources.files("dicomflow.pipelines").joinpath("specs").iterdir())

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pydicom.dataset import Dataset
 
@@ -29,6 +29,7 @@ class SeriesRequest:
     instances: dict[str, str]
 
 
+@runtime_checkable
 class Peer(Protocol):
     """A source of instances: plan a query, fetch a series or some of its instances."""
 

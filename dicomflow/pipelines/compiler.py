@@ -1,0 +1,317 @@
+"""The one compiler: a :class:`PipelineSpec` becomes the Dask work of a run.
+
+The CLI's flags, the keywords of :func:`dicomflow.ingest` and YAML all build a
+spec; :func:`compile_spec` resolves it once, on the client, into plain picklable
+parts, and :meth:`CompiledPipeline.run` runs them on a ``distributed`` client:
+
+- the source, from ``dicomflow.sources``: a listing source (files, buckets or a
+  plugin's), a peer (retrieved first into ``<lake>/_retrieved``) or a listener
+  (each micro-batch of received files runs through this same pipeline);
+- the operators, from ``dicomflow.operators``, in the order listed. Instance
+  operators are fused per partition (or per series' reading task); the
+  ``pixels`` series operator runs as the series graphs of :mod:`.ingest`;
+- the sinks, from ``dicomflow.sinks``: the lake, which writes every table the
+  operators declare, and operator sinks (``store``) that run after every other
+  instance operator.
+
+What the spec cannot hold (a client, a key held in memory) comes in
+:class:`Resources`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from distributed import Client
+
+from dicomflow._version import __version__
+from dicomflow.anonymize.engine import Deidentifier
+from dicomflow.connectors.peers import Peer
+from dicomflow.errors import ConfigError
+from dicomflow.lake.dicom_files import remove_files
+from dicomflow.lake.layout import LakeLayout
+from dicomflow.lake.ledger import config_digest
+from dicomflow.lake.watermark import Watermark
+from dicomflow.operators.anonymize import build_deidentifier
+from dicomflow.operators.base import Operator, RunSettings, TableOutput
+from dicomflow.pipelines.anonymize import AnonymizeSettings, check_mapping_dir
+from dicomflow.pipelines.cluster import connect_client
+from dicomflow.pipelines.endpoints import Listener
+from dicomflow.pipelines.ingest import IngestOptions, run_ingest
+from dicomflow.pipelines.pipeline import RunSummary, new_run_id
+from dicomflow.pipelines.plan import PartitionPolicy
+from dicomflow.pipelines.retrieve import report_missing, retrieve
+from dicomflow.records import RunContext
+from dicomflow.schemas.spec import (
+    AnonymizeOperator,
+    DicomSink,
+    DimseSource,
+    LakeSink,
+    OperatorConfig,
+    PipelineSpec,
+    PixelsOperator,
+)
+from dicomflow.registry import operators as operator_registry
+from dicomflow.registry import sinks as sink_registry
+from dicomflow.registry import sources as source_registry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a run needs that a spec cannot hold.
+
+    ``client``: run there (else the spec's cluster, chosen by the job's size);
+    ``deidentifiers``: de-identifiers built in Python, named by an ``anonymize``
+    entry's ``key_ref``; ``policy``: how inputs are cut into partitions;
+    ``on_batch``/``stop``: a listener's callbacks.
+    """
+
+    client: Client | None = None
+    progress: bool | None = None
+    deidentifiers: Mapping[str, Deidentifier] = field(default_factory=dict)
+    policy: PartitionPolicy | None = None
+    read_once: bool = True
+    on_batch: Callable[[RunSummary], Any] | None = None
+    stop: Any = None  # a threading.Event that ends a listener
+
+
+@dataclass(frozen=True)
+class CompiledPipeline:
+    """A spec resolved into what runs: its source, the ingest options (operators in
+    order, declared tables), de-identification, and where the lake is."""
+
+    spec: PipelineSpec
+    source: Any
+    options: IngestOptions
+    anonymize: AnonymizeSettings | None
+    lake: LakeLayout
+    resources: Resources
+
+    @property
+    def decodes_pixels(self) -> bool:
+        return self.options.pixels
+
+    def connect(self, inputs: int | None = None) -> AbstractContextManager[Client]:
+        cluster = self.spec.cluster
+        return connect_client(
+            self.resources.client,
+            cluster.scheduler,
+            cluster.workers,
+            inputs=inputs,
+            pixels=self.options.pixels,
+        )
+
+    def run(self) -> RunSummary:
+        """Run the pipeline to its end (a listener: until stopped) and return its summary."""
+        if isinstance(self.source, Listener):
+            return self._listen()
+        if isinstance(self.source, Peer):
+            return self._retrieve_and_ingest(self.source)
+        listing = self.source.query()  # listed once, on the client, to size the job
+        inputs = len(listing.refs) + len(listing.failures)
+        with self.connect(inputs) as client:
+            return self.ingest(client, self.source, listed=listing)
+
+    def ingest(
+        self,
+        client: Client,
+        source: Any,
+        *,
+        context: RunContext | None = None,
+        not_retrieved: int = 0,
+        listed: Any = None,
+        source_storage_options: dict[str, Any] | None = None,
+    ) -> RunSummary:
+        """Run the operators and sinks over ``source``'s inputs."""
+        return run_ingest(
+            client,
+            source,
+            out=self.lake.root,
+            options=self.options,
+            storage_options=self.lake.storage_options,
+            source_storage_options=source_storage_options,
+            policy=self.resources.policy,
+            progress=self.resources.progress,
+            retries=self.spec.limits.retries,
+            anonymize=self.anonymize,
+            name=self.spec.name,
+            context=context,
+            not_retrieved=not_retrieved,
+            listing=listed,
+        )
+
+    def _retrieve_and_ingest(self, peer: Peer) -> RunSummary:
+        """Retrieve what the query names into the lake, then ingest it in the same run
+        (its ``not_retrieved`` rows included in the summary and the report)."""
+        source = self.spec.source
+        query = dict(getattr(source, "query", {}) or {})
+        if isinstance(source, DimseSource) and source.cohort:
+            query = cohort_query(source, peer)
+        watermark = Watermark(self.lake, self.spec.name)
+        incremental = isinstance(source, DimseSource) and self.spec.incremental
+        if incremental:
+            query = watermark.narrow(query)
+        run_started = datetime.now(UTC).date()
+        context = RunContext(new_run_id(), datetime.now(UTC))
+        with self.connect() as client:
+            paths, lost = retrieve(
+                client,
+                peer,
+                query,
+                layout=self.lake,
+                max_associations=self.spec.limits.max_associations,
+            )
+            missing = report_missing(self.lake, peer, lost, context, query)
+            summary = self.ingest(
+                client,
+                paths,
+                context=context,
+                not_retrieved=missing,
+                source_storage_options=self.lake.storage_options,
+            )
+            if self.anonymize is not None and paths:
+                remove_files(self.lake, paths)  # originals must not stay in a de-identified lake
+        if incremental and summary.accounted:
+            watermark.advance(run_started)
+        return summary
+
+    def _listen(self) -> RunSummary:
+        from dicomflow.pipelines.listen import listen
+
+        listener = self.source
+        assert isinstance(listener, Listener)
+        with self.connect() as client:
+            return listen(
+                listener,
+                lake=self.lake,
+                ingest=lambda files: self.ingest(
+                    client, files, source_storage_options=self.lake.storage_options
+                ),
+                stop=self.resources.stop,
+                on_batch=self.resources.on_batch,
+            )
+
+
+def compile_spec(spec: PipelineSpec, resources: Resources | None = None) -> CompiledPipeline:
+    """Resolve ``spec`` into a :class:`CompiledPipeline`; every problem with it is a
+    :class:`ConfigError` raised here, before any work starts."""
+    resources = resources or Resources()
+    lake_config: LakeSink = spec.lake
+    lake = LakeLayout(lake_config.path, dict(lake_config.storage_options))
+    source_unit = source_registry.get(spec.source.kind)
+    anonymize = _anonymize(spec, lake, resources)
+    read_storage = _read_storage(spec, lake, anonymize)
+    run = RunSettings(lake, read_storage, spec.limits.max_associations, spec.name)
+    source = source_unit.build(spec.source, run)
+    instance_ops: list[Operator] = []
+    tables: list[TableOutput] = []
+    fingerprints: list[tuple[str, str]] = []
+    pixels: PixelsOperator | None = None
+    for config in spec.operators:
+        unit = operator_registry.get(config.name)
+        _claim_tables(tables, unit.outputs.tables, config.name)
+        if config.name == "anonymize":
+            continue  # de-identification runs first, on every input (see run_ingest)
+        fingerprints.append((config.name, settings_digest(config)))
+        if unit.kind == "series":
+            if not isinstance(config, PixelsOperator):
+                raise ConfigError(
+                    f"operator {config.name!r} is a series operator; only the built-in "
+                    "pixels runs as one so far"
+                )
+            pixels = config
+            continue
+        if unit.needs_pixels:
+            raise ConfigError(
+                f"operator {config.name!r} asks for decoded pixels in an instance operator, "
+                "which this version does not provide yet"
+            )
+        instance_ops.append(unit.build(config, run))
+    for sink in spec.sinks:
+        built = sink_registry.get(sink.kind).build(sink, run)
+        if built is not None:  # a sink that runs as the last instance operator
+            instance_ops.append(built)
+            fingerprints.append((f"sink:{sink.kind}", settings_digest(sink)))
+    options = IngestOptions(
+        pixels=pixels is not None,
+        frames_per_chunk=pixels.frames_per_chunk if pixels else 1,
+        expand_palette=pixels.expand_palette if pixels else False,
+        operators=tuple(instance_ops),
+        tables=tuple(tables),
+        read_once=resources.read_once,
+        fingerprints=tuple(fingerprints),
+    )
+    return CompiledPipeline(spec, source, options, anonymize, lake, resources)
+
+
+def run(spec: PipelineSpec, resources: Resources | None = None) -> RunSummary:
+    """Compile ``spec`` and run it."""
+    return compile_spec(spec, resources).run()
+
+
+def settings_digest(config: OperatorConfig | Any) -> str:
+    """A digest of one step's settings, as the ledger records it."""
+    return config_digest({"settings": json.loads(config.model_dump_json()), "v": __version__})
+
+
+def _claim_tables(
+    tables: list[TableOutput], declared: Sequence[TableOutput], operator: str
+) -> None:
+    taken = {t.name for t in tables}
+    for table in declared:
+        if table.name in taken:
+            raise ConfigError(f"operator {operator!r} declares table {table.name!r} again")
+        tables.append(table)
+
+
+def _anonymize(
+    spec: PipelineSpec, lake: LakeLayout, resources: Resources
+) -> AnonymizeSettings | None:
+    config = spec.operator("anonymize")
+    if not isinstance(config, AnonymizeOperator):
+        return None
+    if config.key_ref is not None:
+        engine = resources.deidentifiers.get(config.key_ref)
+        if engine is None:
+            build_deidentifier(config)  # raises the ConfigError that names the key
+        assert engine is not None
+    else:
+        engine = build_deidentifier(config)
+    write_dicom = any(isinstance(s, DicomSink) for s in spec.sinks)
+    settings = AnonymizeSettings(engine, write_dicom=write_dicom, mapping_dir=config.mapping)
+    check_mapping_dir(settings, lake)
+    return settings
+
+
+def _read_storage(
+    spec: PipelineSpec, lake: LakeLayout, anonymize: AnonymizeSettings | None
+) -> dict[str, Any]:
+    """How the files the operators read are reached: the source's own options for files
+    read in place, the lake's for files retrieved or de-identified into it."""
+    source_options = getattr(spec.source, "storage_options", None)
+    if anonymize is not None or source_options is None:
+        return dict(lake.storage_options)
+    return dict(source_options)
+
+
+def cohort_query(source: DimseSource, peer: Peer) -> dict[str, str]:
+    """One C-FIND per cohort row (batched), then one query listing every study found."""
+    from dicomflow.connectors.dimse.find import find_cohort, read_cohort
+
+    assert source.cohort is not None
+    column, values = read_cohort(source.cohort)
+    address = peer.address  # type: ignore[attr-defined]
+    options = peer.options  # type: ignore[attr-defined]
+    table = find_cohort(address, "study", column, values, query=source.query, options=options)
+    studies = sorted({str(u) for u in table.column("StudyInstanceUID").to_pylist() if u})
+    if not studies:
+        raise ConfigError("no study of the cohort was found on the PACS")
+    return {"StudyInstanceUID": "\\".join(studies)}
