@@ -73,6 +73,7 @@ __all__ = [
     "run",
     "run_scan",
     "scan",
+    "scan_errors",
     "send",
     "write_table",
 ]
@@ -208,7 +209,7 @@ def ingest(
 def run_scan(
     sources: str | Sequence[str],
     *,
-    out: str,
+    out: str | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
     client: Client | None = None,
@@ -219,7 +220,25 @@ def run_scan(
     inline_binary_limit: int = 1024,
 ) -> RunSummary:
     """Scan headers into the lake at ``out`` and return the run's summary: an ingest
-    whose only operator is ``flatten``."""
+    whose only operator is ``flatten``. With ``out=None`` the lake is temporary and
+    the summary's ``tables`` hold its ``instances`` and ``errors`` (see :func:`scan_errors`)."""
+    if out is None:
+        with tempfile.TemporaryDirectory(prefix="dicomflow-scan-") as folder:
+            summary = run_scan(
+                sources,
+                out=folder,
+                scheduler=scheduler,
+                workers=workers,
+                client=client,
+                storage_options=storage_options,
+                policy=policy,
+                progress=progress,
+                inline_binary_limit=inline_binary_limit,
+            )
+            lake = read_lake(folder)
+            summary.tables = {"instances": [lake.instances()], "errors": [lake.errors()]}
+            summary.report = None
+        return summary
     return ingest(
         sources,
         out=out,
@@ -255,6 +274,18 @@ def scan(src: str | Sequence[str], out: str | None = None, **options: Any) -> La
     lake = read_lake(folder)
     weakref.finalize(lake, shutil.rmtree, folder, True)
     return lake
+
+
+def scan_errors(summary: RunSummary) -> pa.Table:
+    """The error rows of a scan collected in memory (``run_scan(out=None)``)."""
+    parts = summary.tables.get("errors", [])
+    return pa.concat_tables(parts) if parts else read_lake_errors_schema()
+
+
+def read_lake_errors_schema() -> pa.Table:
+    from dicomflow.schemas import errors_schema
+
+    return errors_schema().empty_table()
 
 
 def listen_spec(

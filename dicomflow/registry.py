@@ -26,6 +26,12 @@ class Registry:
     def names(self) -> list[str]:
         return sorted({ep.name for ep in entry_points(group=self.group)})
 
+    def builtin_names(self) -> list[str]:
+        """The names dicomflow itself registers."""
+        return sorted(
+            {ep.name for ep in entry_points(group=self.group) if ep.value.startswith("dicomflow.")}
+        )
+
     def get(self, name: str) -> Any:
         matches = [ep for ep in entry_points(group=self.group) if ep.name == name]
         if not matches:

@@ -317,24 +317,27 @@ class PipelineSpec(_Model):
         return cls.model_validate(yaml.safe_load(text))
 
 
-def _union(group: registry.Registry, field: str) -> Any:
-    """Every model registered in ``group``, as a union told apart by ``field``."""
-    models = tuple(_config_model(group, name) for name in group.names())
+def _union(group: registry.Registry, field: str, builtin_only: bool) -> Any:
+    """Every model registered in ``group`` (or only dicomflow's own), as a union told
+    apart by ``field``."""
+    names = group.builtin_names() if builtin_only else group.names()
+    models = tuple(_config_model(group, name) for name in names)
     if len(models) == 1:
         return models[0]
     return Annotated[Union[models], Field(discriminator=field)]  # noqa: UP007
 
 
-def spec_json_schema() -> dict[str, Any]:
+def spec_json_schema(*, builtin_only: bool = False) -> dict[str, Any]:
     """The JSON Schema of :class:`PipelineSpec` with every registered operator, source and
-    sink model in it (the built-ins' is committed next to this module)."""
+    sink model in it (with ``builtin_only``, dicomflow's own: the schema committed next
+    to this module)."""
     documented = create_model(
         "PipelineSpec",
         __base__=PipelineSpec,
         __doc__=PipelineSpec.__doc__,
-        source=(_union(registry.sources, "kind"), ...),
-        operators=(list[_union(registry.operators, "name")], Field(default_factory=_default_operators)),  # type: ignore[misc]
-        sinks=(list[_union(registry.sinks, "kind")], Field(min_length=1)),  # type: ignore[misc]
+        source=(_union(registry.sources, "kind", builtin_only), ...),
+        operators=(list[_union(registry.operators, "name", builtin_only)], Field(default_factory=_default_operators)),  # type: ignore[misc]
+        sinks=(list[_union(registry.sinks, "kind", builtin_only)], Field(min_length=1)),  # type: ignore[misc]
     )
     return documented.model_json_schema()
 
@@ -343,5 +346,8 @@ if __name__ == "__main__":  # regenerate the committed schema: python -m dicomfl
     import json
     from pathlib import Path
 
-    target = Path(__file__).with_name("pipeline-spec.schema.json")
-    target.write_text(json.dumps(spec_json_schema(), indent=2, sort_keys=True) + "\n")
+    from dicomflow.schemas import spec  # the registered models are the package's, not __main__'s
+
+    target = Path(spec.__file__).with_name("pipeline-spec.schema.json")
+    schema = spec.spec_json_schema(builtin_only=True)
+    target.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")

@@ -12,6 +12,8 @@ from dicomflow import registry
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.lake.layout import LakeLayout, safe_uid_component
 from dicomflow.operators import Flatten, Operator
+from dicomflow.operators.base import Outputs, RunSettings
+from dicomflow.schemas.spec import FilesSource, OperatorConfig
 from dicomflow.operators.write_pixels import WritePixels
 from dicomflow.pipelines.scan import scan_pipeline
 from dicomflow.pipelines.sinks import CollectSink, LakeSink
@@ -38,7 +40,11 @@ def test_units_pickle_round_trip(unit: object) -> None:
 def test_operators_follow_the_contract_and_are_registered() -> None:
     assert isinstance(Flatten(), Operator)
     assert registry.operators.get("flatten") is Flatten
-    assert registry.connectors.get("file") is FilesConnector
+    files = registry.sources.get("files")
+    assert files.Config is FilesSource
+    assert files.build(FilesSource(urls=["/data"]), RunSettings(LakeLayout("/l"))) == FilesConnector(
+        ("/data",)
+    )
     empty = Batch((), RunContext("r", datetime.now(UTC)))
     assert Flatten()(empty).records == ()
 
@@ -56,7 +62,30 @@ def test_write_pixels_runs_without_a_cluster(tmp_path: Path) -> None:
     paths = {row["zarr_path"] for row in rows}
     assert {r.outputs["instances"]["zarr_path"] for r in out.records} == paths
     assert all((tmp_path / path / "zarr.json").exists() for path in paths)
-    assert registry.operators.get("write_pixels") is WritePixels
+    assert registry.operators.get("pixels") is WritePixels
+
+
+@pytest.mark.parametrize("name", registry.operators.names())
+def test_registered_operators_declare_what_they_make(name: str) -> None:
+    """Built-ins declare the same things a plugin must: kind, config model, outputs, build."""
+    unit = registry.operators.get(name)
+    assert isinstance(unit, type) and unit.name == name
+    assert unit.kind in ("instance", "series")
+    assert issubclass(unit.Config, OperatorConfig)
+    assert unit.Config.model_fields["name"].default == name
+    assert isinstance(unit.outputs, Outputs) and isinstance(unit.needs_pixels, bool)
+    for table in unit.outputs.tables:
+        assert table.schema.names and table.version
+
+
+@pytest.mark.parametrize(
+    ("group", "field"), [(registry.sources, "kind"), (registry.sinks, "kind")], ids=["sources", "sinks"]
+)
+def test_registered_sources_and_sinks_declare_their_config(group: registry.Registry, field: str) -> None:
+    for name in group.names():
+        unit = group.get(name)
+        assert unit.Config.model_fields[field].default == name, name
+        assert callable(unit.build)
 
 
 def test_unknown_registry_names_are_config_errors() -> None:

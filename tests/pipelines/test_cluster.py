@@ -192,8 +192,8 @@ def test_in_this_process_and_in_worker_processes_the_table_is_the_same(
     files = [p for p in PYDICOM_TEST_FILES.rglob("*") if p.is_file()]
     with connect_client(None, None, None, inputs=len(files)) as here:
         assert _addresses(here)[0].startswith("inproc://")
-        in_process = dicomflow.scan(sources, client=here, progress=False)
-    in_processes = dicomflow.scan(sources, client=client, progress=False)
+        in_process = dicomflow.scan(sources, client=here, progress=False).instances()
+    in_processes = dicomflow.scan(sources, client=client, progress=False).instances()
     assert in_process.num_rows > 50
     pd.testing.assert_frame_equal(_content(in_process), _content(in_processes))
 
