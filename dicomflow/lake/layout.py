@@ -15,6 +15,7 @@ from dicomflow.errors import ConfigError
 
 _UID = re.compile(r"^[0-9.]{1,64}$")
 TABLES = ("instances", "errors", "series")
+TABLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")  # what an operator may name a table
 PIXELS_ROOT = "pixels.zarr"  # stacks at pixels.zarr/<study>/<series>/<stack>
 STACK_DEPTH = 4  # path components from the lake root to a stack
 
@@ -64,7 +65,9 @@ class LakeLayout:
         return path if self.is_local() else str(fs.unstrip_protocol(path))
 
     def table_dir(self, table: str) -> str:
-        if table not in TABLES:
-            raise ConfigError(f"unknown lake table {table!r}")
+        """The folder of a table: a built-in one, or one an operator declared (snake_case,
+        so a name never leaves the lake's top level)."""
+        if table not in TABLES and not TABLE_NAME.fullmatch(table):
+            raise ConfigError(f"not a lake table name: {table!r}")
         _, root = self.filesystem()
         return f"{root}/{table}"

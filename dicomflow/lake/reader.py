@@ -38,17 +38,35 @@ class Lake:
 
         fs, root = self.layout.filesystem()
         directory = self.layout.table_dir(table)
-        schema = _SCHEMAS[table]()
         parts = sorted(p for p in fs.glob(f"{directory}/*.parquet"))
         ledger = Ledger(self.layout)
         if ledger.exists():
             live = {f"{root}/{p}" for p in ledger.live_parts()}
             parts = [p for p in parts if p in live]
+        known = _SCHEMAS.get(table)
+        if known is None and not parts:
+            if table not in self.tables():
+                raise KeyError(f"the lake has no table {table!r}; it has {self.tables()}")
+            return pads.dataset(pa.table({}))
+        schema = known() if known is not None else None  # an operator's: as its parts say
         if not parts:
+            assert schema is not None
             return pads.dataset(
                 pa.table({f.name: pa.array([], f.type) for f in schema}, schema=schema)
             )
         return pads.dataset(parts, schema=schema, format="parquet", filesystem=fs)
+
+    def tables(self) -> list[str]:
+        """The names of the lake's tables: the built-ins and every one an operator of
+        a committed run declared."""
+        from dicomflow.lake.ledger import table_names
+
+        fs, root = self.layout.filesystem()
+        return table_names(fs, root)
+
+    def table(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        """Any table of the lake (an operator's own included), its committed parts only."""
+        return self.dataset(name).to_table(columns=columns)
 
     def instances(self, columns: list[str] | None = None) -> pa.Table:
         return self.dataset("instances").to_table(columns=columns)

@@ -9,7 +9,6 @@ and the batch goes on.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -17,7 +16,7 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 import pyarrow as pa
 
 from dicomflow.errors import DicomflowError, ErrorCode
-from dicomflow.lake.layout import LakeLayout
+from dicomflow.lake.layout import TABLE_NAME, LakeLayout
 from dicomflow.records import Batch, InstanceRecord
 
 logger = logging.getLogger(__name__)
@@ -82,7 +81,6 @@ class TableOutput:
             raise ValueError(f"not a usable table name: {self.name!r}")
 
 
-TABLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 RESERVED_TABLES = frozenset({"errors", "pixels", "dicom", "renders"})
 
 

@@ -34,7 +34,7 @@ from dicomflow.schemas.spec import (
     PipelineSpec,
     PixelsOperator,
 )
-from dicomflow.spec_runner import run_spec
+from dicomflow.api import run as run_spec
 from tests.conftest import PYDICOM_TEST_FILES, require
 from tests.peers.orthanc import Orthanc, free_port, orthanc_binary, running_orthanc
 

@@ -11,7 +11,7 @@ from pydicom.uid import generate_uid
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.watermark import Watermark
 from dicomflow.schemas.spec import DimseSource, LakeSink, PipelineSpec
-from dicomflow.spec_runner import run_spec
+from dicomflow.api import run as run_spec
 from tests.conftest import PYDICOM_TEST_FILES, require
 from tests.peers.orthanc import orthanc_binary, running_orthanc
 

@@ -107,11 +107,11 @@ def test_cli_and_spec_map_tls_files_the_same_way(
 ) -> None:
     """A DIMSE peer with a certificate but no CA uses TLS from a spec exactly as from the CLI
     (specs used to need ``tls_ca`` and silently went plaintext without it)."""
-    from dicomflow.cli import _build_dimse_options
+    from dicomflow.api import peer_options
+    from dicomflow.pipelines.endpoints import dimse_options as _dimse_options
     from dicomflow.schemas.spec import DimseSink, DimseSource
-    from dicomflow.spec_runner import _dimse_options
 
-    cli = _build_dimse_options("DICOMFLOW", ca, cert, key, None, None)
+    cli, _ = peer_options(tls_ca=ca, tls_cert=cert, tls_key=key)
     files = {"tls_ca": ca, "tls_cert": cert, "tls_key": key}
     source = DimseSource(url="dimse://PACS@127.0.0.1:104", query={"PatientID": "1"}, **files)
     sink = DimseSink(url="dimse://PACS@127.0.0.1:104", **files)
