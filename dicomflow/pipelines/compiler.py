@@ -189,12 +189,19 @@ class CompiledPipeline:
         listener = self.source
         assert isinstance(listener, Listener)
         with self.connect() as client:
+
+            def ingest_batch(files: list[str]) -> RunSummary:
+                summary = self.ingest(
+                    client, files, source_storage_options=self.lake.storage_options
+                )
+                if self.anonymize is not None:  # what was received is not de-identified
+                    remove_files(self.lake, files)
+                return summary
+
             return listen(
                 listener,
                 lake=self.lake,
-                ingest=lambda files: self.ingest(
-                    client, files, source_storage_options=self.lake.storage_options
-                ),
+                ingest=ingest_batch,
                 stop=self.resources.stop,
                 on_batch=self.resources.on_batch,
             )

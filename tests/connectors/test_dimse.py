@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -221,6 +223,12 @@ def test_instances_the_pacs_cannot_send_become_not_retrieved(
     errors = dicomflow.read_lake(str(tmp_path / "lake")).errors().to_pylist()
     assert [e["code"] for e in errors] == ["not_retrieved"]
     assert errors[0]["source"].startswith(server.url)
+    # The run's report counts the row the CLI summary counts (it used to leave it out).
+    report = json.loads(Path(str(summary.report)).read_text())
+    assert report["counts"]["error_rows"] == summary.errors == 1
+    assert {"stage": "retrieve", "code": "not_retrieved", "count": 1} in report[
+        "errors_by_stage_and_code"
+    ]
 
 
 def test_dimse_source_needs_a_query(tmp_path: Path) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import socket
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +20,8 @@ import pydicom
 import pytest
 import s3fs
 from distributed import Client
+
+import dicomflow
 
 from dicomflow.api import run_scan, scan_errors
 from dicomflow.connectors.files import REMOTE_BLOCK_SIZE
@@ -282,3 +286,71 @@ def test_bucket_lake_anonymize_send_stores_only_deidentified_instances(
     lake_uids = set(table.column("SOPInstanceUID").to_pylist())
     assert stored == lake_uids and len(stored) == len(sources)
     assert not stored & originals
+
+
+def test_a_bucket_is_read_into_a_lake_in_another_store_with_its_own_options(
+    s3_options: dict, tmp_path: Path
+) -> None:
+    """``--storage-option`` reaches the sources and ``--out-storage-option`` the lake: the
+    inputs on one S3 service land in a lake on another, each with its own credentials."""
+    pytest.importorskip("moto.server")
+    port = _free_port()
+    # Its own process: moto servers in one process share their buckets.
+    other = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        lake_endpoint = f"http://127.0.0.1:{port}"
+        lake_fs = s3fs.S3FileSystem(
+            key="lake-user", secret="lake-secret", endpoint_url=lake_endpoint, skip_instance_cache=True
+        )
+        for _ in range(100):
+            try:
+                lake_fs.mkdir("lake")
+                break
+            except OSError:
+                time.sleep(0.2)
+        source_endpoint = s3_options["client_kwargs"]["endpoint_url"]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dicomflow",
+                "scan",
+                "s3://dicoms/data",
+                "--out",
+                "s3://lake/cohort",
+                "--storage-option",
+                f"endpoint_url={source_endpoint}",
+                "--storage-option",
+                "key=testing",
+                "--storage-option",
+                f"secret={SECRET}",
+                "--out-storage-option",
+                f"endpoint_url={lake_endpoint}",
+                "--out-storage-option",
+                "key=lake-user",
+                "--out-storage-option",
+                "secret=lake-secret",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=REPO,
+        )
+        assert result.returncode == 0, result.stderr
+        assert SECRET not in result.stdout + result.stderr
+        lake = dicomflow.read_lake(
+            "s3://lake/cohort",
+            storage_options={"key": "lake-user", "secret": "lake-secret", "endpoint_url": lake_endpoint},
+        )
+        assert lake.instances().num_rows == len(FILES) - 1  # README.txt is an error row
+        assert lake.errors().num_rows == 1
+        source_fs = s3fs.S3FileSystem(**s3_options, skip_instance_cache=True)
+        assert not source_fs.exists("lake")  # nothing written to the source's service
+        assert not lake_fs.exists("dicoms")  # and the sources are not on the lake's
+    finally:
+        other.terminate()
+        other.wait(timeout=30)

@@ -145,3 +145,78 @@ def test_a_listen_spec_serves_tls_and_refuses_plaintext(tmp_path: Path) -> None:
         _, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
     assert dicomflow.read_lake(str(out)).instances().num_rows == len(FILES)
+
+
+MARKER = "LEAKMARKER^ZQXJ"
+
+
+def _values_holding(lake: Path, marker: str) -> list[str]:
+    """Every place under ``lake`` where ``marker`` appears: in a table's values (Parquet is
+    compressed, so its values are read back), or in any other file's bytes."""
+    import pyarrow.parquet as pq
+
+    found = []
+    for path in lake.rglob("*"):
+        if not path.is_file():
+            continue
+        if path.suffix == ".parquet":
+            table = pq.read_table(path)
+            if marker in str(table.to_pylist()):
+                found.append(str(path))
+        elif marker.encode() in path.read_bytes() or marker in path.name:
+            found.append(str(path))
+    return found
+
+
+def test_a_listening_spec_that_anonymizes_never_lands_identified_data(
+    tmp_path: Path,
+) -> None:
+    """A ``listen`` source with an ``anonymize`` operator: what arrives is de-identified
+    before any output is made, and the received originals do not stay in the lake."""
+    require(shutil.which("storescu") is not None, "DCMTK's storescu (Debian package dcmtk)")
+    import pydicom
+
+    marked = tmp_path / "marked.dcm"
+    ds = pydicom.dcmread(PYDICOM_TEST_FILES / "CT_small.dcm")
+    ds.PatientName = MARKER
+    ds.PatientID = MARKER.replace("^", "")
+    ds.save_as(marked)
+    port = free_port()
+    out = tmp_path / "lake"
+    spec = tmp_path / "listen.yaml"
+    spec.write_text(
+        f"""
+name: listen-deid
+source: {{kind: listen, ae_title: DICOMFLOW, port: {port}, host: 127.0.0.1, batch_seconds: 1}}
+operators:
+  - {{name: anonymize, key_env: LISTEN_DEID_KEY}}
+  - {{name: flatten}}
+sinks: [{{kind: lake, path: "{out}"}}]
+cluster: {{workers: 1}}
+"""
+    )
+    env = {**__import__("os").environ, "LISTEN_DEID_KEY": "ab" * 32}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dicomflow", "run", str(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        _wait_for_port(port)
+        sent = _storescu(port, "MODALITY", [marked])
+        assert sent.returncode == 0, sent.stderr
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list(out.glob("instances/*.parquet")):
+            time.sleep(0.5)
+        time.sleep(2)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    instances = dicomflow.read_lake(str(out)).instances(columns=["PatientName", "PatientID"])
+    assert instances.num_rows == 1
+    assert instances.column("PatientName").to_pylist() != [MARKER]
+    assert _values_holding(out, MARKER) == []
+    assert _values_holding(out, MARKER.replace("^", "")) == []
