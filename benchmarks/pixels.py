@@ -171,7 +171,7 @@ def main() -> None:
                     os.sync()
                     start = time.perf_counter()
                     summary = dicomflow.ingest(
-                        [str(data)], out=str(lake), client=client, progress=False
+                        [str(data)], out=str(lake), client=client, progress=False, pixels=True
                     )
                     ours.append(time.perf_counter() - start)
                     assert summary.rows == args.n and summary.errors == 0

@@ -53,12 +53,12 @@ from dicomflow.schemas.spec import (
 
 __all__ = [
     "AnonymizeOperator",
+    "AnonymizeSettings",
     "ConfigError",
     "DimsePeerConfig",
-    "PeerError",
-    "AnonymizeSettings",
     "FlattenOperator",
     "Lake",
+    "PeerError",
     "Pipeline",
     "PixelsOperator",
     "deidentifier",
@@ -164,7 +164,7 @@ def ingest_spec(
     sinks: list[SinkConfig] = [LakeSink(path=out, storage_options=dict(lake_options or {}))]
     if write_dicom:
         if anonymize is None:
-            raise ConfigError("de-identified DICOM files need anonymize (--anonymize)")
+            raise ConfigError("--dicom keeps de-identified files: it needs --anonymize")
         sinks.append(DicomSink())
     if send_to is not None:
         sinks.append(_send_sink(send_to, send_options, dimse, dicomweb))
@@ -202,7 +202,9 @@ def ingest(
     (failures are ``not_stored`` error rows). Other keywords: :func:`ingest_spec`.
     """
     spec = ingest_spec(sources, out=out, pixels=pixels, anonymize=anonymize, **options)
-    engines = {PYTHON_KEY: anonymize.deidentifier} if isinstance(anonymize, AnonymizeSettings) else {}
+    engines = (
+        {PYTHON_KEY: anonymize.deidentifier} if isinstance(anonymize, AnonymizeSettings) else {}
+    )
     return run(spec, client=client, progress=progress, deidentifiers=engines, policy=policy)
 
 
@@ -392,10 +394,7 @@ def send(paths: Sequence[str | Path], url: str, peer: DimsePeerConfig | None = N
     from dicomflow.pipelines.endpoints import dimse_options
 
     files = sorted(
-        p
-        for s in map(Path, paths)
-        for p in (s.rglob("*") if s.is_dir() else [s])
-        if p.is_file()
+        p for s in map(Path, paths) for p in (s.rglob("*") if s.is_dir() else [s]) if p.is_file()
     )
     return c_store(DimseAddress.parse(url), files, dimse_options(peer or DimsePeerConfig(url=url)))
 
@@ -462,11 +461,16 @@ def peer_options(
     settings (the CLI's peer flags); each is built from its spec entry."""
     from dicomflow.pipelines.endpoints import dicomweb_options, dimse_options
 
-    common = {"tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key}
-    identity = {"username": username, "password_env": password_env}
+    common: dict[str, Any] = {
+        "tls_ca": tls_ca,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "username": username,
+        "password_env": password_env,
+    }
     try:
-        dimse = DimsePeerConfig(url="dimse://X@h:1", calling_ae=calling_ae, **common, **identity)
-        web = DicomwebPeerConfig(url="dicomweb+http://h", token_env=token_env, **common, **identity)
+        dimse = DimsePeerConfig(url="dimse://X@h:1", calling_ae=calling_ae, **common)
+        web = DicomwebPeerConfig(url="dicomweb+http://h", token_env=token_env, **common)
     except ValueError as exc:
         raise ConfigError(f"invalid peer settings: {exc}") from None
     return dimse_options(dimse), dicomweb_options(web)
@@ -509,7 +513,9 @@ def _source(
     url = peers[0]
     try:
         if url.startswith("dimse://"):
-            return DimseSource(url=url, query=dict(query or {}), cohort=cohort, **_dimse_fields(dimse))
+            return DimseSource(
+                url=url, query=dict(query or {}), cohort=cohort, **_dimse_fields(dimse)
+            )
         return DicomwebSource(url=url, query=dict(query or {}), **_dicomweb_fields(dicomweb))
     except ValueError as exc:
         raise ConfigError(f"invalid source: {exc}") from None

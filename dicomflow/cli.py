@@ -28,7 +28,9 @@ def _configure_logging(verbose: int, json_lines: bool = False) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
     # distributed sets up its own loggers (INFO, with a handler) when first imported,
     # which now happens after this: tell it through Dask's configuration instead.
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", logging.getLevelName(max(level, logging.WARNING)).lower())
+    os.environ.setdefault(
+        "DASK_LOGGING__DISTRIBUTED", logging.getLevelName(max(level, logging.WARNING)).lower()
+    )
     logs.configure(level, json_lines=json_lines)
     # These can log identifiers (datasets, UIDs in URLs and queries) or credentials
     # locations; keep them at WARNING whatever -v says.
@@ -39,7 +41,6 @@ def _configure_logging(verbose: int, json_lines: bool = False) -> None:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     # pydicom logs every codec fallback at ERROR with a traceback; tasks that run in this
     # process (small jobs) would print them. What failed becomes an error row instead.
-    import pydicom.config  # sets its logger's level on import: set ours after it
 
     logging.getLogger("pydicom").setLevel(logging.CRITICAL if verbose < 2 else logging.DEBUG)
     # Whenever a cluster is started or joined, say where its dashboard is.
@@ -227,7 +228,8 @@ def _anonymize_config(
             mapping=mapping,
         )
     except ValueError as exc:
-        raise ConfigError(f"invalid de-identification options: {_first_problem(exc)}") from None
+        problem = _first_problem(exc).removeprefix("Value error, ")
+        raise ConfigError(problem) from None
 
 
 def _first_problem(exc: ValueError) -> str:
@@ -634,9 +636,7 @@ def send(
 @click.option("--tls-ca", default=None, help="Callers must present a certificate it signed.")
 @click.option("--tls-cert", default=None, help="Our certificate (serves TLS).")
 @click.option("--tls-key", default=None, help="Our private key.")
-@click.option(
-    "--print-spec", is_flag=True, help="Print the pipeline spec (YAML) and exit."
-)
+@click.option("--print-spec", is_flag=True, help="Print the pipeline spec (YAML) and exit.")
 @_anonymize_options
 def listen(
     ae_title: str,
@@ -782,7 +782,9 @@ def _storage(items: tuple[str, ...], option: str) -> dict[str, Any]:
     """fsspec options from ``KEY=VALUE`` pairs, values read as YAML scalars (true, 3)."""
     import yaml
 
-    return {key: yaml.safe_load(value) if value else "" for key, value in _pairs(items, option).items()}
+    return {
+        key: yaml.safe_load(value) if value else "" for key, value in _pairs(items, option).items()
+    }
 
 
 @cli.command()

@@ -31,7 +31,9 @@ def run_demo(out: Path, *, workers: int | None = None) -> int:
     settings = AnonymizeSettings(
         deidentifier(key=DEMO_KEY, options=["retain-longitudinal-modified"]), write_dicom=True
     )
-    deid = ingest([str(samples)], out=str(deid_out), pixels=True, workers=workers, anonymize=settings)
+    deid = ingest(
+        [str(samples)], out=str(deid_out), pixels=True, workers=workers, anonymize=settings
+    )
     lake = read_lake(str(out))
     stacks = lake.series()
     instances = lake.instances(columns=["Modality"])

@@ -17,6 +17,7 @@ patient data reaches logs or the ``errors`` table.
 
 from __future__ import annotations
 
+import logging
 from enum import StrEnum
 
 
@@ -90,3 +91,14 @@ class DeidentificationError(DicomflowError, ValueError):
         super().__init__(message)
         if code is not None:
             self.code = code
+
+
+def describe_failure(exc: BaseException) -> tuple[ErrorCode, str]:
+    """The error code and PHI-free message for a fault in one instance (only the
+    exception's type is logged: its text may quote values)."""
+    if isinstance(exc, DicomflowError):
+        return exc.code, str(exc)
+    if isinstance(exc, RecursionError):
+        return ErrorCode.TOO_DEEP, "data nested too deeply"
+    logging.getLogger(__name__).warning("one instance failed (%s)", type(exc).__name__)
+    return ErrorCode.INTERNAL, f"unexpected {type(exc).__name__}"

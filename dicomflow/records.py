@@ -9,11 +9,33 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from dicomflow.dicom.elements import Elements
 from dicomflow.errors import ErrorCode
 from dicomflow.urls import redact_url
+
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+class Element(NamedTuple):
+    """One data element.
+
+    ``value`` is the encoded bytes; ``None`` when the value was not read (bulk
+    data left in the source at ``offset``); for ``SQ`` a tuple of items, each a
+    tuple of elements. When ``converted`` is true, ``value`` is already a Python
+    value (pydicom resolved an ambiguous VR and decoded it).
+    """
+
+    tag: int
+    vr: str
+    value: Any
+    offset: int | None
+    length: int
+    little_endian: bool = True
+    converted: bool = False
+
+
+Elements = tuple[Element, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -137,7 +137,10 @@ def test_a_plugin_operator_runs_from_python(
         """
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], env=_env(plugin_path), capture_output=True, text=True,
+        [sys.executable, "-c", code],
+        env=_env(plugin_path),
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr

@@ -19,8 +19,7 @@ from dicomflow.anonymize.config import deidentifier
 from dicomflow.anonymize.engine import Deidentifier
 from dicomflow.anonymize.values import quiet_pydicom
 from dicomflow.connectors.files import FilesConnector
-from dicomflow.errors import DeidentificationError
-from dicomflow.errors import ConfigError
+from dicomflow.errors import ConfigError, DeidentificationError
 from dicomflow.lake.dicom_files import DICOM_DIR, DicomFiles
 from dicomflow.lake.ledger import input_identity
 from dicomflow.operators.base import FileOutput, OperatorKind, Outputs, RunSettings, map_records
@@ -50,6 +49,8 @@ def build_deidentifier(config: AnonymizeOperator) -> Deidentifier:
         vocabulary=config.vocabulary,
         keep_mapping=config.mapping is not None,
     )
+
+
 MAPPING_OUTPUT = "mapping"
 
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import pyarrow as pa
 
-from dicomflow.errors import DicomflowError, ErrorCode
+from dicomflow.errors import describe_failure
 from dicomflow.lake.layout import TABLE_NAME, LakeLayout
 from dicomflow.records import Batch, InstanceRecord
 
@@ -29,16 +29,6 @@ class Operator(Protocol):
     name: ClassVar[str]
 
     def __call__(self, batch: Batch) -> Batch: ...
-
-
-def describe_failure(exc: BaseException) -> tuple[ErrorCode, str]:
-    """The error code and PHI-free message for a fault in one instance."""
-    if isinstance(exc, DicomflowError):
-        return exc.code, str(exc)
-    if isinstance(exc, RecursionError):
-        return ErrorCode.TOO_DEEP, "data nested too deeply"
-    logger.warning("one instance failed (%s)", type(exc).__name__)
-    return ErrorCode.INTERNAL, f"unexpected {type(exc).__name__}"
 
 
 def map_records(

@@ -48,6 +48,9 @@ from dicomflow.pipelines.pipeline import RunSummary, new_run_id
 from dicomflow.pipelines.plan import PartitionPolicy
 from dicomflow.pipelines.retrieve import report_missing, retrieve
 from dicomflow.records import RunContext
+from dicomflow.registry import operators as operator_registry
+from dicomflow.registry import sinks as sink_registry
+from dicomflow.registry import sources as source_registry
 from dicomflow.schemas.spec import (
     AnonymizeOperator,
     DicomSink,
@@ -57,9 +60,6 @@ from dicomflow.schemas.spec import (
     PipelineSpec,
     PixelsOperator,
 )
-from dicomflow.registry import operators as operator_registry
-from dicomflow.registry import sinks as sink_registry
-from dicomflow.registry import sources as source_registry
 
 logger = logging.getLogger(__name__)
 

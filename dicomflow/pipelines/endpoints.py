@@ -23,10 +23,10 @@ from typing import ClassVar
 from dicomflow.connectors.dicomweb.address import DicomwebAddress, DicomwebOptions
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions, TlsOptions
 from dicomflow.connectors.files import FilesConnector
+from dicomflow.connectors.peers import DicomwebPeer, DimsePeer
 from dicomflow.operators.base import Operator, RunSettings
 from dicomflow.operators.store import Store
 from dicomflow.pipelines.limits import associations_limit
-from dicomflow.connectors.peers import DicomwebPeer, DimsePeer
 from dicomflow.schemas.spec import (
     DicomSink,
     DicomwebPeerConfig,
@@ -183,4 +183,3 @@ class DicomwebSinkUnit:
             associations_limit(address, run.max_associations),
             dict(run.source_storage_options),
         )
-

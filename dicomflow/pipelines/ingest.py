@@ -130,11 +130,11 @@ def run_ingest(
         tables = (*tables, *WritePixels.outputs.tables)
     sinks = (LakeSink(layout, config_digest(config), tables, fingerprint(config)),)
     done = prepare_lake(sinks)
-    if isinstance(sources, str | list | tuple):
+    if isinstance(sources, FilesConnector):
+        source = sources
+    else:
         source_storage = storage if source_storage_options is None else source_storage_options
         source = FilesConnector(tuple(sources), dict(source_storage))
-    else:
-        source = sources
     refs = list_inputs(source, listing)
     stages = _Stages(client, layout, context, options, policy, progress, retries, sinks)
     accounted = _Retrieval(not_retrieved)
@@ -303,9 +303,7 @@ def ingest_config(options: IngestOptions, anonymize: AnonymizeSettings | None) -
     if options.pixels:
         steps.setdefault(
             "pixels",
-            config_digest(
-                {"frames": options.frames_per_chunk, "palette": options.expand_palette}
-            ),
+            config_digest({"frames": options.frames_per_chunk, "palette": options.expand_palette}),
         )
     if anonymize is not None:
         steps["anonymize"] = config_digest(anonymize.fingerprint())

@@ -31,6 +31,7 @@ from dicomflow.pipelines.plan import Partition, PartitionPolicy, plan_partitions
 from dicomflow.pipelines.progress import Progress
 from dicomflow.pipelines.result_sizes import mapping_bytes
 from dicomflow.pipelines.sinks import FAILED_PARTITION_STAGE, LakeSink, Sink
+from dicomflow.pipelines.summary import RunSummary
 from dicomflow.records import Batch, InstanceRecord, RunContext, SourceRef
 
 logger = logging.getLogger(__name__)
@@ -65,35 +66,6 @@ def partition_result_bytes(result: PartitionResult) -> int:
 
 
 sizeof.register(PartitionResult, partition_result_bytes)
-
-
-@dataclass
-class RunSummary:
-    """The outcome of a run, for the CLI summary and the notebook API."""
-
-    run_id: str
-    files: int = 0
-    rows: int = 0
-    errors: int = 0
-    skipped: int = 0  # inputs a previous run already committed
-    seconds: float = 0.0
-    error_codes: Counter[str] = field(default_factory=Counter)
-    tables: dict[str, list[pa.Table]] = field(default_factory=dict)
-    timeline: list[tuple[float, int]] = field(default_factory=list)  # (seconds, inputs done)
-    slowest: list[tuple[float, int, str]] = field(default_factory=list)  # (s, inputs, source)
-    report: str | None = None
-    started: float = field(default_factory=time.perf_counter, repr=False)
-    first_result_seconds: float | None = None  # from the summary's start to the first commit
-
-    @property
-    def files_per_second(self) -> float:
-        done = self.files - self.skipped
-        return done / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def accounted(self) -> bool:
-        """Every input became a row or an error row (now, or in a run it resumed)."""
-        return self.rows + self.errors + self.skipped == self.files
 
 
 def run_partition(

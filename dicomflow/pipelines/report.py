@@ -18,7 +18,7 @@ from typing import Any
 
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.writer import put_atomically
-from dicomflow.pipelines.pipeline import RunSummary
+from dicomflow.pipelines.summary import RunSummary
 
 RUNS_DIR = "_runs"
 PACKAGES = ("dicomflow", "pydicom", "pynetdicom", "dask", "distributed", "pyarrow", "zarr", "numpy")

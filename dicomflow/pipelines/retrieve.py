@@ -25,10 +25,10 @@ from pathlib import Path
 from dask.delayed import delayed
 from distributed import Client
 
+from dicomflow.connectors.peers import Peer, SeriesRequest
 from dicomflow.errors import ConfigError, ErrorCode
 from dicomflow.lake.layout import LakeLayout, safe_uid_component
 from dicomflow.pipelines.limits import associations_limit
-from dicomflow.connectors.peers import Peer, SeriesRequest
 from dicomflow.pipelines.plan import Partition
 from dicomflow.pipelines.sinks import LakeSink
 from dicomflow.records import Batch, InstanceRecord, RunContext, SourceRef

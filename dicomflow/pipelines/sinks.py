@@ -30,6 +30,7 @@ from dicomflow.schemas import (
     SERIES_SCHEMA_VERSION,
     errors_schema,
 )
+
 SCHEMA_VERSION_KEY = b"dicomflow.schema_version"
 
 FAILED_PARTITION_STAGE = "partition"  # the stage of error rows for a partition that kept failing

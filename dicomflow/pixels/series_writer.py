@@ -31,7 +31,7 @@ import numpy as np
 from fsspec.core import url_to_fs
 
 from dicomflow.dicom.geometry import SliceInfo, Stack, split_stacks
-from dicomflow.errors import ErrorCode
+from dicomflow.errors import ErrorCode, describe_failure
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.zarr_store import (
     FrameWriter,
@@ -42,7 +42,6 @@ from dicomflow.lake.zarr_store import (
     discard_stack,
     open_temporary_array,
 )
-from dicomflow.operators.base import describe_failure
 from dicomflow.pixels.decode import (
     DEFAULT_MEMORY_BUDGET,
     DecodedPixels,

@@ -173,10 +173,16 @@ class AnonymizeOperator(OperatorConfig):
 
     @model_validator(mode="after")
     def _one_key_source(self) -> AnonymizeOperator:
-        if sum(bool(k) for k in (self.key_file, self.key_env, self.key_ref)) != 1:
+        given = sum(bool(k) for k in (self.key_file, self.key_env, self.key_ref))
+        if given == 0:
             raise ValueError(
-                "anonymize needs exactly one of key_file or key_env "
-                "(or, from Python, key_ref naming a de-identifier given to run)"
+                "de-identification needs a key: key_file or key_env "
+                "(--key-file FILE or --key-env VARIABLE)"
+            )
+        if given > 1:
+            raise ValueError(
+                "give the key either as a file or as an environment variable, not both "
+                "(one of key_file or key_env)"
             )
         return self
 
@@ -331,13 +337,15 @@ def spec_json_schema(*, builtin_only: bool = False) -> dict[str, Any]:
     """The JSON Schema of :class:`PipelineSpec` with every registered operator, source and
     sink model in it (with ``builtin_only``, dicomflow's own: the schema committed next
     to this module)."""
+    operators: Any = list[_union(registry.operators, "name", builtin_only)]  # type: ignore[misc]
+    sinks: Any = list[_union(registry.sinks, "kind", builtin_only)]  # type: ignore[misc]
     documented = create_model(
         "PipelineSpec",
         __base__=PipelineSpec,
         __doc__=PipelineSpec.__doc__,
         source=(_union(registry.sources, "kind", builtin_only), ...),
-        operators=(list[_union(registry.operators, "name", builtin_only)], Field(default_factory=_default_operators)),  # type: ignore[misc]
-        sinks=(list[_union(registry.sinks, "kind", builtin_only)], Field(min_length=1)),  # type: ignore[misc]
+        operators=(operators, Field(default_factory=_default_operators)),
+        sinks=(sinks, Field(min_length=1)),
     )
     return documented.model_json_schema()
 

@@ -8,4 +8,4 @@ import json
 from dicomflow.schemas.spec import spec_json_schema
 
 if __name__ == "__main__":
-    print(json.dumps(spec_json_schema(), indent=2, sort_keys=True))  # noqa: T201
+    print(json.dumps(spec_json_schema(), indent=2, sort_keys=True))

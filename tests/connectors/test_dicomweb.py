@@ -20,6 +20,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 import dicomflow
+from dicomflow.api import run as run_spec
 from dicomflow.connectors.dicomweb import DicomwebAddress, DicomwebError, DicomwebOptions
 from dicomflow.connectors.dicomweb.qido import search_instances
 from dicomflow.connectors.dicomweb.stow import stow
@@ -34,7 +35,6 @@ from dicomflow.schemas.spec import (
     PipelineSpec,
     PixelsOperator,
 )
-from dicomflow.api import run as run_spec
 from tests.conftest import PYDICOM_TEST_FILES, require
 from tests.peers.orthanc import Orthanc, free_port, orthanc_binary, running_orthanc
 
@@ -161,9 +161,12 @@ def test_ingest_from_dicomweb_equals_ingest_from_files(
         query={"StudyInstanceUID": _studies(files)},
         client=client,
         progress=False,
+        pixels=True,
     )
     local = tmp_path / "local"
-    dicomflow.ingest([str(p) for p in files], out=str(local), client=client, progress=False)
+    dicomflow.ingest(
+        [str(p) for p in files], out=str(local), client=client, progress=False, pixels=True
+    )
     assert summary.errors == 0 and summary.rows == len(files)
     web, disk = dicomflow.read_lake(str(remote)), dicomflow.read_lake(str(local))
     assert _typed(web.instances()) == _typed(disk.instances())
@@ -181,14 +184,14 @@ def test_rerun_fetches_only_what_is_missing(
     out = tmp_path / "lake"
     query = {"SeriesInstanceUID": _uid(files[0], "SeriesInstanceUID")}
     first = dicomflow.ingest(
-        [orthanc.dicomweb], out=str(out), query=query, client=client, progress=False
+        [orthanc.dicomweb], out=str(out), query=query, client=client, progress=False, pixels=True
     )
     assert (first.rows, first.errors) == (SLICES, 0)
     retrieved = sorted((out / "_retrieved").rglob("*.dcm"))
     assert len(retrieved) == SLICES
     stamps = {p: p.stat().st_mtime_ns for p in retrieved}
     again = dicomflow.ingest(
-        [orthanc.dicomweb], out=str(out), query=query, client=client, progress=False
+        [orthanc.dicomweb], out=str(out), query=query, client=client, progress=False, pixels=True
     )
     assert (again.rows, again.skipped) == (0, SLICES) and again.accounted
     assert {p: p.stat().st_mtime_ns for p in retrieved} == stamps
@@ -196,7 +199,7 @@ def test_rerun_fetches_only_what_is_missing(
     for path in lost:
         path.unlink()
     third = dicomflow.ingest(
-        [orthanc.dicomweb], out=str(out), query=query, client=client, progress=False
+        [orthanc.dicomweb], out=str(out), query=query, client=client, progress=False, pixels=True
     )
     assert third.errors == 0 and all(p.exists() for p in lost)
     assert all(p.stat().st_mtime_ns == stamps[p] for p in retrieved[3:])  # not fetched again
@@ -261,6 +264,7 @@ def test_unreachable_server_is_a_clear_error(tmp_path: Path, client: object) -> 
             dicomweb=DicomwebOptions(connect_timeout=2, read_timeout=2, attempts=2),
             client=client,
             progress=False,
+            pixels=True,
         )
 
 

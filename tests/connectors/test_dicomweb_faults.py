@@ -360,6 +360,7 @@ def test_silent_server_fails_the_plan_in_bounded_time_without_credentials_in_the
                 dicomweb=options,
                 client=client,
                 progress=False,
+                pixels=True,
             )
         elapsed = time.monotonic() - started
         connections = len(held)
@@ -394,6 +395,7 @@ def test_wado_garbage_gives_one_not_retrieved_row_per_instance(
             dicomweb=options,
             client=client,
             progress=False,
+            pixels=True,
         )
         url, seen = server.url, list(server.seen)
     assert any("/series/" in path for path in seen)  # WADO-RS was really asked

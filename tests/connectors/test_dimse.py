@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -175,6 +174,7 @@ def test_ingest_from_the_pacs_writes_the_lake_and_reruns_fetch_nothing(
         query={"StudyInstanceUID": study},
         client=client,
         progress=False,
+        pixels=True,
     )
     assert summary.errors == 0 and summary.rows >= 1
     lake = dicomflow.read_lake(str(out))
@@ -188,6 +188,7 @@ def test_ingest_from_the_pacs_writes_the_lake_and_reruns_fetch_nothing(
         query={"StudyInstanceUID": study},
         client=client,
         progress=False,
+        pixels=True,
     )
     # Nothing fetched again, nothing re-ingested (the ledger holds it), nothing duplicated.
     assert (again.rows, again.skipped) == (0, summary.rows) and again.accounted
@@ -235,7 +236,7 @@ def test_dimse_source_needs_a_query(tmp_path: Path) -> None:
     import dicomflow
 
     with pytest.raises(ConfigError, match="needs a query"):
-        dicomflow.ingest(["dimse://PACS@127.0.0.1:104"], out=str(tmp_path))
+        dicomflow.ingest(["dimse://PACS@127.0.0.1:104"], out=str(tmp_path), pixels=True)
 
 
 def test_cohort_csv_runs_one_find_per_row_and_joins(orthanc: Orthanc, tmp_path: Path) -> None:

@@ -148,6 +148,7 @@ def test_ingest_from_dcmqrscp(archive: Archive, tmp_path: Path, client: object) 
         query={"PatientID": "*"},
         client=client,
         progress=False,
+        pixels=True,
     )
     assert summary.errors == 0, summary.error_codes
     sop_uids = dicomflow.read_lake(str(out)).instances(columns=["SOPInstanceUID"]).column(0)

@@ -71,6 +71,7 @@ def test_pacs_killed_mid_c_get_then_a_rerun_fetches_only_what_is_missing(
                 query={"StudyInstanceUID": study},
                 client=client,
                 progress=False,
+                pixels=True,
             )
         except Exception as exc:  # reported below, never swallowed
             outcome["error"] = exc
@@ -102,6 +103,7 @@ def test_pacs_killed_mid_c_get_then_a_rerun_fetches_only_what_is_missing(
             query={"StudyInstanceUID": study},
             client=client,
             progress=False,
+            pixels=True,
         )
     assert second.errors == 0, second.error_codes
     after = _retrieved(lake)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import generate_uid
 
+from dicomflow.api import run as run_spec
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.watermark import Watermark
 from dicomflow.schemas.spec import DimseSource, LakeSink, PipelineSpec
-from dicomflow.api import run as run_spec
 from tests.conftest import PYDICOM_TEST_FILES, require
 from tests.peers.orthanc import orthanc_binary, running_orthanc
 

@@ -22,7 +22,6 @@ import s3fs
 from distributed import Client
 
 import dicomflow
-
 from dicomflow.api import run_scan, scan_errors
 from dicomflow.connectors.files import REMOTE_BLOCK_SIZE
 from dicomflow.dicom.header import read_header
@@ -153,7 +152,9 @@ def test_a_bucket_lake_with_pixels_equals_a_local_lake(
     local = tmp_path / "local"
     bucket = "s3://dicoms/lakes/pixels"
     for out, options in ((str(local), {}), (bucket, s3_options)):
-        first = ingest([str(src)], out=out, storage_options=options, client=client, progress=False)
+        first = ingest(
+            [str(src)], out=out, storage_options=options, client=client, progress=False, pixels=True
+        )
         assert (first.rows, first.errors) == (8, 0)
     remote_lake = read_lake(bucket, storage_options=s3_options)
     local_lake = read_lake(str(local))
@@ -169,10 +170,10 @@ def test_a_bucket_lake_with_pixels_equals_a_local_lake(
     np.testing.assert_array_equal(affine, expected_affine)
     fs = s3fs.S3FileSystem(**s3_options)
     assert _chunks(fs, "dicoms/lakes/pixels") == _chunks(fsspec.filesystem("file"), str(local))
-    again = ingest([str(src)], out=bucket, storage_options=s3_options, client=client)
+    again = ingest([str(src)], out=bucket, storage_options=s3_options, client=client, pixels=True)
     assert (again.rows, again.skipped) == (0, 8)
     held_back.rename(paths[-1])
-    grown = ingest([str(src)], out=bucket, storage_options=s3_options, client=client)
+    grown = ingest([str(src)], out=bucket, storage_options=s3_options, client=client, pixels=True)
     assert grown.rows == 9
     lake = read_lake(bucket, storage_options=s3_options)
     assert lake.series().column("frames").to_pylist() == [9]
@@ -200,11 +201,11 @@ def test_a_peer_retrieved_into_a_bucket_lake(
         for name in names:
             assert server.upload(PYDICOM_TEST_FILES / name)
         run = {"out": bucket, "storage_options": s3_options, "client": client, "progress": False}
-        first = ingest([server.dicomweb], query={"PatientID": "*"}, **run)
+        first = ingest([server.dicomweb], query={"PatientID": "*"}, **run, pixels=True)
         assert (first.rows, first.errors) == (2, 0)
         retrieved = fs.find("dicoms/lakes/from-pacs/_retrieved")
         stamps = {k: fs.info(k)["LastModified"] for k in retrieved}
-        again = ingest([server.dicomweb], query={"PatientID": "*"}, **run)
+        again = ingest([server.dicomweb], query={"PatientID": "*"}, **run, pixels=True)
     assert len(retrieved) == 2 and not Path("dicoms").exists()
     assert (again.rows, again.skipped) == (0, 2)
     fs.invalidate_cache()
@@ -304,7 +305,10 @@ def test_a_bucket_is_read_into_a_lake_in_another_store_with_its_own_options(
     try:
         lake_endpoint = f"http://127.0.0.1:{port}"
         lake_fs = s3fs.S3FileSystem(
-            key="lake-user", secret="lake-secret", endpoint_url=lake_endpoint, skip_instance_cache=True
+            key="lake-user",
+            secret="lake-secret",
+            endpoint_url=lake_endpoint,
+            skip_instance_cache=True,
         )
         for _ in range(100):
             try:
@@ -344,7 +348,11 @@ def test_a_bucket_is_read_into_a_lake_in_another_store_with_its_own_options(
         assert SECRET not in result.stdout + result.stderr
         lake = dicomflow.read_lake(
             "s3://lake/cohort",
-            storage_options={"key": "lake-user", "secret": "lake-secret", "endpoint_url": lake_endpoint},
+            storage_options={
+                "key": "lake-user",
+                "secret": "lake-secret",
+                "endpoint_url": lake_endpoint,
+            },
         )
         assert lake.instances().num_rows == len(FILES) - 1  # README.txt is an error row
         assert lake.errors().num_rows == 1

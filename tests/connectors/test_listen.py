@@ -213,7 +213,7 @@ cluster: {{workers: 1}}
         time.sleep(2)
     finally:
         process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=120)
+        _, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
     instances = dicomflow.read_lake(str(out)).instances(columns=["PatientName", "PatientID"])
     assert instances.num_rows == 1

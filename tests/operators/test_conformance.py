@@ -13,12 +13,12 @@ from dicomflow.connectors.files import FilesConnector
 from dicomflow.lake.layout import LakeLayout, safe_uid_component
 from dicomflow.operators import Flatten, Operator
 from dicomflow.operators.base import Outputs, RunSettings
-from dicomflow.schemas.spec import FilesSource, OperatorConfig
 from dicomflow.operators.write_pixels import WritePixels
 from dicomflow.pipelines.scan import scan_pipeline
 from dicomflow.pipelines.sinks import CollectSink, LakeSink
 from dicomflow.pixels.series_writer import PixelOptions
 from dicomflow.records import Batch, RunContext, SourceRef
+from dicomflow.schemas.spec import FilesSource, OperatorConfig
 from tests.conftest import PYDICOM_TEST_FILES
 
 UNITS = [
@@ -42,9 +42,9 @@ def test_operators_follow_the_contract_and_are_registered() -> None:
     assert registry.operators.get("flatten") is Flatten
     files = registry.sources.get("files")
     assert files.Config is FilesSource
-    assert files.build(FilesSource(urls=["/data"]), RunSettings(LakeLayout("/l"))) == FilesConnector(
-        ("/data",)
-    )
+    assert files.build(
+        FilesSource(urls=["/data"]), RunSettings(LakeLayout("/l"))
+    ) == FilesConnector(("/data",))
     empty = Batch((), RunContext("r", datetime.now(UTC)))
     assert Flatten()(empty).records == ()
 
@@ -79,9 +79,13 @@ def test_registered_operators_declare_what_they_make(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("group", "field"), [(registry.sources, "kind"), (registry.sinks, "kind")], ids=["sources", "sinks"]
+    ("group", "field"),
+    [(registry.sources, "kind"), (registry.sinks, "kind")],
+    ids=["sources", "sinks"],
 )
-def test_registered_sources_and_sinks_declare_their_config(group: registry.Registry, field: str) -> None:
+def test_registered_sources_and_sinks_declare_their_config(
+    group: registry.Registry, field: str
+) -> None:
     for name in group.names():
         unit = group.get(name)
         assert unit.Config.model_fields[field].default == name, name

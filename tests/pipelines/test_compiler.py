@@ -42,25 +42,31 @@ def _content(lake: Path) -> list[dict]:
     return sorted(table.to_pylist(), key=lambda r: r["source"])
 
 
-def test_print_spec_is_the_command_as_yaml_and_runs_the_same(
-    sources: Path, tmp_path: Path
-) -> None:
+def test_print_spec_is_the_command_as_yaml_and_runs_the_same(sources: Path, tmp_path: Path) -> None:
     printed = _cli(
-        "ingest", str(sources), "--out", str(tmp_path / "a"), "--pixels",
-        "--frames-per-chunk", "2", "--print-spec",
+        "ingest",
+        str(sources),
+        "--out",
+        str(tmp_path / "a"),
+        "--pixels",
+        "--frames-per-chunk",
+        "2",
+        "--print-spec",
     )
     assert printed.returncode == 0, printed.stderr
     spec = PipelineSpec.from_yaml(printed.stdout)
     assert [op.name for op in spec.operators] == ["flatten", "pixels"]
     assert spec.operator("pixels") == PixelsOperator(frames_per_chunk=2)
-    assert spec == ingest_spec([str(sources)], out=str(tmp_path / "a"), pixels=True,
-                               frames_per_chunk=2)
+    assert spec == ingest_spec(
+        [str(sources)], out=str(tmp_path / "a"), pixels=True, frames_per_chunk=2
+    )
     assert not (tmp_path / "a").exists()  # printing runs nothing
     path = tmp_path / "spec.yaml"
     path.write_text(printed.stdout)
     by_spec = _cli("run", str(path), "--set", f"sinks.0.path={tmp_path / 'b'}")
-    by_flags = _cli("ingest", str(sources), "--out", str(tmp_path / "a"), "--pixels",
-                    "--frames-per-chunk", "2")
+    by_flags = _cli(
+        "ingest", str(sources), "--out", str(tmp_path / "a"), "--pixels", "--frames-per-chunk", "2"
+    )
     assert by_spec.returncode == by_flags.returncode == 0, by_spec.stderr + by_flags.stderr
     first, second = _content(tmp_path / "a"), _content(tmp_path / "b")
     for row in first + second:  # the lake's own path differs, nothing else
@@ -103,9 +109,7 @@ def test_a_scan_into_a_lake_made_with_pixels_supersedes_nothing(
     scanned = run_scan([str(sources)], out=str(lake), client=client, progress=False)
     assert scanned.skipped == scanned.files  # nothing to do: the ingest covered it
     after = dicomflow.read_lake(str(lake))
-    assert after.instances().drop_columns(VOLATILE).sort_by("source").equals(
-        rows.sort_by("source")
-    )
+    assert after.instances().drop_columns(VOLATILE).sort_by("source").equals(rows.sort_by("source"))
     assert after.series().num_rows == stacks.num_rows > 0
 
 

@@ -21,7 +21,7 @@ from dicomflow.pipelines.series_tasks import SeriesRows
 from dicomflow.records import Batch, InstanceRecord, RunContext
 from tests.conftest import PYDICOM_TEST_FILES
 
-NAMES = ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "no_such_file.dcm", "JPEG2000.dcm")
+NAMES = ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "README.txt", "JPEG2000.dcm")
 
 
 def _records() -> list[InstanceRecord]:

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dicomflow.errors import ConfigError
+from dicomflow.pipelines.spec_files import apply_set, load_spec
 from dicomflow.schemas.spec import (
     AnonymizeOperator,
     Cluster,
@@ -24,7 +25,6 @@ from dicomflow.schemas.spec import (
     PixelsOperator,
     spec_json_schema,
 )
-from dicomflow.pipelines.spec_files import apply_set, load_spec
 from tests.conftest import PYDICOM_TEST_FILES
 
 STOCK = sorted(p.name for p in resources.files("dicomflow.pipelines").joinpath("specs").iterdir())
@@ -71,7 +71,9 @@ def test_committed_json_schema_is_current() -> None:
     committed = json.loads(
         resources.files("dicomflow.schemas").joinpath("pipeline-spec.schema.json").read_text()
     )
-    assert committed == spec_json_schema(builtin_only=True), "regenerate: python -m dicomflow.schemas.spec"
+    assert committed == spec_json_schema(builtin_only=True), (
+        "regenerate: python -m dicomflow.schemas.spec"
+    )
 
 
 @pytest.mark.parametrize(

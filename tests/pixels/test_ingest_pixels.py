@@ -36,7 +36,7 @@ def pixel_lake(tmp_path_factory: pytest.TempPathFactory, client: Client) -> Path
     if IN_CI:
         require(CORPUS.exists(), "the shared corpus")
     out = tmp_path_factory.mktemp("pixels")
-    summary = dicomflow.ingest(_sources(), out=str(out), client=client, progress=False)
+    summary = dicomflow.ingest(_sources(), out=str(out), client=client, progress=False, pixels=True)
     assert summary.accounted
     return out
 
@@ -149,7 +149,7 @@ def test_rerun_writes_byte_identical_chunks(client: Client, tmp_path: Path) -> N
     sources = [str(PYDICOM_TEST_FILES / "dicomdirtests" / "77654033" / "CT2")]
     first, second = tmp_path / "a", tmp_path / "b"
     runs = [
-        dicomflow.ingest(sources, out=str(out), client=client, progress=False).run_id
+        dicomflow.ingest(sources, out=str(out), client=client, progress=False, pixels=True).run_id
         for out in (first, second)
     ]
     files = sorted(p.relative_to(first) for p in (first / "pixels.zarr").rglob("*") if p.is_file())
@@ -250,7 +250,7 @@ def test_bad_pixels_become_error_rows_and_the_rest_is_written(
     huge.NumberOfFrames = 100000
     _write(huge, source / "huge.dcm")
     out = tmp_path / "lake"
-    dicomflow.ingest([str(source)], out=str(out), client=client, progress=False)
+    dicomflow.ingest([str(source)], out=str(out), client=client, progress=False, pixels=True)
     lake = dicomflow.read_lake(str(out))
     errors = {Path(r["source"]).name: r["code"] for r in lake.errors().to_pylist()}
     assert errors["huge.dcm"] == "too_large"

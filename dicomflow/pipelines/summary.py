@@ -1,0 +1,38 @@
+"""The outcome of a run: counts, error codes, timing and where its report went."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+
+@dataclass
+class RunSummary:
+    """The outcome of a run, for the CLI summary and the notebook API."""
+
+    run_id: str
+    files: int = 0
+    rows: int = 0
+    errors: int = 0
+    skipped: int = 0  # inputs a previous run already committed
+    seconds: float = 0.0
+    error_codes: Counter[str] = field(default_factory=Counter)
+    tables: dict[str, list[pa.Table]] = field(default_factory=dict)
+    timeline: list[tuple[float, int]] = field(default_factory=list)  # (seconds, inputs done)
+    slowest: list[tuple[float, int, str]] = field(default_factory=list)  # (s, inputs, source)
+    report: str | None = None
+    started: float = field(default_factory=time.perf_counter, repr=False)
+    first_result_seconds: float | None = None  # from the summary's start to the first commit
+
+    @property
+    def files_per_second(self) -> float:
+        done = self.files - self.skipped
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def accounted(self) -> bool:
+        """Every input became a row or an error row (now, or in a run it resumed)."""
+        return self.rows + self.errors + self.skipped == self.files
