@@ -30,12 +30,13 @@ import zarr
 from distributed import Client
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from dicomflow.api import ingest, read_lake
+from dicomflow.api import ingest, ingest_spec, read_lake
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.lake.layout import TABLES, LakeLayout
 from dicomflow.lake.ledger import Ledger, config_digest
 from dicomflow.pipelines.cluster import open_client
-from dicomflow.pipelines.ingest import IngestOptions, index_partition, ingest_config, list_inputs
+from dicomflow.pipelines.compiler import compile_spec
+from dicomflow.pipelines.ingest import index_partition, ingest_config, list_inputs
 from dicomflow.pipelines.plan import partition_named, plan_partitions
 from dicomflow.pipelines.series_tasks import group_by_series
 from dicomflow.schemas import instances_schema, series_schema
@@ -53,7 +54,10 @@ COMMIT_DELAY = 0.3  # seconds added to each commit of fault run A
 # Columns that differ between two runs over the same inputs (see dicomflow/schemas/):
 PER_RUN = {"instances": ("run_id", "scanned_at"), "series": ("run_id",), "errors": ("run_id",)}
 PER_RUN_ATTRIBUTES = ("run_id",)  # of each stack's Zarr group
-CONFIG = config_digest(ingest_config(IngestOptions(pixels=True), None))
+# What `dicomflow ingest --pixels` files its ledger entries under.
+CONFIG = config_digest(
+    ingest_config(compile_spec(ingest_spec(["/in"], out="/lake", pixels=True)).options, None)
+)
 ENTRIES = Path("_ledger") / "entries"
 
 pytestmark = pytest.mark.slow
