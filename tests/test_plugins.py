@@ -25,6 +25,8 @@ FILES = ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "rtstruct.dcm", "waveform
 def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The plugin installed, with its entry points, into a folder of its own."""
     target = tmp_path_factory.mktemp("plugin-site")
+    package = tmp_path_factory.mktemp("plugin-source") / PLUGIN.name
+    shutil.copytree(PLUGIN, package)  # the build writes beside its sources, never in the repo
     subprocess.run(
         [
             sys.executable,
@@ -36,7 +38,7 @@ def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--no-build-isolation",
             "--target",
             str(target),
-            str(PLUGIN),
+            str(package),
         ],
         check=True,
         capture_output=True,
