@@ -280,14 +280,10 @@ def scan(src: str | Sequence[str], out: str | None = None, **options: Any) -> La
 
 def scan_errors(summary: RunSummary) -> pa.Table:
     """The error rows of a scan collected in memory (``run_scan(out=None)``)."""
-    parts = summary.tables.get("errors", [])
-    return pa.concat_tables(parts) if parts else read_lake_errors_schema()
-
-
-def read_lake_errors_schema() -> pa.Table:
     from dicomflow.schemas import errors_schema
 
-    return errors_schema().empty_table()
+    parts = summary.tables.get("errors", [])
+    return pa.concat_tables(parts) if parts else errors_schema().empty_table()
 
 
 def listen_spec(
@@ -484,15 +480,9 @@ def write_table(table: pa.Table, path: str) -> None:
 
 
 def _validated(**fields: Any) -> PipelineSpec:
-    from pydantic import ValidationError
+    from dicomflow.pipelines.spec_files import validate_spec
 
-    try:
-        return PipelineSpec(**fields)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"invalid pipeline: {problems}") from None
+    return validate_spec(fields)
 
 
 def _source(

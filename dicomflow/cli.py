@@ -247,13 +247,6 @@ def _peer_config(url: str, **peer: Any) -> Any:
         raise ConfigError(f"invalid peer: {_first_problem(exc)}") from None
 
 
-def _peer_options_objects(token_env: str | None, **peer: Any) -> tuple[Any, Any]:
-    """The connection options of a DIMSE and of a DICOMweb peer, from the same flags."""
-    from dicomflow.api import peer_options
-
-    return peer_options(token_env=token_env, **peer)
-
-
 @cli.command()
 @click.argument("src", nargs=-1, required=True)
 @click.option("--out", required=True, help="Lake directory or fsspec URL to write.")
@@ -390,7 +383,7 @@ def ingest(
 ) -> None:
     """Ingest SRC (files, folders, URLs, dimse://AE@host:port, dicomweb+https://host/root)
     into a lake, in one run."""
-    from dicomflow.api import ingest_spec
+    from dicomflow.api import ingest_spec, peer_options
 
     deid = None
     if anonymize:
@@ -408,7 +401,7 @@ def ingest(
                 mapping=mapping,
             )
         )
-    dimse, web = _run(lambda: _peer_options_objects(token_env, **peer))
+    dimse, web = _run(lambda: peer_options(token_env=token_env, **peer))
     spec = _run(
         lambda: ingest_spec(
             list(src),

@@ -95,10 +95,6 @@ class CompiledPipeline:
     lake: LakeLayout
     resources: Resources
 
-    @property
-    def decodes_pixels(self) -> bool:
-        return self.options.pixels
-
     def connect(self, inputs: int | None = None) -> AbstractContextManager[Client]:
         cluster = self.spec.cluster
         return connect_client(
@@ -285,12 +281,9 @@ def _anonymize(
     config = spec.operator("anonymize")
     if not isinstance(config, AnonymizeOperator):
         return None
-    if config.key_ref is not None:
-        engine = resources.deidentifiers.get(config.key_ref)
-        if engine is None:
-            build_deidentifier(config)  # raises the ConfigError that names the key
-        assert engine is not None
-    else:
+    if config.key_ref is not None and config.key_ref in resources.deidentifiers:
+        engine = resources.deidentifiers[config.key_ref]
+    else:  # from the spec's key file or variable (an unknown key_ref is a ConfigError)
         engine = build_deidentifier(config)
     write_dicom = any(isinstance(s, DicomSink) for s in spec.sinks)
     settings = AnonymizeSettings(engine, write_dicom=write_dicom, mapping_dir=config.mapping)

@@ -160,13 +160,7 @@ class DimseSinkUnit:
 
     @classmethod
     def build(cls, config: DimseSink, run: RunSettings) -> Operator:
-        address = DimseAddress.parse(config.url)
-        return Store(
-            address,
-            dimse_options(config),
-            associations_limit(address, run.max_associations),
-            dict(run.source_storage_options),
-        )
+        return _store(DimseAddress.parse(config.url), dimse_options(config), run)
 
 
 class DicomwebSinkUnit:
@@ -176,10 +170,19 @@ class DicomwebSinkUnit:
 
     @classmethod
     def build(cls, config: DicomwebSink, run: RunSettings) -> Operator:
-        address = DicomwebAddress.parse(config.url)
-        return Store(
-            address,
-            dicomweb_options(config),
-            associations_limit(address, run.max_associations),
-            dict(run.source_storage_options),
-        )
+        return _store(DicomwebAddress.parse(config.url), dicomweb_options(config), run)
+
+
+def _store(
+    address: DimseAddress | DicomwebAddress,
+    options: DimseOptions | DicomwebOptions,
+    run: RunSettings,
+) -> Store:
+    """The ``store`` operator a sending sink runs, at most ``max_associations`` at a time
+    across the cluster, reading the files the operators read."""
+    return Store(
+        address,
+        options,
+        associations_limit(address, run.max_associations),
+        dict(run.source_storage_options),
+    )

@@ -137,7 +137,6 @@ def run_ingest(
         source = FilesConnector(tuple(sources), dict(source_storage))
     refs = list_inputs(source, listing)
     stages = _Stages(client, layout, context, options, policy, progress, retries, sinks)
-    accounted = _Retrieval(not_retrieved)
     if anonymize is not None:
         keyed = keyed_refs(refs, anonymize.deidentifier)
         if options.pixels:  # a series with new instances is de-identified again whole
@@ -170,12 +169,12 @@ def run_ingest(
         finally:
             if not anonymize.write_dicom:
                 destination.remove()
-        return finish(accounted(summary), layout, name, context, started)
+        return finish(with_not_retrieved(summary, not_retrieved), layout, name, context, started)
     if not options.pixels:
         todo, skipped = pending(refs, done)
         summary = RunSummary(context.run_id, files=len(refs), skipped=skipped)
         stages.run(source, [], todo, summary)
-        return finish(accounted(summary), layout, name, context, started)
+        return finish(with_not_retrieved(summary, not_retrieved), layout, name, context, started)
 
     if reads_once(options, stages.pixel_options(source), done, refs):
         reading = submit_reading(
@@ -193,12 +192,12 @@ def run_ingest(
         summary = RunSummary(context.run_id, files=len(refs))
         groups, loose = group_by_series(reading.index)
         stages.run(source, groups, loose, summary, reading)
-        return finish(accounted(summary), layout, name, context, started)
+        return finish(with_not_retrieved(summary, not_retrieved), layout, name, context, started)
     series_groups, loose = index_series(client, source, refs, context, policy, retries)
     todo_groups, todo_loose, skipped = pending_series(series_groups, loose, done)
     summary = RunSummary(context.run_id, files=len(refs), skipped=skipped)
     stages.run(source, todo_groups, todo_loose, summary)
-    return finish(accounted(summary), layout, name, context, started)
+    return finish(with_not_retrieved(summary, not_retrieved), layout, name, context, started)
 
 
 def index_series(
@@ -270,18 +269,13 @@ def pending_series(
     return todo_groups, todo_loose, skipped
 
 
-@dataclass(frozen=True)
-class _Retrieval:
-    """The ``not_retrieved`` error rows committed before the ingest, counted in its summary."""
-
-    missing: int
-
-    def __call__(self, summary: RunSummary) -> RunSummary:
-        summary.files += self.missing
-        summary.errors += self.missing
-        if self.missing:
-            summary.error_codes["not_retrieved"] += self.missing
-        return summary
+def with_not_retrieved(summary: RunSummary, missing: int) -> RunSummary:
+    """``summary`` counting the ``not_retrieved`` error rows committed before the ingest."""
+    summary.files += missing
+    summary.errors += missing
+    if missing:
+        summary.error_codes["not_retrieved"] += missing
+    return summary
 
 
 def finish(
