@@ -6,7 +6,9 @@ connector holds only its URLs and storage options, so it pickles to workers;
 filesystems are opened inside the task. Reading stops before Pixel Data, and
 remote files are opened with a small block size so only header bytes travel.
 A file damaged in or after its Pixel Data still gives its header (flagged, see
-:class:`~dicomflow.dicom.header.DamagedHeader`), so it keeps its row.
+:class:`~dicomflow.dicom.header.DamagedHeader`), so it keeps its row. A file
+whose name is not valid UTF-8 is read under its real name and shown (in rows,
+logs and the ledger's digests) under its escaped name, its ``label``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from fsspec.implementations.local import LocalFileSystem
 from dicomflow.dicom.header import read_header
 from dicomflow.errors import ConfigError, DicomReadError, ErrorCode, SourceError
 from dicomflow.records import InstanceRecord, SourceRef
-from dicomflow.urls import redact_url
+from dicomflow.urls import escaped_name, is_encodable, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +69,12 @@ class FilesConnector:
                     refs.setdefault(ref.url, ref)
             except _NoMatch as exc:
                 logger.warning("a pattern matches no input")
-                failures.append((SourceRef(url), _describe(exc)))
+                failures.append((SourceRef(url, label=_label(url)), _describe(exc)))
             except FileNotFoundError:
                 missing.append(redact_url(url))
             except (OSError, ValueError) as exc:
                 logger.warning("cannot list an input (%s)", type(exc).__name__)
-                failures.append((SourceRef(url), _describe(exc)))
+                failures.append((SourceRef(url, label=_label(url)), _describe(exc)))
         if missing:
             raise ConfigError(f"input does not exist: {', '.join(missing)}")
         return Listing(sorted(refs.values(), key=lambda r: r.url), failures)
@@ -125,11 +127,13 @@ def _expand(url: str, storage_options: dict[str, Any]) -> Iterator[SourceRef]:
     else:
         entries = {path: fs.info(path)}
     for entry_path, info in entries.items():
-        yield SourceRef(
-            url=entry_path if local else fs.unstrip_protocol(entry_path),
-            size=info.get("size"),
-            modified=_modified(info),
-        )
+        found = entry_path if local else fs.unstrip_protocol(entry_path)
+        yield SourceRef(found, info.get("size"), _modified(info), label=_label(found))
+
+
+def _label(url: str) -> str | None:
+    """What shows ``url``, when its name is not valid UTF-8: its escaped form."""
+    return None if is_encodable(url) else escaped_name(url)
 
 
 def _modified(info: dict[str, Any]) -> datetime | None:

@@ -44,14 +44,20 @@ def input_identity(ref: SourceRef) -> str:
         return ref.identity
     stamp = ref.modified.isoformat() if ref.modified else ""
     name = ref.label if ref.label is not None else ref.url
-    return hashlib.sha256(f"{name}\0{ref.size}\0{stamp}".encode()).hexdigest()[:32]
+    return hashlib.sha256(_encoded(f"{name}\0{ref.size}\0{stamp}")).hexdigest()[:32]
 
 
 def input_name(ref: SourceRef) -> str:
     """A path-free digest of what names an input, whatever its version: an input that
     changes (rewritten, fetched again) keeps its name and gets a new identity."""
     name = ref.label if ref.label is not None else ref.url
-    return hashlib.sha256(f"name\0{name}".encode()).hexdigest()[:32]
+    return hashlib.sha256(_encoded(f"name\0{name}")).hexdigest()[:32]
+
+
+def _encoded(text: str) -> bytes:
+    """``text`` as UTF-8, a name that is not valid UTF-8 (``surrogateescape``) as its
+    original bytes: such a name must digest, not fail the run."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def config_digest(config: Mapping[str, Any]) -> str:
