@@ -33,6 +33,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
     UNSUPPORTED_PIXELS = "unsupported_pixels"
     DECODE_FAILED = "decode_failed"
+    DECODER_CRASHED = "decoder_crashed"
     TOO_LARGE = "too_large"
     NOT_RETRIEVED = "not_retrieved"
     NOT_STORED = "not_stored"
@@ -93,11 +94,25 @@ class DeidentificationError(DicomflowError, ValueError):
             self.code = code
 
 
+def is_panic(exc: BaseException) -> bool:
+    """Whether ``exc`` is a Rust extension's panic (pyo3's ``PanicException``), which
+    derives from ``BaseException`` so that ``except Exception`` misses it."""
+    return type(exc).__name__ == "PanicException"
+
+
+def is_instance_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` is one instance's fault, to become its error row: any
+    ``Exception``, or a codec's panic; never Ctrl-C or an exit."""
+    return isinstance(exc, Exception) or is_panic(exc)
+
+
 def describe_failure(exc: BaseException) -> tuple[ErrorCode, str]:
     """The error code and PHI-free message for a fault in one instance (only the
     exception's type is logged: its text may quote values)."""
     if isinstance(exc, DicomflowError):
         return exc.code, str(exc)
+    if is_panic(exc):
+        return ErrorCode.DECODER_CRASHED, "a decoder crashed (PanicException)"
     if isinstance(exc, RecursionError):
         return ErrorCode.TOO_DEEP, "data nested too deeply"
     logging.getLogger(__name__).warning("one instance failed (%s)", type(exc).__name__)

@@ -15,6 +15,7 @@ from dicomflow.errors import ErrorCode
 from dicomflow.urls import redact_url
 
 UNDEFINED_LENGTH = 0xFFFFFFFF
+INSTANCES_OUTPUT = "instances"  # the output holding a record's flattened row
 
 
 class Element(NamedTuple):
@@ -69,6 +70,11 @@ class ErrorInfo:
     code: ErrorCode
     message: str
 
+    @property
+    def warning(self) -> str:
+        """How the row of an instance that kept it names this fault in ``warnings``."""
+        return f"{self.stage}: {self.code}"
+
 
 @dataclass(frozen=True, slots=True)
 class Header:
@@ -94,7 +100,12 @@ class InstanceRecord:
 
     Operators return new records (``dataclasses.replace``) rather than mutating.
     ``outputs`` collects what the record produced, keyed by output name
-    (for example ``"instances"`` → one flattened row).
+    (for example ``"instances"`` → one flattened row). ``error`` is why the
+    instance has no row at all; ``faults`` are the failures of operators that ran
+    after its row was made (each an error row; the row stays, noting them in its
+    ``warnings``). ``image`` is its decoded pixels while the operators that asked
+    for them run (never shipped between tasks: see
+    :mod:`dicomflow.operators.images`).
     """
 
     ref: SourceRef
@@ -102,13 +113,36 @@ class InstanceRecord:
     header: Header | None = None
     outputs: dict[str, Any] = field(default_factory=dict)
     error: ErrorInfo | None = None
+    faults: tuple[ErrorInfo, ...] = ()
+    image: Any = field(default=None, compare=False, repr=False)
 
     @property
     def failed(self) -> bool:
         return self.error is not None
 
+    @property
+    def problems(self) -> tuple[ErrorInfo, ...]:
+        """Every failure of this instance, each one an error row."""
+        return (*self.faults, self.error) if self.error is not None else self.faults
+
     def with_error(self, stage: str, code: ErrorCode, message: str) -> InstanceRecord:
-        return dataclasses.replace(self, error=ErrorInfo(stage, code, message))
+        """The record failed as a whole: it will have an error row and no row."""
+        return dataclasses.replace(self, error=ErrorInfo(stage, code, message), image=None)
+
+    def with_fault(self, stage: str, code: ErrorCode, message: str) -> InstanceRecord:
+        """Operator ``stage`` failed on this instance: only that operator's outputs are
+        lost. Once the instance has its ``instances`` row, the row stays (the fault named
+        in its ``warnings``) and later operators still run; before, the record fails."""
+        row = self.outputs.get(INSTANCES_OUTPUT)
+        if self.failed or row is None:
+            return self.with_error(stage, code, message)
+        fault = ErrorInfo(stage, code, message)
+        warnings = [*(row.get("warnings") or ()), fault.warning]
+        return dataclasses.replace(
+            self,
+            outputs={**self.outputs, INSTANCES_OUTPUT: {**row, "warnings": warnings}},
+            faults=(*self.faults, fault),
+        )
 
     def with_output(self, name: str, value: Any) -> InstanceRecord:
         return dataclasses.replace(self, outputs={**self.outputs, name: value})

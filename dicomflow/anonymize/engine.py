@@ -37,7 +37,7 @@ from dicomflow.anonymize.profile import Option, Profile, load_table, required_ac
 from dicomflow.anonymize.pseudonyms import Pseudonymizer
 from dicomflow.anonymize.values import default_vocabulary
 from dicomflow.dicom.header import read_header
-from dicomflow.errors import DeidentificationError, DicomflowError
+from dicomflow.errors import DeidentificationError, DicomflowError, is_instance_fault
 
 # A UUID-derived UID (PS3.5 B.2) naming dicomflow as the writer of the file meta.
 IMPLEMENTATION_CLASS_UID = UID("2.25.254828032729054574551006967159846512413")
@@ -164,7 +164,9 @@ class Deidentifier:
             raise
         except RecursionError:
             raise DeidentificationError("data nested too deeply to de-identify") from None
-        except Exception as exc:  # any parse or write fault: never pass the instance through
+        except BaseException as exc:  # any parse or write fault: never pass the instance through
+            if not is_instance_fault(exc):  # Ctrl-C, exit: not the instance's fault
+                raise
             raise DeidentificationError(
                 f"de-identification failed ({type(exc).__name__})"
             ) from None

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import pyarrow as pa
 
-from dicomflow.errors import describe_failure
+from dicomflow.errors import describe_failure, is_instance_fault
 from dicomflow.lake.layout import TABLE_NAME, LakeLayout
 from dicomflow.records import Batch, InstanceRecord
 
@@ -36,7 +36,9 @@ def map_records(
     stage: str,
     fn: Callable[[InstanceRecord], InstanceRecord],
 ) -> Batch:
-    """Apply ``fn`` to every record that has not failed yet, isolating per-record faults."""
+    """Apply ``fn`` to every record that has not failed yet, isolating per-record faults:
+    a fault costs the record only this operator's outputs (see
+    :meth:`InstanceRecord.with_fault`)."""
     out = []
     for record in batch.records:
         if record.failed:
@@ -44,9 +46,11 @@ def map_records(
             continue
         try:
             out.append(fn(record))
-        except Exception as exc:  # one bad instance must not sink the batch
+        except BaseException as exc:  # one bad instance must not sink the batch
+            if not is_instance_fault(exc):
+                raise
             code, message = describe_failure(exc)
-            out.append(record.with_error(stage, code, message))
+            out.append(record.with_fault(stage, code, message))
     return batch.replace_records(out)
 
 

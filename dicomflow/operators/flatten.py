@@ -17,11 +17,11 @@ from dicomflow.operators.base import (
     TableOutput,
     map_records,
 )
-from dicomflow.records import Batch, InstanceRecord
+from dicomflow.records import INSTANCES_OUTPUT, Batch, InstanceRecord
 from dicomflow.schemas import INSTANCES_SCHEMA_VERSION, instances_schema
 from dicomflow.schemas.spec import FlattenOperator
 
-OUTPUT = "instances"
+OUTPUT = INSTANCES_OUTPUT
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from dicomflow.operators.flatten import OUTPUT as INSTANCES
 from dicomflow.records import InstanceRecord
 
 LOCATED = ("zarr_path", "frame_index")  # the columns the commit fills in
+WARNINGS = "warnings"  # where the commit adds the faults of operators that ran since
 # What the commit still reads of a row once the table is built: the stacks' place in the
 # lake and the series rows (dicomflow.pixels.series_writer.plan_stacks and _series_row).
 COMMIT_COLUMNS = ("StudyInstanceUID", "SeriesInstanceUID", "Modality")
@@ -84,4 +85,18 @@ def located(
         column = table.schema.field(index)
         values = pa.array([row.get(name) for row in rows], type=column.type)
         table = table.set_column(index, column, values)
+    faulted = [r for r, keep in zip(kept, mask, strict=True) if keep]
+    if any(r.faults for r in faulted):  # operators that failed since: named in warnings
+        table = _with_fault_warnings(table, faulted)
     return table.combine_chunks()
+
+
+def _with_fault_warnings(table: pa.Table, records: Sequence[InstanceRecord]) -> pa.Table:
+    index = table.schema.get_field_index(WARNINGS)
+    column = table.schema.field(index)
+    values = []
+    for before, record in zip(table.column(WARNINGS).to_pylist(), records, strict=True):
+        warnings = list(before or ())
+        warnings += [w for w in (f.warning for f in record.faults) if w not in warnings]
+        values.append(warnings)
+    return table.set_column(index, column, pa.array(values, type=column.type))

@@ -74,6 +74,7 @@ def listen(
         totals.files += summary.files
         totals.rows += summary.rows
         totals.errors += summary.errors
+        totals.faults += summary.faults
         totals.error_codes.update(summary.error_codes)
         if on_batch is not None:
             on_batch(summary)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from dask.sizeof import sizeof
 from distributed import Client, Future, as_completed
 
 from dicomflow.connectors.files import Listing
-from dicomflow.errors import ErrorCode
+from dicomflow.errors import DicomflowError, ErrorCode
 from dicomflow.lake.ledger import Committed, Ledger
 from dicomflow.operators.base import Operator
 from dicomflow.pipelines.plan import Partition, PartitionPolicy, plan_partitions
@@ -56,6 +57,7 @@ class PartitionResult:
     error_codes: dict[str, int]
     tables: dict[str, pa.Table] | None = None
     seconds: float = 0.0  # how long the partition's work took
+    faults: int = 0  # error rows of instances that kept their row (see InstanceRecord.faults)
     first_source: str = ""  # names the partition in reports (display form, no credentials)
 
 
@@ -101,13 +103,19 @@ def commit_batch(batch: Batch, partition: Partition, sinks: Sequence[Sink]) -> P
         if result.tables is not None:
             tables = result.tables
     return PartitionResult(
-        partition.index, len(records), rows, errors, error_codes(batch.records), tables
+        partition.index,
+        len(records),
+        rows,
+        errors,
+        error_codes(batch.records),
+        tables,
+        faults=sum(len(r.faults) for r in records),
     )
 
 
 def error_codes(records: Sequence[InstanceRecord]) -> dict[str, int]:
-    """How many of ``records`` failed with each error code."""
-    return dict(Counter(str(r.error.code) for r in records if r.error is not None))
+    """How many failures of ``records`` (error rows) there are of each error code."""
+    return dict(Counter(str(p.code) for r in records for p in r.problems))
 
 
 @dataclass(frozen=True)
@@ -260,9 +268,9 @@ def execute(
                     "partition %s failed after %d retries (%s)",
                     partition.name,
                     retries,
-                    type(exc).__name__,
+                    failure_name(exc),
                 )
-                message = f"the partition task failed ({type(exc).__name__})"
+                message = f"the partition task failed ({failure_name(exc)})"
                 fallback = task(
                     run_failed_partition,
                     partition,
@@ -277,7 +285,7 @@ def execute(
                     logger.error(
                         "cannot record the failed partition %s (%s)",
                         partition.name,
-                        type(fallback_exc).__name__,
+                        failure_name(fallback_exc),
                     )
                     bar.advance(len(partition.refs))
                     continue
@@ -285,6 +293,7 @@ def execute(
                 summary.first_result_seconds = time.perf_counter() - summary.started
             summary.rows += result.rows
             summary.errors += result.errors
+            summary.faults += result.faults
             summary.error_codes.update(result.error_codes)
             if result.tables:
                 for name, table in result.tables.items():
@@ -329,8 +338,40 @@ def _holds_tasks(value: Any) -> bool:
     )
 
 
+class TaskFailed(DicomflowError, RuntimeError):
+    """A graph task failed with an exception whose text may quote values.
+
+    Dask's worker logs a failed task's exception text (once per attempt) and sends
+    the exception to the client, so a third-party exception leaves the task as this
+    one: its type name only, no message, no chained exception. dicomflow's own errors
+    are PHI-free by contract and leave as they are.
+    """
+
+    def __init__(self, failed: str) -> None:
+        super().__init__(f"the task failed ({failed})")
+        self.failed = failed
+
+    def __reduce__(self) -> tuple[type[TaskFailed], tuple[str]]:
+        return TaskFailed, (self.failed,)
+
+
+def failure_name(exc: BaseException) -> str:
+    """The type name of what made a task fail (inside :class:`TaskFailed`, if so)."""
+    return exc.failed if isinstance(exc, TaskFailed) else type(exc).__name__
+
+
 def _call(func: Callable[..., Any], *args: Any) -> Any:
-    return func(*(a.value if isinstance(a, _Embedded) else a for a in args))
+    try:
+        return func(*(a.value if isinstance(a, _Embedded) else a for a in args))
+    except DicomflowError:
+        raise
+    except Exception as exc:
+        logger.debug(
+            "a task failed (%s) at\n%s",
+            type(exc).__name__,
+            "".join(traceback.format_tb(exc.__traceback__)),  # code lines, never values
+        )
+        raise TaskFailed(type(exc).__name__) from None
 
 
 def task(func: Callable[..., Any], *args: Any, key: str) -> Delayed:

@@ -60,8 +60,8 @@ def record_bytes(record: InstanceRecord) -> int:
     total += mapping_bytes(record.outputs)
     if record.header is not None:
         total += header_bytes(record.header)
-    if record.error is not None:
-        total += sys.getsizeof(record.error) + sizeof(record.error.message)
+    for problem in record.problems:
+        total += sys.getsizeof(problem) + sizeof(problem.message)
     return total
 
 

@@ -68,14 +68,16 @@ def instance_table(batch: Batch) -> pa.Table:
 
 
 def error_table(batch: Batch) -> pa.Table:
-    failed = [r for r in batch.records if r.error is not None]
+    """One error row for every failure of every record: its own, or an operator's that
+    ran after its row was made (the row stays)."""
+    failures = [(r.ref.source, problem) for r in batch.records for problem in r.problems]
     columns: dict[str, list[Any]] = {
-        "source": [r.ref.source for r in failed],
-        "stage": [r.error.stage for r in failed if r.error],
-        "code": [str(r.error.code) for r in failed if r.error],
-        "message": [r.error.message for r in failed if r.error],
-        "run_id": [batch.context.run_id] * len(failed),
-        "schema_version": [ERRORS_SCHEMA_VERSION] * len(failed),
+        "source": [source for source, _ in failures],
+        "stage": [problem.stage for _, problem in failures],
+        "code": [str(problem.code) for _, problem in failures],
+        "message": [problem.message for _, problem in failures],
+        "run_id": [batch.context.run_id] * len(failures),
+        "schema_version": [ERRORS_SCHEMA_VERSION] * len(failures),
     }
     return pa.table(columns, schema=errors_schema())
 

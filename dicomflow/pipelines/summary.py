@@ -18,6 +18,7 @@ class RunSummary:
     rows: int = 0
     errors: int = 0
     skipped: int = 0  # inputs a previous run already committed
+    faults: int = 0  # error rows of inputs that kept their row (an operator failed on them)
     seconds: float = 0.0
     error_codes: Counter[str] = field(default_factory=Counter)
     tables: dict[str, list[pa.Table]] = field(default_factory=dict)
@@ -35,4 +36,4 @@ class RunSummary:
     @property
     def accounted(self) -> bool:
         """Every input became a row or an error row (now, or in a run it resumed)."""
-        return self.rows + self.errors + self.skipped == self.files
+        return self.rows + self.errors - self.faults + self.skipped == self.files

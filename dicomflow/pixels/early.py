@@ -22,6 +22,7 @@ from pathlib import Path
 import zarr
 
 from dicomflow.dicom.geometry import SliceInfo
+from dicomflow.errors import is_instance_fault
 from dicomflow.lake.zarr_store import (
     PIXELS_ROOT,
     ChunkEncoder,
@@ -90,7 +91,9 @@ def decode_to_scratch(
                     Path(f"{chunks[index]}.{frame}").write_bytes(data)
                     written.append(frame)
             decoded[index] = InstancePixels.of(pixels, tuple(written))
-        except Exception as exc:  # one bad instance must not sink the series
+        except BaseException as exc:  # one bad instance must not sink the series
+            if not is_instance_fault(exc):  # Ctrl-C, exit: not the instance's fault
+                raise
             decoded[index] = error_info(exc)
     return decoded
 
@@ -147,7 +150,9 @@ def _place(
                 check_fits(pixels.array, writer.array)
                 writer.write(item.frame, pixels.array)
             plan.outcomes[item.record] = None
-        except Exception as exc:  # one bad instance must not sink the series
+        except BaseException as exc:  # one bad instance must not sink the series
+            if not is_instance_fault(exc):  # Ctrl-C, exit: not the instance's fault
+                raise
             plan.outcomes[item.record] = error_info(exc)
 
 
@@ -171,7 +176,9 @@ def _recount(
                 outcome = InstancePixels.of(pixels)
             first = first or outcome
             plan.outcomes[item.record] = None
-        except Exception as exc:
+        except BaseException as exc:
+            if not is_instance_fault(exc):  # Ctrl-C, exit: not the instance's fault
+                raise
             plan.outcomes[item.record] = error_info(exc)
     if first is not None:
         stack_plan.reference, stack_plan.dtype = first.reference, first.dtype

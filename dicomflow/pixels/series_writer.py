@@ -31,7 +31,7 @@ import numpy as np
 from fsspec.core import url_to_fs
 
 from dicomflow.dicom.geometry import SliceInfo, Stack, split_stacks
-from dicomflow.errors import ErrorCode, describe_failure
+from dicomflow.errors import ErrorCode, describe_failure, is_instance_fault
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.zarr_store import (
     FrameWriter,
@@ -51,11 +51,18 @@ from dicomflow.pixels.decode import (
 )
 from dicomflow.pixels.header_dataset import dataset_from_header
 from dicomflow.pixels.slices import slice_infos
-from dicomflow.records import Batch, ErrorInfo, Header, InstanceRecord, RunContext
+from dicomflow.records import (
+    INSTANCES_OUTPUT,
+    Batch,
+    ErrorInfo,
+    Header,
+    InstanceRecord,
+    RunContext,
+)
 from dicomflow.schemas.series import SERIES_SCHEMA_VERSION
 
 STAGE = "write_pixels"
-INSTANCES = "instances"
+INSTANCES = INSTANCES_OUTPUT
 
 
 @dataclass(frozen=True)
@@ -195,7 +202,9 @@ def plan_series(batch: Batch, options: PixelOptions) -> SeriesPlan:
                     item.frame : item.frame + item.frames
                 ] = pixels.array
                 plan.outcomes[item.record] = None
-            except Exception as exc:  # one bad instance must not sink the series
+            except BaseException as exc:  # one bad instance must not sink the series
+                if not is_instance_fault(exc):  # Ctrl-C, exit: not the instance's fault
+                    raise
                 plan.outcomes[item.record] = error_info(exc)
     return plan
 
@@ -247,7 +256,9 @@ def write_items(
             if writer is not None:
                 writer.write(item.frame, pixels.array)
             outcomes[item.record] = None
-        except Exception as exc:  # one bad instance must not sink the series
+        except BaseException as exc:  # one bad instance must not sink the series
+            if not is_instance_fault(exc):  # Ctrl-C, exit: not the instance's fault
+                raise
             outcomes[item.record] = error_info(exc)
     return outcomes
 
@@ -293,7 +304,7 @@ def commit_series(
         series_rows.append(_series_row(records, stack_plan, flags, uids, context.run_id))
     for index, outcome in outcomes.items():
         if outcome is not None:
-            records[index] = records[index].with_error(outcome.stage, outcome.code, outcome.message)
+            records[index] = records[index].with_fault(outcome.stage, outcome.code, outcome.message)
     return Batch(tuple(records), context).with_table_rows("series", series_rows)
 
 

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from dicomflow.dicom.geometry import SliceInfo
-from dicomflow.records import InstanceRecord
+from dicomflow.records import INSTANCES_OUTPUT, InstanceRecord
 
-INSTANCES = "instances"
+INSTANCES = INSTANCES_OUTPUT
 
 
 def slice_infos(records: Sequence[InstanceRecord], start: int = 0) -> list[SliceInfo]:

@@ -178,3 +178,43 @@ def test_without_salvage_the_damage_is_still_an_error(damaged: Path, name: str) 
     with pytest.raises(MalformedDicomError) as info:
         read_header(io.BytesIO(data), size=len(data))
     assert info.value.code == ErrorCode.TRUNCATED
+
+
+def _pydicom_decodes(path: Path) -> bool:
+    with quiet():
+        try:
+            pydicom.dcmread(path).pixel_array
+        except Exception:
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def ingested(damaged: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    lake = tmp_path_factory.mktemp("pixels-lake")
+    result = _run_cli("ingest", str(damaged), "--out", str(lake), "--pixels", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    return lake
+
+
+def _errors(lake: Path) -> list[dict]:
+    parts = sorted((lake / "errors").glob("*.parquet"))
+    return [row for p in parts for row in pq.read_table(p).to_pylist()]
+
+
+@pytest.mark.parametrize("name", list(DAMAGED))
+def test_ingest_pixels_keeps_the_row_when_the_image_cannot_be_decoded(
+    damaged: Path, ingested: Path, name: str
+) -> None:
+    """The pixel stage's fault costs only its own outputs: the ``instances`` row stays
+    (the fault named in ``warnings``) and the stage writes its own error row."""
+    row = _rows(ingested).get(name)
+    assert row is not None, f"{name} lost its row"
+    assert row["SOPInstanceUID"] == _stop_before_pixels(damaged / name).SOPInstanceUID
+    own_errors = [e for e in _errors(ingested) if Path(e["source"]).name == name]
+    if _pydicom_decodes(damaged / name):
+        assert row["zarr_path"] is not None and own_errors == []
+    else:
+        assert row["zarr_path"] is None
+        assert [e["stage"] for e in own_errors] == ["write_pixels"]
+        assert f"write_pixels: {own_errors[0]['code']}" in row["warnings"]
