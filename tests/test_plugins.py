@@ -11,8 +11,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
+from pydicom.pixels import apply_modality_lut
 
 import dicomflow
 from tests.conftest import PYDICOM_TEST_FILES
@@ -165,3 +167,68 @@ def test_an_unknown_operator_is_a_config_error_naming_it(tmp_path: Path) -> None
     )
     assert result.returncode == 2
     assert "no_such_step" in result.stderr and "flatten" in result.stderr  # names known ones
+
+
+def _pixel_stats_oracle(folder: Path) -> dict[str, tuple[int, float, float, float]]:
+    """pydicom's decoding with its Modality LUT, for every file it can decode."""
+    expected = {}
+    for path in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(path, force=True)
+        if "PixelData" not in ds:
+            continue
+        try:
+            values = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+        except Exception:  # the oracle cannot decode it either
+            continue
+        frames = int(ds.get("NumberOfFrames") or 1)
+        expected[str(ds.SOPInstanceUID)] = (frames, values.min(), values.max(), values.mean())
+    return expected
+
+
+def test_a_plugin_operator_reads_decoded_pixels_and_a_broken_image_costs_only_its_row(
+    plugin_path: Path, sources: Path, tmp_path: Path
+) -> None:
+    """An instance operator that asks for pixels gets them decoded (Modality LUT applied);
+    an image that cannot be decoded is an error row of that operator's stage, and the
+    instance keeps its ``instances`` row and the other operators' outputs."""
+    data = (PYDICOM_TEST_FILES / "CT_small.dcm").read_bytes()
+    broken = pydicom.dcmread(PYDICOM_TEST_FILES / "CT_small.dcm")
+    broken.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    broken.save_as(sources / "broken.dcm")
+    cut = (sources / "broken.dcm").read_bytes()
+    (sources / "broken.dcm").write_bytes(cut[: len(cut) - len(data) // 3])  # Pixel Data cut
+    lake = tmp_path / "lake"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        textwrap.dedent(
+            f"""
+            name: pixel-stats
+            source: {{kind: files, urls: ["{sources}"]}}
+            operators:
+              - name: pixel_stats
+              - name: sequence_stats
+            sinks: [{{kind: lake, path: "{lake}"}}]
+            """
+        )
+    )
+    run = [sys.executable, "-m", "dicomflow", "run", str(spec)]
+    result = subprocess.run(run, env=_env(plugin_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    read = dicomflow.read_lake(str(lake))
+    stats = {row["SOPInstanceUID"]: row for row in read.table("pixel_stats").to_pylist()}
+    expected = _pixel_stats_oracle(sources)
+    assert expected and set(stats) == set(expected)
+    for uid, (frames, low, high, mean) in expected.items():
+        row = stats[uid]
+        assert row["frames"] == frames
+        assert (row["minimum"], row["maximum"]) == (low, high)
+        assert row["mean"] == pytest.approx(mean, rel=1e-9)
+    instances = {r["source"].rsplit("/", 1)[-1]: r for r in read.instances().to_pylist()}
+    assert set(instances) == {*FILES, "broken.dcm"}
+    errors = read.errors().to_pylist()
+    assert [(e["source"].rsplit("/", 1)[-1], e["stage"]) for e in errors] == [
+        ("broken.dcm", "pixel_stats")
+    ]
+    assert f"pixel_stats: {errors[0]['code']}" in instances["broken.dcm"]["warnings"]
+    sequences = read.table("sequence_stats").column("SOPInstanceUID").to_pylist()
+    assert "1.2.826.0.1.3680043.8.498.1" in sequences  # the other operator still ran

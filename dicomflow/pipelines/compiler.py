@@ -8,7 +8,8 @@ parts, and :meth:`CompiledPipeline.run` runs them on a ``distributed`` client:
   plugin's), a peer (retrieved first into ``<lake>/_retrieved``) or a listener
   (each micro-batch of received files runs through this same pipeline);
 - the operators, from ``dicomflow.operators``, in the order listed. Instance
-  operators are fused per partition (or per series' reading task); the
+  operators are fused per partition (or per series' reading task), those that
+  read decoded pixels inside one :class:`WithImages` (decoded once); the
   ``pixels`` series operator runs as the series graphs of :mod:`.ingest`;
 - the sinks, from ``dicomflow.sinks``: the lake, which writes every table the
   operators declare, and operator sinks (``store``) that run after every other
@@ -40,6 +41,7 @@ from dicomflow.lake.ledger import config_digest
 from dicomflow.lake.watermark import Watermark
 from dicomflow.operators.anonymize import build_deidentifier
 from dicomflow.operators.base import Operator, RunSettings, TableOutput
+from dicomflow.operators.images import WithImages
 from dicomflow.pipelines.anonymize import AnonymizeSettings, check_mapping_dir
 from dicomflow.pipelines.cluster import connect_client
 from dicomflow.pipelines.endpoints import Listener
@@ -215,6 +217,7 @@ def compile_spec(spec: PipelineSpec, resources: Resources | None = None) -> Comp
     run = RunSettings(lake, read_storage, spec.limits.max_associations, spec.name)
     source = source_unit.build(spec.source, run)
     instance_ops: list[Operator] = []
+    wants_pixels: list[bool] = []
     tables: list[TableOutput] = []
     fingerprints: list[tuple[str, str]] = []
     pixels: PixelsOperator | None = None
@@ -232,12 +235,9 @@ def compile_spec(spec: PipelineSpec, resources: Resources | None = None) -> Comp
                 )
             pixels = config
             continue
-        if unit.needs_pixels:
-            raise ConfigError(
-                f"operator {config.name!r} asks for decoded pixels in an instance operator, "
-                "which this version does not provide yet"
-            )
         instance_ops.append(unit.build(config, run))
+        wants_pixels.append(bool(unit.needs_pixels))
+    instance_ops = with_images(instance_ops, wants_pixels, run)
     for sink in spec.sinks:
         built = sink_registry.get(sink.kind).build(sink, run)
         if built is not None:  # a sink that runs as the last instance operator
@@ -253,6 +253,19 @@ def compile_spec(spec: PipelineSpec, resources: Resources | None = None) -> Comp
         fingerprints=tuple(fingerprints),
     )
     return CompiledPipeline(spec, source, options, anonymize, lake, resources)
+
+
+def with_images(
+    operators: Sequence[Operator], wants_pixels: Sequence[bool], run: RunSettings
+) -> list[Operator]:
+    """``operators`` with those from the first that reads decoded pixels to the last
+    run inside one :class:`WithImages`, so each instance is decoded once."""
+    asking = [i for i, wants in enumerate(wants_pixels) if wants]
+    if not asking:
+        return list(operators)
+    first, last = asking[0], asking[-1] + 1
+    wrapped = WithImages(tuple(operators[first:last]), dict(run.source_storage_options))
+    return [*operators[:first], wrapped, *operators[last:]]
 
 
 def run(spec: PipelineSpec, resources: Resources | None = None) -> RunSummary:

@@ -22,13 +22,14 @@ moves them into place. Phase 3 is the same.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import numpy as np
 from fsspec.core import url_to_fs
+from pydicom.dataset import Dataset
 
 from dicomflow.dicom.geometry import SliceInfo, Stack, split_stacks
 from dicomflow.errors import ErrorCode, describe_failure, is_instance_fault
@@ -353,22 +354,23 @@ def error_info(exc: BaseException) -> ErrorInfo:
     return ErrorInfo(STAGE, code, message)
 
 
-def _open(url: str, options: PixelOptions) -> BinaryIO:
+def _open(url: str, storage_options: Mapping[str, Any]) -> BinaryIO:
     """A local path opened directly (a quarter faster for pydicom than through fsspec's
     file wrapper); anything else through fsspec."""
     if "://" not in url:
         return Path(url).open("rb")
-    fs, path = url_to_fs(url, **options.storage_options)
+    fs, path = url_to_fs(url, **storage_options)
     return cast(BinaryIO, fs.open(path, "rb"))
 
 
-def decode_item(
-    item: WorkItem, options: PixelOptions, header: Header | None = None
-) -> DecodedPixels:
-    """Decode one instance; with the ``header`` its scan read, only Pixel Data is read
-    from the file (:mod:`dicomflow.pixels.header_dataset`)."""
+def open_dataset(
+    url: str, storage_options: Mapping[str, Any], header: Header | None = None
+) -> Dataset:
+    """The whole instance at ``url`` as pydicom reads it, Pixel Data included; with the
+    ``header`` its scan read, only Pixel Data is read from the file
+    (:mod:`dicomflow.pixels.header_dataset`)."""
     try:
-        with _open(item.url, options) as fp:
+        with _open(url, storage_options) as fp:
             ds = dataset_from_header(header, fp) if header is not None else None
             if ds is None:
                 fp.seek(0)
@@ -377,6 +379,14 @@ def decode_item(
         raise PixelDecodeError(
             f"cannot read the source ({type(exc).__name__})", code=ErrorCode.UNREADABLE
         ) from exc
+    return ds
+
+
+def decode_item(
+    item: WorkItem, options: PixelOptions, header: Header | None = None
+) -> DecodedPixels:
+    """Decode one instance (see :func:`open_dataset`)."""
+    ds = open_dataset(item.url, options.storage_options, header)
     pixels = decode(ds, memory_budget=options.memory_budget, expand_palette=options.expand_palette)
     if pixels.array.shape[0] != item.frames:
         raise PixelDecodeError(

@@ -183,7 +183,7 @@ def test_without_salvage_the_damage_is_still_an_error(damaged: Path, name: str) 
 def _pydicom_decodes(path: Path) -> bool:
     with quiet():
         try:
-            pydicom.dcmread(path).pixel_array
+            _ = pydicom.dcmread(path).pixel_array
         except Exception:
             return False
     return True
