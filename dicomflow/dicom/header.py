@@ -217,10 +217,16 @@ def _read_in_mode(fp: BinaryIO, size: int | None, mode: int, salvage: bool) -> _
             raise MalformedDicomError(f"header cannot be parsed ({type(exc).__name__})") from exc
 
 
+def _text_or_none(value: Any) -> str | None:
+    """A UID as text; a value of another VR (bytes, a number) is no UID at all, and
+    pydicom then reads the data set by the encoding it finds."""
+    return str(value) if isinstance(value, str) else None
+
+
 def _parse(fp: BinaryIO, size: int | None, salvage: bool) -> _Parsed:
     meta_probe = pydicom.dcmread(fp, force=True, stop_before_pixels=True, defer_size=DEFER_BYTES)
     file_meta: FileMetaDataset = meta_probe.file_meta
-    ts = file_meta.get("TransferSyntaxUID")
+    ts = _text_or_none(file_meta.get("TransferSyntaxUID"))
     little = bool(meta_probe.is_little_endian)
     implicit = bool(meta_probe.is_implicit_VR)
     fields: dict[str, Any] = {

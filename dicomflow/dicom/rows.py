@@ -17,9 +17,12 @@ from dicomflow.dicom.header import DamagedHeader
 from dicomflow.dicom.typed import typed_value
 from dicomflow.records import Header, SourceRef
 from dicomflow.schemas.instances import ColumnSpec, column_specs, instances_schema
+from dicomflow.schemas.tables import Misfits, fitted_column, fitted_table
 from dicomflow.schemas.version import INSTANCES_SCHEMA_VERSION
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+WARNINGS = "warnings"
+TRANSFER_SYNTAX_UID_TAG = 0x00020010
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,10 @@ def header_to_row(
         warnings.append(header.damage)
     elif not header.trailing_parsed:
         warnings.append("bytes after Pixel Data are not a parseable data set")
+    if header.transfer_syntax_uid is None and any(
+        e.tag == TRANSFER_SYNTAX_UID_TAG for e in header.file_meta
+    ):
+        warnings.append("TransferSyntaxUID: not a UID; the encoding was inferred")
     row: dict[str, Any] = dict.fromkeys(_keywords())
     specs = _specs_by_tag()
     memo = encode_ctx.memo
@@ -131,7 +138,15 @@ def _uid_name(uid: str | None) -> str | None:
 
 
 def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Build the ``instances`` table column by column, always with the full schema."""
+    """Build the ``instances`` table column by column, always with the full schema.
+
+    A value that does not fit its column's type (say, bytes that are not UTF-8 where
+    a UID belongs) becomes null, and its row gains a warning naming the column, as an
+    invalid attribute value does: one file's value never fails its neighbours' rows.
+    """
     schema = instances_schema()
-    arrays = [pa.array([row.get(f.name) for row in rows], type=f.type) for f in schema]
-    return pa.Table.from_arrays(arrays, schema=schema)
+    columns, misfits = fitted_table(rows, schema, skip=(WARNINGS,))
+    warnings = [list(row.get(WARNINGS) or ()) + misfits.warnings(i) for i, row in enumerate(rows)]
+    field = schema.field(WARNINGS)
+    columns[WARNINGS] = fitted_column([{WARNINGS: w} for w in warnings], field, Misfits())
+    return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
