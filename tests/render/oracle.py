@@ -64,8 +64,8 @@ def voi_options(ds: pydicom.Dataset, frame: int = 0) -> list[str]:
 
     Per-frame windows of enhanced images are passed explicitly (+Ww): DCMTK 3.6
     reads only image-level windows. It also ignores a per-frame Pixel Value
-    Transformation functional group (rescale) (a shared one it applies), so such a window is handed to it in stored values,
-    ``(center - intercept) / slope`` and ``width / slope``."""
+    Transformation functional group (a shared one it applies), so such a window is
+    handed to it in stored values: ``(center - intercept) / slope``, ``width / slope``."""
     groups = []
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     if frame < len(per_frame):
