@@ -48,9 +48,11 @@ def annotation_mask(
     drawn = False
 
     def place(x: float, y: float) -> Point:
+        # Pillow draws at the pixel whose index is the truncated coordinate: the
+        # pixel that contains the point (pixel i spans [i, i + 1))
         if units == "DISPLAY":
-            return x * shape[1] - 0.5, y * shape[0] - 0.5
-        return x - 0.5 - origin[1], y - 0.5 - origin[0]
+            return x * shape[1], y * shape[0]
+        return x - origin[1], y - origin[0]
 
     for item in items:
         for graphic in item.get("GraphicObjectSequence") or []:

@@ -100,12 +100,11 @@ def modality_values(
 ) -> tuple[np.ndarray, tuple[float, float] | None]:
     """Values under the presentation state's Modality LUT, which replaces the image's.
 
-    ``image_rescale`` is the (slope, intercept) decode applied, undone here first.
-    Returns the values and the rescale now in force (None for a LUT)."""
+    A presentation state without one means identity (PS3.4 N.2.1.1): the stored
+    values. ``image_rescale`` is the (slope, intercept) decode applied, undone here
+    first. Returns the values and the rescale now in force (None for a LUT)."""
     has_lut = bool(presentation_state.get("ModalityLUTSequence"))
     has_rescale = "RescaleSlope" in presentation_state and "RescaleIntercept" in presentation_state
-    if not (has_lut or has_rescale):
-        return values, image_rescale
     if "ModalityLUTSequence" in ds:
         raise RenderError("a presentation state cannot replace an image's Modality LUT table")
     stored = values
@@ -118,11 +117,15 @@ def modality_values(
             little_endian=is_little_endian(presentation_state),
         )
         return lut.apply(stored), None
+    if not has_rescale:
+        return stored, None
     try:
         slope = float(presentation_state.RescaleSlope)
         intercept = float(presentation_state.RescaleIntercept)
     except (TypeError, ValueError) as exc:
         raise malformed("the presentation state's rescale is not numeric") from exc
+    if (slope, intercept) == (1.0, 0.0):
+        return stored, None
     return stored.astype(np.float64) * slope + intercept, (slope, intercept)
 
 
@@ -184,7 +187,8 @@ def crop_or_pad(image: np.ndarray, area: tuple[int, int, int, int]) -> np.ndarra
 
 
 def spatial_transform(image: np.ndarray, presentation_state: Dataset) -> np.ndarray:
-    """Image Horizontal Flip, then Image Rotation clockwise (PS3.3 C.10.6.1.1)."""
+    """Image Rotation clockwise, then Image Horizontal Flip ("after any Image Rotation
+    has been applied", PS3.3 C.10.6)."""
     flip = str(presentation_state.get("ImageHorizontalFlip") or "N").strip().upper() == "Y"
     try:
         rotation = int(presentation_state.get("ImageRotation") or 0)
@@ -192,8 +196,8 @@ def spatial_transform(image: np.ndarray, presentation_state: Dataset) -> np.ndar
         raise malformed("Image Rotation is not an integer") from exc
     if rotation not in ROTATIONS:
         raise malformed("Image Rotation must be 0, 90, 180 or 270")
-    if flip:
-        image = image[:, ::-1]
     if rotation:
         image = np.rot90(image, k=-rotation // 90, axes=(0, 1))
+    if flip:
+        image = image[:, ::-1]
     return np.ascontiguousarray(image)
