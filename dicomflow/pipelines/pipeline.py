@@ -28,7 +28,7 @@ from dicomflow.connectors.files import Listing
 from dicomflow.errors import DicomflowError, ErrorCode
 from dicomflow.lake.ledger import Committed, Ledger
 from dicomflow.operators.base import Operator
-from dicomflow.pipelines.plan import Partition, PartitionPolicy, plan_partitions
+from dicomflow.pipelines.plan import Partition, PartitionPolicy, partition_named, plan_partitions
 from dicomflow.pipelines.progress import Progress
 from dicomflow.pipelines.result_sizes import mapping_bytes
 from dicomflow.pipelines.sinks import FAILED_PARTITION_STAGE, LakeSink, Sink
@@ -70,6 +70,18 @@ def partition_result_bytes(result: PartitionResult) -> int:
 sizeof.register(PartitionResult, partition_result_bytes)
 
 
+def per_input(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark ``func``, a task body that takes its partition as an argument, as right for
+    any part of a partition too: a failed partition is then run again input by input
+    (see :func:`one_by_one`), so only a poisoned input is lost."""
+    setattr(func, _PER_INPUT, True)
+    return func
+
+
+_PER_INPUT = "_dicomflow_per_input"
+
+
+@per_input
 def run_partition(
     source: Source,
     partition: Partition,
@@ -246,23 +258,22 @@ def execute(
     """Run the partition tasks, folding results into ``summary`` as they finish
     (``submitted`` is called once they are all submitted).
 
-    A partition whose task still fails after its retries is not lost: its inputs
-    are committed as error rows (code ``internal``), and the failure is logged
-    with the exception type only.
+    A partition whose task still fails after its retries is not lost: its inputs are
+    run again one by one where the task allows it (see :func:`recover`), and the
+    inputs that still fail are committed as error rows (code ``internal``). Failures
+    are logged with the exception type only.
     """
     futures = client.compute([task for _, task in jobs], retries=retries)
     if submitted is not None:
         submitted()
-    partitions = {
-        future.key: partition for future, (partition, _) in zip(futures, jobs, strict=True)
-    }
+    jobs_by_key = {future.key: job for future, job in zip(futures, jobs, strict=True)}
     clock = time.perf_counter()
     done_inputs = 0
     with Progress(sum(len(p.refs) for p, _ in jobs), enabled=progress) as bar:
         for future in as_completed(futures):
-            partition = partitions[future.key]
+            partition, job = jobs_by_key[future.key]
             try:
-                result: PartitionResult = future.result()
+                results = [future.result()]
             except Exception as exc:
                 logger.error(
                     "partition %s failed after %d retries (%s)",
@@ -270,42 +281,128 @@ def execute(
                     retries,
                     failure_name(exc),
                 )
-                message = f"the partition task failed ({failure_name(exc)})"
-                fallback = task(
-                    run_failed_partition,
-                    partition,
-                    sinks,
-                    context,
-                    message,
-                    key=task_key("failed", context, partition.name),
-                )
-                try:
-                    result = client.compute(fallback).result()
-                except Exception as fallback_exc:  # the sink itself is failing: report, go on
-                    logger.error(
-                        "cannot record the failed partition %s (%s)",
-                        partition.name,
-                        failure_name(fallback_exc),
-                    )
-                    bar.advance(len(partition.refs))
-                    continue
-            if summary.first_result_seconds is None:
-                summary.first_result_seconds = time.perf_counter() - summary.started
-            summary.rows += result.rows
-            summary.errors += result.errors
-            summary.faults += result.faults
-            summary.error_codes.update(result.error_codes)
-            if result.tables:
-                for name, table in result.tables.items():
-                    summary.tables.setdefault(name, []).append(table)
-            bar.advance(result.inputs)
-            done_inputs += result.inputs
-            summary.timeline.append((time.perf_counter() - clock, done_inputs))
-            if result.seconds:
-                summary.slowest.append((result.seconds, result.inputs, result.first_source))
-                summary.slowest.sort(reverse=True)
-                del summary.slowest[SLOWEST_KEPT:]
+                results, lost = recover(client, partition, job, exc, sinks=sinks, context=context)
+                bar.advance(lost)
+            for result in results:
+                if summary.first_result_seconds is None:
+                    summary.first_result_seconds = time.perf_counter() - summary.started
+                fold(summary, result)
+                bar.advance(result.inputs)
+                done_inputs += result.inputs
+                summary.timeline.append((time.perf_counter() - clock, done_inputs))
             future.release()
+
+
+def fold(summary: RunSummary, result: PartitionResult) -> None:
+    """Add one partition's counts, error codes and tables to ``summary``."""
+    summary.rows += result.rows
+    summary.errors += result.errors
+    summary.faults += result.faults
+    summary.error_codes.update(result.error_codes)
+    if result.tables:
+        for name, table in result.tables.items():
+            summary.tables.setdefault(name, []).append(table)
+    if result.seconds:
+        summary.slowest.append((result.seconds, result.inputs, result.first_source))
+        summary.slowest.sort(reverse=True)
+        del summary.slowest[SLOWEST_KEPT:]
+
+
+def recover(
+    client: Client,
+    partition: Partition,
+    job: Delayed,
+    exc: BaseException,
+    *,
+    sinks: Sequence[Sink],
+    context: RunContext,
+) -> tuple[list[PartitionResult], int]:
+    """What is left of a partition whose task kept failing: the results of its inputs
+    run one by one (when its task allows, see :func:`per_input`), and error rows
+    (code ``internal``) for the inputs that failed alone too, or for every input when
+    the task cannot be split. Also returns how many inputs could not even be
+    recorded (the sink itself is failing)."""
+    singles = one_by_one(partition, job, context)
+    if singles is None:
+        message = f"the partition task failed ({failure_name(exc)})"
+        return _record_failed(client, [(partition, message)], sinks=sinks, context=context)
+    futures = client.compute([single_job for _, single_job in singles], retries=0)
+    results: list[PartitionResult] = []
+    failed: list[tuple[Partition, str]] = []
+    for (single, _), future in zip(singles, futures, strict=True):
+        try:
+            results.append(future.result())
+        except Exception as single_exc:
+            failed.append(
+                (single, f"the task failed on this input alone ({failure_name(single_exc)})")
+            )
+        future.release()
+    logger.error(
+        "partition %s run input by input: %d of %d inputs failed alone",
+        partition.name,
+        len(failed),
+        len(singles),
+    )
+    recorded, lost = _record_failed(client, failed, sinks=sinks, context=context)
+    return results + recorded, lost
+
+
+def one_by_one(
+    partition: Partition, job: Delayed, context: RunContext
+) -> list[tuple[Partition, Delayed]] | None:
+    """``job`` again, once for each input of ``partition`` alone (a partition of that
+    input, named by it), in order; None when its function is not marked
+    :func:`per_input` or the partition holds one input only."""
+    call = job.call if isinstance(job, CallTask) else None
+    if call is None or len(partition.refs) < 2:
+        return None
+    func, args = call
+    if not getattr(func, _PER_INPUT, False) or not any(a is partition for a in args):
+        return None
+    singles = [partition_named(partition.index, [ref]) for ref in partition.refs]
+    return [
+        (
+            single,
+            task(
+                func,
+                *(single if a is partition else a for a in args),
+                key=task_key("alone", context, single.name),
+            ),
+        )
+        for single in singles
+    ]
+
+
+def _record_failed(
+    client: Client,
+    failed: Sequence[tuple[Partition, str]],
+    *,
+    sinks: Sequence[Sink],
+    context: RunContext,
+) -> tuple[list[PartitionResult], int]:
+    """Commit the error rows of each failed partition (with its message); the results,
+    and how many inputs could not be recorded."""
+    results: list[PartitionResult] = []
+    lost = 0
+    for partition, message in failed:
+        fallback = task(
+            run_failed_partition,
+            partition,
+            sinks,
+            context,
+            message,
+            key=task_key("failed", context, partition.name),
+        )
+        try:
+            results.append(client.compute(fallback).result())
+        except Exception as fallback_exc:  # the sink itself is failing: report, go on
+            logger.error(
+                "cannot record the failed partition %s (%s)",
+                partition.name,
+                failure_name(fallback_exc),
+            )
+            lost += len(partition.refs)
+    return results, lost
 
 
 SLOWEST_KEPT = 10
@@ -374,13 +471,25 @@ def _call(func: Callable[..., Any], *args: Any) -> Any:
         raise TaskFailed(type(exc).__name__) from None
 
 
+class CallTask(Delayed):
+    """A graph task that remembers the call it makes (``func`` and its arguments, on
+    the client only), so a failed partition's task can be made again for each of its
+    inputs (see :func:`one_by_one`)."""
+
+    __slots__ = ("call",)
+
+    def __init__(self, made: Delayed, func: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        super().__init__(made.key, made.dask, layer=made._layer)
+        self.call = (func, args)
+
+
 def task(func: Callable[..., Any], *args: Any, key: str) -> Delayed:
     """The graph task ``key`` that calls ``func(*args)``. Arguments that are tasks (or
     lists of tasks) are its dependencies; every other argument is embedded as is. Passed
     to a delayed call directly, every source reference of a partition (a dataclass) is
     traversed on the client: 3.7 s to build the scan graph of 100,000 inputs."""
     embedded = [a if _holds_tasks(a) else _Embedded(a) for a in args]
-    return delayed(_call, pure=True)(func, *embedded, dask_key_name=key)
+    return CallTask(delayed(_call, pure=True)(func, *embedded, dask_key_name=key), func, args)
 
 
 def new_run_id() -> str:

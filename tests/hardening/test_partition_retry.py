@@ -1,0 +1,104 @@
+"""A partition whose task keeps failing is run again input by input.
+
+Only the inputs that fail alone too become ``internal`` error rows; every other
+input of the partition gets its row, committed, and is not redone by a rerun.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from distributed import Client
+
+from dicomflow.api import read_lake
+from dicomflow.connectors.files import FilesConnector
+from dicomflow.lake.layout import LakeLayout
+from dicomflow.operators.flatten import Flatten
+from dicomflow.pipelines.pipeline import Pipeline
+from dicomflow.pipelines.plan import PartitionPolicy
+from dicomflow.pipelines.sinks import LakeSink
+from dicomflow.records import InstanceRecord, SourceRef
+from tests.conftest import corpus_manifest
+
+pytestmark = pytest.mark.integration
+
+POISON = "poison.dcm"
+
+
+@dataclass(frozen=True)
+class PoisonedFiles(FilesConnector):
+    """Files, except that reading one named ``poison.dcm`` fails its whole task (as a
+    reader fault that escapes would)."""
+
+    def fetch(self, refs: Iterable[SourceRef]) -> Iterator[InstanceRecord]:
+        for record in super().fetch(refs):
+            if Path(record.ref.url).name == POISON:
+                raise RuntimeError("a fault no reader caught")
+            yield record
+
+
+@pytest.fixture()
+def inputs(tmp_path: Path, corpus: Path) -> list[str]:
+    """Seven readable CT and MR files from the corpus, plus the poison, in one folder."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    chosen = [
+        r["relative_path"]
+        for r in corpus_manifest()
+        if r["relative_path"].startswith("pydicom__pydicom/test_files/")
+        and r["modality"] in ("CT", "MR")
+        and r["transfer_syntax_uid"] == "1.2.840.10008.1.2.1"
+    ][:7]
+    assert len(chosen) == 7
+    names = []
+    for number, name in enumerate(chosen):
+        target = folder / f"{number:02d}-{Path(name).name}"
+        shutil.copyfile(corpus / name, target)
+        names.append(target.name)
+    shutil.copyfile(corpus / chosen[0], folder / POISON)
+    return names
+
+
+@pytest.fixture(scope="module")
+def threads() -> Iterator[Client]:
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as c:
+        yield c
+
+
+def pipeline(folder: Path, out: Path) -> Pipeline:
+    return Pipeline(
+        source=PoisonedFiles((str(folder),)),
+        operators=(Flatten(),),
+        sinks=(LakeSink(LakeLayout(str(out)), "poison-test"),),
+        policy=PartitionPolicy(min_files=100),  # all eight inputs in one partition
+    )
+
+
+def test_only_the_poisoned_input_becomes_internal(
+    inputs: list[str], tmp_path: Path, threads: Client
+) -> None:
+    out = tmp_path / "lake"
+    run = pipeline(tmp_path / "in", out)
+    (partition,), _ = run.plan()
+    assert len(partition.refs) == 8  # one partition: the poison would take them all
+
+    summary = run.run(threads, progress=False, retries=1)
+
+    lake = read_lake(str(out))
+    assert sorted(Path(r["source"]).name for r in lake.instances().to_pylist()) == inputs
+    errors = lake.errors().to_pylist()
+    assert [(Path(e["source"]).name, e["code"]) for e in errors] == [(POISON, "internal")]
+    assert "RuntimeError" in errors[0]["message"]
+    assert "a fault" not in errors[0]["message"]  # the exception's text stays out
+    assert (summary.rows, summary.errors) == (7, 1)
+
+    again = pipeline(tmp_path / "in", out).run(threads, progress=False, retries=0)
+    assert again.skipped == 7  # committed alone, they are done
+    assert (again.rows, again.errors) == (0, 1)  # only the poison is tried again
+    lake = read_lake(str(out))
+    assert lake.instances().num_rows == 7
+    assert lake.errors().num_rows == 1
