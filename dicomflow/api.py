@@ -47,6 +47,7 @@ from dicomflow.schemas.spec import (
     OperatorConfig,
     PipelineSpec,
     PixelsOperator,
+    RenderOperator,
     SinkConfig,
     SourceConfig,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "PeerError",
     "Pipeline",
     "PixelsOperator",
+    "RenderOperator",
     "deidentifier",
     "echo",
     "ingest",

@@ -116,6 +116,79 @@ def _run_options(command: Callable[..., None]) -> Callable[..., None]:
     return _with_options(command, options)
 
 
+def _render_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Renders: PNG/JPEG thumbnails (or full size) of every image, windowed."""
+    options = [
+        click.option("--renders", is_flag=True, help="Also render every image (PNG by default)."),
+        click.option(
+            "--thumbnail-size",
+            type=click.IntRange(min=0),
+            default=256,
+            show_default=True,
+            help="Longest side of a render in pixels; 0 keeps the native size.",
+        ),
+        click.option(
+            "--window",
+            default="auto",
+            show_default=True,
+            metavar="auto|N|CENTER,WIDTH",
+            help="The file's window (auto: its first), its N-th (0-based), or one given.",
+        ),
+        click.option(
+            "--format",
+            "render_format",
+            type=click.Choice(["png", "jpeg"]),
+            default="png",
+            show_default=True,
+        ),
+        click.option(
+            "--render-frames",
+            default="middle",
+            show_default=True,
+            metavar="all|middle|N",
+            help="Which frames of a multi-frame image to render.",
+        ),
+        click.option("--overlays", is_flag=True, help="Burn 60xx overlays into renders."),
+        click.option(
+            "--presentation-state",
+            "presentation_states",
+            multiple=True,
+            metavar="PATH",
+            help="GSPS files or folders; one that references an image is applied (repeat).",
+        ),
+    ]
+    return _with_options(command, options)
+
+
+def _render_operators(
+    renders: bool,
+    thumbnail_size: int,
+    window: str,
+    render_format: str,
+    render_frames: str,
+    overlays: bool,
+    presentation_states: tuple[str, ...],
+) -> list[Any]:
+    """The ``render`` operator the flags ask for (none without ``--renders``)."""
+    from dicomflow.api import ConfigError, RenderOperator
+
+    if not renders:
+        return []
+    try:
+        operator = RenderOperator(
+            size=thumbnail_size or None,
+            window=window,
+            format=render_format,  # type: ignore[arg-type]  # click.Choice checked it
+            frames=render_frames,
+            overlays=overlays,
+            presentation_states=list(presentation_states),
+        )
+    except ValueError as exc:  # pydantic's ValidationError: one line per problem
+        problems = "; ".join(e["msg"] for e in getattr(exc, "errors", lambda: [])())
+        raise ConfigError(f"render options: {problems or exc}") from None
+    return [operator]
+
+
 def _storage_options(command: Callable[..., None]) -> Callable[..., None]:
     """fsspec options for the sources and for the lake, each its own."""
     options = [
@@ -345,6 +418,7 @@ def scan(
     default=None,
     help="DICOMweb: name of the environment variable holding a bearer token.",
 )
+@_render_options
 @_anonymize_options
 @_storage_options
 @_run_options
@@ -379,11 +453,30 @@ def ingest(
     safe_private: str | None,
     vocabulary: str | None,
     mapping: str | None,
+    renders: bool,
+    thumbnail_size: int,
+    window: str,
+    render_format: str,
+    render_frames: str,
+    overlays: bool,
+    presentation_states: tuple[str, ...],
     **peer: Any,
 ) -> None:
     """Ingest SRC (files, folders, URLs, dimse://AE@host:port, dicomweb+https://host/root)
     into a lake, in one run."""
     from dicomflow.api import ingest_spec, peer_options
+
+    render = _run(
+        lambda: _render_operators(
+            renders,
+            thumbnail_size,
+            window,
+            render_format,
+            render_frames,
+            overlays,
+            presentation_states,
+        )
+    )
 
     deid = None
     if anonymize:
@@ -421,6 +514,7 @@ def ingest(
             send_to=send_to,
             frames_per_chunk=frames_per_chunk,
             expand_palette=expand_palette,
+            operators=render,
         )
     )
     _run_spec(spec, progress=progress, fail_on_error=fail_on_error, print_spec=print_spec)

@@ -54,6 +54,8 @@ class Lake:
             return pads.dataset(
                 pa.table({f.name: pa.array([], f.type) for f in schema}, schema=schema)
             )
+        if schema is not None:  # with the columns operators added, where parts have them
+            schema = with_added_columns(schema, parts, fs)
         return pads.dataset(parts, schema=schema, format="parquet", filesystem=fs)
 
     def tables(self) -> list[str]:
@@ -77,6 +79,19 @@ class Lake:
     def series(self) -> pa.Table:
         """One row per pixel stack written by ``ingest --pixels``."""
         return self.dataset("series").to_table()
+
+
+def with_added_columns(schema: pa.Schema, parts: list[str], fs: Any) -> pa.Schema:
+    """``schema`` plus every column a part has beyond it (an operator's, such as
+    ``render_path``), read from the parts' footers."""
+    import pyarrow.parquet as pq
+
+    extra: dict[str, pa.Field] = {}
+    for part in parts:
+        for column in pq.read_schema(part, filesystem=fs):
+            if column.name not in schema.names:
+                extra.setdefault(column.name, column)
+    return pa.schema([*schema, *extra.values()], metadata=schema.metadata)
 
 
 def read_lake(path: str, *, storage_options: dict[str, Any] | None = None) -> Lake:

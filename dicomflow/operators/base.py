@@ -93,9 +93,20 @@ class FileOutput:
 @dataclass(frozen=True)
 class Outputs:
     """What an operator makes: columns it fills in on ``instances``, its own tables, and
-    the files it writes under the lake."""
+    the files it writes under the lake.
 
-    columns: tuple[str, ...] = ()
+    A column named by a string is one of the ``instances`` schema's own (``zarr_path``);
+    a column given as an Arrow field is added to ``instances`` by this operator (records
+    carry its value in their row, ``record.outputs["instances"][name]``).
+    """
+
+    columns: tuple[str | pa.Field, ...] = ()
+
+    @property
+    def added_columns(self) -> tuple[pa.Field, ...]:
+        """The columns this operator adds to ``instances``."""
+        return tuple(c for c in self.columns if isinstance(c, pa.Field))
+
     tables: tuple[TableOutput, ...] = ()
     files: tuple[FileOutput, ...] = ()
 

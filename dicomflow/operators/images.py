@@ -16,6 +16,7 @@ instance keeps its ``instances`` row (:meth:`InstanceRecord.with_fault`).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -78,9 +79,11 @@ class WithImages:
         records: list[InstanceRecord] = []
         tables = dict(batch.tables)
         for piece in self._slices(batch.records):
-            part = Batch(tuple(self._decoded(r) for r in piece), batch.context)
-            for operator in self.operators:
-                part = operator(part)
+            with warnings.catch_warnings():  # pydicom's warnings quote values
+                warnings.simplefilter("ignore")
+                part = Batch(tuple(self._decoded(r) for r in piece), batch.context)
+                for operator in self.operators:
+                    part = operator(part)
             records.extend(dataclasses.replace(r, image=None) for r in part.records)
             for table, rows in part.tables.items():
                 tables[table] = (*tables.get(table, ()), *rows)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
 from distributed import Client
 
 from dicomflow._version import __version__
@@ -53,6 +54,7 @@ from dicomflow.records import RunContext
 from dicomflow.registry import operators as operator_registry
 from dicomflow.registry import sinks as sink_registry
 from dicomflow.registry import sources as source_registry
+from dicomflow.schemas import instances_schema
 from dicomflow.schemas.spec import (
     AnonymizeOperator,
     DicomSink,
@@ -219,11 +221,13 @@ def compile_spec(spec: PipelineSpec, resources: Resources | None = None) -> Comp
     instance_ops: list[Operator] = []
     wants_pixels: list[bool] = []
     tables: list[TableOutput] = []
+    columns: list[pa.Field] = []
     fingerprints: list[tuple[str, str]] = []
     pixels: PixelsOperator | None = None
     for config in spec.operators:
         unit = operator_registry.get(config.name)
         _claim_tables(tables, unit.outputs.tables, config.name)
+        _claim_columns(columns, unit.outputs.added_columns, config.name)
         if config.name == "anonymize":
             continue  # de-identification runs first, on every input (see run_ingest)
         fingerprints.append((config.name, settings_digest(config)))
@@ -249,6 +253,7 @@ def compile_spec(spec: PipelineSpec, resources: Resources | None = None) -> Comp
         expand_palette=pixels.expand_palette if pixels else False,
         operators=tuple(instance_ops),
         tables=tuple(tables),
+        columns=tuple(columns),
         read_once=resources.read_once,
         fingerprints=tuple(fingerprints),
     )
@@ -286,6 +291,14 @@ def _claim_tables(
         if table.name in taken:
             raise ConfigError(f"operator {operator!r} declares table {table.name!r} again")
         tables.append(table)
+
+
+def _claim_columns(columns: list[pa.Field], added: Sequence[pa.Field], operator: str) -> None:
+    taken = {c.name for c in columns} | set(instances_schema().names)
+    for column in added:
+        if column.name in taken:
+            raise ConfigError(f"operator {operator!r} adds column {column.name!r}, which exists")
+        columns.append(column)
 
 
 def _anonymize(

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
 from distributed import Client, as_completed
 
 from dicomflow._version import __version__
@@ -74,6 +75,7 @@ class IngestOptions:
     expand_palette: bool = False
     operators: tuple[Operator, ...] = (Flatten(),)
     tables: tuple[TableOutput, ...] = ()  # declared by operators besides the built-ins
+    columns: tuple[pa.Field, ...] = ()  # added to ``instances`` by operators
     read_once: bool = True  # in a fresh local lake, read each file once (same outputs)
     fingerprints: tuple[tuple[str, str], ...] = ()  # (operator, digest of its config)
 
@@ -128,7 +130,7 @@ def run_ingest(
     tables = options.tables
     if options.pixels and not any(t.name == "series" for t in tables):
         tables = (*tables, *WritePixels.outputs.tables)
-    sinks = (LakeSink(layout, config_digest(config), tables, fingerprint(config)),)
+    sinks = (LakeSink(layout, config_digest(config), tables, fingerprint(config), options.columns),)
     done = prepare_lake(sinks)
     if isinstance(sources, FilesConnector):
         source = sources

@@ -19,8 +19,10 @@ import pyarrow as pa
 from dicomflow.dicom.rows import rows_to_table
 from dicomflow.operators.flatten import OUTPUT as INSTANCES
 from dicomflow.records import InstanceRecord
+from dicomflow.schemas import instances_schema
 
 LOCATED = ("zarr_path", "frame_index")  # the columns the commit fills in
+_SCHEMA_COLUMNS = frozenset(instances_schema().names)  # an operator's added columns are not
 WARNINGS = "warnings"  # where the commit adds the faults of operators that ran since
 # What the commit still reads of a row once the table is built: the stacks' place in the
 # lake and the series rows (dicomflow.pixels.series_writer.plan_stacks and _series_row).
@@ -49,7 +51,23 @@ def _slim(record: InstanceRecord) -> dict[str, Any]:
     if not has_row(record):
         return record.outputs
     row = record.outputs[INSTANCES]
-    return {**record.outputs, INSTANCES: {name: row.get(name) for name in COMMIT_COLUMNS}}
+    kept = {name: row.get(name) for name in COMMIT_COLUMNS}
+    added = {name: value for name, value in row.items() if name not in _SCHEMA_COLUMNS}
+    return {**record.outputs, INSTANCES: {**kept, **added}}
+
+
+def with_columns(
+    table: pa.Table, records: Sequence[InstanceRecord], columns: Sequence[pa.Field]
+) -> pa.Table:
+    """``table`` (the ``instances`` rows of ``records``) with the columns operators add,
+    their values taken from each record's row."""
+    rows = [r.outputs[INSTANCES] for r in records if has_row(r)]
+    for column in columns:
+        if column.name in table.schema.names:
+            continue
+        values = pa.array([row.get(column.name) for row in rows], type=column.type)
+        table = table.append_column(column, values)
+    return table
 
 
 def packed(table: pa.Table) -> bytes:

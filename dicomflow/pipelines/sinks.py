@@ -21,7 +21,7 @@ from dicomflow.lake.ledger import Ledger, entry_for
 from dicomflow.lake.writer import write_part
 from dicomflow.operators.base import TableOutput
 from dicomflow.operators.flatten import OUTPUT as INSTANCES
-from dicomflow.pipelines.instance_rows import rows_table
+from dicomflow.pipelines.instance_rows import rows_table, with_columns
 from dicomflow.pipelines.plan import Partition
 from dicomflow.records import Batch
 from dicomflow.schemas import (
@@ -118,10 +118,11 @@ class LakeSink:
     config: str = "default"
     tables: tuple[TableOutput, ...] = ()
     operators: dict[str, str] = field(default_factory=dict)
+    columns: tuple[pa.Field, ...] = ()  # operators' own columns on ``instances``
     name: ClassVar[str] = "lake"
 
     def write(self, batch: Batch, partition: Partition) -> SinkResult:
-        instances = instance_table(batch)
+        instances = with_columns(instance_table(batch), batch.records, self.columns)
         errors = error_table(batch)
         _, root = self.layout.filesystem()
         parts: dict[str, str] = {}

@@ -155,6 +155,69 @@ class PixelsOperator(OperatorConfig):
     expand_palette: bool = False
 
 
+class RenderOperator(OperatorConfig):
+    """Windowed PNG/JPEG renders (thumbnails by default) under ``renders/`` and a
+    ``render_path`` column on ``instances``.
+
+    ``window``: ``auto`` (the file's first window, else its VOI LUT, else min-max),
+    ``N`` (the file's N-th window, 0-based) or ``CENTER,WIDTH``. ``frames``: ``all``,
+    ``middle`` or a 0-based frame. ``size``: the longest side in pixels (never
+    upscaled); null keeps the native size. ``presentation_states``: GSPS files or
+    folders; one that references an image is applied to it.
+    """
+
+    name: Literal["render"] = "render"
+    format: Literal["png", "jpeg"] = "png"
+    bits: Literal[8, 16] = 8
+    size: int | None = Field(default=256, ge=1)
+    window: str = "auto"
+    frames: str | int = "middle"
+    overlays: bool = False
+    percentile: float | None = Field(default=None, ge=0, lt=50)
+    presentation_states: list[str] = Field(default_factory=list)
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        parse_window(value)
+        return value
+
+    @field_validator("frames")
+    @classmethod
+    def _frames(cls, value: str | int) -> str | int:
+        if isinstance(value, str) and value not in ("all", "middle"):
+            if not value.isdigit():
+                raise ValueError("frames is 'all', 'middle' or a frame number (0-based)")
+            return int(value)
+        if isinstance(value, int) and value < 0:
+            raise ValueError("a frame number is 0-based and not negative")
+        return value
+
+    @model_validator(mode="after")
+    def _jpeg_is_8_bit(self) -> RenderOperator:
+        if self.format == "jpeg" and self.bits != 8:
+            raise ValueError("JPEG renders are 8-bit; use png for 16-bit")
+        return self
+
+
+def parse_window(value: str) -> str | int | tuple[float, float]:
+    """``auto``, ``N`` (an index) or ``CENTER,WIDTH`` as the renderer takes it."""
+    text = value.strip()
+    if text == "auto":
+        return "auto"
+    if text.isdigit():
+        return int(text)
+    parts = text.split(",")
+    try:
+        if len(parts) == 2:
+            center, width = float(parts[0]), float(parts[1])
+            if width > 0:
+                return center, width
+    except ValueError:
+        pass
+    raise ValueError("window is 'auto', a window number N, or CENTER,WIDTH with WIDTH > 0")
+
+
 class AnonymizeOperator(OperatorConfig):
     """PS3.15 Annex E de-identification; the key comes from a file or an env variable."""
 
