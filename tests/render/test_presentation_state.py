@@ -56,9 +56,9 @@ def test_gsps_matches_dcmp2pgm(variant: str, tmp_path: Path) -> None:
     assert mean <= 1.0 and worst <= 2, f"mean {mean:.3f}, max {worst}"
 
 
-def test_the_gsps_window_is_the_one_applied(tmp_path: Path) -> None:
+def test_the_gsps_window_is_the_one_applied() -> None:
     """A GSPS window differs from the image's own: the render follows the GSPS."""
-    source, ds = _image(CT)
+    _, ds = _image(CT)
     ps = gsps.build(ds, window=(-600, 1500))
     (with_ps,) = render_instance(ds, decode(ds), RenderSettings(), ps)
     (explicit,) = render_instance(ds, decode(ds), RenderSettings(window=(-600, 1500)))
