@@ -22,7 +22,8 @@ class RenderSettings:
     ``frames``: ``"all"``, ``"middle"`` or a 0-based frame index. ``bits``: 8 or 16.
     ``size``: longest side of a thumbnail (never upscaled); None keeps native size.
     ``overlays``: burn 60xx overlays in. ``percentile``: clip this percentage at each
-    end instead of min-max when the file has no window.
+    end instead of min-max when the file has no window. Min-max and percentiles
+    are taken frame by frame.
     """
 
     window: WindowChoice = "auto"
