@@ -21,14 +21,15 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple, cast
 
 import pydicom
 from pydicom import config as pydicom_config
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dicomflow.dicom.dicomjson import BINARY_VRS
@@ -41,6 +42,7 @@ from dicomflow.dicom.fastread import (
     read_fast,
     skip_fragments,
 )
+from dicomflow.dicom.inflate import InflateLimits, inflate
 from dicomflow.dicom.pydicom_tree import resolved_vr, tree_from_dataset
 from dicomflow.dicom.sniff import SNIFF_BYTES, has_dicm_prefix, looks_like_raw_dataset
 from dicomflow.errors import ErrorCode, MalformedDicomError, NotDicomError
@@ -48,6 +50,8 @@ from dicomflow.records import Header
 
 # Values longer than this are skipped while parsing (only their offset is kept).
 DEFER_BYTES = 64 * 1024
+
+DEFAULT_INFLATE_LIMITS = InflateLimits()
 
 _PIXEL_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"UN"})
 
@@ -89,14 +93,21 @@ def pydicom_mode(mode: int) -> Iterator[None]:
         settings.reading_validation_mode = previous
 
 
-def read_header(fp: BinaryIO, *, size: int | None, salvage: bool = False) -> Header:
+def read_header(
+    fp: BinaryIO,
+    *,
+    size: int | None,
+    salvage: bool = False,
+    inflate_limits: InflateLimits = DEFAULT_INFLATE_LIMITS,
+) -> Header:
     """Parse the header of the DICOM file open in ``fp``.
 
     Raises :class:`NotDicomError` for content that is not DICOM and
     :class:`MalformedDicomError` (code ``truncated``, ``too_deep`` or
     ``malformed``) for DICOM that cannot be parsed. Messages carry no values.
     With ``salvage``, damage that starts at Pixel Data does not raise: the
-    header comes back as a :class:`DamagedHeader`.
+    header comes back as a :class:`DamagedHeader`. A deflated data set that would
+    inflate past ``inflate_limits`` raises with code ``too_large``.
 
     The fast reader handles ordinary little-endian Part 10 files; everything
     else (and anything it is unsure of, damage included) goes to the
@@ -112,7 +123,7 @@ def read_header(fp: BinaryIO, *, size: int | None, salvage: bool = False) -> Hea
             return _from_fast(read_fast(fp, size))
         except FastPathUnsupported:
             pass
-    return read_header_with_pydicom(fp, size=size, salvage=salvage)
+    return read_header_with_pydicom(fp, size=size, salvage=salvage, inflate_limits=inflate_limits)
 
 
 def _from_fast(fast: FastHeader) -> Header:
@@ -137,7 +148,13 @@ def _from_fast(fast: FastHeader) -> Header:
     )
 
 
-def read_header_with_pydicom(fp: BinaryIO, *, size: int | None, salvage: bool = False) -> Header:
+def read_header_with_pydicom(
+    fp: BinaryIO,
+    *,
+    size: int | None,
+    salvage: bool = False,
+    inflate_limits: InflateLimits = DEFAULT_INFLATE_LIMITS,
+) -> Header:
     """The careful reader: pydicom parses, then its datasets become the element tree.
 
     The first attempt runs pydicom in strict mode so that a file ending early
@@ -148,9 +165,9 @@ def read_header_with_pydicom(fp: BinaryIO, *, size: int | None, salvage: bool = 
     damage in or after Pixel Data gives a :class:`DamagedHeader` instead of an error.
     """
     try:
-        ds, meta, fields = _read_in_mode(fp, size, pydicom_config.RAISE, salvage)
+        ds, meta, fields = _read_in_mode(fp, size, pydicom_config.RAISE, salvage, inflate_limits)
     except _Inconsistent:
-        ds, meta, fields = _read_in_mode(fp, size, pydicom_config.WARN, salvage)
+        ds, meta, fields = _read_in_mode(fp, size, pydicom_config.WARN, salvage, inflate_limits)
     kind = DamagedHeader if "damage" in fields else Header
     with pydicom_mode(pydicom_config.WARN):
         try:
@@ -183,11 +200,13 @@ class _Inconsistent(Exception):
 _Parsed = tuple[Dataset, FileMetaDataset, dict[str, Any]]
 
 
-def _read_in_mode(fp: BinaryIO, size: int | None, mode: int, salvage: bool) -> _Parsed:
+def _read_in_mode(
+    fp: BinaryIO, size: int | None, mode: int, salvage: bool, limits: InflateLimits
+) -> _Parsed:
     fp.seek(0)
     with pydicom_mode(mode):
         try:
-            return _parse(fp, size, salvage)
+            return _parse(fp, size, salvage, limits)
         except MalformedDicomError:
             raise
         except RecursionError as exc:
@@ -223,7 +242,11 @@ def _text_or_none(value: Any) -> str | None:
     return str(value) if isinstance(value, str) else None
 
 
-def _parse(fp: BinaryIO, size: int | None, salvage: bool) -> _Parsed:
+def _parse(fp: BinaryIO, size: int | None, salvage: bool, limits: InflateLimits) -> _Parsed:
+    deflated = _deflated_start(fp)
+    if deflated is not None:  # pydicom would inflate it whole, however large
+        return _parse_deflated(fp, *deflated, size, limits)
+    fp.seek(0)
     meta_probe = pydicom.dcmread(fp, force=True, stop_before_pixels=True, defer_size=DEFER_BYTES)
     file_meta: FileMetaDataset = meta_probe.file_meta
     ts = _text_or_none(file_meta.get("TransferSyntaxUID"))
@@ -236,8 +259,6 @@ def _parse(fp: BinaryIO, size: int | None, salvage: bool) -> _Parsed:
         "deflated": False,
     }
     _reject_empty(meta_probe, file_meta)
-    if ts == DeflatedExplicitVRLittleEndian:
-        return _parse_deflated(fp, file_meta, fields)
 
     ds = Dataset(meta_probe)  # a plain Dataset: no file handle travels with it
     _check_complete(ds, size)
@@ -340,11 +361,33 @@ def _reject_empty(ds: Dataset, file_meta: FileMetaDataset) -> None:
         raise NotDicomError("no DICOM elements could be parsed")
 
 
-def _parse_deflated(fp: BinaryIO, file_meta: FileMetaDataset, fields: dict[str, Any]) -> _Parsed:
-    """Deflated data sets must be inflated whole; bulk offsets then refer to the inflated stream."""
+def _deflated_start(fp: BinaryIO) -> tuple[FileMetaDataset, int] | None:
+    """The file meta and where the data set starts, when the file meta names the
+    deflated transfer syntax (read as ``dcmread`` reads them); else None."""
     fp.seek(0)
-    ds = Dataset(pydicom.dcmread(fp, force=True, defer_size=DEFER_BYTES))
-    fields.update(deflated=True, is_little_endian=True, is_implicit_vr=False)
+    read_preamble(fp, force=True)
+    file_meta = _read_file_meta_info(fp)
+    if _text_or_none(file_meta.get("TransferSyntaxUID")) != DeflatedExplicitVRLittleEndian:
+        return None
+    return file_meta, fp.tell()
+
+
+def _parse_deflated(
+    fp: BinaryIO, file_meta: FileMetaDataset, start: int, size: int | None, limits: InflateLimits
+) -> _Parsed:
+    """Deflated data sets must be inflated whole (within ``limits``); bulk offsets then
+    refer to the inflated stream."""
+    fp.seek(start)
+    inflated = inflate(fp, deflated_size=None if size is None else size - start, limits=limits)
+    stream = cast(BinaryIO, DicomBytesIO(inflated))
+    ds = Dataset(read_dataset(stream, is_implicit_VR=False, is_little_endian=True))
+    _reject_empty(ds, file_meta)
+    fields: dict[str, Any] = {
+        "transfer_syntax_uid": str(DeflatedExplicitVRLittleEndian),
+        "is_little_endian": True,
+        "is_implicit_vr": False,
+        "deflated": True,
+    }
     pixel_tag = next((t for t in sorted(PIXEL_DATA_TAGS) if t in ds), None)
     if pixel_tag is not None:
         raw = ds.get_item(pixel_tag, keep_deferred=True)
