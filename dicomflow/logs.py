@@ -1,4 +1,10 @@
-"""Logging set-up for the command line: plain text, or one JSON object per line."""
+"""Logging set-up for the command line: plain text, or one JSON object per line.
+
+Codec and parser libraries log their own failures loudly: pydicom logs every
+decoder plugin that fails on a frame at ERROR with a traceback, pylibjpeg-openjpeg
+forwards OpenJPEG's messages. What failed becomes an error row; their words are
+kept at DEBUG (``-vv``), one line each, without tracebacks.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +28,45 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+LIBRARY_LOGGERS = (
+    "pydicom",
+    "openjpeg",
+    "libjpeg",
+    "rle",
+    "pylibjpeg",
+    "imagecodecs",
+    "PIL",
+    "gdcm",
+)
+LIBRARIES = "dicomflow.libraries"  # where their messages go, at DEBUG
+
+
+class AtDebug(logging.Handler):
+    """Hand a library's record on as one DEBUG line of ``dicomflow.libraries.<name>``:
+    its message only (a traceback repeats what the error row says)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        target = logging.getLogger(f"{LIBRARIES}.{record.name}")
+        if not target.isEnabledFor(logging.DEBUG):
+            return
+        try:
+            message = record.getMessage()
+        except Exception:  # a library's bad format string must not break logging
+            message = str(record.msg)
+        target.debug("%s: %s", record.levelname, message)
+
+
+def route_library_logs() -> None:
+    """Send the codec and parser libraries' records to :class:`AtDebug` instead of the
+    root handlers (idempotent). Their levels are left alone: pydicom resets its own
+    when first imported, which may come after this."""
+    for name in LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        library.propagate = False
+        if not any(isinstance(h, AtDebug) for h in library.handlers):
+            library.addHandler(AtDebug())
+
+
 def configure(level: int, *, json_lines: bool = False) -> None:
     """Configure the root logger once for a command-line run."""
     handler = logging.StreamHandler()
@@ -32,3 +77,4 @@ def configure(level: int, *, json_lines: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    route_library_logs()

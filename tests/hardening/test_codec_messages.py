@@ -1,0 +1,68 @@
+"""Codec libraries' own messages go to the log at DEBUG, not raw to stderr.
+
+pydicom logs each decoder plugin that fails on a frame at ERROR with a traceback;
+those reached stderr through the progress bar (pydicom resets its logger's level
+when first imported, after the command line set it). The broken file here is a
+corpus JPEG 2000 file whose SIZ marker claims 1×1 tiles (512×512 tiles in all).
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dicomflow.api import read_lake
+
+pytestmark = pytest.mark.integration
+
+J2K = "pydicom__pydicom/test_files/693_J2KI.dcm"
+VALID = "pydicom__pydicom/test_files/CT_small.dcm"
+SOC_SIZ = b"\xff\x4f\xff\x51"  # start of codestream, then the SIZ marker
+
+
+def with_tiny_tiles(data: bytes) -> bytes:
+    """``data`` with the first codestream's tile size (XTsiz, YTsiz) set to 1×1."""
+    at = data.index(SOC_SIZ) + len(SOC_SIZ) + 2 + 2 + 16  # Lsiz, Rsiz, image size/offset
+    return data[:at] + struct.pack(">II", 1, 1) + data[at + 8 :]
+
+
+@pytest.fixture()
+def inputs(tmp_path: Path, corpus: Path) -> Path:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "tiles.dcm").write_bytes(with_tiny_tiles((corpus / J2K).read_bytes()))
+    shutil.copyfile(corpus / VALID, folder / "valid.dcm")
+    return folder
+
+
+def ingest(inputs: Path, out: Path, *verbose: str) -> subprocess.CompletedProcess[str]:
+    command = ["ingest", str(inputs), "--out", str(out), "--pixels", "--progress"]
+    return subprocess.run(
+        [sys.executable, "-m", "dicomflow", *verbose, *command],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_codec_failures_are_an_error_row_not_a_traceback(inputs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "lake"
+    result = ingest(inputs, out)
+    assert "Traceback" not in result.stderr
+    assert "pydicom.pixels" not in result.stderr
+    assert "opj_read_header" not in result.stderr
+    errors = read_lake(str(out)).errors().to_pylist()
+    assert [(Path(e["source"]).name, e["code"]) for e in errors] == [("tiles.dcm", "decode_failed")]
+
+
+def test_codec_messages_are_kept_at_debug(inputs: Path, tmp_path: Path) -> None:
+    result = ingest(inputs, tmp_path / "lake", "-vv")
+    lines = [line for line in result.stderr.splitlines() if "dicomflow.libraries.pydicom" in line]
+    assert lines
+    assert all(" DEBUG " in line for line in lines)
+    assert "Traceback" not in result.stderr
