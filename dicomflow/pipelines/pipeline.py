@@ -321,56 +321,72 @@ def recover(
     run one by one (when its task allows, see :func:`per_input`), and error rows
     (code ``internal``) for the inputs that failed alone too, or for every input when
     the task cannot be split. Also returns how many inputs could not even be
-    recorded (the sink itself is failing)."""
-    singles = one_by_one(partition, job, context)
+    recorded (the sink itself is failing).
+
+    The inputs run alone side by side first; those that fail run again one at a
+    time, so that an input is never blamed for a worker another input killed.
+    """
+    singles = one_by_one(partition, job)
     if singles is None:
         message = f"the partition task failed ({failure_name(exc)})"
         return _record_failed(client, [(partition, message)], sinks=sinks, context=context)
-    futures = client.compute([single_job for _, single_job in singles], retries=0)
-    results: list[PartitionResult] = []
-    failed: list[tuple[Partition, str]] = []
-    for (single, _), future in zip(singles, futures, strict=True):
-        try:
-            results.append(future.result())
-        except Exception as single_exc:
-            failed.append(
-                (single, f"the task failed on this input alone ({failure_name(single_exc)})")
-            )
-        future.release()
+    assert isinstance(job, CallTask)  # one_by_one splits only those
+    results, failed = _run_alone(client, partition, job, singles, context, "alone")
+    failed_again: list[tuple[Partition, str]] = []
+    for single, _ in failed:
+        done, still = _run_alone(client, partition, job, [single], context, "alone-again")
+        results.extend(done)
+        failed_again.extend(still)
     logger.error(
         "partition %s run input by input: %d of %d inputs failed alone",
         partition.name,
-        len(failed),
+        len(failed_again),
         len(singles),
     )
-    recorded, lost = _record_failed(client, failed, sinks=sinks, context=context)
+    recorded, lost = _record_failed(client, failed_again, sinks=sinks, context=context)
     return results + recorded, lost
 
 
-def one_by_one(
-    partition: Partition, job: Delayed, context: RunContext
-) -> list[tuple[Partition, Delayed]] | None:
-    """``job`` again, once for each input of ``partition`` alone (a partition of that
-    input, named by it), in order; None when its function is not marked
-    :func:`per_input` or the partition holds one input only."""
-    call = job.call if isinstance(job, CallTask) else None
-    if call is None or len(partition.refs) < 2:
+def one_by_one(partition: Partition, job: Delayed) -> list[Partition] | None:
+    """A partition for each input of ``partition`` (named by that input), in order,
+    when ``job`` can run on them (its function is marked :func:`per_input` and takes
+    ``partition``); None otherwise, or when the partition holds one input only."""
+    if not isinstance(job, CallTask) or len(partition.refs) < 2:
         return None
-    func, args = call
+    func, args = job.call
     if not getattr(func, _PER_INPUT, False) or not any(a is partition for a in args):
         return None
-    singles = [partition_named(partition.index, [ref]) for ref in partition.refs]
-    return [
-        (
-            single,
-            task(
-                func,
-                *(single if a is partition else a for a in args),
-                key=task_key("alone", context, single.name),
-            ),
+    return [partition_named(partition.index, [ref]) for ref in partition.refs]
+
+
+def _run_alone(
+    client: Client,
+    partition: Partition,
+    job: CallTask,
+    singles: Sequence[Partition],
+    context: RunContext,
+    stage: str,
+) -> tuple[list[PartitionResult], list[tuple[Partition, str]]]:
+    """Run ``job`` on each of ``singles`` instead of ``partition``, side by side, once
+    (no retries); the results, and each single that failed with its error message."""
+    func, args = job.call
+    jobs = [
+        task(
+            func,
+            *(single if a is partition else a for a in args),
+            key=task_key(stage, context, single.name),
         )
         for single in singles
     ]
+    results: list[PartitionResult] = []
+    failed: list[tuple[Partition, str]] = []
+    for single, future in zip(singles, client.compute(jobs, retries=0), strict=True):
+        try:
+            results.append(future.result())
+        except Exception as exc:
+            failed.append((single, f"the task failed on this input alone ({failure_name(exc)})"))
+        future.release()
+    return results, failed
 
 
 def _record_failed(

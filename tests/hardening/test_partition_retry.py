@@ -6,13 +6,16 @@ input of the partition gets its row, committed, and is not redone by a rerun.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import dask
 import pytest
-from distributed import Client
+from distributed import Client, LocalCluster
 
 from dicomflow.api import read_lake
 from dicomflow.connectors.files import FilesConnector
@@ -102,3 +105,37 @@ def test_only_the_poisoned_input_becomes_internal(
     lake = read_lake(str(out))
     assert lake.instances().num_rows == 7
     assert lake.errors().num_rows == 1
+
+
+@dataclass(frozen=True)
+class CrashingFiles(FilesConnector):
+    """Files, except that reading ``poison.dcm`` ends its worker process at once (as
+    an abort inside a native codec does)."""
+
+    def fetch(self, refs: Iterable[SourceRef]) -> Iterator[InstanceRecord]:
+        for record in super().fetch(refs):
+            if Path(record.ref.url).name == POISON:
+                os._exit(70)
+            yield record
+
+
+@pytest.mark.slow
+def test_a_worker_killed_by_one_input_costs_only_that_input(
+    inputs: list[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "lake"
+    run = dataclasses.replace(
+        pipeline(tmp_path / "in", out), source=CrashingFiles((str(tmp_path / "in"),))
+    )
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 1}),
+        LocalCluster(n_workers=2, threads_per_worker=2, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        summary = run.run(client, progress=False, retries=0)
+    lake = read_lake(str(out))
+    assert sorted(Path(r["source"]).name for r in lake.instances().to_pylist()) == inputs
+    errors = lake.errors().to_pylist()
+    assert [(Path(e["source"]).name, e["code"]) for e in errors] == [(POISON, "internal")]
+    assert "KilledWorker" in errors[0]["message"]
+    assert (summary.rows, summary.errors) == (7, 1)
