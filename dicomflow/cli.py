@@ -39,10 +39,6 @@ def _configure_logging(verbose: int, json_lines: bool = False) -> None:
         *("dicomweb_client", "urllib3", "requests", "s3fs", "botocore", "aiobotocore"),
     ):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    # pydicom logs every codec fallback at ERROR with a traceback; tasks that run in this
-    # process (small jobs) would print them. What failed becomes an error row instead.
-
-    logging.getLogger("pydicom").setLevel(logging.CRITICAL if verbose < 2 else logging.DEBUG)
     # Whenever a cluster is started or joined, say where its dashboard is.
     logging.getLogger("dicomflow.pipelines.cluster").setLevel(logging.INFO)
 

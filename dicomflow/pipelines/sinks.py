@@ -30,6 +30,7 @@ from dicomflow.schemas import (
     SERIES_SCHEMA_VERSION,
     errors_schema,
 )
+from dicomflow.schemas.tables import table_from_rows
 
 SCHEMA_VERSION_KEY = b"dicomflow.schema_version"
 
@@ -97,7 +98,7 @@ def declared_rows(batch: Batch, table: str) -> list[dict[str, Any]]:
 
 def declared_table(batch: Batch, output: TableOutput) -> pa.Table:
     """One declared table of ``batch``, its schema version in the Parquet metadata."""
-    table = pa.Table.from_pylist(declared_rows(batch, output.name), schema=output.schema)
+    table = table_from_rows(declared_rows(batch, output.name), output.schema)
     return table.replace_schema_metadata(
         {**(table.schema.metadata or {}), SCHEMA_VERSION_KEY: output.version.encode()}
     )

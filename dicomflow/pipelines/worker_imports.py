@@ -26,6 +26,8 @@ import threading
 
 import click
 
+from dicomflow.logs import route_library_logs
+
 logger = logging.getLogger(__name__)
 
 HEADER_MODULES = (
@@ -60,6 +62,7 @@ def dask_setup(worker: object, headers_only: bool) -> None:
         except Exception as exc:  # a preload must never stop the worker
             logger.debug("worker preload: %s not imported (%s)", name, type(exc).__name__)
     if multiprocessing.parent_process() is not None:  # never in the user's own process
+        route_library_logs()  # codecs' messages at DEBUG, as in the client's process
         atexit.register(_exit_closed_worker)
 
 

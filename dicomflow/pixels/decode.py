@@ -110,6 +110,10 @@ def _decode(ds: Dataset, memory_budget: int) -> DecodedPixels:
         raise PixelDecodeError(
             "no Transfer Syntax UID in the file meta", code=ErrorCode.UNSUPPORTED_TRANSFER_SYNTAX
         )
+    if not isinstance(syntax, str):  # bytes under a wrong VR: not a UID at all
+        raise PixelDecodeError(
+            "the Transfer Syntax UID is not text", code=ErrorCode.UNSUPPORTED_TRANSFER_SYNTAX
+        )
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:

@@ -17,12 +17,18 @@ from tests.peers.orthanc import free_port
 FILES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm"]
 
 
-def _wait_for_port(port: int, timeout: float = 60) -> None:
+def _wait_for_port(
+    port: int, process: subprocess.Popen[str] | None = None, timeout: float = 90
+) -> None:
+    """Until the listener accepts connections; a listener that exited says why."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
+        if process is not None and process.poll() is not None:
+            _, stderr = process.communicate(timeout=30)
+            raise AssertionError(f"the listener exited ({process.returncode}): {stderr[-2000:]}")
         time.sleep(0.2)
     raise TimeoutError("the listener did not open its port")
 
@@ -74,7 +80,7 @@ def test_listen_ingests_pushed_instances_and_refuses_strangers(tmp_path: Path) -
         text=True,
     )
     try:
-        _wait_for_port(port)
+        _wait_for_port(port, process)
         sent = _storescu(port, "MODALITY", [PYDICOM_TEST_FILES / n for n in FILES])
         assert sent.returncode == 0, sent.stderr
         refused = _storescu(port, "STRANGER", [PYDICOM_TEST_FILES / "CT_small.dcm"])
@@ -129,7 +135,7 @@ def test_a_listen_spec_serves_tls_and_refuses_plaintext(tmp_path: Path) -> None:
     )
     paths = [str(PYDICOM_TEST_FILES / n) for n in FILES]
     try:
-        _wait_for_port(port)
+        _wait_for_port(port, process)
         tls = ["+tls", str(pem["ckey"]), str(pem["ccert"]), "+cf", str(pem["ca"])]
         sent = subprocess.run(
             ["storescu", *tls, "-aec", "DICOMFLOW", "127.0.0.1", str(port), *paths],
@@ -204,7 +210,7 @@ cluster: {{workers: 1}}
         env=env,
     )
     try:
-        _wait_for_port(port)
+        _wait_for_port(port, process)
         sent = _storescu(port, "MODALITY", [marked])
         assert sent.returncode == 0, sent.stderr
         deadline = time.monotonic() + 60
