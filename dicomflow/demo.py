@@ -1,5 +1,5 @@
-"""``dicomflow demo``: ingest pydicom's bundled test files (metadata and pixels) and say what
-to open."""
+"""``dicomflow demo``: ingest pydicom's bundled test files (metadata, pixels and renders) and
+say what to open."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import click
 import pydicom.data
 
 from dicomflow.anonymize.keys import SecretKey
-from dicomflow.api import AnonymizeSettings, deidentifier, ingest, read_lake
+from dicomflow.api import AnonymizeSettings, RenderOperator, deidentifier, ingest, read_lake
 
 # Only for the demo's public sample files: real data needs a secret key (--key-file).
 DEMO_KEY = SecretKey(b"dicomflow-demo-key-public-never-use-for-real-data")
@@ -25,7 +25,13 @@ def run_demo(out: Path, *, workers: int | None = None) -> int:
     out = out.resolve()
     samples = sample_data_dir()
     click.echo(f"ingesting {samples} → {out}")
-    summary = ingest([str(samples)], out=str(out), pixels=True, workers=workers)
+    summary = ingest(
+        [str(samples)],
+        out=str(out),
+        pixels=True,
+        workers=workers,
+        operators=[RenderOperator()],  # 256-px PNG thumbnails, each image decoded once
+    )
     deid_out = out.parent / f"{out.name}-deidentified"
     click.echo(f"de-identifying the same files (PS3.15 basic profile, demo key) → {deid_out}")
     settings = AnonymizeSettings(
@@ -49,6 +55,8 @@ def run_demo(out: Path, *, workers: int | None = None) -> int:
     click.echo(f"  series table     {out}/series/*.parquet")
     click.echo(f"  errors table     {out}/errors/*.parquet")
     click.echo(f"  pixels (Zarr)    {out}/pixels.zarr/<study>/<series>/<stack>")
+    renders = sum(1 for p in instances_with_renders(lake) if p)
+    click.echo(f"  renders (PNG)    {out}/renders/<study>/<series>/<sop>.png  ({renders})")
     click.echo(
         f"de-identified: files {deid.files}  rows {deid.rows}  errors {deid.errors} "
         "(quarantined burned-in candidates and unreadable inputs are error rows)"
@@ -69,6 +77,12 @@ def run_demo(out: Path, *, workers: int | None = None) -> int:
             f"print(dicomflow.open_series('{out}', '{uid}'))\""
         )
     return 0 if summary.accounted and deid.accounted else 1
+
+
+def instances_with_renders(lake: object) -> list[str | None]:
+    """Each instance's ``render_path`` (None where it has no image)."""
+    table = lake.instances(columns=["render_path"])  # type: ignore[attr-defined]
+    return list(table.column("render_path").to_pylist())
 
 
 def _skipped(count: int) -> str:

@@ -16,14 +16,20 @@ def test_demo_writes_both_lakes_and_accounts_for_every_input(
     out = tmp_path / "demo"
     assert run_demo(out) == 0
     inputs = sum(1 for p in sample_data_dir().rglob("*") if p.is_file())
-    plain = pq.read_table(out / "instances").num_rows + pq.read_table(out / "errors").num_rows
-    assert plain == inputs
+    rows = pq.read_table(out / "instances").column("source").to_pylist()
+    failed = set(pq.read_table(out / "errors").column("source").to_pylist()) - set(rows)
+    assert len(rows) == len(set(rows)) and len(rows) + len(failed) == inputs
+    # Renders: one PNG for each image that has one, where render_path says.
+    paths = [p for p in pq.read_table(out / "instances").column("render_path").to_pylist() if p]
+    assert paths and all((out / p).is_file() for p in paths)
 
     deid = tmp_path / "demo-deidentified"
     files = sorted((deid / "dicom").rglob("*.dcm"))
     rows = pq.read_table(deid / "instances")
     errors = pq.read_table(deid / "errors")
-    assert files and rows.num_rows + errors.num_rows == inputs
+    row_sources = rows.column("source").to_pylist()
+    lost = set(errors.column("source").to_pylist()) - set(row_sources)
+    assert files and len(row_sources) + len(lost) == inputs  # a row, else an error row
     # Every written file is accounted for by a row or a (later-stage) error row; two
     # inputs whose de-identified bytes are identical share one file.
     sources = rows.column("source").to_pylist() + errors.column("source").to_pylist()

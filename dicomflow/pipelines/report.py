@@ -18,6 +18,7 @@ from typing import Any
 
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.writer import put_atomically
+from dicomflow.pipelines.report_thumbnails import thumbnails
 from dicomflow.pipelines.summary import RunSummary
 
 RUNS_DIR = "_runs"
@@ -84,6 +85,7 @@ def build_report(
             {"seconds": round(s, 3), "inputs": n, "first_source": src}
             for s, n, src in summary.slowest
         ],
+        "thumbnails": thumbnails(layout, summary.run_id, [src for _, _, src in summary.slowest]),
         "versions": versions(),
     }
 
@@ -139,6 +141,20 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _thumbnail_strip(entries: list[dict[str, str]]) -> str:
+    """The failed and slowest series' renders, linked from the report's folder."""
+    if not entries:
+        return ""
+    figures = "".join(
+        f'<figure style="display:inline-block;margin:4px">'
+        f'<img src="../{html.escape(e["render"])}" style="max-width:128px;max-height:128px" '
+        f'alt="{html.escape(e["why"])} series"><figcaption>{html.escape(e["why"])}'
+        "</figcaption></figure>"
+        for e in entries
+    )
+    return f"<h2>Failed and slowest series</h2><div>{figures}</div>"
+
+
 def render_html(report: dict[str, Any]) -> str:
     """A self-contained HTML page for one run."""
     counts = [{"count": k, "value": v} for k, v in report["counts"].items()]
@@ -155,6 +171,7 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}}</style></head><bo
 <h2>Throughput over time</h2>{_throughput_svg(report["throughput"])}
 <h2>Errors by stage and code</h2>{_table(report["errors_by_stage_and_code"])}
 <h2>Slowest partitions</h2>{_table(report["slowest_partitions"])}
+{_thumbnail_strip(report.get("thumbnails") or [])}
 <h2>Versions</h2>{_table(version_rows)}
 </body></html>
 """

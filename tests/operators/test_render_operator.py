@@ -4,6 +4,7 @@ costing only the render."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -47,6 +48,7 @@ def sources(tmp_path: Path) -> Path:
     shutil.copy(cases.path(MONOCHROME1), folder / "dx.dcm")
     shutil.copy(cases.path(MULTIFRAME), folder / "multi.dcm")
     shutil.copy(PYDICOM_TEST_FILES / "rtplan.dcm", folder / "plan.dcm")  # no image
+    shutil.copy(PYDICOM_TEST_FILES / "CT_small.dcm", folder / "small.dcm")  # broken's series
     data = (PYDICOM_TEST_FILES / "CT_small.dcm").read_bytes()
     broken = pydicom.dcmread(PYDICOM_TEST_FILES / "CT_small.dcm")
     broken.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.2"
@@ -78,6 +80,12 @@ def test_renders_land_in_the_lake_with_their_paths(sources: Path, tmp_path: Path
     assert [(Path(e["source"]).name, e["stage"]) for e in errors] == [("broken.dcm", "render")]
     assert not list((lake / "renders").rglob("1.2.826.0.1.3680043.8.498.2*"))
     assert list((lake / "renders").rglob("*.tmp")) == []
+    # The run report shows the failed series by the render of one of its instances.
+    (report,) = (lake / "_runs").glob("*.json")
+    strip = json.loads(report.read_text())["thumbnails"]
+    _, series, _ = _uids(sources / "small.dcm")
+    assert {"series": series, "why": "failed", "render": paths["small.dcm"]} in strip
+    assert f'src="../{paths["small.dcm"]}"' in report.with_suffix(".html").read_text()
 
 
 def test_a_native_size_render_matches_dcmtk(sources: Path, tmp_path: Path) -> None:

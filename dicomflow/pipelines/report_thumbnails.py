@@ -1,0 +1,51 @@
+"""The run report's strip of thumbnails: the failed and the slowest series, where renders
+exist (the ``render`` operator's ``render_path`` on ``instances``).
+
+A series is *failed* when one of its instances has an error row of this run (an instance
+that kept its row: a fault in a later operator), and *slowest* when it holds the first
+input of one of the slowest partitions. Each gets the render of its first instance that
+has one; nothing is rendered here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from dicomflow.lake.layout import LakeLayout
+
+RENDER_PATH = "render_path"
+MAX_THUMBNAILS = 12
+
+
+def thumbnails(
+    layout: LakeLayout, run_id: str, slowest_sources: Sequence[str]
+) -> list[dict[str, str]]:
+    """Up to :data:`MAX_THUMBNAILS` ``{"series", "why", "render"}`` entries, failed series
+    first; none when the lake has no renders."""
+    from dicomflow.lake.reader import Lake
+
+    lake = Lake(layout.root, layout.storage_options)
+    dataset = lake.dataset("instances")
+    if RENDER_PATH not in dataset.schema.names:
+        return []
+    columns = ["source", "SeriesInstanceUID", RENDER_PATH, "run_id"]
+    rows = [r for r in dataset.to_table(columns=columns).to_pylist() if r["run_id"] == run_id]
+    series_of = {r["source"]: r["SeriesInstanceUID"] for r in rows}
+    render_of: dict[str, str] = {}
+    for row in rows:
+        if row[RENDER_PATH] and row["SeriesInstanceUID"]:
+            render_of.setdefault(row["SeriesInstanceUID"], row[RENDER_PATH])
+    failed = _failed_sources(lake, run_id)
+    chosen: list[dict[str, str]] = []
+    for why, sources in (("failed", failed), ("slowest", slowest_sources)):
+        for source in sources:
+            uid = series_of.get(source)
+            if uid and uid in render_of and all(c["series"] != uid for c in chosen):
+                chosen.append({"series": uid, "why": why, "render": render_of[uid]})
+    return chosen[:MAX_THUMBNAILS]
+
+
+def _failed_sources(lake: Any, run_id: str) -> list[str]:
+    errors = lake.errors().select(["source", "run_id"]).to_pylist()
+    return list(dict.fromkeys(e["source"] for e in errors if e["run_id"] == run_id))
