@@ -4,7 +4,8 @@ The public API is small. A :class:`Pipeline` (a spec: source, operators in order
 sinks) is built in Python, from YAML or by the CLI, and :func:`run` runs it;
 :func:`scan` and :func:`ingest` build and run the common ones; :func:`read_lake`
 and :func:`open_series` open what they wrote; :func:`query`, :func:`send` and
-:func:`echo` talk to a PACS. Names are imported on first use, so a worker
+:func:`echo` talk to a PACS; :func:`view_series` and :func:`contact_sheet` show
+a stack's slices in a notebook. Names are imported on first use, so a worker
 process that unpickles an operator does not import the whole API.
 """
 
@@ -21,9 +22,12 @@ if TYPE_CHECKING:
         AnonymizeOperator,
         FlattenOperator,
         Lake,
+        Picture,
         Pipeline,
         PixelsOperator,
         RenderOperator,
+        SeriesView,
+        contact_sheet,
         echo,
         ingest,
         open_series,
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
         run,
         scan,
         send,
+        view_series,
     )
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -40,10 +45,13 @@ __all__ = [
     "AnonymizeOperator",
     "FlattenOperator",
     "Lake",
+    "Picture",
     "Pipeline",
     "PixelsOperator",
     "RenderOperator",
+    "SeriesView",
     "__version__",
+    "contact_sheet",
     "echo",
     "ingest",
     "open_series",
@@ -52,6 +60,7 @@ __all__ = [
     "run",
     "scan",
     "send",
+    "view_series",
 ]
 
 

@@ -23,6 +23,7 @@ from dicomflow.anonymize.config import deidentifier
 from dicomflow.anonymize.engine import Deidentifier
 from dicomflow.connectors.dicomweb.address import DicomwebError
 from dicomflow.connectors.dimse.association import DimseError
+from dicomflow.display import Picture, SeriesView, contact_sheet, view_series
 from dicomflow.errors import ConfigError
 from dicomflow.lake.reader import Lake, read_lake
 from dicomflow.pipelines.anonymize import AnonymizeSettings
@@ -60,9 +61,12 @@ __all__ = [
     "FlattenOperator",
     "Lake",
     "PeerError",
+    "Picture",
     "Pipeline",
     "PixelsOperator",
     "RenderOperator",
+    "SeriesView",
+    "contact_sheet",
     "deidentifier",
     "echo",
     "ingest",
@@ -77,6 +81,7 @@ __all__ = [
     "scan",
     "scan_errors",
     "send",
+    "view_series",
     "write_table",
 ]
 

@@ -80,6 +80,67 @@ class Lake:
         """One row per pixel stack written by ``ingest --pixels``."""
         return self.dataset("series").to_table()
 
+    def __getitem__(self, name: str) -> LakeTable:
+        """One table, for a notebook: ``lake["instances"]`` shows its columns and first rows."""
+        if name not in self.tables() and name not in _SCHEMAS:
+            raise KeyError(f"the lake has no table {name!r}; it has {self.tables()}")
+        return LakeTable(self, name)
+
+    def _repr_html_(self) -> str:
+        """The lake at a glance: its tables with row counts, modalities, errors by code
+        and the latest runs (Parquet footers and run reports only; no pixels read)."""
+        from dicomflow.lake import html
+
+        fs, root = self.layout.filesystem()
+        rows = []
+        for name in self.tables():
+            dataset = self.dataset(name)
+            version = (dataset.schema.metadata or {}).get(b"dicomflow.schema_version", b"")
+            rows.append((name, dataset.count_rows(), len(dataset.files), version.decode() or None))
+        errors = self.dataset("errors").to_table(columns=["code"])
+        modalities = self.dataset("instances").to_table(columns=["Modality"])
+        return html.lake_html(
+            self.root,
+            rows,
+            errors_by_code=html.counts_by(errors, "code"),
+            modalities=html.counts_by(modalities, "Modality"),
+            runs=html.latest_runs(fs, root),
+        )
+
+
+PREVIEW_COLUMNS = 12  # a table's preview shows this many columns (headers as JSON left out)
+
+
+@dataclass(frozen=True)
+class LakeTable:
+    """One table of a lake, as ``lake[name]`` gives it: shown in a notebook as its
+    columns and first rows, and read with :meth:`to_arrow` or :meth:`to_pandas`."""
+
+    lake: Lake
+    name: str
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self.lake.dataset(self.name).schema
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.lake.dataset(self.name).count_rows())
+
+    def to_arrow(self, columns: list[str] | None = None) -> pa.Table:
+        return self.lake.table(self.name, columns=columns)
+
+    def to_pandas(self, columns: list[str] | None = None) -> Any:
+        return self.to_arrow(columns).to_pandas()
+
+    def _repr_html_(self) -> str:
+        from dicomflow.lake import html
+
+        dataset = self.lake.dataset(self.name)
+        shown = [n for n in dataset.schema.names if not n.endswith("_json")][:PREVIEW_COLUMNS]
+        preview = dataset.head(html.PREVIEW_ROWS, columns=shown)
+        return html.table_html(self.name, dataset.schema, dataset.count_rows(), preview)
+
 
 def with_added_columns(schema: pa.Schema, parts: list[str], fs: Any) -> pa.Schema:
     """``schema`` plus every column a part has beyond it (an operator's, such as
