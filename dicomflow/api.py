@@ -145,6 +145,10 @@ def ingest_spec(
     inline_binary_limit: int = 1024,
     operators: Sequence[OperatorConfig] = (),
     incremental: bool = False,
+    query_level: str = "image",
+    retrieve: str = "get",
+    move_ae: str | None = None,
+    move_port: int | None = None,
 ) -> PipelineSpec:
     """The spec that :func:`ingest` (and ``dicomflow ingest``) runs with these keywords.
 
@@ -152,9 +156,13 @@ def ingest_spec(
     ``dicomweb+http(s)://`` peer retrieved by ``query`` (or a ``cohort`` CSV).
     ``storage_options`` reach the sources and ``out_storage_options`` the lake (the
     source's when not given). ``operators`` are added after the built-in ones.
+    For a ``dimse://`` peer, ``query_level`` is where the C-FIND is made (patient,
+    study, series or image), and ``retrieve="move"`` has the peer C-MOVE to our own
+    Storage SCP, run for the retrieve as ``move_ae`` on ``move_port``.
     """
     urls = [sources] if isinstance(sources, str) else list(sources)
-    source = _source(urls, query, cohort, dimse, dicomweb, dict(storage_options or {}))
+    retrieval = _retrieval(query_level, retrieve, move_ae, move_port)
+    source = _source(urls, query, cohort, dimse, dicomweb, dict(storage_options or {}), retrieval)
     steps: list[OperatorConfig] = []
     if isinstance(anonymize, AnonymizeSettings):
         write_dicom = write_dicom or anonymize.write_dicom
@@ -366,6 +374,8 @@ def query(
 
     address = DimseAddress.parse(url)
     options = dimse_options(peer or DimsePeerConfig(url=url))
+    if level == "patient":  # only the patient-root model has a PATIENT level
+        model = "patient"
     if cohort:
         column, values = read_cohort(cohort)
         return find_cohort(
@@ -499,6 +509,7 @@ def _source(
     dimse: PeerOptions | None,
     dicomweb: PeerOptions | None,
     storage_options: dict[str, Any],
+    retrieval: dict[str, Any] | None = None,
 ) -> SourceConfig:
     peers = [u for u in urls if u.startswith(("dimse://", "dicomweb+http://", "dicomweb+https://"))]
     if not peers:
@@ -511,11 +522,31 @@ def _source(
     try:
         if url.startswith("dimse://"):
             return DimseSource(
-                url=url, query=dict(query or {}), cohort=cohort, **_dimse_fields(dimse)
+                url=url,
+                query=dict(query or {}),
+                cohort=cohort,
+                **_dimse_fields(dimse),
+                **(retrieval or {}),
             )
+        if retrieval:
+            raise ConfigError("--query-level and --retrieve move are for dimse:// sources")
         return DicomwebSource(url=url, query=dict(query or {}), **_dicomweb_fields(dicomweb))
     except ValueError as exc:
         raise ConfigError(f"invalid source: {exc}") from None
+
+
+def _retrieval(
+    query_level: str, retrieve: str, move_ae: str | None, move_port: int | None
+) -> dict[str, Any]:
+    """The DIMSE source's query level and retrieval fields that differ from the defaults."""
+    fields = {
+        "query_level": query_level,
+        "retrieve": retrieve,
+        "move_ae": move_ae,
+        "move_port": move_port,
+    }
+    defaults = {"query_level": "image", "retrieve": "get", "move_ae": None, "move_port": None}
+    return {k: v for k, v in fields.items() if v != defaults[k]}
 
 
 def _send_sink(

@@ -396,6 +396,34 @@ def scan(
     "StudyInstanceUID column; every study it names is retrieved.",
 )
 @click.option(
+    "--query-level",
+    type=click.Choice(["patient", "study", "series", "image"]),
+    default="image",
+    show_default=True,
+    help="For a dimse:// source: the level the C-FIND is made at; matches are then "
+    "followed down to their instances.",
+)
+@click.option(
+    "--retrieve",
+    "retrieve",
+    type=click.Choice(["get", "move"]),
+    default="get",
+    show_default=True,
+    help="For a dimse:// source: C-GET, or C-MOVE to our own Storage SCP "
+    "(--move-ae, --move-port), run for the retrieve.",
+)
+@click.option(
+    "--move-ae",
+    default=None,
+    help="With --retrieve move: our AE title, as the PACS knows it as a move destination.",
+)
+@click.option(
+    "--move-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="With --retrieve move: the port our Storage SCP listens on (the PACS sends there).",
+)
+@click.option(
     "--max-associations",
     type=int,
     default=2,
@@ -429,6 +457,10 @@ def ingest(
     write_dicom: bool,
     queries: tuple[str, ...],
     cohort: str | None,
+    query_level: str,
+    retrieve: str,
+    move_ae: str | None,
+    move_port: int | None,
     max_associations: int,
     send_to: str | None,
     token_env: str | None,
@@ -500,6 +532,10 @@ def ingest(
             cohort=cohort,
             dimse=dimse,
             dicomweb=web,
+            query_level=query_level,
+            retrieve=retrieve,
+            move_ae=move_ae,
+            move_port=move_port,
             max_associations=max_associations,
             scheduler=scheduler,
             workers=workers,
@@ -582,9 +618,12 @@ def echo(url: str, show_contexts: bool, **peer: Any) -> None:
 @click.argument("url")
 @click.option(
     "--level",
+    "--query-level",
+    "level",
     type=click.Choice(["patient", "study", "series", "image"]),
     default="study",
     show_default=True,
+    help="The level the C-FIND is made at (patient uses the patient-root model).",
 )
 @click.option(
     "--model",

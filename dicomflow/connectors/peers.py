@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from dicomflow.connectors.dicomweb.address import DicomwebAddress, DicomwebOptions
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
 from dicomflow.connectors.dimse.find import Level
+from dicomflow.connectors.dimse.move import MoveDestination
 
 
 @dataclass(frozen=True)
@@ -63,19 +64,26 @@ UIDS_PER_GET = 500  # a UID list stays far below the 64 KiB of an explicit VR UI
 
 @dataclass(frozen=True)
 class DimsePeer:
-    """A PACS over DIMSE: IMAGE-level C-FIND, then C-GET (with retries and a breaker)."""
+    """A PACS over DIMSE: C-FIND at ``query_level`` down to the instances, then C-GET, or
+    C-MOVE to ``move`` (our Storage SCP, run by the caller), with retries and a breaker."""
 
     address: DimseAddress
     options: DimseOptions = field(default_factory=DimseOptions)
+    query_level: Level = "image"
+    move: MoveDestination | None = None
 
     def __str__(self) -> str:
         return str(self.address)
 
     def plan(self, query: Mapping[str, str]) -> list[SeriesRequest]:
-        from dicomflow.connectors.dimse.find import c_find
+        from dicomflow.connectors.dimse.find import find_images
 
-        found = c_find(
-            self.address, "image", query, options=self.options, return_keys=("SOPClassUID",)
+        found = find_images(
+            self.address,
+            query,
+            level=self.query_level,
+            options=self.options,
+            return_keys=("SOPClassUID",),
         )
         keys = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
         return group_requests([tuple(_text(ds, k) for k in keys) for ds in found])  # type: ignore[misc]
@@ -84,8 +92,10 @@ class DimsePeer:
         from dicomflow.connectors.dimse.get import c_get, classes_to_accept
         from dicomflow.connectors.dimse.reliability import RetryPolicy
 
-        classes = classes_to_accept(request.instances.values())
         level: Level = "image" if "SOPInstanceUID" in query else "series"
+        if self.move is not None:
+            return self._move(request, folder, query, level)
+        classes = classes_to_accept(request.instances.values())
         return (
             RetryPolicy()
             .call(
@@ -95,6 +105,23 @@ class DimsePeer:
             )
             .received
         )
+
+    def _move(
+        self, request: SeriesRequest, folder: Path, query: dict[str, str], level: Level
+    ) -> dict[str, Path]:
+        """C-MOVE to our Storage SCP, which files what it asked for in ``folder``; what
+        is there once the peer's final answer came."""
+        from dicomflow.connectors.dimse.move import c_move
+        from dicomflow.connectors.dimse.reliability import RetryPolicy
+        from dicomflow.lake.layout import safe_uid_component
+
+        assert self.move is not None
+        ae_title = self.move.ae_title
+        RetryPolicy().call(
+            lambda: c_move(self.address, level, query, ae_title, options=self.options)
+        )
+        paths = {uid: folder / f"{safe_uid_component(uid)}.dcm" for uid in request.instances}
+        return {uid: path for uid, path in paths.items() if path.exists()}
 
     def _series_query(self, request: SeriesRequest) -> dict[str, str]:
         return {"StudyInstanceUID": request.study_uid, "SeriesInstanceUID": request.series_uid}

@@ -22,6 +22,7 @@ from typing import ClassVar
 
 from dicomflow.connectors.dicomweb.address import DicomwebAddress, DicomwebOptions
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions, TlsOptions
+from dicomflow.connectors.dimse.move import MoveDestination
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.connectors.peers import DicomwebPeer, DimsePeer
 from dicomflow.operators.base import Operator, RunSettings
@@ -82,13 +83,22 @@ class FilesSourceUnit:
 
 
 class DimseSourceUnit:
-    """``dimse``: a PACS, queried with C-FIND and retrieved with C-GET."""
+    """``dimse``: a PACS, queried with C-FIND and retrieved with C-GET or C-MOVE."""
 
     Config: ClassVar[type[DimseSource]] = DimseSource
 
     @classmethod
     def build(cls, config: DimseSource, run: RunSettings) -> DimsePeer:
-        return DimsePeer(DimseAddress.parse(config.url), dimse_options(config))
+        move = None
+        if config.retrieve == "move":
+            assert config.move_ae is not None and config.move_port is not None
+            move = MoveDestination(config.move_ae, config.move_port, config.move_host)
+        return DimsePeer(
+            DimseAddress.parse(config.url),
+            dimse_options(config),
+            query_level=config.query_level,
+            move=move,
+        )
 
 
 class DicomwebSourceUnit:

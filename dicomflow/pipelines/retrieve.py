@@ -10,22 +10,41 @@
    series-level fetch are asked for by SOP Instance UID.
 3. The retrieved files go through the usual ingest; whatever is still missing
    becomes an error row ``not_retrieved``.
+
+With C-MOVE the peer sends to us, so the run starts its own Storage SCP (as
+the peer knows it: ``move_ae`` on ``move_port``) on the client, which files each
+instance the plan names into its series folder and refuses the rest. The C-MOVE
+requests are sent from threads of the client, where the SCP is, holding the
+same cluster-wide semaphore; a C-MOVE only carries requests and counts, so no
+data crosses the cluster. There Ctrl-C or SIGTERM reaches them: every C-MOVE in
+flight is sent C-CANCEL before the run stops.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import signal
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 from dask.delayed import delayed
 from distributed import Client
 
-from dicomflow.connectors.peers import Peer, SeriesRequest
+from dicomflow.connectors.dimse.move import (
+    MoveDestinationUnknown,
+    allow_moves,
+    cancel_moves,
+)
+from dicomflow.connectors.dimse.scp import storage_scp
+from dicomflow.connectors.peers import DimsePeer, Peer, SeriesRequest
 from dicomflow.errors import ConfigError, ErrorCode
 from dicomflow.lake.layout import LakeLayout, safe_uid_component
 from dicomflow.pipelines.limits import associations_limit
@@ -34,6 +53,7 @@ from dicomflow.pipelines.sinks import LakeSink
 from dicomflow.records import Batch, InstanceRecord, RunContext, SourceRef
 
 RETRIEVED = "_retrieved"
+logger = logging.getLogger(__name__)
 
 
 def series_folder(layout: LakeLayout, request: SeriesRequest) -> str:
@@ -57,17 +77,24 @@ def arrived(layout: LakeLayout, request: SeriesRequest) -> dict[str, str]:
 
 
 def retrieve_series(
-    peer: Peer, request: SeriesRequest, layout: LakeLayout, max_associations: int
+    peer: Peer,
+    request: SeriesRequest,
+    layout: LakeLayout,
+    max_associations: int,
+    scratch: str | None = None,
 ) -> dict[str, str]:
     """Task: fetch one series (only what is not already there); SOP UID → path.
 
     A series with nothing on disk is asked for whole; a series already partly
     there (an earlier run was interrupted) and whatever the series-level fetch
     did not bring are asked for by SOP Instance UID, so nothing is fetched twice.
+    ``scratch``: the local folder files land in before a bucket lake (a C-MOVE's,
+    where our Storage SCP files them), else a temporary one.
     """
     have = arrived(layout, request)
     if len(have) < len(request.instances):
-        with associations_limit(peer, max_associations)(), _landing(layout, request) as land:
+        limit = associations_limit(peer, max_associations)
+        with limit(), _landing(layout, request, scratch) as land:
             if not have:
                 have.update(land(peer.fetch_series(request, land.folder)))
             still = [uid for uid in request.instances if uid not in have]
@@ -101,9 +128,14 @@ class _Landing:
 
 
 @contextmanager
-def _landing(layout: LakeLayout, request: SeriesRequest) -> Iterator[_Landing]:
+def _landing(
+    layout: LakeLayout, request: SeriesRequest, scratch: str | None = None
+) -> Iterator[_Landing]:
     if layout.is_local():
         yield _Landing(layout, request, None)
+        return
+    if scratch is not None:
+        yield _Landing(layout, request, scratch)
         return
     with tempfile.TemporaryDirectory(prefix="dicomflow-retrieve-") as scratch:
         yield _Landing(layout, request, scratch)
@@ -146,6 +178,8 @@ def retrieve(
 ) -> tuple[list[str], list[str]]:
     """Fetch everything the query names; return (retrieved paths, missing SOP UIDs)."""
     requests = peer.plan(query)
+    if isinstance(peer, DimsePeer) and peer.move is not None:
+        return _retrieve_by_move(peer, requests, layout, max_associations)
     task = delayed(retrieve_series, pure=False)
     token = uuid.uuid4().hex[:12]  # keys unique to this retrieval
     graph = [
@@ -171,3 +205,116 @@ def retrieve(
         paths.extend(got.values())
         missing.extend(uid for uid in request.instances if uid not in got)
     return sorted(paths), missing
+
+
+def _retrieve_by_move(
+    peer: DimsePeer, requests: Sequence[SeriesRequest], layout: LakeLayout, max_associations: int
+) -> tuple[list[str], list[str]]:
+    """C-MOVE every series to our own Storage SCP, at most ``max_associations`` at once;
+    return (retrieved paths, missing SOP UIDs). Ctrl-C or SIGTERM cancels the C-MOVEs
+    in flight (C-CANCEL) and ends the run."""
+    assert peer.move is not None
+    allow_moves()
+    with _move_folders(layout, requests) as folders:
+        expected = {uid: folders[n] for n, r in enumerate(requests) for uid in r.instances}
+        route = _Route(expected)
+        with (
+            storage_scp(
+                peer.move.ae_title,
+                peer.move.port,
+                Path(folders[0]) if folders else Path(layout.root),
+                host=peer.move.host,
+                options=peer.options,
+                route=route,
+            ),
+            _interrupts_cancel_moves(),
+            ThreadPoolExecutor(max(1, max_associations), "dicomflow-move") as pool,
+        ):
+            futures = [
+                pool.submit(
+                    retrieve_series,
+                    peer,
+                    request,
+                    layout,
+                    max_associations,
+                    None if layout.is_local() else folders[n],
+                )
+                for n, request in enumerate(requests)
+            ]
+            try:
+                return _collect(layout, requests, futures)
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                cancel_moves()
+                raise
+
+
+def _collect(
+    layout: LakeLayout, requests: Sequence[SeriesRequest], futures: Sequence[Future[dict]]
+) -> tuple[list[str], list[str]]:
+    paths: list[str] = []
+    missing: list[str] = []
+    for request, future in zip(requests, futures, strict=True):
+        try:
+            got = future.result()
+        except (ConfigError, MoveDestinationUnknown):  # nothing will arrive: say why
+            raise
+        except Exception as exc:  # failed midway: keep what arrived
+            logger.warning("%s; what did not arrive is reported as not retrieved", exc)
+            got = arrived(layout, request)
+        paths.extend(got.values())
+        missing.extend(uid for uid in request.instances if uid not in got)
+    return sorted(paths), missing
+
+
+class _Route:
+    """Where our Storage SCP files an instance: its series folder when the plan names
+    it, else nowhere (refused)."""
+
+    def __init__(self, expected: Mapping[str, str]) -> None:
+        self.expected = expected
+        self.made: set[str] = set()
+        self.lock = threading.Lock()
+
+    def __call__(self, sop_uid: str) -> Path | None:
+        folder = self.expected.get(sop_uid)
+        if folder is None:
+            return None
+        if folder not in self.made:
+            with self.lock:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+                self.made.add(folder)
+        return Path(folder)
+
+
+@contextmanager
+def _move_folders(layout: LakeLayout, requests: Sequence[SeriesRequest]) -> Iterator[list[str]]:
+    """Each series' folder for our SCP: in the lake when it is local, else in a local
+    temporary folder whose files are put into the bucket lake after each C-MOVE."""
+    if layout.is_local():
+        yield [series_folder(layout, r) for r in requests]
+        return
+    with tempfile.TemporaryDirectory(prefix="dicomflow-move-") as scratch:
+        yield [
+            f"{scratch}/{safe_uid_component(r.study_uid)}/{safe_uid_component(r.series_uid)}"
+            for r in requests
+        ]
+
+
+@contextmanager
+def _interrupts_cancel_moves() -> Iterator[None]:
+    """SIGTERM interrupts the main thread as Ctrl-C does, so that both cancel the
+    C-MOVEs in flight (the caller sends C-CANCEL); the previous handler is restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -106,16 +106,31 @@ class DicomwebPeerConfig(_Secured):
 
 
 class DimseSource(DimsePeerConfig, SourceConfig):
-    """A PACS over DIMSE: C-FIND by ``query`` (or one per row of ``cohort``), then C-GET."""
+    """A PACS over DIMSE: C-FIND by ``query`` (or one per row of ``cohort``) at
+    ``query_level``, then C-GET, or C-MOVE to our own Storage SCP (``retrieve: move``,
+    listening as ``move_ae`` on ``move_port`` for the run; the PACS must know that AE)."""
 
     kind: Literal["dimse"] = "dimse"
     query: dict[str, str] = Field(default_factory=dict)
     cohort: str | None = None
+    query_level: Literal["patient", "study", "series", "image"] = "image"
+    retrieve: Literal["get", "move"] = "get"
+    move_ae: str | None = None
+    move_port: int | None = Field(default=None, gt=0, lt=65536)
+    move_host: str = "0.0.0.0"  # noqa: S104 (the PACS connects to our SCP)
 
     @model_validator(mode="after")
     def _needs_a_query(self) -> DimseSource:
         if not self.query and not self.cohort:
             raise ValueError("a dimse source needs a query or a cohort CSV")
+        return self
+
+    @model_validator(mode="after")
+    def _move_needs_a_destination(self) -> DimseSource:
+        if self.retrieve == "move" and (self.move_ae is None or self.move_port is None):
+            raise ValueError("retrieve: move needs move_ae and move_port (our Storage SCP)")
+        if self.retrieve == "get" and (self.move_ae is not None or self.move_port is not None):
+            raise ValueError("move_ae and move_port are for retrieve: move")
         return self
 
 

@@ -2,7 +2,14 @@
 
 Matching is the peer's: wildcards (``*``, ``?``), date and time ranges
 (``20240101-20241231``, open ``-20241231``), UID lists (``uid1\\uid2``) are
-passed through as DICOM query values. Queries and identifiers are never logged.
+passed through as DICOM query values, except a lone ``*``, which is sent as an
+empty value: PS3.4 C.2.2.2.4 defines both as universal matching, but some peers
+(Orthanc 1.10) match ``*`` only against values that are present, so
+``PatientID=*`` would miss every study without a Patient ID.
+
+:func:`find_images` makes a query at the level the user means (patient, study,
+series or image) and follows each match down the hierarchy by its unique keys,
+as a strictly hierarchical peer requires. Queries and identifiers are never logged.
 """
 
 from __future__ import annotations
@@ -78,6 +85,14 @@ RETURN_KEYS: dict[str, tuple[str, ...]] = {
         "InstanceNumber",
     ),
 }
+LEVELS: tuple[Level, ...] = ("patient", "study", "series", "image")
+UNIQUE_KEYS: dict[str, str] = {
+    "patient": "PatientID",
+    "study": "StudyInstanceUID",
+    "series": "SeriesInstanceUID",
+    "image": "SOPInstanceUID",
+}
+UNIVERSAL = "*"
 _PENDING = (0xFF00, 0xFF01)
 _CANCELLED = 0xFE00
 
@@ -105,7 +120,8 @@ def query_dataset(
 
 
 def _set_key(ds: Dataset, key: str, value: str | None) -> None:
-    """Set one (possibly dotted) key; an empty value for a plain key is universal."""
+    """Set one (possibly dotted) key; an empty value (or a lone ``*``, sent empty) for
+    a plain key is universal matching."""
     head, _, rest = key.partition(".")
     if tag_for_keyword(head) is None:
         raise ConfigError(f"{head!r} is not a DICOM keyword")
@@ -114,7 +130,7 @@ def _set_key(ds: Dataset, key: str, value: str | None) -> None:
             if head not in ds:
                 setattr(ds, head, [])
         else:
-            setattr(ds, head, value)
+            setattr(ds, head, "" if value == UNIVERSAL else value)
         return
     if dictionary_VR(head) != "SQ":
         raise ConfigError(f"{head!r} is not a sequence, so {key!r} cannot match inside it")
@@ -150,6 +166,73 @@ def c_find(
             count,
             1000 * (time.perf_counter() - started),
         )
+
+
+def find_images(
+    address: DimseAddress,
+    query: Mapping[str, str],
+    *,
+    level: Level = "image",
+    return_keys: Sequence[str] = (),
+    options: DimseOptions | None = None,
+) -> Iterator[Dataset]:
+    """IMAGE-level identifiers of everything ``query`` matches at ``level``, over one
+    association.
+
+    The query is made at ``level``; each match is then followed down one level at
+    a time with the unique keys above it only (a hierarchical search, PS3.4
+    C.4.1.3.1), so it works with peers that support nothing else. The patient
+    level uses the patient-root model, the others the study-root model. A match
+    without its unique key cannot be followed (it would match everything) and is
+    skipped with a warning.
+    """
+    if level not in LEVELS:
+        raise ConfigError(f"unknown query level {level!r}; use patient, study, series or image")
+    model: Model = "patient" if level == "patient" else "study"
+    information_model = MODELS[model]
+    with associate(address, options or DimseOptions(), [(information_model, None)]) as assoc:
+        started = time.perf_counter()
+        if level == "image":
+            yield from _matches(
+                assoc, query_dataset("image", query, return_keys), information_model, address
+            )
+            return
+        chain = LEVELS if model == "patient" else LEVELS[1:]
+        parents: list[dict[str, str]] = [dict(query)]  # at the user's level: the query
+        skipped = 0
+        for current in chain[chain.index(level) :]:
+            if current == "image":
+                for parent in parents:
+                    identifier = query_dataset("image", parent, return_keys)
+                    yield from _matches(assoc, identifier, information_model, address)
+                break
+            above = [UNIQUE_KEYS[lv] for lv in chain[: chain.index(current)]]
+            children: dict[tuple[str, ...], dict[str, str]] = {}
+            for parent in parents:
+                known = parent if current != level else {}
+                asked = query_dataset(current, parent, above)
+                for found in list(_matches(assoc, asked, information_model, address)):
+                    # above the user's level, the parent's keys (some peers return none)
+                    keys = {k: _value(found, k) or known.get(k, "") for k in above}
+                    keys[UNIQUE_KEYS[current]] = _value(found, UNIQUE_KEYS[current])
+                    if not all(keys.values()):
+                        skipped += 1
+                        continue
+                    children[tuple(keys.values())] = keys
+            parents = list(children.values())
+        if skipped:
+            logger.warning("%d matches had no unique key and could not be followed", skipped)
+        logger.info(
+            "hierarchical C-FIND from %s level in %.0f ms",
+            level,
+            1000 * (time.perf_counter() - started),
+        )
+
+
+def _value(found: Dataset, keyword: str) -> str:
+    """A returned value as text; "" when absent or empty."""
+    value = found.get(keyword)
+    return "" if value is None else str(value)
 
 
 def _matches(

@@ -80,14 +80,29 @@ class GetResult:
     status: int | None = None
 
 
+Route = Callable[[str], Path | None]  # SOP Instance UID -> its folder (None: refused)
+REFUSED = 0xC000  # "cannot understand": an instance nobody asked for
+
+
 def store_handler(
-    destination: Path, result: GetResult, on_progress: Callable[[int], None] | None
+    destination: Path,
+    result: GetResult,
+    on_progress: Callable[[int], None] | None,
+    route: Route | None = None,
 ) -> Callable[[evt.Event], int]:
+    """The C-STORE handler: each instance written durably (temporary file, fsync,
+    rename) into ``destination``, or into the folder ``route`` names for its SOP
+    Instance UID; an instance ``route`` does not know is refused."""
+
     def handle(event: evt.Event) -> int:
         try:
             sop_uid = str(getattr(event.request, "AffectedSOPInstanceUID", ""))
-            final = destination / f"{safe_uid_component(sop_uid)}.dcm"
-            temporary = destination / f".{final.name}.{uuid.uuid4().hex}.tmp"
+            folder = destination if route is None else route(sop_uid)
+            if folder is None:
+                logger.warning("refused an instance that was not asked for")
+                return REFUSED
+            final = folder / f"{safe_uid_component(sop_uid)}.dcm"
+            temporary = folder / f".{final.name}.{uuid.uuid4().hex}.tmp"
             with temporary.open("wb") as fh:
                 fh.write(event.encoded_dataset())
                 fh.flush()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from dicomflow.connectors.dimse.association import DimseError
+from dicomflow.connectors.dimse.move import MoveCancelled, MoveDestinationUnknown
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -24,6 +25,8 @@ T = TypeVar("T")
 
 def is_transient(exc: BaseException) -> bool:
     """Worth another try: unreachable, rejected, reset, or out of resources (0xA7xx)."""
+    if isinstance(exc, MoveCancelled | MoveDestinationUnknown):
+        return False  # interrupted on purpose, or a configuration error
     if isinstance(exc, DimseError):
         return exc.status is None or 0xA700 <= exc.status <= 0xA7FF
     return isinstance(exc, ConnectionResetError | TimeoutError)

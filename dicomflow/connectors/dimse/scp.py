@@ -18,7 +18,13 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from dicomflow.connectors.dimse.address import DimseOptions, valid_ae_title
 from dicomflow.connectors.dimse.association import DimseError
-from dicomflow.connectors.dimse.get import COMPRESSED, UNCOMPRESSED, GetResult, store_handler
+from dicomflow.connectors.dimse.get import (
+    COMPRESSED,
+    UNCOMPRESSED,
+    GetResult,
+    Route,
+    store_handler,
+)
 
 
 def _nodelay(event: evt.Event) -> None:
@@ -47,8 +53,12 @@ def storage_scp(
     host: str = "127.0.0.1",
     options: DimseOptions | None = None,
     allowed_callers: frozenset[str] | None = None,
+    route: Route | None = None,
 ) -> Iterator[GetResult]:
-    """Listen on ``host:port`` as ``ae_title`` while the block runs; yield what arrives."""
+    """Listen on ``host:port`` as ``ae_title`` while the block runs; yield what arrives.
+
+    ``route`` names the folder of each instance by its SOP Instance UID (a C-MOVE
+    destination files what it asked for by series, and refuses the rest)."""
     options = options or DimseOptions()
     destination.mkdir(parents=True, exist_ok=True)
     ae = AE(ae_title=valid_ae_title(ae_title))
@@ -63,12 +73,15 @@ def storage_scp(
             ae.add_supported_context(context.abstract_syntax, [*UNCOMPRESSED, *COMPRESSED])
     received = GetResult()
     handlers: list[Any] = [
-        (evt.EVT_C_STORE, store_handler(destination, received, None)),
+        (evt.EVT_C_STORE, store_handler(destination, received, None, route)),
         (evt.EVT_CONN_OPEN, _nodelay),
     ]
-    server = ae.start_server(
-        (host, port), block=False, evt_handlers=handlers, ssl_context=_server_tls(options)
-    )
+    try:
+        server = ae.start_server(
+            (host, port), block=False, evt_handlers=handlers, ssl_context=_server_tls(options)
+        )
+    except OSError as exc:  # the port is taken, or not ours to bind
+        raise DimseError(f"cannot listen on {host}:{port} ({exc.strerror})") from exc
     if server is None:
         raise DimseError(f"cannot listen on {host}:{port}")
     try:
