@@ -51,6 +51,7 @@ from dicomflow.schemas.spec import (
     RenderOperator,
     SinkConfig,
     SourceConfig,
+    SrOperator,
 )
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "PixelsOperator",
     "RenderOperator",
     "SeriesView",
+    "SrOperator",
     "contact_sheet",
     "deidentifier",
     "echo",

@@ -185,6 +185,25 @@ def _render_operators(
     return [operator]
 
 
+def _sr_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Structured Reports: content items and measurements as tables."""
+    options = [
+        click.option(
+            "--sr",
+            is_flag=True,
+            help="Also extract every Structured Report: sr_content and measurements tables.",
+        ),
+    ]
+    return _with_options(command, options)
+
+
+def _sr_operators(sr: bool) -> list[Any]:
+    """The ``sr`` operator the flag asks for (none without ``--sr``)."""
+    from dicomflow.api import SrOperator
+
+    return [SrOperator()] if sr else []
+
+
 def _storage_options(command: Callable[..., None]) -> Callable[..., None]:
     """fsspec options for the sources and for the lake, each its own."""
     options = [
@@ -443,6 +462,7 @@ def scan(
     help="DICOMweb: name of the environment variable holding a bearer token.",
 )
 @_render_options
+@_sr_options
 @_anonymize_options
 @_storage_options
 @_run_options
@@ -488,6 +508,7 @@ def ingest(
     render_frames: str,
     overlays: bool,
     presentation_states: tuple[str, ...],
+    sr: bool,
     **peer: Any,
 ) -> None:
     """Ingest SRC (files, folders, URLs, dimse://AE@host:port, dicomweb+https://host/root)
@@ -546,7 +567,7 @@ def ingest(
             send_to=send_to,
             frames_per_chunk=frames_per_chunk,
             expand_palette=expand_palette,
-            operators=render,
+            operators=[*render, *_sr_operators(sr)],
         )
     )
     _run_spec(spec, progress=progress, fail_on_error=fail_on_error, print_spec=print_spec)

@@ -215,6 +215,16 @@ class RenderOperator(OperatorConfig):
         return self
 
 
+class SrOperator(OperatorConfig):
+    """Structured Reports as rows: ``sr_content`` (every content item of any SR) and
+    ``measurements`` (TID 1500 measurements and evaluations, TID 10011/10001 dose
+    events and totals). ``content`` / ``measurements``: whether to fill each table."""
+
+    name: Literal["sr"] = "sr"
+    content: bool = True
+    measurements: bool = True
+
+
 def parse_window(value: str) -> str | int | tuple[float, float]:
     """``auto``, ``N`` (an index) or ``CENTER,WIDTH`` as the renderer takes it."""
     text = value.strip()
