@@ -12,7 +12,7 @@ grey scale. The windowing, resizing and PNG encoding are :mod:`dicomflow.render`
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ SHEET_FRAMES = 48
 class Picture:
     """A PNG image: shown inline by Jupyter, saved with :meth:`save`."""
 
-    png: bytes
+    png: bytes = field(repr=False)
     width: int
     height: int
 
