@@ -83,13 +83,13 @@ def _num(item: Item) -> Columns:
 def numeric_value(measured: Item) -> float | None:
     """A Measured Value Sequence item's number: its Floating Point Value when present,
     else its Numeric Value (a decimal string); None when neither holds one."""
-    exact = measured.get("FloatingPointValue")
-    if exact not in (None, ""):
-        return float(exact[0] if isinstance(exact, list | MultiValue) else exact)
-    value = measured.get("NumericValue")
-    if value in (None, ""):
-        return None
-    return float(value[0] if isinstance(value, list | MultiValue) else value)
+    for keyword in ("FloatingPointValue", "NumericValue"):
+        value = measured.get(keyword)
+        if isinstance(value, list | MultiValue):
+            value = value[0] if len(value) else None
+        if value not in (None, ""):
+            return float(value)
+    return None
 
 
 def _date(item: Item) -> Columns:
