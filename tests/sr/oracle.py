@@ -96,3 +96,9 @@ def _first_number(item: Dataset, concept: tuple[str, str]) -> float | None:
         if deeper is not None:
             return deeper
     return None
+
+
+def read_path(path: Path) -> Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(path, force=True)
