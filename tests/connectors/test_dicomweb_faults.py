@@ -519,7 +519,9 @@ def test_ingest_send_to_a_refusing_server_gives_not_stored_rows(
     status: str, tmp_path: Path, client: Client
 ) -> None:
     """``ingest(send_to=...)`` to a server that refuses one instance (409) or everything
-    (HTTP 500): exactly the refused instances become ``not_stored`` error rows."""
+    (HTTP 500): exactly the refused instances get ``not_stored`` error rows, and keep
+    their ``instances`` rows (a failed send costs only the send), the fault in
+    ``warnings``."""
     paths = _stowed()
     refused = {str(paths[1])} if status == "409" else {str(p) for p in paths}
     lake = tmp_path / "lake"
@@ -536,7 +538,10 @@ def test_ingest_send_to_a_refusing_server_gives_not_stored_rows(
         posted = list(server.state.get("posted", []))
     assert sorted(set(posted)) == sorted(_uid(p) for p in paths)  # each was offered
     assert summary.error_codes == {"not_stored": len(refused)}
-    assert summary.accounted and summary.rows == len(paths) - len(refused)
+    assert summary.accounted and summary.rows == len(paths)
+    instances = dicomflow.read_lake(str(lake)).instances(columns=["source", "warnings"])
+    warned = {r["source"] for r in instances.to_pylist() if "store: not_stored" in r["warnings"]}
+    assert warned == refused
     errors = dicomflow.read_lake(str(lake)).errors().to_pylist()
     assert sorted(e["source"] for e in errors) == sorted(refused)
     assert {(e["stage"], e["code"]) for e in errors} == {("store", "not_stored")}

@@ -61,6 +61,9 @@ def test_unreachable_peer_gives_not_stored_rows(tmp_path: Path, client: object) 
         client=client,
         send_to=f"dimse://NOBODY@127.0.0.1:{free_port()}",
     )
-    assert summary.rows == 0 and summary.errors == 1
+    # The send failed, not the instance: it keeps its row, the fault in its warnings.
+    assert summary.rows == 1 and summary.errors == 1 and summary.accounted
     errors = pq.read_table(tmp_path / "lake" / "errors").to_pylist()
     assert errors[0]["code"] == "not_stored" and errors[0]["stage"] == "store"
+    (row,) = pq.read_table(tmp_path / "lake" / "instances").to_pylist()
+    assert row["warnings"] == ["store: not_stored"]
