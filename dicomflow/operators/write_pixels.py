@@ -11,16 +11,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from dicomflow.errors import ErrorCode
 from dicomflow.lake.layout import PIXELS_ROOT
-from dicomflow.operators.base import FileOutput, OperatorKind, Outputs, RunSettings, TableOutput
+from dicomflow.operators.base import (
+    FileOutput,
+    OperatorKind,
+    Outputs,
+    RunSettings,
+    TableOutput,
+    map_records,
+)
+from dicomflow.pixels.decode import PixelDecodeError
 from dicomflow.pixels.series_writer import (
+    STAGE,
     PixelOptions,
     commit_series,
+    has_image_row,
     pixel_work,
     plan_series,
     write_items,
 )
-from dicomflow.records import Batch
+from dicomflow.records import Batch, InstanceRecord
 from dicomflow.schemas import SERIES_SCHEMA_VERSION, series_schema
 from dicomflow.schemas.spec import PixelsOperator
 
@@ -56,3 +67,23 @@ class WritePixels:
         plan = plan_series(batch, self.options)
         shares = [write_items(pixel_work(plan), 0, 1, self.options)]
         return commit_series(plan, shares, batch.context, self.options)
+
+
+@dataclass(frozen=True)
+class WithoutSeries:
+    """In a pixel run, an image that belongs to no series (no Series Instance UID) has no
+    stack to go to: it keeps its row and gets an error row of the pixel stage, so that
+    every input with pixel data ends with pixels or an error row."""
+
+    name: ClassVar[str] = STAGE
+
+    def __call__(self, batch: Batch) -> Batch:
+        return map_records(batch, self.name, _no_stack)
+
+
+def _no_stack(record: InstanceRecord) -> InstanceRecord:
+    if has_image_row(record):
+        raise PixelDecodeError(
+            "the image has no Series Instance UID, so no stack", code=ErrorCode.UNSUPPORTED_PIXELS
+        )
+    return record

@@ -33,7 +33,7 @@ from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.ledger import Committed, Ledger, config_digest
 from dicomflow.operators.base import Operator, TableOutput
 from dicomflow.operators.flatten import Flatten
-from dicomflow.operators.write_pixels import WritePixels
+from dicomflow.operators.write_pixels import WithoutSeries, WritePixels
 from dicomflow.pipelines.anonymize import AnonymizeSettings, keyed_refs, run_deidentify
 from dicomflow.pipelines.pipeline import (
     RunSummary,
@@ -396,11 +396,12 @@ class _Stages:
                     source, part, context, pixel_options, sinks, operators, workers
                 )
             jobs.append((part, graph))
+        # Loose inputs have no series: in a pixel run, their images get an error row.
+        loose_operators = (*operators, WithoutSeries()) if self.options.pixels else operators
         for part in plan_partitions(loose, self.policy):
             key = task_key("scan", context, part.name)
-            jobs.append(
-                (part, task(run_partition, source, part, operators, sinks, context, key=key))
-            )
+            job = task(run_partition, source, part, loose_operators, sinks, context, key=key)
+            jobs.append((part, job))
         execute(
             self.client,
             jobs,

@@ -25,8 +25,9 @@ LOCATED = ("zarr_path", "frame_index")  # the columns the commit fills in
 _SCHEMA_COLUMNS = frozenset(instances_schema().names)  # an operator's added columns are not
 WARNINGS = "warnings"  # where the commit adds the faults of operators that ran since
 # What the commit still reads of a row once the table is built: the stacks' place in the
-# lake and the series rows (dicomflow.pixels.series_writer.plan_stacks and _series_row).
-COMMIT_COLUMNS = ("StudyInstanceUID", "SeriesInstanceUID", "Modality")
+# lake and the series rows (dicomflow.pixels.series_writer.plan_stacks and _series_row),
+# and whether an image that found no stack should have had one (has_image_row).
+COMMIT_COLUMNS = ("StudyInstanceUID", "SeriesInstanceUID", "Modality", "has_pixel_data")
 
 
 def has_row(record: InstanceRecord) -> bool:

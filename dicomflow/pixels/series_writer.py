@@ -306,7 +306,19 @@ def commit_series(
     for index, outcome in outcomes.items():
         if outcome is not None:
             records[index] = records[index].with_fault(outcome.stage, outcome.code, outcome.message)
+    placed = {info.index for s in plan.stacks for info in s.stack.slices}
+    for index, record in enumerate(records):
+        if index not in placed and has_image_row(record):
+            records[index] = record.with_fault(
+                STAGE, ErrorCode.UNSUPPORTED_PIXELS, "the image has no rows or no columns"
+            )
     return Batch(tuple(records), context).with_table_rows("series", series_rows)
+
+
+def has_image_row(record: InstanceRecord) -> bool:
+    """Whether the record's row says it has Pixel Data (an image the stacks should hold)."""
+    row = record.outputs.get(INSTANCES)
+    return not record.failed and row is not None and bool(row.get("has_pixel_data"))
 
 
 def _series_row(
