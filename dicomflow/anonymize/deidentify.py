@@ -1,11 +1,15 @@
 """Apply a resolved :class:`Profile` to a pydicom data set, at any depth.
 
 The walk visits every element of every item of every sequence. Listed tags
-take their table action wherever they sit; a sequence whose own action is D
-(dummy) or C (clean) also dummies or cleans the free text it holds that the
-table does not list (an SR content tree under the basic profile, for
-example). Private elements follow the private-attributes row, curves and
-overlays their pattern rows; unknown public tags are removed.
+take their table action wherever they sit, raised to what the instance's IOD
+requires. A sequence whose own action is D (dummy), or U because its IOD
+requires it, keeps no original text the table does not list: free text,
+codes, names, dates and addresses in its items are dummied (an SR content
+tree under the basic profile, for example); enumerated values (CS), numbers
+and UIDs keep the items valid (UIDs follow their own rows). A sequence whose
+action is C (clean) cleans its unlisted free text and keeps its codes.
+Private elements follow the private-attributes row, curves and overlays their
+pattern rows; unknown public tags are removed.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from dicomflow.anonymize.private import SafePrivateKey, safe_private_key
-from dicomflow.anonymize.profile import Action, Pattern, Profile
+from dicomflow.anonymize.profile import Action, Pattern, Profile, raise_to_requirement
 from dicomflow.anonymize.pseudonyms import (
     SECONDS_PER_DAY,
     Pseudonymizer,
@@ -33,6 +37,7 @@ from dicomflow.anonymize.pseudonyms import (
 )
 from dicomflow.anonymize.values import (
     BINARY_VRS,
+    DUMMIED_VRS,
     FREE_TEXT_VRS,
     clean_text,
     dummy_value,
@@ -41,7 +46,7 @@ from dicomflow.anonymize.values import (
 
 PATIENT_NAME = 0x00100010
 PATIENT_ID = 0x00100020
-# Code triplets stay readable inside dummied or cleaned sequences.
+# Code triplets stay readable inside cleaned sequences (a dummied one dummies them).
 CODE_KEYWORDS = frozenset(
     {
         "CodeValue",
@@ -61,21 +66,11 @@ CODE_KEYWORDS = frozenset(
 
 
 class Leaves(Enum):
-    """What happens to unlisted free text inside a sequence."""
+    """What happens to unlisted text inside a sequence."""
 
     KEEP = "keep"
-    DUMMY = "dummy"
-    CLEAN = "clean"
-    DUMMY_CODES = "dummy_codes"  # codes too: the sequence's codes name a person or a place
-
-
-# Sequences whose codes identify someone or somewhere: dummied, codes included.
-IDENTIFYING_CODE_SEQUENCES = frozenset(
-    {
-        0x00401101,  # Person Identification Code Sequence
-        0x00080082,  # Institution Code Sequence
-    }
-)
+    DUMMY = "dummy"  # free text, codes, names, dates: no original text survives
+    CLEAN = "clean"  # free text cleaned, codes kept
 
 
 @dataclass
@@ -91,17 +86,14 @@ class Walk:
     seconds: int
     mapping: list[tuple[str, str, str]] | None = None
     removed_overlays: set[int] = field(default_factory=set)
-    floors: dict[int, Action] = field(default_factory=dict)  # what this IOD requires
+    required: dict[int, str] = field(default_factory=dict)  # tag -> Type this IOD requires
 
     def action(self, tag: int) -> Action | None:
         """The table's action for ``tag``, raised to what the instance's IOD requires."""
         action = self.profile.actions.get(tag)
-        floor = self.floors.get(tag)
-        if floor is None or action is None or tag in self.profile.overrides:
+        if action is None or tag in self.profile.overrides:
             return action
-        if action is Action.REMOVE or (action is Action.ZERO and floor is Action.DUMMY):
-            return floor
-        return action
+        return raise_to_requirement(action, self.profile.combined.get(tag), self.required.get(tag))
 
     def record(self, kind: str, original: str, replacement: str) -> None:
         if self.mapping is not None and original != replacement:
@@ -143,8 +135,9 @@ def _dataset(ds: Dataset, walk: Walk, leaves: Leaves) -> None:
             continue
         # Most unlisted elements are kept as they are: judge them by their raw VR and
         # leave them undecoded (pydicom then writes their bytes back untouched).
+        text_vrs = DUMMIED_VRS if leaves is Leaves.DUMMY else FREE_TEXT_VRS
         vr = _raw_vr(ds, tag)
-        if vr is not None and vr not in FREE_TEXT_VRS:
+        if vr is not None and vr not in text_vrs:
             continue
         elem = ds[tag]
         if 0x6000 <= group <= 0x601E and elem.VR in FREE_TEXT_VRS:
@@ -152,10 +145,10 @@ def _dataset(ds: Dataset, walk: Walk, leaves: Leaves) -> None:
             _apply(ds, elem, Action.CLEAN, walk, leaves)
         elif elem.VR == "SQ":
             _sequence(elem, walk, leaves)
-        elif leaves is Leaves.DUMMY_CODES and elem.VR in FREE_TEXT_VRS:
+        elif leaves is Leaves.DUMMY and elem.VR in DUMMIED_VRS:
             _apply(ds, elem, Action.DUMMY, walk, leaves)
-        elif leaves is not Leaves.KEEP and elem.VR in FREE_TEXT_VRS and not _is_code(tag):
-            _apply(ds, elem, Action.DUMMY if leaves is Leaves.DUMMY else Action.CLEAN, walk, leaves)
+        elif leaves is Leaves.CLEAN and elem.VR in FREE_TEXT_VRS and not _is_code(tag):
+            _apply(ds, elem, Action.CLEAN, walk, leaves)
     for tag in creators:
         if (tag >> 16, tag & 0xFF) not in kept_blocks:
             del ds[tag]
@@ -223,10 +216,8 @@ def _apply(ds: Dataset, elem: DataElement, action: Action, walk: Walk, leaves: L
     elif action is Action.ZERO:
         elem.value = Sequence() if vr == "SQ" else empty_value(vr)
     elif vr == "SQ":
-        inner = {Action.DUMMY: Leaves.DUMMY, Action.CLEAN: Leaves.CLEAN}.get(action, leaves)
-        if action is Action.DUMMY and int(elem.tag) in IDENTIFYING_CODE_SEQUENCES:
-            inner = Leaves.DUMMY_CODES
-        _sequence(elem, walk, inner)
+        inner = {Action.DUMMY: Leaves.DUMMY, Action.UID: Leaves.DUMMY, Action.CLEAN: Leaves.CLEAN}
+        _sequence(elem, walk, inner.get(action, leaves))
     elif action is Action.KEEP:
         return
     elif action is Action.UID or vr == "UI":

@@ -33,7 +33,7 @@ from dicomflow.anonymize.deidentify import Walk, deidentify_dataset, patient_key
 from dicomflow.anonymize.fragments import even_fragments
 from dicomflow.anonymize.keys import SecretKey
 from dicomflow.anonymize.private import SafePrivateKey
-from dicomflow.anonymize.profile import Option, Profile, load_table, required_actions
+from dicomflow.anonymize.profile import Option, Profile, load_table, required_types
 from dicomflow.anonymize.pseudonyms import Pseudonymizer
 from dicomflow.anonymize.values import default_vocabulary
 from dicomflow.dicom.header import read_header
@@ -105,7 +105,7 @@ class Deidentifier:
             pseudonyms.day_shift(key),
             pseudonyms.second_shift(key),
             mapping if self.keep_mapping else None,
-            floors=required_actions(sop_class),
+            required=required_types(sop_class),
         )
         deidentify_dataset(ds, walk)
         if "PixelData" in ds and _encapsulated(ds.file_meta.get("TransferSyntaxUID")):

@@ -10,16 +10,18 @@ Resolution rules, documented because the standard leaves room:
 - An option column applies only when its option is chosen. When several chosen
   options name an action for the same row, *keep* (K) wins over *clean* (C):
   the user asked to retain that information.
-- Combined codes are resolved statically, to the choice that keeps every IOD
-  valid whatever the attribute's type in it: ``Z/D``, ``X/D`` and ``X/Z/D``
-  become D (a dummy satisfies Type 1, 2 and 3); ``X/Z`` becomes Z (present and
-  empty satisfies Type 2 and 3), except for a sequence, where it becomes D (the
-  items are kept with every listed attribute de-identified and all other free
-  text dummied: a Type 3 sequence may not be present and empty); ``X/Z/U*``
-  becomes U for a UID and, for a sequence, K with its contents de-identified
-  (its UIDs are replaced by their own rows).
-- Where an IOD requires an attribute the table removes (``data/iod_requirements.json``,
-  keyed by SOP Class), a Type 1 attribute gets a dummy and a Type 2 one is emptied.
+- Combined codes resolve to the action that removes most, unless the
+  instance's IOD requires the attribute (PS3.15 E.1.1): ``X/Z``, ``X/D``,
+  ``X/Z/D`` and ``X/Z/U*`` become X, and ``Z/D`` becomes Z. :class:`Profile`
+  remembers which rows were combined (``combined``), and the walk raises them
+  per instance: a Type 2 attribute is emptied (Z); a Type 1 attribute gets a
+  dummy (D), or for ``X/Z/U*`` a replaced UID (U; a sequence keeps its items
+  with UIDs replaced and all other text dummied).
+- The same floors apply to an X or Z row whose attribute the IOD requires.
+  What each IOD requires is ``data/iod_requirements.json``, keyed by SOP Class:
+  entries from the PS3.3 text, and entries measured with dciodvfy on the corpus
+  (``tests/anonymize/derive_iod_requirements.py``), since no machine-readable
+  PS3.3 module tables are at hand.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from dicomflow.errors import ConfigError
 
 TABLE_FILE = "ps3.15-annex-e-2024b.json"
 REQUIREMENTS_FILE = "iod_requirements.json"
+COMBINED_CODES = frozenset({"Z/D", "X/Z", "X/D", "X/Z/D", "X/Z/U*"})
 
 
 class Action(StrEnum):
@@ -157,22 +160,39 @@ def _row(raw: Mapping[str, Any]) -> ProfileRow:
 
 
 @cache
-def iod_requirements() -> tuple[tuple[str, int, str], ...]:
-    """(SOP Class UID prefix, tag, type) for attributes some IODs require."""
+def iod_requirements() -> tuple[tuple[str, bool, int, str], ...]:
+    """(SOP Class UID or prefix, whether it is a prefix, tag, type) for attributes
+    some IODs require."""
     text = resources.files("dicomflow.anonymize").joinpath("data", REQUIREMENTS_FILE).read_text()
-    return tuple(
-        (r["sop_class_prefix"], int(r["tag"], 16), r["type"])
-        for r in json.loads(text)["requirements"]
-    )
+    out = []
+    for r in json.loads(text)["requirements"]:
+        prefix = "sop_class_prefix" in r
+        uid = r["sop_class_prefix"] if prefix else r["sop_class"]
+        out.append((uid, prefix, int(r["tag"], 16), str(r["type"])))
+    return tuple(out)
 
 
-def required_actions(sop_class_uid: str) -> dict[int, Action]:
-    """Per-tag floors for one SOP Class: a dummy for Type 1, empty for Type 2."""
-    floors: dict[int, Action] = {}
-    for prefix, tag, kind in iod_requirements():
-        if sop_class_uid.startswith(prefix):
-            floors[tag] = Action.DUMMY if kind == "1" else Action.ZERO
-    return floors
+def required_types(sop_class_uid: str) -> dict[int, str]:
+    """The tags one SOP Class's IOD requires, with their Type ("1" wins over "2")."""
+    types: dict[int, str] = {}
+    for uid, prefix, tag, kind in iod_requirements():
+        if sop_class_uid.startswith(uid) if prefix else sop_class_uid == uid:
+            types[tag] = min(kind, types.get(tag, kind))
+    return types
+
+
+def raise_to_requirement(action: Action, code: str | None, kind: str | None) -> Action:
+    """``action`` raised to what a Type ``kind`` attribute needs (``code``: the row's
+    combined code, if its action came from one)."""
+    if kind is None:
+        return action
+    if action is Action.REMOVE:
+        if kind == "2":
+            return Action.ZERO
+        return Action.UID if code == "X/Z/U*" else Action.DUMMY
+    if action is Action.ZERO and kind == "1":
+        return Action.DUMMY
+    return action
 
 
 @cache
@@ -193,14 +213,11 @@ def resolve_action(row: ProfileRow, options: Iterable[Option]) -> Action:
     return resolve_code(row.basic, row.vr)
 
 
-def resolve_code(code: str, vr: str | None) -> Action:
-    """One action for a (possibly combined) action code."""
-    if code in ("Z/D", "X/D", "X/Z/D"):
-        return Action.DUMMY
-    if code == "X/Z":
-        return Action.DUMMY if vr == "SQ" else Action.ZERO
-    if code == "X/Z/U*":
-        return Action.UID if vr == "UI" else Action.KEEP
+def resolve_code(code: str, vr: str | None = None) -> Action:
+    """One action for a (possibly combined) action code, before the IOD is known:
+    combined codes give their first letter (X or Z); ``vr`` is not needed any more."""
+    if code in COMBINED_CODES:
+        return Action(code[0])
     try:
         return Action(code)
     except ValueError:
@@ -257,6 +274,7 @@ class Profile:
     overrides: Mapping[int, Action] = field(default_factory=dict)
     pseudonymize_patient: bool = True
     actions: Mapping[int, Action] = field(init=False, repr=False, compare=False)
+    combined: Mapping[int, str] = field(init=False, repr=False, compare=False)
     patterns: Mapping[Pattern, Action] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -270,8 +288,17 @@ class Profile:
             actions[0x00100010] = Action.CLEAN
             actions[0x00100020] = Action.CLEAN
         actions.update(self.overrides)
+        combined = {
+            row.tag: row.basic
+            for row in table.rows
+            if row.tag is not None
+            and row.basic in COMBINED_CODES
+            and row.tag not in self.overrides
+            and actions[row.tag] is resolve_code(row.basic)
+        }
         patterns = {row.pattern: resolve_action(row, options) for row in table.rows if row.pattern}
         object.__setattr__(self, "actions", actions)
+        object.__setattr__(self, "combined", combined)
         object.__setattr__(self, "patterns", patterns)
 
     @classmethod

@@ -56,6 +56,8 @@ STRING_VRS = frozenset(
     | {"UR", "UT"}
 )
 FREE_TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
+# What a dummied sequence dummies in its items: all text but enumerated values (CS).
+DUMMIED_VRS = FREE_TEXT_VRS | {"AE", "AS", "DA", "DT", "TM", "UR"}
 VOCABULARY_FILE = "clean_vocabulary.txt"
 _WORD = re.compile(r"[A-Za-z0-9]+")
 

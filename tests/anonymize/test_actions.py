@@ -41,7 +41,7 @@ from pydicom.valuerep import PersonName
 from dicomflow.anonymize.burned_in import PixelRule, Region
 from dicomflow.anonymize.engine import IMPLEMENTATION_CLASS_UID, Deidentifier
 from dicomflow.anonymize.keys import SecretKey
-from dicomflow.anonymize.profile import Action, Profile, ProfileRow, load_table
+from dicomflow.anonymize.profile import Action, Profile
 from dicomflow.anonymize.values import quiet_pydicom
 from dicomflow.errors import (
     DeidentificationError,
@@ -49,7 +49,8 @@ from dicomflow.errors import (
     DicomReadError,
     ErrorCode,
 )
-from tests.anonymize.columns import COLUMNS, SINGLE_CODES
+from tests.anonymize.oracle import OPTION_COLUMNS as COLUMNS
+from tests.anonymize.oracle import Row, expected_code, single_tag_rows
 
 KEY = SecretKey(b"x" * 40)
 OTHER_KEY = SecretKey(b"y" * 40)
@@ -60,18 +61,9 @@ MARKER_RE = re.compile(rb"MRKR[0-9A-F]{4}", re.IGNORECASE)
 UID_RE = re.compile(re.escape(UID_ROOT).encode() + rb"\.([0-9]+)")
 SR_TEXT_MARKER = "MRKRFFFF"
 
-TABLE = load_table()
-ROWS: list[ProfileRow] = [row for row in TABLE.rows if row.tag is not None]
+ROWS: list[Row] = list(single_tag_rows())
 INDEX = {row.tag: i for i, row in enumerate(ROWS)}
 
-# The single codes, and the combined ones resolved as profile.py documents.
-BASIC = {
-    **SINGLE_CODES,
-    "Z/D": Action.DUMMY,
-    "X/D": Action.DUMMY,
-    "X/Z/D": Action.DUMMY,
-    "X/Z": Action.ZERO,
-}
 # PS3.16 CID 7050 De-identification Method codes.
 CID_7050 = {
     "basic": "113100",
@@ -98,20 +90,11 @@ def vr_of(tag: int) -> str:
     return str(dictionary_VR(tag)).split(" or ")[0]
 
 
-def expected_action(row: ProfileRow, options: Iterable[str], pseudonymize: bool = True) -> Action:
-    """The action the table gives ``row`` under ``options`` (module doc of profile.py)."""
-    if pseudonymize and row.tag in (PATIENT_NAME, PATIENT_ID):
-        return Action.CLEAN
-    chosen = [row.options.get(COLUMNS[o]) for o in options]
-    if "K" in chosen:
-        return Action.KEEP
-    if "C" in chosen:
-        return Action.CLEAN
-    if row.basic == "X/Z/U*":
-        return Action.UID if vr_of(row.tag or 0) == "UI" else Action.KEEP
-    if row.basic == "X/Z" and vr_of(row.tag or 0) == "SQ":
-        return Action.DUMMY  # a Type 3 sequence may not be present and empty
-    return BASIC[row.basic]
+def expected_action(
+    row: Row, options: Iterable[str], pseudonymize: bool = True, sop_class: str = CT_IMAGE_STORAGE
+) -> Action:
+    """The action the independent oracle (``tests/anonymize/oracle.py``) expects."""
+    return Action(expected_code(row, options, sop_class=sop_class, pseudonymize=pseudonymize))
 
 
 # --------------------------------------------------------------------------- synthetic data
@@ -244,7 +227,7 @@ def placed_dataset(placement: str, *, part10: bool = False) -> Dataset:
             continue  # group 0002 belongs to the file meta (checked there)
         if part10 and holder is ds and row.tag is not None and row.tag >> 16 == 0:
             continue
-        holder.add(synthetic(i, row.tag or 0))
+        holder.add(synthetic(i, row.tag))
     return ds
 
 
@@ -502,6 +485,14 @@ def check_inner(original: Sequence, result: Sequence, leaves: str) -> list[str]:
                 after is None or invalid_value(after.VR, after.value) is not None
             ):
                 problems.append(f"unlisted {keyword} not dummied validly: {after_text!r}")
+        if leaves == "dummy":  # no original text at all: the codes go too
+            codes_in = [(item_in, item_out)]
+            if nested_in is not None and nested_out is not None:
+                codes_in.append((nested_in.value[0], nested_out.value[0]))
+            for code_in, code_out in codes_in:
+                for keyword in ("CodeValue", "CodeMeaning"):
+                    if keyword in code_in and code_out.get(keyword) == code_in.get(keyword):
+                        problems.append(f"{keyword} of a dummied sequence kept")
     return problems
 
 
@@ -527,14 +518,14 @@ def check_element(
         if vr == "SQ":
             problems = check_inner(before.value, value, leaves)
             for item_in, item_out in zip(before.value, value, strict=False):
-                if item_in.get("CodeValue") != item_out.get("CodeValue"):
+                if leaves != "dummy" and item_in.get("CodeValue") != item_out.get("CodeValue"):
                     problems.append("the kept sequence's code changed")
             return problems
         return [] if identical else [f"changed: {text_of(value)!r}"]
-    if vr == "SQ":
+    if vr == "SQ":  # D, C, or U (an IOD requires it): items kept, their text dummied or cleaned
         if len(value or ()) == 0:
             return ["empty sequence"]
-        return check_inner(before.value, value, "dummy" if action is Action.DUMMY else "clean")
+        return check_inner(before.value, value, "clean" if action is Action.CLEAN else "dummy")
     if action is Action.UID:
         problems = []
         for v in values_of(value):
@@ -564,16 +555,16 @@ def check_element(
     return []
 
 
-def row_id(row: ProfileRow) -> str:
-    return f"{row.tag:08X}-{keyword_for_tag(row.tag or 0)}"
+def row_id(row: Row) -> str:
+    return f"{row.tag:08X}-{keyword_for_tag(row.tag)}"
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 @pytest.mark.parametrize("row", ROWS, ids=row_id)
-def test_row_gets_its_action_at_every_depth(row: ProfileRow, case: Case) -> None:
+def test_row_gets_its_action_at_every_depth(row: Row, case: Case) -> None:
     run = run_case(case)
     action = expected_action(row, case.options, case.pseudonymize)
-    tag, i = row.tag or 0, INDEX[row.tag or 0]
+    tag, i = row.tag, INDEX[row.tag]
     vr = vr_of(tag)
     problems: list[str] = []
     replaced: dict[str, set[str]] = {"key": set(), "other": set()}
@@ -636,7 +627,7 @@ def test_placement_sequences_are_not_in_the_table() -> None:
 def test_every_single_tag_row_has_a_synthetic_value() -> None:
     assert len(ROWS) == 617
     for i, row in enumerate(ROWS):
-        element = synthetic(i, row.tag or 0)
+        element = synthetic(i, row.tag)
         assert not is_empty(element.value), row.name
 
 
@@ -647,7 +638,10 @@ def test_unlisted_free_text_in_the_sr_tree_is_dummied_or_cleaned() -> None:
             assert SR_TEXT_MARKER not in run.markers[name], (case.name, name)
             item = holder_of(run.outputs[name].result, "sr")
             assert item is not None
-            assert item.ConceptNameCodeSequence[0].CodeValue == "CFFFE"
+            assert item.ValueType == "TEXT" and item.RelationshipType == "CONTAINS"
+            code = item.ConceptNameCodeSequence[0].CodeValue
+            # D (basic) replaces the tree's codes too; C keeps them and cleans the text
+            assert (code == "CFFFE") == (case.name == "clean-structured-content"), case.name
 
 
 def test_longitudinal_modified_dates_keep_intervals() -> None:
@@ -698,25 +692,29 @@ def test_longitudinal_modified_date_and_time_stay_consistent_with_datetimes() ->
 
 
 def test_identifying_codes_do_not_survive_a_dummied_sequence() -> None:
-    """Person Identification Code Sequence and Institution Code Sequence are D under the
-    basic profile: their codes name the person or institution, so none may remain."""
-    ds = base_dataset()
-    person = Dataset()
-    person.CodeValue = "MRKRA001"
-    person.CodingSchemeDesignator = "L"
-    person.CodeMeaning = "MRKRA002 Zqx^Person"
-    ds.PersonIdentificationCodeSequence = Sequence([person])
-    institution = Dataset()
-    institution.CodeValue = "MRKRA003"
-    institution.CodingSchemeDesignator = "L"
-    institution.CodeMeaning = "MRKRA004 General Hospital"
-    ds.InstitutionCodeSequence = Sequence([institution])
-    with quiet_pydicom():
-        out, _ = deidentifier(CASES[0]).dataset(ds)
-        found = {m.decode() for m in MARKER_RE.findall(to_bytes(out))}
-    assert "PersonIdentificationCodeSequence" in out
-    assert "InstitutionCodeSequence" in out
-    assert not found, f"identifying codes kept after D: {sorted(found)}"
+    """Person Identification Code Sequence is D, Institution Code Sequence X/Z/D: their
+    codes name the person or institution, so none may remain, whether the sequence is
+    dummied (D), emptied (X/Z/D where the IOD has it Type 2: X-Ray Radiation Dose SR)
+    or removed (X/Z/D elsewhere)."""
+    for sop_class, institution_kept in ((CT_IMAGE_STORAGE, False), (XRAY_DOSE_SR, True)):
+        ds = instance_of(sop_class)
+        person = Dataset()
+        person.CodeValue = "MRKRA001"
+        person.CodingSchemeDesignator = "L"
+        person.CodeMeaning = "MRKRA002 Zqx^Person"
+        ds.PersonIdentificationCodeSequence = Sequence([person])
+        institution = Dataset()
+        institution.CodeValue = "MRKRA003"
+        institution.CodingSchemeDesignator = "L"
+        institution.CodeMeaning = "MRKRA004 General Hospital"
+        ds.InstitutionCodeSequence = Sequence([institution])
+        with quiet_pydicom():
+            out, _ = deidentifier(CASES[0]).dataset(ds)
+            found = {m.decode() for m in MARKER_RE.findall(to_bytes(out))}
+        assert "PersonIdentificationCodeSequence" in out
+        assert ("InstitutionCodeSequence" in out) == institution_kept, sop_class
+        assert len(out.get("InstitutionCodeSequence", [])) == 0
+        assert not found, f"identifying codes kept after D: {sorted(found)}"
 
 
 def test_overrides_win_over_the_table_end_to_end() -> None:
@@ -731,6 +729,7 @@ def test_overrides_win_over_the_table_end_to_end() -> None:
 
 
 GSPS_STORAGE = "1.2.840.10008.5.1.4.1.1.11.1"
+XRAY_DOSE_SR = "1.2.840.10008.5.1.4.1.1.88.67"
 BASIC_TEXT_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.11"
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import tag_for_keyword
 
 from dicomflow.anonymize.engine import Deidentifier
 from dicomflow.anonymize.keys import SecretKey, load_key
@@ -31,7 +31,9 @@ from dicomflow.anonymize.profile import (
 )
 from dicomflow.anonymize.pseudonyms import Pseudonymizer
 from dicomflow.errors import ConfigError
-from tests.anonymize.columns import COLUMNS, SINGLE_CODES
+from tests.anonymize.columns import SINGLE_CODES
+from tests.anonymize.oracle import OPTION_COLUMNS as COLUMNS
+from tests.anonymize.oracle import Row, expected_code
 from tests.conftest import require
 
 REFERENCE = Path(__file__).parents[2].parent / "shared/reference/ps3.15-annex-e-2024b.json"
@@ -42,12 +44,9 @@ PATTERN_IDS = {
     "60xx4000": Pattern.OVERLAY_COMMENTS,
     "ggggeeee-where-gggg-is-odd": Pattern.PRIVATE,
 }
-COMBINED_CODES = {
-    "Z/D": Action.DUMMY,
-    "X/D": Action.DUMMY,
-    "X/Z/D": Action.DUMMY,
-    "X/Z": Action.ZERO,
-}
+COMBINED_CODES = {"Z/D", "X/D", "X/Z/D", "X/Z", "X/Z/U*"}
+# A SOP Class no IOD requirement names: combined codes take their first letter.
+NO_IOD = "1.2.3.4"
 LONGITUDINAL = {"retain-longitudinal-full", "retain-longitudinal-modified"}
 KEY_BYTES = b"k3y-bytes-that-must-never-print!" + b"0123456789"
 
@@ -60,20 +59,10 @@ def reference() -> list[dict[str, Any]]:
 
 
 def expected(row: ProfileRow, options: tuple[str, ...]) -> Action:
-    """The table's action for ``row`` under ``options``, by the documented rules."""
-    chosen = [row.options.get(COLUMNS[o]) for o in options]
-    if "K" in chosen:
-        return Action.KEEP
-    if "C" in chosen:
-        return Action.CLEAN
-    if row.basic == "X/Z/U*":
-        assert row.tag is not None
-        return Action.UID if dictionary_VR(row.tag) == "UI" else Action.KEEP
-    if row.basic == "X/Z" and row.tag is not None and dictionary_VR(row.tag) == "SQ":
-        return Action.DUMMY  # a Type 3 sequence may not be present and empty
-    if row.basic in COMBINED_CODES:
-        return COMBINED_CODES[row.basic]
-    return SINGLE_CODES[row.basic]
+    """The table's action for ``row`` under ``options`` before any IOD requirement, from
+    the independent oracle (``tests/anonymize/oracle.py``)."""
+    plain = Row(row.tag or 0, row.name, row.basic, row.options)
+    return Action(expected_code(plain, options, sop_class=NO_IOD, pseudonymize=False))
 
 
 # --------------------------------------------------------------------------- the table
@@ -120,7 +109,7 @@ def test_every_single_tag_row_is_in_the_dictionary() -> None:
 
 def test_every_code_in_the_table_is_a_known_code() -> None:
     codes = {row.basic for row in load_table().rows}
-    assert codes <= set(SINGLE_CODES) | set(COMBINED_CODES) | {"X/Z/U*"}
+    assert codes <= set(SINGLE_CODES) | COMBINED_CODES
     option_codes = {v for row in load_table().rows for v in row.options.values()}
     assert option_codes <= {"K", "C"}
 
@@ -188,13 +177,15 @@ def test_every_cell_of_every_option_column_is_reached() -> None:
 
 
 def test_combined_codes_resolve_as_documented() -> None:
-    assert resolve_code("Z/D", "DA") is Action.DUMMY
-    assert resolve_code("X/D", "LO") is Action.DUMMY
-    assert resolve_code("X/Z/D", "SQ") is Action.DUMMY
-    assert resolve_code("X/Z", "PN") is Action.ZERO
-    assert resolve_code("X/Z", "SQ") is Action.DUMMY
-    assert resolve_code("X/Z/U*", "UI") is Action.UID
-    assert resolve_code("X/Z/U*", "SQ") is Action.KEEP
+    """Before the IOD is known a combined code is its first letter (PS3.15 E.1.1: X or Z
+    unless the IOD requires more); the walk raises it per instance."""
+    assert resolve_code("Z/D", "DA") is Action.ZERO
+    assert resolve_code("X/D", "LO") is Action.REMOVE
+    assert resolve_code("X/Z/D", "SQ") is Action.REMOVE
+    assert resolve_code("X/Z", "PN") is Action.REMOVE
+    assert resolve_code("X/Z", "SQ") is Action.REMOVE
+    assert resolve_code("X/Z/U*", "UI") is Action.REMOVE
+    assert resolve_code("X/Z/U*", "SQ") is Action.REMOVE
     with pytest.raises(ConfigError):
         resolve_code("Q", "LO")
 
