@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -108,13 +109,16 @@ def running_orthanc(
     dicomweb: bool = False,
     http_port: int | None = None,
     credentials: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Orthanc]:
     """Start Orthanc in ``workdir`` and stop it afterwards.
 
     Starting again in the same ``workdir`` (with the same ``dicom_port``) reopens
     the same storage and index, as a restarted PACS would. With ``dicomweb`` the
     DICOMweb plugin serves ``/dicom-web``; ``credentials`` (user → password)
-    turns HTTP basic authentication on.
+    turns HTTP basic authentication on. ``env`` is added to Orthanc's environment
+    (``TCP_NODELAY=1`` makes its DCMTK network layer disable Nagle's algorithm, as
+    on the C-STORE associations it opens for C-MOVE).
     """
     binary = orthanc_binary()
     if binary is None:
@@ -160,7 +164,11 @@ def running_orthanc(
     config_path.write_text(json.dumps(config))
     log = (workdir / "orthanc.log").open("ab")  # a restart keeps the earlier log
     process = subprocess.Popen(
-        [binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=workdir
+        [binary, str(config_path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=workdir,
+        env={**os.environ, **env} if env else None,
     )
     try:
         server = Orthanc(dicom_port, http_port, process=process, credentials=credentials)
