@@ -1,5 +1,5 @@
-"""``dicomflow demo``: ingest pydicom's bundled test files (metadata, pixels and renders) and
-say what to open."""
+"""``dicomflow demo``: ingest pydicom's bundled test files (metadata, pixels, renders and SR
+content) and say what to open."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import click
 import pydicom.data
 
 from dicomflow.anonymize.keys import SecretKey
-from dicomflow.api import AnonymizeSettings, RenderOperator, deidentifier, ingest, read_lake
+from dicomflow.api import (
+    AnonymizeSettings,
+    RenderOperator,
+    SrOperator,
+    deidentifier,
+    ingest,
+    read_lake,
+)
 
 # Only for the demo's public sample files: real data needs a secret key (--key-file).
 DEMO_KEY = SecretKey(b"dicomflow-demo-key-public-never-use-for-real-data")
@@ -30,7 +37,8 @@ def run_demo(out: Path, *, workers: int | None = None) -> int:
         out=str(out),
         pixels=True,
         workers=workers,
-        operators=[RenderOperator()],  # 256-px PNG thumbnails, each image decoded once
+        # 256-px PNG thumbnails (each image decoded once); SR documents as rows
+        operators=[RenderOperator(), SrOperator()],
     )
     deid_out = out.parent / f"{out.name}-deidentified"
     click.echo(f"de-identifying the same files (PS3.15 basic profile, demo key) → {deid_out}")
@@ -57,6 +65,8 @@ def run_demo(out: Path, *, workers: int | None = None) -> int:
     click.echo(f"  pixels (Zarr)    {out}/pixels.zarr/<study>/<series>/<stack>")
     renders = sum(1 for p in instances_with_renders(lake) if p)
     click.echo(f"  renders (PNG)    {out}/renders/<study>/<series>/<sop>.png  ({renders})")
+    items = lake.table("sr_content").num_rows
+    click.echo(f"  SR content       {out}/sr_content/*.parquet  ({items} content items)")
     click.echo(
         f"de-identified: files {deid.files}  rows {deid.rows}  errors {deid.errors} "
         "(quarantined burned-in candidates and unreadable inputs are error rows)"

@@ -22,6 +22,11 @@ def test_demo_writes_both_lakes_and_accounts_for_every_input(
     # Renders: one PNG for each image that has one, where render_path says.
     paths = [p for p in pq.read_table(out / "instances").column("render_path").to_pylist() if p]
     assert paths and all((out / p).is_file() for p in paths)
+    # SR content: pydicom's three SR samples, 9 + 9 + 29 items (the two reportsi files
+    # share one SOP Instance UID).
+    content = pq.read_table(out / "sr_content")
+    assert content.num_rows == 47
+    assert len(set(content.column("SOPInstanceUID").to_pylist())) == 2
 
     deid = tmp_path / "demo-deidentified"
     files = sorted((deid / "dicom").rglob("*.dcm"))
