@@ -93,7 +93,12 @@ class Walk:
         action = self.profile.actions.get(tag)
         if action is None or tag in self.profile.overrides:
             return action
-        return raise_to_requirement(action, self.profile.combined.get(tag), self.required.get(tag))
+        return raise_to_requirement(
+            action,
+            self.profile.combined.get(tag),
+            self.required.get(tag),
+            sequence=tag in self.profile.sequences,
+        )
 
     def record(self, kind: str, original: str, replacement: str) -> None:
         if self.mapping is not None and original != replacement:

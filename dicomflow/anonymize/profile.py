@@ -15,8 +15,9 @@ Resolution rules, documented because the standard leaves room:
   ``X/Z/D`` and ``X/Z/U*`` become X, and ``Z/D`` becomes Z. :class:`Profile`
   remembers which rows were combined (``combined``), and the walk raises them
   per instance: a Type 2 attribute is emptied (Z); a Type 1 attribute gets a
-  dummy (D), or for ``X/Z/U*`` a replaced UID (U; a sequence keeps its items
-  with UIDs replaced and all other text dummied).
+  dummy (D), or for ``X/Z/U*`` a replaced UID (U). A required sequence (Type 1
+  or 2) is never emptied: it keeps its items with UIDs replaced and all other
+  text dummied (D, or U for ``X/Z/U*``).
 - The same floors apply to an X or Z row whose attribute the IOD requires.
   What each IOD requires is ``data/iod_requirements.json``, keyed by SOP Class:
   entries from the PS3.3 text, and entries measured with dciodvfy on the corpus
@@ -181,13 +182,17 @@ def required_types(sop_class_uid: str) -> dict[int, str]:
     return types
 
 
-def raise_to_requirement(action: Action, code: str | None, kind: str | None) -> Action:
+def raise_to_requirement(
+    action: Action, code: str | None, kind: str | None, *, sequence: bool = False
+) -> Action:
     """``action`` raised to what a Type ``kind`` attribute needs (``code``: the row's
-    combined code, if its action came from one)."""
+    combined code, if its action came from one). A required sequence is never emptied:
+    the requirements do not say at which depth, and where the same sequence is Type 3
+    an empty one does not conform; it keeps its items, dummied."""
     if kind is None:
         return action
-    if action is Action.REMOVE:
-        if kind == "2":
+    if action is Action.REMOVE or (sequence and action is Action.ZERO):
+        if kind == "2" and not sequence:
             return Action.ZERO
         return Action.UID if code == "X/Z/U*" else Action.DUMMY
     if action is Action.ZERO and kind == "1":
@@ -275,6 +280,7 @@ class Profile:
     pseudonymize_patient: bool = True
     actions: Mapping[int, Action] = field(init=False, repr=False, compare=False)
     combined: Mapping[int, str] = field(init=False, repr=False, compare=False)
+    sequences: frozenset[int] = field(init=False, repr=False, compare=False)
     patterns: Mapping[Pattern, Action] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -299,6 +305,8 @@ class Profile:
         patterns = {row.pattern: resolve_action(row, options) for row in table.rows if row.pattern}
         object.__setattr__(self, "actions", actions)
         object.__setattr__(self, "combined", combined)
+        sequences = frozenset(row.tag for row in table.rows if row.tag and row.vr == "SQ")
+        object.__setattr__(self, "sequences", sequences)
         object.__setattr__(self, "patterns", patterns)
 
     @classmethod

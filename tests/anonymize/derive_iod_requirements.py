@@ -33,6 +33,9 @@ from tests.anonymize.oracle import COMPOUND_CODES, TABLE_PATH, read_table
 REQUIREMENTS_PATH = TABLE_PATH.parent / "iod_requirements.json"
 DEFAULT_CORPUS = Path("/work/shared/corpus")
 MISSING = re.compile(r"Error - Missing attribute Type ([12])C? \S+ Element=<(\w+)> Module=<(\w+)>")
+# The Common Instance Reference Module lists instances that must be referenced elsewhere:
+# stripping the references (X/Z/U* sequences) breaks it, so those the file holds are needed.
+UNREFERENCED = "ReferencedSeriesSequence present but Instance does not reference Instances"
 
 
 def compound_tags() -> frozenset[int]:
@@ -55,10 +58,14 @@ def strip(ds: Dataset, tags: frozenset[int]) -> None:
 
 
 def missing(path: Path) -> set[tuple[str, str, str]]:
-    """(type, keyword, module) of every missing required attribute dciodvfy reports."""
+    """(type, keyword, module) of every missing required attribute dciodvfy reports
+    (("1", "", "CommonInstanceReference") when listed instances lost their references)."""
     result = subprocess.run(["dciodvfy", str(path)], capture_output=True, timeout=120, check=False)
     text = (result.stderr + result.stdout).decode("utf-8", "replace")
-    return {m.groups() for m in MISSING.finditer(text)}
+    found = {m.groups() for m in MISSING.finditer(text)}
+    if UNREFERENCED in text:
+        found.add(("1", "", "CommonInstanceReference"))
+    return found
 
 
 def verdicts(path: Path, tags: frozenset[int], scratch: Path) -> tuple[str, set[tuple[str, ...]]]:
@@ -66,6 +73,11 @@ def verdicts(path: Path, tags: frozenset[int], scratch: Path) -> tuple[str, set[
     try:
         ds = pydicom.dcmread(path, force=True)
         sop_class = str(ds.get("SOPClassUID", "") or "")
+        references = {
+            (keyword, "CommonInstanceReference")
+            for keyword in ("ReferencedImageSequence", "SourceImageSequence")
+            if keyword in ds
+        }
         strip(ds, tags)
         out = scratch / (path.name + ".stripped.dcm")
         ds.save_as(out)
@@ -73,6 +85,8 @@ def verdicts(path: Path, tags: frozenset[int], scratch: Path) -> tuple[str, set[
         return "", set()
     found = missing(out) - missing(path)
     out.unlink()
+    if ("1", "", "CommonInstanceReference") in found:
+        found |= {("1", keyword, module) for keyword, module in references}
     return sop_class, {f for f in found if int(tag_for_keyword(f[1]) or 0) in tags}
 
 
@@ -83,6 +97,8 @@ def main(corpus: Path) -> None:
     counts: dict[str, int] = defaultdict(int)
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(2) as pool:
         for sop_class, found in pool.map(lambda p: verdicts(p, tags, Path(tmp)), files):
+            if not sop_class:
+                continue
             counts[sop_class] += 1
             for kind, keyword, module in found:
                 key = (sop_class, int(tag_for_keyword(keyword) or 0))

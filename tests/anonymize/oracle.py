@@ -11,6 +11,9 @@ action codes as PS3.15 E.1.1 defines them:
 - ``X/Z/U*``: X unless required; then Z for Type 2 and U for Type 1 (a sequence
   keeps its items, with UIDs replaced and all other text dummied);
 - an X on an attribute the IOD requires becomes Z (Type 2) or D (Type 1);
+- a sequence the IOD requires (Type 1 or 2) is never empty: where the same
+  sequence is Type 3 at another depth, an empty one does not conform, so it
+  becomes D (U for ``X/Z/U*``): items kept, UIDs replaced, other text dummied;
 - an option's column wins when the option is chosen, K over C;
 - PatientName and PatientID are cleaned (keyed pseudonyms) unless that is off.
 
@@ -27,6 +30,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+from pydicom.datadict import dictionary_VR
 
 DATA = Path(__file__).resolve().parents[2] / "dicomflow" / "anonymize" / "data"
 TABLE_PATH = DATA / "ps3.15-annex-e-2024b.json"
@@ -104,6 +109,11 @@ def required_type(sop_class: str, tag: int) -> str | None:
     return min(kinds) if kinds else None
 
 
+def requiring_sop_classes() -> frozenset[str]:
+    """The SOP Classes named exactly by the requirements file."""
+    return frozenset(uid for uid, prefix, _, _ in _requirements() if not prefix)
+
+
 def expected_code(
     row: Row, options: Iterable[str], *, sop_class: str, pseudonymize: bool = True
 ) -> str:
@@ -117,6 +127,8 @@ def expected_code(
         return "C"
     kind = required_type(sop_class, row.tag)
     code = row.basic
+    if kind is not None and str(dictionary_VR(row.tag)) == "SQ" and code[0] in "XZ":
+        return "U" if code == "X/Z/U*" else "D"
     if code == "Z/D":
         return "D" if kind == "1" else "Z"
     if code in ("X", "X/Z", "X/D", "X/Z/D", "X/Z/U*"):
