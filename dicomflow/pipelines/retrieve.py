@@ -215,6 +215,16 @@ def _retrieve_by_move(
     in flight (C-CANCEL) and ends the run."""
     assert peer.move is not None
     allow_moves()
+    try:
+        return _move_all(peer, requests, layout, max_associations)
+    finally:
+        allow_moves()  # once every thread has ended: a cancellation ends with its run
+
+
+def _move_all(
+    peer: DimsePeer, requests: Sequence[SeriesRequest], layout: LakeLayout, max_associations: int
+) -> tuple[list[str], list[str]]:
+    assert peer.move is not None
     with _move_folders(layout, requests) as folders:
         expected = {uid: folders[n] for n, r in enumerate(requests) for uid in r.instances}
         route = _Route(expected)

@@ -86,7 +86,8 @@ _cancelling = threading.Event()
 
 def cancel_moves(grace: float = 5.0) -> int:
     """Send C-CANCEL on every C-MOVE of this process; abort those not ended after
-    ``grace`` seconds. Until :func:`allow_moves`, new C-MOVEs are refused.
+    ``grace`` seconds. Until :func:`allow_moves` (which the caller must call once its
+    threads have ended), new C-MOVEs are refused.
     Returns how many were cancelled."""
     _cancelling.set()
     with _lock:
