@@ -10,6 +10,9 @@ the table explicitly keeps that attribute.
 
 from __future__ import annotations
 
+import ast
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +20,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from tests.anonymize import oracle
 from tests.anonymize.oracle import expected_code, single_tag_rows
 from tests.anonymize.test_actions import CASES, CT_IMAGE_STORAGE, Case, holder_of, run_case
 
@@ -84,3 +88,24 @@ def test_sequence_rows_cover_every_kind_of_action() -> None:
     codes = {row.basic for row in SEQUENCE_ROWS}
     assert {"X", "Z", "D", "X/Z", "X/D", "X/Z/D", "X/Z/U*"} <= codes
     assert len(SEQUENCE_ROWS) == 63
+
+
+def test_the_oracle_shares_nothing_with_the_engine() -> None:
+    """The oracle reads the JSON files itself: it imports nothing from ``dicomflow``."""
+    source = Path(oracle.__file__).read_text("utf-8")
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module or "")
+    assert not {name for name in imported if name.split(".")[0] in ("dicomflow", "tests")}
+
+
+def test_every_iod_requirement_names_its_source() -> None:
+    doc = json.loads(oracle.REQUIREMENTS_PATH.read_text("utf-8"))
+    assert "dciodvfy" in doc["source"]
+    for entry in doc["requirements"]:
+        assert entry["source"] in ("PS3.3", "dciodvfy") and entry["why"], entry
+        assert entry["type"] in ("1", "2") and len(entry["tag"]) == 8, entry
+        assert entry.get("sop_class") or entry.get("sop_class_prefix"), entry
