@@ -63,7 +63,7 @@ def _print_summary(summary: Any, out: str | None) -> None:
         click.echo(f"report: {summary.report} (and .html)")
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dicomflow")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.option("--log-json", is_flag=True, help="Log one JSON object per line (for collectors).")
