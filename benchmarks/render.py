@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,8 @@ import pydicom
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+from whole_command import dicomflow_ingest, end_to_end, whole
 
 SIZE = 256
 
@@ -47,13 +48,6 @@ def naive_thumbnails(paths: list[Path], out: Path) -> float:
         image = Image.fromarray(scaled)
         image.thumbnail((SIZE, SIZE), Image.Resampling.LANCZOS)
         image.save(out / f"{path.stem}.png")
-    return time.perf_counter() - start
-
-
-def whole(command: list[str]) -> float:
-    os.sync()
-    start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
     return time.perf_counter() - start
 
 
@@ -117,16 +111,9 @@ def main() -> None:
             naive = [sys.executable, str(here), "--baseline-only", str(data), str(work / "naive")]
             whole_base.append(whole(naive))
             shutil.rmtree(work / "lake", ignore_errors=True)
-            command = [sys.executable, "-m", "dicomflow", "ingest", str(data)]
-            command += ["--out", str(work / "lake"), "--renders", "--no-progress"]
-            if args.workers:
-                command += ["--workers", str(args.workers)]
-            whole_ours.append(whole(command))
-        wb, wo = min(whole_base), min(whole_ours)
-        print(
-            f"end to end:  baseline {wb:5.2f} s ({args.n / wb:6.1f}/s) | dicomflow {wo:5.2f} s "
-            f"({args.n / wo:6.1f}/s) (ratio {wb / wo:.2f}x), whole commands"
-        )
+            ours = dicomflow_ingest(data, work / "lake", "--renders", workers=args.workers)
+            whole_ours.append(whole(ours))
+        print(end_to_end(args.n, min(whole_base), min(whole_ours)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

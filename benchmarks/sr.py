@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +31,10 @@ import warnings
 from pathlib import Path
 
 import pydicom
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from whole_command import dicomflow_ingest, end_to_end, whole
 
 CORPUS = Path(
     os.environ.get("DICOMFLOW_CORPUS", Path(__file__).resolve().parents[2] / "shared" / "corpus")
@@ -67,13 +70,6 @@ def naive_parse(paths: list[Path]) -> tuple[float, int]:
             except (AttributeError, ValueError, IndexError, RuntimeError):
                 refused += 1
     return time.perf_counter() - start, refused
-
-
-def whole(command: list[str]) -> float:
-    os.sync()
-    start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -134,16 +130,9 @@ def main() -> None:
         for _ in range(args.repeat):
             whole_base.append(whole([sys.executable, str(here), "--baseline-only", str(data)]))
             shutil.rmtree(work / "lake", ignore_errors=True)
-            command = [sys.executable, "-m", "dicomflow", "ingest", str(data)]
-            command += ["--out", str(work / "lake"), "--sr", "--no-progress"]
-            if args.workers:
-                command += ["--workers", str(args.workers)]
-            whole_ours.append(whole(command))
-        wb, wo = min(whole_base), min(whole_ours)
-        print(
-            f"end to end:  baseline {wb:5.2f} s ({n / wb:6.1f}/s) | dicomflow {wo:5.2f} s "
-            f"({n / wo:6.1f}/s) (ratio {wb / wo:.2f}x), whole commands"
-        )
+            ours = dicomflow_ingest(data, work / "lake", "--sr", workers=args.workers)
+            whole_ours.append(whole(ours))
+        print(end_to_end(n, min(whole_base), min(whole_ours)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -12,11 +12,10 @@ and applied to every image it references.
 
 from __future__ import annotations
 
-import uuid
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from io import BytesIO
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -26,6 +25,7 @@ from pydicom.dataset import Dataset
 
 from dicomflow.errors import ConfigError
 from dicomflow.lake.layout import LakeLayout, safe_uid_component
+from dicomflow.lake.writer import put_atomically
 from dicomflow.operators.base import (
     FileOutput,
     OperatorKind,
@@ -94,7 +94,7 @@ class Render:
         paths = []
         for frame in frames:
             relative = render_file(row, frame.frame if several else None, self.format)
-            write_atomically(fs, f"{root}/{relative}", encode_image(frame, self.format))
+            put_atomically(fs, f"{root}/{relative}", encode_image(frame, self.format))
             paths.append(relative)
         located = {**row, RENDER_PATH.name: paths[0] if paths else None}
         return record.with_output("instances", located)
@@ -102,10 +102,16 @@ class Render:
     def _presentation_state(self, image: Image) -> Dataset | None:
         sop = str(image.dataset.get("SOPInstanceUID", ""))
         for index in self.referenced.get(sop, ()):
-            state = pydicom.dcmread(BytesIO(self.presentation_states[index]), force=True)
+            state = _presentation_state(self.presentation_states[index])
             if references(state, image.dataset):
                 return state
         return None
+
+
+@functools.lru_cache(maxsize=32)
+def _presentation_state(data: bytes) -> Dataset:
+    """A GSPS parsed once per worker, however many images it references (only read)."""
+    return pydicom.dcmread(BytesIO(data), force=True)
 
 
 def render_file(row: Mapping[str, Any], frame: int | None, fmt: str) -> str:
@@ -117,20 +123,6 @@ def render_file(row: Mapping[str, Any], frame: int | None, fmt: str) -> str:
     ]
     stem = parts[2] if frame is None else f"{parts[2]}_{frame}"
     return f"{RENDERS_ROOT}/{parts[0]}/{parts[1]}/{stem}.{EXTENSIONS[fmt]}"
-
-
-def write_atomically(fs: Any, path: str, data: bytes) -> None:
-    """Write a whole file or nothing: through a temporary name and a rename on a local
-    disk (an object store's PUT is whole already)."""
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    if not {"file", "local"} & set(protocols):
-        fs.pipe_file(path, data)
-        return
-    target = Path(path)  # on a local disk, plain calls: a third of fsspec's cost a file
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f"{target.name}.{uuid.uuid4().hex}.tmp")
-    temporary.write_bytes(data)
-    temporary.replace(target)
 
 
 def read_presentation_states(

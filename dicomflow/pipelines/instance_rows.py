@@ -98,15 +98,15 @@ def located(
     mask = [has_row(r) for r in kept]
     if not all(mask):  # some lost their row since (say, a pixel error that drops it)
         table = table.filter(pa.array(mask, type=pa.bool_()))
-    rows = [r.outputs[INSTANCES] for r, keep in zip(kept, mask, strict=True) if keep]
+    with_rows = [r for r, keep in zip(kept, mask, strict=True) if keep]
+    rows = [r.outputs[INSTANCES] for r in with_rows]
     for name in LOCATED:
         index = table.schema.get_field_index(name)
         column = table.schema.field(index)
         values = pa.array([row.get(name) for row in rows], type=column.type)
         table = table.set_column(index, column, values)
-    faulted = [r for r, keep in zip(kept, mask, strict=True) if keep]
-    if any(r.faults for r in faulted):  # operators that failed since: named in warnings
-        table = _with_fault_warnings(table, faulted)
+    if any(r.faults for r in with_rows):  # operators that failed since: named in warnings
+        table = _with_fault_warnings(table, with_rows)
     return table.combine_chunks()
 
 

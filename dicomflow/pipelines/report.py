@@ -41,22 +41,26 @@ def _installed_versions() -> dict[str, str]:
     return found
 
 
-def _errors_of_run(layout: LakeLayout, run_id: str) -> Counter[tuple[str, str]]:
+def _errors_of_run(run_errors: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
+    return Counter((row["stage"], row["code"]) for row in run_errors)
+
+
+def _run_errors(layout: LakeLayout, run_id: str) -> list[dict[str, Any]]:
+    """This run's committed error rows (source, stage, code), read once for the report."""
     from dicomflow.lake.reader import Lake
 
     errors = Lake(layout.root, layout.storage_options).errors()
-    counts: Counter[tuple[str, str]] = Counter()
-    for row in errors.select(["run_id", "stage", "code"]).to_pylist():
-        if row["run_id"] == run_id:
-            counts[(row["stage"], row["code"])] += 1
-    return counts
+    rows = errors.select(["run_id", "source", "stage", "code"]).to_pylist()
+    return [row for row in rows if row["run_id"] == run_id]
 
 
 def build_report(
     summary: RunSummary, layout: LakeLayout, *, name: str, started_at: datetime
 ) -> dict[str, Any]:
     """The report as a JSON-ready mapping."""
-    by_stage_code = _errors_of_run(layout, summary.run_id)
+    run_errors = _run_errors(layout, summary.run_id)
+    by_stage_code = _errors_of_run(run_errors)
+    failed = list(dict.fromkeys(row["source"] for row in run_errors))
     stages: Counter[str] = Counter()
     for (stage, _), n in by_stage_code.items():
         stages[stage] += n
@@ -85,7 +89,9 @@ def build_report(
             {"seconds": round(s, 3), "inputs": n, "first_source": src}
             for s, n, src in summary.slowest
         ],
-        "thumbnails": thumbnails(layout, summary.run_id, [src for _, _, src in summary.slowest]),
+        "thumbnails": thumbnails(
+            layout, summary.run_id, failed, [src for _, _, src in summary.slowest]
+        ),
         "versions": versions(),
     }
 

@@ -10,7 +10,6 @@ has one; nothing is rendered here.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from dicomflow.lake.layout import LakeLayout
 
@@ -19,10 +18,14 @@ MAX_THUMBNAILS = 12
 
 
 def thumbnails(
-    layout: LakeLayout, run_id: str, slowest_sources: Sequence[str]
+    layout: LakeLayout,
+    run_id: str,
+    failed_sources: Sequence[str],
+    slowest_sources: Sequence[str],
 ) -> list[dict[str, str]]:
     """Up to :data:`MAX_THUMBNAILS` ``{"series", "why", "render"}`` entries, failed series
-    first; none when the lake has no renders."""
+    (those holding one of ``failed_sources``, the run's error rows) first; none when the
+    lake has no renders."""
     from dicomflow.lake.reader import Lake
 
     lake = Lake(layout.root, layout.storage_options)
@@ -36,16 +39,10 @@ def thumbnails(
     for row in rows:
         if row[RENDER_PATH] and row["SeriesInstanceUID"]:
             render_of.setdefault(row["SeriesInstanceUID"], row[RENDER_PATH])
-    failed = _failed_sources(lake, run_id)
     chosen: list[dict[str, str]] = []
-    for why, sources in (("failed", failed), ("slowest", slowest_sources)):
+    for why, sources in (("failed", failed_sources), ("slowest", slowest_sources)):
         for source in sources:
             uid = series_of.get(source)
             if uid and uid in render_of and all(c["series"] != uid for c in chosen):
                 chosen.append({"series": uid, "why": why, "render": render_of[uid]})
     return chosen[:MAX_THUMBNAILS]
-
-
-def _failed_sources(lake: Any, run_id: str) -> list[str]:
-    errors = lake.errors().select(["source", "run_id"]).to_pylist()
-    return list(dict.fromkeys(e["source"] for e in errors if e["run_id"] == run_id))

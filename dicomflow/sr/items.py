@@ -17,15 +17,15 @@ import warnings
 from functools import cache
 from typing import Any
 
-from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.charset import decode_bytes
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from dicomflow.dicom.dicomjson import DEFAULT_ENCODING, encodings_of
 from dicomflow.dicom.pydicom_tree import tree_from_dataset
 from dicomflow.records import Element, Elements
 
-DEFAULT_ENCODING = "iso8859"
 SPECIFIC_CHARACTER_SET = 0x00080005
 CHARSET_TEXT = frozenset({"SH", "LO", "ST", "LT", "UT", "PN", "UC"})
 SINGLE_VALUED = frozenset({"ST", "LT", "UT", "UR"})
@@ -53,7 +53,7 @@ class Item:
     def __init__(self, elements: Elements, encodings: list[str] | None = None) -> None:
         self._elements = elements
         self._by_tag: dict[int, Element] | None = None
-        self._encodings = _encodings_of(elements, encodings)
+        self._encodings = encodings_of(elements, encodings)
         self._sequences: dict[int, list[Item]] = {}
 
     @classmethod
@@ -121,24 +121,3 @@ def _text(value: bytes, encodings: list[str] | None) -> str:
     with warnings.catch_warnings():  # pydicom warns, quoting the value, on bad bytes
         warnings.simplefilter("ignore")
         return decode_bytes(value, encodings or [DEFAULT_ENCODING], TEXT_DELIMITERS)
-
-
-def _encodings_of(elements: Elements, inherited: list[str] | None) -> list[str] | None:
-    """The codecs of a data set: its own Specific Character Set, else the inherited one."""
-    for element in elements:
-        if element.tag == SPECIFIC_CHARACTER_SET:
-            break
-        if element.tag > SPECIFIC_CHARACTER_SET:
-            return inherited
-    else:
-        return inherited
-    value = element.value
-    if element.converted:
-        names = list(value) if isinstance(value, list | tuple) else [value or ""]
-    elif not isinstance(value, bytes) or not value:
-        return inherited
-    else:
-        names = [v.strip(" \x00") for v in value.decode("latin-1").split("\\")]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return list(convert_encodings(names))
