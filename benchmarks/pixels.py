@@ -19,28 +19,39 @@ The ratio of each repeat's pair of runs is printed too (their spread is the mach
 noise), and so is what creating a file costs in the work folder: both sides create one
 chunk file a slice, and on some virtual machines that costs more than decoding an
 uncompressed slice.
+
+Last, with the cluster shut down, it prints what a slice costs on one core (one
+process, ``--split-slices`` slices of each series, best of two passes), split into
+read, header, decode, encode and write, for the naive loop and for dicomflow's own
+steps (see :func:`naive_split` and :func:`dicomflow_split`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from io import BytesIO
 from pathlib import Path
+from typing import Any
 
+import numcodecs
 import numpy as np
 import pydicom
 import zarr
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 from zarr.codecs import BloscCodec
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from synth import ct_dataset
+from synth import write_phantom_series
 
 import dicomflow
 from dicomflow.pipelines.cluster import open_client
@@ -53,45 +64,8 @@ SYNTAXES = {
 }
 
 
-def phantom(index: int, size: int) -> np.ndarray:
-    """A body-like ellipse with organs and noise: compressible, like real CT."""
-    y, x = np.mgrid[:size, :size]
-    centre = size / 2
-    body = ((x - centre) / (0.42 * size)) ** 2 + ((y - centre) / (0.32 * size)) ** 2 <= 1
-    organ = ((x - centre * 0.8) / (0.1 * size)) ** 2 + ((y - centre) / (0.08 * size)) ** 2 <= 1
-    image = np.full((size, size), -1000, np.int16)
-    image[body] = 40
-    image[organ] = 60 + index % 7
-    noise = np.random.default_rng(index).integers(-15, 16, (size, size), dtype=np.int16)
-    return image + noise * body
-
-
-def write_series(out: Path, n: int, syntax: str, size: int) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    study, series, frame_of_ref = generate_uid(), generate_uid(), generate_uid()
-    paths = []
-    for i in range(n):
-        ds = ct_dataset(
-            i, study=study, series=series, frame_of_ref=frame_of_ref, rows=size, cols=size
-        )
-        ds.PixelData = phantom(i, size).tobytes()
-        ds.BitsStored, ds.HighBit = 12, 11  # as most CT scanners store
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta = meta
-        if SYNTAXES[syntax] != ExplicitVRLittleEndian:
-            ds.compress(SYNTAXES[syntax])
-        path = out / f"{i:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
-
-
-def baseline(paths: list[Path], out: Path) -> float:
-    start = time.perf_counter()
-    frames = [pydicom.dcmread(p).pixel_array for p in paths]
+def zarr_write(frames: list[np.ndarray], out: Path) -> None:
+    """The naive loop's write: the frames stacked and written with zarr, one frame a chunk."""
     volume = np.stack(frames)
     array = zarr.create_array(
         str(out),
@@ -102,6 +76,11 @@ def baseline(paths: list[Path], out: Path) -> float:
         overwrite=True,
     )
     array[:] = volume
+
+
+def baseline(paths: list[Path], out: Path) -> float:
+    start = time.perf_counter()
+    zarr_write([pydicom.dcmread(p).pixel_array for p in paths], out)
     return time.perf_counter() - start
 
 
@@ -139,14 +118,203 @@ def stored_bytes(path: Path) -> int:
     )
 
 
+STEPS = ("read", "header", "decode", "encode", "write")
+SPLIT_PASSES = 2
+
+
+def _required(module: str, name: str) -> Any:
+    """``module.name``, or an exit that names it: dicomflow's pixel path is being
+    reworked, and a split that quietly timed something else would mislead."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise SystemExit(
+            f"benchmarks/pixels.py: {module}.{name} is missing ({exc}); the per-slice split"
+            " needs it (point the split at what replaced it)"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class OurSteps:
+    """dicomflow's functions for one slice's work, looked up when the benchmark starts."""
+
+    read_header: Callable[..., Any]
+    pydicom_mode: Callable[..., Any]
+    flatten_record: Callable[..., Any]
+    row_context: Callable[..., Any]
+    source_ref: Callable[..., Any]
+    instance_record: Callable[..., Any]
+    dataset_from_header: Callable[..., Any]
+    chunk_encoder: Callable[[], Callable[[np.ndarray], bytes | None]]
+
+    @classmethod
+    def find(cls) -> OurSteps:
+        return cls(
+            read_header=_required("dicomflow.dicom.header", "read_header"),
+            pydicom_mode=_required("dicomflow.dicom.header", "pydicom_mode"),
+            flatten_record=_required("dicomflow.operators.flatten", "flatten_record"),
+            row_context=_required("dicomflow.dicom.rows", "RowContext"),
+            source_ref=_required("dicomflow.records", "SourceRef"),
+            instance_record=_required("dicomflow.records", "InstanceRecord"),
+            dataset_from_header=_required("dicomflow.pixels.header_dataset", "dataset_from_header"),
+            chunk_encoder=_required("dicomflow.lake.zarr_store", "ChunkEncoder"),
+        )
+
+
+@dataclass
+class Split:
+    """Seconds spent in each step over a run of slices: wall time and process CPU time."""
+
+    wall: dict[str, float]
+    cpu: dict[str, float]
+
+    @classmethod
+    def empty(cls) -> Split:
+        return cls(dict.fromkeys(STEPS, 0.0), dict.fromkeys(STEPS, 0.0))
+
+    def best(self, other: Split) -> Split:
+        """Each step's smaller time (the machine's noise only adds)."""
+        return Split(
+            {step: min(self.wall[step], other.wall[step]) for step in STEPS},
+            {step: min(self.cpu[step], other.cpu[step]) for step in STEPS},
+        )
+
+    def per(self, slices: int) -> Split:
+        return Split(
+            {step: seconds / slices for step, seconds in self.wall.items()},
+            {step: seconds / slices for step, seconds in self.cpu.items()},
+        )
+
+
+class Clock:
+    """Adds the time since the last mark to a step."""
+
+    def __init__(self, split: Split) -> None:
+        self.split = split
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def mark(self, step: str) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.split.wall[step] += wall - self.wall
+        self.split.cpu[step] += cpu - self.cpu
+        self.wall, self.cpu = wall, cpu
+
+
+def naive_split(paths: list[Path], out: Path) -> Split:
+    """The naive loop's steps: read = the file's bytes; header = ``pydicom.dcmread`` of them
+    (pydicom's whole parse); decode = ``.pixel_array``; encode = zarr's Blosc codec
+    (numcodecs' Blosc, as configured in :func:`zarr_write`) on each frame alone; write =
+    :func:`zarr_write` of the frames (which encodes them again) less that encode time:
+    the rest of what zarr's write costs, its bookkeeping and one chunk file a slice."""
+    split = Split.empty()
+    codec = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.BITSHUFFLE)
+    frames = []
+    clock = Clock(split)
+    for path in paths:
+        data = path.read_bytes()
+        clock.mark("read")
+        ds = pydicom.dcmread(BytesIO(data))
+        clock.mark("header")
+        frames.append(ds.pixel_array)
+        clock.mark("decode")
+        codec.encode(frames[-1])
+        clock.mark("encode")
+    zarr_write(frames, out)
+    clock.mark("write")
+    split.wall["write"] -= split.wall["encode"]
+    split.cpu["write"] -= split.cpu["encode"]
+    return split
+
+
+def dicomflow_split(paths: list[Path], out: Path, steps: OurSteps) -> Split:
+    """dicomflow's steps for a slice, as its reading tasks run them: read = the file's
+    bytes; header = the header reader, then flatten into the ``instances`` row; decode =
+    pydicom's dataset built from that header plus the Pixel Data, decoded with the
+    Modality LUT (:func:`dicomflow.pixels.decode.decode`); encode = the lake's chunk
+    encoder, frame by frame; write = each encoded frame to a new file in ``out``."""
+    split = Split.empty()
+    out.mkdir(parents=True)
+    context = steps.row_context("split", datetime.now(UTC))
+    memo: dict[Any, Any] = {}  # as flatten keeps one per batch
+    encode = steps.chunk_encoder()
+    with steps.pydicom_mode(pydicom.config.WARN):  # as the flatten operator reads
+        clock = Clock(split)
+        for number, path in enumerate(paths):
+            data = path.read_bytes()
+            clock.mark("read")
+            header = steps.read_header(BytesIO(data), size=len(data), salvage=True)
+            record = steps.instance_record(steps.source_ref(str(path), len(data)), header=header)
+            steps.flatten_record(record, context, memo)
+            clock.mark("header")
+            ds = steps.dataset_from_header(header, BytesIO(data)) or read_dataset(BytesIO(data))
+            array = decode(ds).array
+            clock.mark("decode")
+            chunks = [encode(array[frame : frame + 1]) for frame in range(len(array))]
+            clock.mark("encode")
+            for frame, chunk in enumerate(chunks):
+                if chunk is not None:
+                    (out / f"{number}.{frame}").write_bytes(chunk)
+            clock.mark("write")
+    return split
+
+
+def per_slice_split(paths: list[Path], work: Path, steps: OurSteps) -> dict[str, Split]:
+    """Each side's split over ``paths`` (after one slice each to warm up), best of
+    ``SPLIT_PASSES`` passes, in seconds per slice."""
+    naive_split(paths[:1], work / "warm.zarr")
+    dicomflow_split(paths[:1], work / "warm", steps)
+    best: dict[str, Split] = {}
+    for attempt in range(SPLIT_PASSES):
+        for side, run in (
+            ("naive", lambda out: naive_split(paths, out)),
+            ("dicomflow", lambda out: dicomflow_split(paths, out, steps)),
+        ):
+            out = work / f"split-{side}-{attempt}"
+            os.sync()
+            split = run(out)
+            best[side] = split if side not in best else best[side].best(split)
+            shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(work / "warm.zarr", ignore_errors=True)
+    shutil.rmtree(work / "warm", ignore_errors=True)
+    return {side: split.per(len(paths)) for side, split in best.items()}
+
+
+def print_splits(splits: dict[str, dict[str, Split]], slices: int) -> None:
+    print(
+        f"\na slice on one core, ms (one process, {slices} slices of each series, best of"
+        f" {SPLIT_PASSES} passes):"
+    )
+    print(f"{'':13s} {'':9s}" + "".join(f"{s:>8s}" for s in (*STEPS, "sum", "cpu")))
+    for syntax, sides in splits.items():
+        for number, (side, split) in enumerate(sides.items()):
+            cells = [*split.wall.values(), sum(split.wall.values()), sum(split.cpu.values())]
+            label = syntax if number == 0 else ""
+            print(f"{label:13s} {side:9s}" + "".join(f"{c * 1e3:8.2f}" for c in cells))
+    print(
+        "naive: header = pydicom.dcmread of the bytes, decode = .pixel_array, encode = the"
+        " Blosc codec alone, write = zarr's write of the frames less that encode.\n"
+        "dicomflow: header = header reader + flatten, decode = dataset from the header +"
+        " decode (Modality LUT), encode = the lake's chunk encoder, write = a file a frame.\n"
+        "cpu = the process's CPU time for the slice (above the sum: more than one thread)."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=400, help="slices (default 400)")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument(
+        "--split-slices",
+        type=int,
+        default=50,
+        help="slices of each series in the per-slice split on one core (0: no split)",
+    )
     args = parser.parse_args()
+    steps = OurSteps.find() if args.split_slices else None  # fail now, not after the runs
     work = Path(tempfile.mkdtemp(prefix="dicomflow-pixbench-"))
+    series: dict[str, list[Path]] = {}
     decoded_mb = args.n * args.size * args.size * 2 / 1e6
     try:
         print(
@@ -160,7 +328,10 @@ def main() -> None:
             print(f"local cluster start-up: {startup:.1f} s (added to 'end to end')")
             for syntax in SYNTAXES:
                 data = work / syntax
-                paths = write_series(data, args.n, syntax, args.size)
+                paths = write_phantom_series(
+                    data, args.n, size=args.size, transfer_syntax=SYNTAXES[syntax]
+                )
+                series[syntax] = paths
                 base, ours, alone = [], [], []
                 lake = work / f"lake-{syntax}"
                 creation = file_creation(work)
@@ -193,6 +364,12 @@ def main() -> None:
                     f"{'':13s} each repeat's ratio {pairs[0]:.2f}-{pairs[-1]:.2f}x; creating a"
                     f" file here {creation * 1e6:.0f} us (one a slice on each side)"
                 )
+        if steps is not None:  # with the cluster shut down: one process alone
+            splits = {
+                syntax: per_slice_split(paths[: args.split_slices], work, steps)
+                for syntax, paths in series.items()
+            }
+            print_splits(splits, min(args.split_slices, args.n))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

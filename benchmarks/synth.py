@@ -1,7 +1,9 @@
 """Synthesize realistic CT-like DICOM files for benchmarks and scale tests.
 
 Each file is a 512×512 16-bit CT slice with about 100 header elements,
-including a few sequences and private elements, written by pydicom.
+including a few sequences and private elements, written by pydicom. Its pixels are
+noise (:func:`write_ct_series`) or a compressible phantom, stored in any transfer
+syntax pydicom can compress to (:func:`write_phantom_series`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 _ROOT = "1.2.826.0.1.3680043.8.498."
 
@@ -187,6 +189,46 @@ def write_ct_series(
         ds.file_meta = meta
         path = out / f"{i // per_series:04d}" / f"{i % per_series:04d}.dcm"
         path.parent.mkdir(exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def phantom(index: int, size: int) -> np.ndarray:
+    """A body-like ellipse with organs and noise: compressible, like real CT."""
+    y, x = np.mgrid[:size, :size]
+    centre = size / 2
+    body = ((x - centre) / (0.42 * size)) ** 2 + ((y - centre) / (0.32 * size)) ** 2 <= 1
+    organ = ((x - centre * 0.8) / (0.1 * size)) ** 2 + ((y - centre) / (0.08 * size)) ** 2 <= 1
+    image = np.full((size, size), -1000, np.int16)
+    image[body] = 40
+    image[organ] = 60 + index % 7
+    noise = np.random.default_rng(index).integers(-15, 16, (size, size), dtype=np.int16)
+    return image + noise * body
+
+
+def write_phantom_series(
+    out: Path, n: int, *, size: int = 512, transfer_syntax: UID = ExplicitVRLittleEndian
+) -> list[Path]:
+    """Write one series of ``n`` phantom slices (12 bits stored, as most CT scanners store)
+    under ``out`` in ``transfer_syntax``; return the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    study, series, frame_of_ref = generate_uid(), generate_uid(), generate_uid()
+    paths = []
+    for i in range(n):
+        ds = ct_dataset(
+            i, study=study, series=series, frame_of_ref=frame_of_ref, rows=size, cols=size
+        )
+        ds.PixelData = phantom(i, size).tobytes()
+        ds.BitsStored, ds.HighBit = 12, 11
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta = meta
+        if transfer_syntax != ExplicitVRLittleEndian:
+            ds.compress(transfer_syntax)
+        path = out / f"{i:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
