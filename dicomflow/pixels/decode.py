@@ -16,15 +16,19 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
+from pydicom import uid
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 from pydicom.pixels.decoders.base import Decoder
 
+from dicomflow.dicom.elements import UNDEFINED_LENGTH
 from dicomflow.errors import DicomReadError, ErrorCode
 from dicomflow.pixels import imagecodecs_plugin
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+PIXEL_DATA_TAG = 0x7FE00010
 
 
 @dataclass(frozen=True)
@@ -105,23 +109,13 @@ def palette_table(ds: Dataset) -> dict[str, Any]:
 
 
 def _decode(ds: Dataset, memory_budget: int) -> DecodedPixels:
-    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if syntax is None:
-        raise PixelDecodeError(
-            "no Transfer Syntax UID in the file meta", code=ErrorCode.UNSUPPORTED_TRANSFER_SYNTAX
-        )
-    if not isinstance(syntax, str):  # bytes under a wrong VR: not a UID at all
-        raise PixelDecodeError(
-            "the Transfer Syntax UID is not text", code=ErrorCode.UNSUPPORTED_TRANSFER_SYNTAX
-        )
-    try:
-        decoder = get_decoder(syntax)
-    except NotImplementedError:
-        decoder = None
+    syntax = transfer_syntax(ds)
+    decoder = _decoder(syntax)
     if decoder is None or not decoder.is_available:
         raise PixelDecodeError(
             f"no decoder for transfer syntax {syntax}", code=ErrorCode.UNSUPPORTED_TRANSFER_SYNTAX
         )
+    _check_pixel_module(ds)
     if expected_bytes(ds) > memory_budget:
         raise PixelDecodeError(
             "decoded pixels would exceed the memory budget", code=ErrorCode.TOO_LARGE
@@ -163,12 +157,103 @@ def _decode(ds: Dataset, memory_budget: int) -> DecodedPixels:
     )
 
 
-def _pixel_array(ds: Dataset, decoder: Decoder) -> np.ndarray:
-    """pydicom's decode; the faster imagecodecs plugin first where it applies.
+def transfer_syntax(ds: Dataset) -> str:
+    """The transfer syntax of ``ds``'s Pixel Data.
 
-    The decoder is asked directly, as ``Dataset.pixel_array`` asks it, minus that
-    property's caching bookkeeping (a quarter millisecond a slice)."""
-    if imagecodecs_plugin.register(decoder.UID):
+    It is the file meta's. A data set stored without file meta (or without a Transfer
+    Syntax UID in it) was read in an encoding its header reader determined, recorded as
+    ``ds.original_encoding``; its Pixel Data, when native, is in the native syntax of
+    that encoding (PS3.5 A.1-A.3), as pydicom decodes it when given that syntax.
+    Encapsulated Pixel Data names no codec without the UID: unsupported.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is not None and not isinstance(syntax, str):  # bytes under a wrong VR
+        raise PixelDecodeError(
+            "the Transfer Syntax UID is not text", code=ErrorCode.UNSUPPORTED_TRANSFER_SYNTAX
+        )
+    if syntax:
+        return syntax
+    native = _NATIVE_SYNTAXES.get(ds.original_encoding)
+    if native is None:
+        raise PixelDecodeError(
+            "no Transfer Syntax UID in the file meta", code=ErrorCode.UNSUPPORTED_TRANSFER_SYNTAX
+        )
+    if _is_encapsulated(ds):
+        raise PixelDecodeError(
+            "no Transfer Syntax UID in the file meta, and the Pixel Data is encapsulated",
+            code=ErrorCode.UNSUPPORTED_TRANSFER_SYNTAX,
+        )
+    return native
+
+
+_NATIVE_SYNTAXES: dict[tuple[bool | None, bool | None], str] = {
+    (True, True): uid.ImplicitVRLittleEndian,
+    (False, True): uid.ExplicitVRLittleEndian,
+    (False, False): uid.ExplicitVRBigEndian,
+}
+
+
+def _is_encapsulated(ds: Dataset) -> bool:
+    element = ds.get_item(PIXEL_DATA_TAG)
+    if element is None:
+        return False
+    if isinstance(element, RawDataElement):
+        return element.length == UNDEFINED_LENGTH
+    return bool(element.is_undefined_length)
+
+
+def _decoder(syntax: str) -> Decoder | None:
+    """pydicom's decoder for ``syntax``; for one pydicom has none for (JPEG XL, deflated
+    image frames), the imagecodecs plugin's own."""
+    try:
+        return get_decoder(syntax)
+    except NotImplementedError:
+        return imagecodecs_plugin.own_decoder(syntax)
+
+
+# What pydicom needs to decode, each Type 1 in the Image Pixel module (PS3.3 C.7.6.3).
+_REQUIRED = ("Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated")
+_REQUIRED_FOR_INTEGERS = ("BitsStored", "PixelRepresentation")
+
+
+def _check_pixel_module(ds: Dataset) -> None:
+    """Name the attribute an image lacks, and refuse empty Pixel Data, before decoding."""
+    keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
+    if keyword is None:
+        raise PixelDecodeError("no Pixel Data", code=ErrorCode.UNSUPPORTED_PIXELS)
+    required = _REQUIRED + (_REQUIRED_FOR_INTEGERS if keyword == "PixelData" else ())
+    for name in required:
+        if ds.get(name) in (None, ""):
+            raise PixelDecodeError(
+                f"the Image Pixel module lacks {name}", code=ErrorCode.UNSUPPORTED_PIXELS
+            )
+    if not ds.get(keyword):
+        raise PixelDecodeError(f"{keyword} is empty", code=ErrorCode.DECODE_FAILED)
+
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def _pixel_array(ds: Dataset, decoder: Decoder) -> np.ndarray:
+    """pydicom's decode, with the imagecodecs plugin where it applies.
+
+    Where that plugin is faster and gives the same arrays it is asked first, then
+    pydicom's own backends if it fails; elsewhere pydicom's backends come first and
+    the plugin, when registered for the syntax, is their last resort (pydicom tries
+    its plugins in the order they were added). The decoder is asked directly, as
+    ``Dataset.pixel_array`` asks it, minus that property's caching bookkeeping (a
+    quarter millisecond a slice).
+
+    Values beyond Bits Stored (a 12-bit JPEG stream under Bits Stored 10) are
+    masked to Bits Stored, as pydicom masks them for every syntax but JPEG 2000 and
+    JPEG-LS (its ``correct_unused_bits``; PS3.5 8.1.1 leaves the bits above High Bit
+    out of the value) and as DCMTK's ``dcmdjpeg`` does. The stream's precision says
+    how to decode it (PS3.5 8.2.1), Bits Stored what the value is. The tests compare
+    with both.
+    """
+    registered = imagecodecs_plugin.register(decoder.UID)
+    if registered and imagecodecs_plugin.is_preferred(decoder.UID):
         try:
             return decoder.as_array(ds, decoding_plugin=imagecodecs_plugin.LABEL)[0]
         except (ValueError, RuntimeError):

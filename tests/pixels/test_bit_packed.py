@@ -36,6 +36,14 @@ def _bit_packed() -> list[Path]:
 
 
 FILES = _bit_packed()
+# pydicom 3.0 decodes neither RLE nor deflated image frames of Bits Allocated 1 (and in
+# this process it may fall back on dicomflow's own plugin): their reference is
+# pydicom's decode of the same pixels stored natively.
+NATIVE_TWINS = {
+    "liver_rle.dcm": "liver.dcm",
+    "liver_nonbyte_aligned_rle.dcm": "liver_nonbyte_aligned.dcm",
+    "liver_deflate.dcm": "liver.dcm",
+}
 
 
 def _id(path: Path) -> str:
@@ -62,8 +70,9 @@ def test_bit_packed_frames_equal_pydicoms_pixel_array(path: Path) -> None:
         warnings.simplefilter("ignore")
         ds = pydicom.dcmread(path)
         assert ds.BitsAllocated == 1
-        expected = _pydicom_frames(ds)
-    if expected is None:  # e.g. Deflated Image Frame Compression: pydicom 3.0 has no decoder
+        twin = NATIVE_TWINS.get(path.name)
+        expected = _pydicom_frames(pydicom.dcmread(path.with_name(twin)) if twin else ds)
+    if expected is None:
         with pytest.raises(PixelDecodeError):
             decode(ds)
         return

@@ -8,7 +8,6 @@ import json
 import shutil
 import struct
 import subprocess
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,10 @@ import pytest
 import zarr
 from distributed import Client
 from pydicom.data import get_testdata_file
-from pydicom.pixels import apply_modality_lut
 
 import dicomflow
 from tests.conftest import CORPUS, IN_CI, PYDICOM_TEST_FILES, require
+from tests.pixels.references import CODEC_ONLY, key, reference_frames
 
 
 def _sources() -> list[str]:
@@ -48,61 +47,25 @@ def _instances(lake: Path) -> list[dict[str, Any]]:
     return [r for r in table.to_pylist() if r["zarr_path"]]
 
 
-def _functional_group_rescale(ds: pydicom.Dataset, frames: np.ndarray) -> np.ndarray | None:
-    """Enhanced multi-frame: each frame's Pixel Value Transformation (per frame, else
-    shared), which pydicom's apply_modality_lut does not apply; None if there is none."""
-
-    def transform(group: pydicom.Dataset) -> tuple[float, float] | None:
-        items = group.get("PixelValueTransformationSequence")
-        if not items or "RescaleSlope" not in items[0]:
-            return None
-        return float(items[0].RescaleSlope), float(items[0].RescaleIntercept)
-
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    shared_value = transform(shared[0]) if shared else None
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
-    values = [
-        (transform(per_frame[i]) if i < len(per_frame) else None) or shared_value
-        for i in range(len(frames))
-    ]
-    if any(v is None for v in values):
-        return None
-    return np.stack(
-        [
-            frame.astype(np.float64) * v[0] + v[1]
-            for frame, v in zip(frames, values, strict=True)
-            if v
-        ]
-    )
-
-
-def _expected(source: str) -> np.ndarray:
-    """pydicom's decode, frames first, with the Modality LUT (or functional-group rescale)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(source)
-        array = ds.pixel_array
-    frames = array[np.newaxis] if int(ds.get("NumberOfFrames") or 1) == 1 else array
-    if "RescaleSlope" in ds or "ModalityLUTSequence" in ds:
-        return apply_modality_lut(frames, ds)
-    rescaled = _functional_group_rescale(ds, frames)
-    return frames if rescaled is None else rescaled
-
-
-def test_every_written_frame_equals_pydicoms_decode(pixel_lake: Path) -> None:
-    rows = _instances(pixel_lake)
+def test_every_written_frame_equals_pydicoms_decode(pixel_lake: Path, tmp_path: Path) -> None:
+    """pydicom's decode plus the Modality LUT, from a process without dicomflow's plugin
+    (or, where pydicom decodes nothing, the reference tests/pixels/references.py names)."""
+    rows = [r for r in _instances(pixel_lake) if key(Path(r["source"])) not in CODEC_ONLY]
     assert len(rows) > 100 if CORPUS.exists() else len(rows) > 30
+    references = reference_frames([Path(r["source"]) for r in rows], tmp_path)
     mismatched = []
-    for row in rows:
+    for row, expected in zip(rows, references, strict=True):
         array = zarr.open_group(str(pixel_lake / row["zarr_path"]), mode="r")["0"]
         frames = row["number_of_frames"] or 1
         ours = array[row["frame_index"] : row["frame_index"] + frames]
-        expected = _expected(row["source"])
+        if isinstance(expected, str):
+            mismatched.append(f"{Path(row['source']).name}: no reference ({expected})")
+            continue
         # Lossless and lossy alike: the same pydicom backend decoded both, so exact.
         if ours.shape != expected.shape or not np.array_equal(
             ours.astype(np.float64), expected.astype(np.float64)
         ):
-            mismatched.append(Path(row["source"]).name)
+            mismatched.append(f"{Path(row['source']).name}: {ours.shape} {expected.shape}")
     assert mismatched == []
 
 

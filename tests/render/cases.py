@@ -57,15 +57,11 @@ DCMTK_CANNOT_READ = {
 }
 
 # dicomflow.pixels.decode cannot decode these (a decode matter, not rendering):
-# pylibjpeg and GDCM reject these 12-bit JPEG Extended streams (misplaced SOS
-# parameters); DCMTK's IJG decoder is lenient. The test checks they still fail
-# cleanly with PixelDecodeError, so a fix in decode shows up here.
-DECODE_CANNOT_READ = {
-    "pydicom__pydicom/test_files/JPEG-lossy.dcm": "12-bit JPEG Extended, invalid SOS",
-    "robyoung__dicom-test-files/JPLY/MG1_JPLY": "12-bit JPEG Extended, invalid SOS",
-    "robyoung__dicom-test-files/JPLY/MR1_JPLY": "12-bit JPEG Extended, invalid SOS",
-    "robyoung__dicom-test-files/JPLY/RG3_JPLY": "12-bit JPEG Extended, invalid SOS",
-}
+# Files decode cannot read although DCMTK renders them; the test checks they still
+# fail cleanly with PixelDecodeError, so a fix in decode shows up here. (The 12-bit
+# JPEG Extended streams whose SOS parameters pylibjpeg and GDCM reject were here:
+# decode now falls back on libjpeg-turbo, lenient as DCMTK's IJG decoder.)
+DECODE_CANNOT_READ: dict[str, str] = {}
 
 # Where we agree on the window but the decoded values differ: (reason, mean, max).
 CT0012_LOSSY = "cornerstonejs__dicomParser/encapsulated/multi-frame/" + (
