@@ -437,13 +437,27 @@ def request_commitment(
 
 
 def open_series(
-    lake: str | Lake, series_uid: str, *, stack: str | None = None, as_numpy: bool = False
+    lake: str | Lake,
+    series_uid: str,
+    *,
+    stack: str | None = None,
+    level: int = 0,
+    as_numpy: bool = False,
 ) -> Any:
-    """Open one stack of a series written by ``ingest --pixels``.
+    """Open one stack of a series written by ``ingest --pixels`` (its largest stack, or
+    the one named ``stack``; pyramid ``level`` 0 is full resolution, -1 the coarsest).
 
-    Returns a lazy, dask-backed ``xarray.DataArray`` with ``z``/``y``/``x``
-    coordinates in millimetres along the stack's axes (and the affine, units and
-    UIDs in ``attrs``); with ``as_numpy=True`` returns ``(numpy array, affine)``.
+    Returns a lazy, dask-backed ``xarray.DataArray`` whose dimensions are the stored
+    array's (``z``, ``y``, ``x``, and ``c`` for colour). ``z``, ``y`` and ``x`` are in
+    millimetres from the patient origin along the stack's own axes (the OME
+    ``translation + index * scale``: for an axial stack, the S, P and L of each pixel
+    centre), or in pixels when the stack has no geometry. ``position_L``/``_P``/``_S``
+    give each slice's first pixel centre in patient space (LPS, mm; the slice's Image
+    Position (Patient) at level 0) and ``SOPInstanceUID`` its instance. ``attrs`` hold
+    the ``affine`` (index (z, y, x) to LPS mm), ``spatial_units``, ``spacing``,
+    ``ImageOrientationPatient``, ``FrameOfReferenceUID`` (when known), the value
+    ``units`` and the QC flags (see the lake page of the docs). With ``as_numpy=True``
+    returns ``(numpy array, affine)`` instead: the level's array as stored, and its affine.
     """
     from dicomflow.pixels.open import open_stack
 
@@ -451,6 +465,7 @@ def open_series(
         read_lake(lake) if isinstance(lake, str) else lake,
         series_uid,
         stack=stack,
+        level=level,
         as_numpy=as_numpy,
     )
 

@@ -72,7 +72,7 @@ class SeriesView:
     def thumbnail(self, *, index: int | None = None, size: int = THUMBNAIL_SIZE) -> Picture:
         """Slice ``index`` (the middle one by default), longest side ``size`` pixels."""
         volume = self.open()
-        count = int(volume.shape[0])
+        count = int(volume.sizes["z"])
         index = count // 2 if index is None else index
         if not 0 <= index < count:
             raise ConfigError(f"slice {index} is outside the stack's {count} slices")
@@ -92,11 +92,12 @@ class SeriesView:
         if columns < 1 or size < 1 or max_frames < 1:
             raise ConfigError("columns, size and max_frames must be positive")
         volume = self.open()
-        indices = spread(int(volume.shape[0]), max_frames)
+        indices = spread(int(volume.sizes["z"]), max_frames)
         images = [fit(i, size) for i in display_images(self.lake, volume, indices)]
         z = volume.coords["z"].values
-        placed = "missing_geometry" not in (volume.attrs.get("qc_flags") or ())
-        captions = [f"{i}  {float(z[i]):.1f} mm" if placed else f"{i}" for i in indices]
+        units = volume.attrs.get("spatial_units")
+        placed = units != "pixel" and "missing_geometry" not in volume.attrs.get("qc_flags", ())
+        captions = [f"{i}  {float(z[i]):.1f} {units}" if placed else f"{i}" for i in indices]
         return picture(
             grid(images, columns=columns, size=size, captions=captions if labels else None)
         )
@@ -161,7 +162,8 @@ def spread(count: int, most: int) -> list[int]:
 def display_images(lake: Lake, volume: Any, indices: list[int]) -> list[np.ndarray]:
     """Slices ``indices`` of ``volume`` as uint8 grey or RGB images under one window."""
     attrs: dict[str, Any] = dict(open_stack_group(lake.layout, volume.attrs["zarr_path"]).attrs)
-    values = np.asarray(volume.isel(z=indices).values)
+    # slices first and colour samples last, however the stack stores them
+    values = np.asarray(volume.isel(z=indices).transpose("z", "y", "x", ...).values)
     photometric = str(attrs.get("photometric_interpretation") or "")
     palette = attrs.get("palette")
     if palette and values.ndim == 3:
