@@ -144,6 +144,7 @@ def ingest_spec(
     retries: int = 2,
     frames_per_chunk: int = 1,
     expand_palette: bool = False,
+    pyramid: bool = False,
     inline_binary_limit: int = 1024,
     operators: Sequence[OperatorConfig] = (),
     incremental: bool = False,
@@ -174,7 +175,9 @@ def ingest_spec(
     steps.append(FlattenOperator(inline_binary_limit=inline_binary_limit))
     if pixels:
         steps.append(
-            PixelsOperator(frames_per_chunk=frames_per_chunk, expand_palette=expand_palette)
+            PixelsOperator(
+                frames_per_chunk=frames_per_chunk, expand_palette=expand_palette, pyramid=pyramid
+            )
         )
     steps.extend(operators)
     lake_options = storage_options if out_storage_options is None else out_storage_options

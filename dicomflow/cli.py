@@ -394,6 +394,11 @@ def scan(
     help="With --pixels: write PALETTE COLOR images as RGB (default: indices + palette).",
 )
 @click.option(
+    "--pyramid",
+    is_flag=True,
+    help="With --pixels: resolution levels for volumes too (2-D images over 2048 px get them).",
+)
+@click.option(
     "--anonymize", is_flag=True, help="De-identify (PS3.15 Annex E) before any output is made."
 )
 @click.option(
@@ -473,6 +478,7 @@ def ingest(
     pixels: bool,
     frames_per_chunk: int,
     expand_palette: bool,
+    pyramid: bool,
     anonymize: bool,
     write_dicom: bool,
     queries: tuple[str, ...],
@@ -567,6 +573,7 @@ def ingest(
             send_to=send_to,
             frames_per_chunk=frames_per_chunk,
             expand_palette=expand_palette,
+            pyramid=pyramid,
             operators=[*render, *_sr_operators(sr)],
         )
     )

@@ -103,7 +103,7 @@ def _normal(orientation: Sequence[float]) -> np.ndarray:
 def assemble(group: Sequence[SliceInfo]) -> Stack:
     """Order one stack along its normal and derive spacing, affine and QC flags."""
     first = group[0]
-    flags: list[str] = []
+    flags: list[str] = [] if first.pixel_spacing else ["missing_pixel_spacing"]
     geometric = all(s.orientation and s.position and len(s.orientation) == 6 for s in group)
     if not geometric:
         flags.append("missing_geometry")

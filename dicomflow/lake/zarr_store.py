@@ -1,11 +1,13 @@
 """Write one stack as an OME-Zarr 0.5 image, atomically, under validated UID path components.
 
 Layout: ``<lake>/pixels.zarr/<StudyInstanceUID>/<SeriesInstanceUID>/<stack>/`` is a
-Zarr v3 group holding the OME ``multiscales`` metadata and one array ``0``
-shaped (frames, rows, cols[, samples]), chunked per frame, compressed with
-Blosc-LZ4. In a local lake the group is built in a hidden temporary directory
-(workers may fill disjoint frame ranges of it in parallel) and renamed into
-place, so readers never see a half-written stack.
+Zarr v3 group holding the OME ``multiscales`` metadata and the array ``0`` shaped
+(z, y, x), or (c, z, y, x) for colour, compressed with Blosc-LZ4 (large 2-D images
+add pyramid levels ``1``, ``2``…). The array is sharded along z: each frame is its
+own inner chunk, and a shard of many frames is one file or object, written whole
+by one task (:class:`ShardWriter`, :mod:`dicomflow.lake.shards`). In a local lake
+the group is built in a hidden temporary directory and renamed into place, so
+readers never see a half-written stack.
 
 Object stores (``s3://``, ``gs://``, ``az://``, ``memory://``) have no rename. There
 a stack is written straight to its final prefix, after any previous version is
@@ -17,8 +19,10 @@ being replaced is therefore briefly absent from a bucket lake, never mixed.
 from __future__ import annotations
 
 import hashlib
+import math
 import shutil
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +118,42 @@ def stack_temporary(layout: LakeLayout, location: StackLocation, run_id: str | N
     return str(final.parent / f".{final.name}.{token}.tmp")
 
 
+def stack_shape(frames: int, frame_shape: Sequence[int]) -> tuple[int, ...]:
+    """The array shape of ``frames`` frames shaped ``frame_shape`` as decoded ((rows, cols)
+    or (rows, cols, samples)): channels first, as OME-Zarr 0.5 orders its axes."""
+    if len(frame_shape) == 3:
+        return (frame_shape[2], frames, frame_shape[0], frame_shape[1])
+    return (frames, *frame_shape)
+
+
+def decoded_frame_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """The shape of one frame as decoded ((rows, cols[, samples])) of a stack shaped
+    ``shape``: the inverse of :func:`stack_shape`."""
+    return tuple(shape[1:]) if len(shape) == 3 else (shape[2], shape[3], shape[0])
+
+
+def frame_axis(ndim: int) -> int:
+    """The axis of a stack's array that counts frames (z): after the channels, if any."""
+    return ndim - 3
+
+
+def dimension_names(ndim: int) -> list[str]:
+    return ["c", "z", "y", "x"][4 - ndim :]
+
+
+SHARD_BYTES = 64 << 20  # a shard holds about this much decoded data (at least a chunk)
+
+
+def frames_per_shard(shape: Sequence[int], dtype: np.dtype, frames_per_chunk: int = 1) -> int:
+    """How many frames (z) a shard of a stack shaped ``shape`` holds: a multiple of the
+    chunk, about :data:`SHARD_BYTES` of decoded data, never more than the stack."""
+    axis = frame_axis(len(shape))
+    frame_bytes = int(np.prod([n for i, n in enumerate(shape) if i != axis])) * dtype.itemsize
+    chunks = max(1, SHARD_BYTES // max(1, frame_bytes * frames_per_chunk))
+    frames = shape[axis]
+    return min(chunks * frames_per_chunk, math.ceil(frames / frames_per_chunk) * frames_per_chunk)
+
+
 def create_temporary_stack(
     layout: LakeLayout,
     location: StackLocation,
@@ -123,37 +163,37 @@ def create_temporary_stack(
     frames_per_chunk: int = 1,
     run_id: str | None = None,
 ) -> str:
-    """Create the stack's group and empty array in a hidden temporary directory; return it.
+    """Create the stack's group and empty array where it is built (see
+    :func:`stack_temporary`), replacing whatever is there; return that place.
 
-    Workers fill the array (disjoint frame ranges, one chunk per frame), then
-    :func:`commit_stack` renames it into place. With ``run_id`` the stack is
-    stamped with the run (attribute ``run_id``, kept by the commit): a plan
-    recomputed after its worker died (while the decode-and-write shares of the
-    first attempt finished, still run, or even after the commit) finds its own
-    stack and keeps the frames written into it. Anything else at the place, such
-    as a killed earlier run's temporary or, in a bucket, the previous version
-    committed by another run, is replaced.
+    The array is sharded along z (:func:`frames_per_shard`), each inner chunk
+    ``frames_per_chunk`` frames: one shard is one file or object, and reading a frame
+    reads its chunk only. With ``run_id`` the stack is stamped with the run
+    (attribute ``run_id``, kept by the commit), so that a task computed again after
+    its commit finds the stack its run committed (:func:`committed_array`).
     """
     _ensure_groups(layout, location)
     temporary = stack_temporary(layout, location, run_id)
-    chunks = (frames_per_chunk, *shape[1:])
-    if run_id is not None and _building(temporary, layout, run_id, shape, chunks, dtype):
-        return temporary
-    if not layout.is_local():
-        discard_stack(temporary, layout)
+    axis = frame_axis(len(shape))
+    chunks = tuple(frames_per_chunk if i == axis else n for i, n in enumerate(shape))
+    shards = tuple(
+        frames_per_shard(shape, dtype, frames_per_chunk) if i == axis else n
+        for i, n in enumerate(shape)
+    )
+    discard_stack(temporary, layout)  # a killed attempt's leftovers, or the previous version
     try:
         group = open_stack_group(layout, temporary, mode="w")
         group.create_array(
             "0",
             shape=shape,
             chunks=chunks,
+            shards=shards,
             dtype=dtype,
             compressors=[_compressor()],
             fill_value=0,
-            # "c.7.0.0", not "c/7/0/0": one file per chunk and no directories, whose
-            # creation cost more than encoding the frame (two mkdirs per chunk)
+            # "c.7.0.0", not "c/7/0/0": no directory per shard
             chunk_key_encoding={"name": "default", "separator": "."},
-            dimension_names=["z", "y", "x", "c"][: len(shape)],
+            dimension_names=dimension_names(len(shape)),
         )
         if run_id is not None:
             group.attrs.put({RUN_ID: run_id})
@@ -164,24 +204,6 @@ def create_temporary_stack(
 
 
 RUN_ID = "run_id"  # attribute: the run that wrote the stack (and is writing it, before commit)
-
-
-def _building(
-    location: str,
-    layout: LakeLayout,
-    run_id: str,
-    shape: tuple[int, ...],
-    chunks: tuple[int, ...],
-    dtype: np.dtype,
-) -> bool:
-    """Whether ``location`` holds the stack this run is building, with this very array."""
-    array = _array_of_run(layout, location, run_id)
-    return (
-        array is not None
-        and tuple(array.shape) == tuple(shape)
-        and tuple(array.chunks) == chunks
-        and array.dtype == np.dtype(dtype)
-    )
 
 
 def _array_of_run(layout: LakeLayout, location: str, run_id: str) -> zarr.Array | None:
@@ -206,9 +228,15 @@ def _compressor() -> BloscCodec:
     return BloscCodec(**COMPRESSOR)  # type: ignore[arg-type]
 
 
+def as_chunk(frames: np.ndarray) -> np.ndarray:
+    """Frames as decoded ((n, rows, cols[, samples])) in the stacks' axis order."""
+    return np.moveaxis(frames, -1, 0) if frames.ndim == 4 else frames
+
+
 class ChunkEncoder:
-    """One frame as the bytes of its Zarr chunk (the stacks' Blosc codec), or None for an
-    all-zero frame, which zarr leaves unwritten (the fill value)."""
+    """Frames as the bytes of their Zarr chunk (the stacks' Blosc codec, the same bytes
+    zarr writes: a test checks), or None for all-zero frames, which zarr leaves
+    unwritten (the fill value); and back."""
 
     def __init__(self) -> None:
         self.codec = numcodecs.Blosc(
@@ -217,74 +245,62 @@ class ChunkEncoder:
             shuffle=numcodecs.Blosc.BITSHUFFLE,
         )
 
-    def __call__(self, frame: np.ndarray) -> bytes | None:
-        if not frame.any():
+    def __call__(self, frames: np.ndarray) -> bytes | None:
+        """``frames`` as decoded, (n, rows, cols[, samples]): one chunk's worth."""
+        if not frames.any():
             return None
-        data: bytes = self.codec.encode(np.ascontiguousarray(frame))
+        data: bytes = self.codec.encode(np.ascontiguousarray(as_chunk(frames)))
         return data
 
+    def decode(self, data: bytes | None, dtype: np.dtype, shape: Sequence[int]) -> np.ndarray:
+        """The frames (as decoded, shaped ``shape``) that :meth:`__call__` encoded."""
+        if data is None:
+            return np.zeros(shape, dtype)
+        chunk_shape = stack_shape(shape[0], shape[1:])
+        chunk = np.frombuffer(self.codec.decode(data), dtype).reshape(chunk_shape)
+        return np.moveaxis(chunk, 0, -1) if len(shape) == 4 else chunk
 
-class FrameWriter:
-    """Write whole frames of a stack being built, one Zarr chunk per frame.
 
-    With one frame per chunk, each frame is Blosc-encoded and written straight
-    to its chunk file: the same bytes zarr itself writes (a test checks this),
-    without zarr's per-chunk overhead, which dominated the write time. Frames
-    that are all zero are skipped, as zarr skips chunks equal to the fill
-    value. Other chunkings go through zarr's own API.
-    """
+class ShardWriter:
+    """Writes whole shards (:mod:`dicomflow.lake.shards`) of one stack being built: one
+    file, or one PUT in a bucket, each."""
 
     def __init__(self, temporary: str, layout: LakeLayout) -> None:
-        self.array = open_temporary_array(temporary, layout)
-        self.direct = self.array.chunks[0] == 1
-        self.fs = None if layout.is_local() else layout.filesystem()[0]
-        self.root = f"{temporary}/0"
-        metadata = self.array.metadata
+        array = open_stack_group(layout, temporary, mode="r")["0"]
+        assert isinstance(array, zarr.Array)
+        metadata = array.metadata
         assert isinstance(metadata, ArrayV3Metadata)  # stacks are always Zarr v3
+        self.axis = frame_axis(array.ndim)
+        self.ndim = array.ndim
         self.keys = metadata.chunk_key_encoding
-        self.folders: set[Path] = set()  # chunk folders known to exist
-        self.encode = ChunkEncoder()
+        self.root = f"{temporary}/0"
+        self.fs = None if layout.is_local() else layout.filesystem()[0]
 
-    def place(self, frame: int, chunk: Path) -> None:
-        """Move ``chunk``, a file already encoded as this stack's chunks are (same codec,
-        same dtype), into ``frame``'s place (local stacks, one frame per chunk). A chunk
-        already in place and its source gone (a plan computed again) counts as placed."""
-        if self.fs is not None or not self.direct:
-            raise SinkError("pre-encoded chunks are placed only in local one-frame chunks")
-        position = (frame, *(0 for _ in self.array.shape[1:]))
-        target = Path(f"{self.root}/{self.keys.encode_chunk_key(position)}")
-        try:
-            chunk.replace(target)
-        except FileNotFoundError:
-            if not target.exists():
-                raise
-
-    def write(self, start: int, frames: np.ndarray) -> None:
-        frames = frames.astype(self.array.dtype, copy=False)
-        if not self.direct:
-            self.array[start : start + len(frames)] = frames
-            return
-        for offset, frame in enumerate(frames):
-            data = self.encode(frame)
-            if data is None:
-                continue
-            position = (start + offset, *(0 for _ in self.array.shape[1:]))
-            key = f"{self.root}/{self.keys.encode_chunk_key(position)}"
-            if self.fs is not None:
-                self.fs.pipe_file(key, data)
-                continue
-            chunk = Path(key)
-            if chunk.parent not in self.folders:
-                chunk.parent.mkdir(parents=True, exist_ok=True)
-                self.folders.add(chunk.parent)
-            chunk.write_bytes(data)
+    def __call__(self, number: int, data: bytes) -> None:
+        """Write shard ``number`` (counted along z)."""
+        position = tuple(number if i == self.axis else 0 for i in range(self.ndim))
+        key = f"{self.root}/{self.keys.encode_chunk_key(position)}"
+        if self.fs is None:
+            Path(key).write_bytes(data)
+        else:
+            self.fs.pipe_file(key, data)
 
 
-def open_temporary_array(temporary: str, layout: LakeLayout) -> zarr.Array:
-    """The array of a stack being written (from any worker that sees the lake)."""
-    array = open_stack_group(layout, temporary, mode="r+")["0"]
-    assert isinstance(array, zarr.Array)
-    return array
+def write_level(temporary: str, layout: LakeLayout, level: int, data: np.ndarray) -> None:
+    """Write pyramid level ``level`` (array ``"<level>"``, in the stacks' axis order) of
+    the stack being built at ``temporary``: one chunk, small by construction."""
+    group = open_stack_group(layout, temporary, mode="r+")
+    array = group.create_array(
+        str(level),
+        shape=data.shape,
+        chunks=data.shape,
+        dtype=data.dtype,
+        compressors=[_compressor()],
+        fill_value=0,
+        chunk_key_encoding={"name": "default", "separator": "."},
+        dimension_names=dimension_names(data.ndim),
+    )
+    array[...] = data
 
 
 def commit_stack(
@@ -295,22 +311,25 @@ def commit_stack(
     spacing: tuple[float, float, float],
     affine: np.ndarray,
     attributes: dict[str, Any],
+    shape: tuple[int, ...],
     run_id: str | None = None,
-    shape: tuple[int, ...] | None = None,
+    levels: int = 1,
+    units: Sequence[str | None] = ("millimeter",) * 3,
 ) -> None:
-    """Write the stack's attributes and rename it into place, replacing any previous one
-    (``shape``, when the caller knows it, spares reopening the array for it).
+    """Write the stack's attributes (the OME metadata naming its ``levels`` and the
+    ``units`` of its z, y and x axes, None for pixels) and rename it into place,
+    replacing any previous one.
 
     Safe to repeat within a run: a retried commit (say the ledger commit after it
     failed, or the whole series task after its worker died) finds the final stack
-    stamped with ``run_id`` and only removes what a recomputed plan started again.
+    stamped with ``run_id`` and only removes what was started again.
     """
     stamp = {RUN_ID: run_id} if run_id is not None else {}
+    ome = ome_multiscales(spacing, affine, channels=len(shape) == 4, levels=levels, units=units)
     if not layout.is_local():  # written in place: the attributes are the commit
         try:
             group = open_stack_group(layout, temporary, mode="r+")
-            shape = shape or open_temporary_array(temporary, layout).shape
-            group.attrs.put(_stack_attributes({**attributes, **stamp}, spacing, affine, shape))
+            group.attrs.put(_stack_attributes({**attributes, **stamp}, affine, ome))
         except (OSError, zarr.errors.GroupNotFoundError) as exc:
             raise SinkError(f"cannot commit a pixel stack ({type(exc).__name__})") from exc
         return
@@ -321,8 +340,7 @@ def commit_stack(
         return
     try:
         group = zarr.open_group(str(staged), mode="r+")
-        shape = shape or open_temporary_array(temporary, layout).shape
-        group.attrs.put(_stack_attributes({**attributes, **stamp}, spacing, affine, shape))
+        group.attrs.put(_stack_attributes({**attributes, **stamp}, affine, ome))
         if final.exists():
             # ``.tmp`` at the end: the next run sweeps it if we die before the rmtree
             trash = final.parent / f".{final.name}.{uuid.uuid4().hex}.old.tmp"
@@ -339,16 +357,13 @@ def commit_stack(
 
 
 def _stack_attributes(
-    attributes: dict[str, Any],
-    spacing: tuple[float, float, float],
-    affine: np.ndarray,
-    shape: tuple[int, ...],
+    attributes: dict[str, Any], affine: np.ndarray, ome: dict[str, Any]
 ) -> dict[str, Any]:
     return {
         **attributes,
         "affine": np.asarray(affine, float).tolist(),
         "schema_version": ZARR_SCHEMA_VERSION,
-        "ome": ome_multiscales(spacing, affine, channels=len(shape) == 4),
+        "ome": ome,
     }
 
 

@@ -1,13 +1,14 @@
 """The ``write_pixels`` operator: decode a series, assemble its stacks, write them as OME-Zarr.
 
-The batch is one series. This operator runs the three phases of
+The batch is one series. This operator runs the steps of
 :mod:`dicomflow.pixels.series_writer` back to back in one process; the ingest
-pipeline runs the same phases as separate tasks so a long series is decoded
-by several workers at once.
+pipeline spreads the decoding over several tasks, so a long series is decoded by
+several workers at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -26,11 +27,11 @@ from dicomflow.pixels.series_writer import (
     STAGE,
     PixelOptions,
     commit_series,
+    encode_images,
     has_image_row,
-    pixel_work,
-    plan_series,
-    write_items,
+    write_series,
 )
+from dicomflow.pixels.slices import slice_infos
 from dicomflow.records import Batch, InstanceRecord
 from dicomflow.schemas import SERIES_SCHEMA_VERSION, series_schema
 from dicomflow.schemas.spec import PixelsOperator
@@ -60,13 +61,16 @@ class WritePixels:
                 run.source_storage_options,
                 frames_per_chunk=config.frames_per_chunk,
                 expand_palette=config.expand_palette,
+                pyramid=config.pyramid,
             )
         )
 
     def __call__(self, batch: Batch) -> Batch:
-        plan = plan_series(batch, self.options)
-        shares = [write_items(pixel_work(plan), 0, 1, self.options)]
-        return commit_series(plan, shares, batch.context, self.options)
+        infos = slice_infos(batch.records)
+        encoded = encode_images(batch.records, infos, self.options)
+        records = [dataclasses.replace(r, header=None) for r in batch.records]
+        plan = write_series(records, encoded, self.options, batch.context.run_id, infos)
+        return commit_series(plan, batch.context, self.options)
 
 
 @dataclass(frozen=True)

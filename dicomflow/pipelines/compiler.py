@@ -259,6 +259,7 @@ def compile_spec(spec: PipelineSpec, resources: Resources | None = None) -> Comp
         pixels=pixels is not None,
         frames_per_chunk=pixels.frames_per_chunk if pixels else 1,
         expand_palette=pixels.expand_palette if pixels else False,
+        pyramid=pixels.pyramid if pixels else False,
         operators=tuple(instance_ops),
         tables=tuple(tables),
         columns=tuple(columns),

@@ -2,18 +2,16 @@
 
 Two stages in one run. First every input's header is read, in partitions, to
 learn its series (a few hundred microseconds a file). Then each series becomes
-a small graph (:mod:`.series_tasks`): several tasks read its headers again,
-flatten them and (in a local lake) decode its images into scratch folders, and
-one task places the decoded frames into their chunks and commits the
-``instances``, ``series`` and ``errors`` parts of that series. In a bucket lake,
-or with several frames per chunk, a plan is followed by decode-and-write shares
-instead (:mod:`dicomflow.pixels.series_writer`, :mod:`dicomflow.pixels.early`).
-Inputs with no series (errors, files without a SeriesInstanceUID) are committed
-by ordinary scan partitions.
+a small graph (:mod:`.series_tasks`): several tasks read its headers again, run
+the metadata operators and decode and encode its images, and one task writes its
+stacks, a shard at a time, and commits the ``instances``, ``series`` and
+``errors`` parts of that series (:mod:`dicomflow.pixels.series_writer`); small
+series share that task. Inputs with no series (errors, files without a
+SeriesInstanceUID) are committed by ordinary scan partitions.
 
 When the lake holds nothing of this configuration yet, the first stage does the
-reading, flattening and decoding itself and the files are read once
-(:mod:`.read_once`); the outputs are the same.
+reading tasks' work itself and the files are read once (:mod:`.read_once`); the
+series' graph and the outputs are the same.
 """
 
 from __future__ import annotations
@@ -46,8 +44,9 @@ from dicomflow.pipelines.pipeline import (
     task_key,
 )
 from dicomflow.pipelines.plan import Partition, PartitionPolicy, partition_named, plan_partitions
+from dicomflow.pipelines.read_once import MAX_BYTES as READ_ONCE_MAX_BYTES
 from dicomflow.pipelines.read_once import MAX_INPUTS as READ_ONCE_MAX_INPUTS
-from dicomflow.pipelines.read_once import Reading, place_series, submit_reading
+from dicomflow.pipelines.read_once import Reading, submit_reading, write_held_series
 from dicomflow.pipelines.report import write_report
 from dicomflow.pipelines.series_tasks import (
     commit_groups,
@@ -57,10 +56,7 @@ from dicomflow.pipelines.series_tasks import (
     small_series_graph,
 )
 from dicomflow.pipelines.sinks import LakeSink
-from dicomflow.pixels.early import applies as early_applies
-from dicomflow.pixels.series_writer import (
-    PixelOptions,
-)
+from dicomflow.pixels.series_writer import PixelOptions
 from dicomflow.records import RunContext, SourceRef
 
 
@@ -73,6 +69,7 @@ class IngestOptions:
     pixels: bool = True
     frames_per_chunk: int = 1
     expand_palette: bool = False
+    pyramid: bool = False
     operators: tuple[Operator, ...] = (Flatten(),)
     tables: tuple[TableOutput, ...] = ()  # declared by operators besides the built-ins
     columns: tuple[pa.Field, ...] = ()  # added to ``instances`` by operators
@@ -178,7 +175,7 @@ def run_ingest(
         stages.run(source, [], todo, summary)
         return finish(with_not_retrieved(summary, not_retrieved), layout, name, context, started)
 
-    if reads_once(options, stages.pixel_options(source), done, refs):
+    if reads_once(options, done, refs):
         reading = submit_reading(
             client,
             source,
@@ -234,18 +231,16 @@ def index_series(
     return group_by_series(index)
 
 
-def reads_once(
-    options: IngestOptions, pixels: PixelOptions, done: Committed, refs: Sequence[SourceRef]
-) -> bool:
-    """Whether the run reads each file once (:mod:`.read_once`): pixels decoded early,
-    nothing of this configuration in the lake yet, and few enough inputs to hold."""
+def reads_once(options: IngestOptions, done: Committed, refs: Sequence[SourceRef]) -> bool:
+    """Whether the run reads each file once (:mod:`.read_once`): nothing of this
+    configuration in the lake yet, and few and small enough inputs to hold."""
     return (
         options.read_once
         and options.pixels
-        and early_applies(pixels)
         and not done.by_identity
         and not done.by_name
         and len(refs) <= READ_ONCE_MAX_INPUTS
+        and sum(ref.size or 0 for ref in refs) <= READ_ONCE_MAX_BYTES
     )
 
 
@@ -299,7 +294,13 @@ def ingest_config(options: IngestOptions, anonymize: AnonymizeSettings | None) -
     if options.pixels:
         steps.setdefault(
             "pixels",
-            config_digest({"frames": options.frames_per_chunk, "palette": options.expand_palette}),
+            config_digest(
+                {
+                    "frames": options.frames_per_chunk,
+                    "palette": options.expand_palette,
+                    "pyramid": options.pyramid,
+                }
+            ),
         )
     if anonymize is not None:
         steps["anonymize"] = config_digest(anonymize.fingerprint())
@@ -338,6 +339,7 @@ class _Stages:
             source.storage_options,
             frames_per_chunk=self.options.frames_per_chunk,
             expand_palette=self.options.expand_palette,
+            pyramid=self.options.pyramid,
         )
 
     @property
@@ -369,16 +371,13 @@ class _Stages:
         def holder(refs: Sequence[SourceRef]) -> tuple[int, ...]:
             return reading.held_by(uid(refs)) if reading is not None else ()
 
-        if early_applies(pixel_options):  # small series share a commit
-            commits = commit_groups(series_groups, holder)
-        else:
-            commits = [[refs] for refs in series_groups]
+        commits = commit_groups(series_groups, holder)  # small series share a commit
         for number, group in enumerate(commits):
             part = partition_named(number, [ref for refs in group for ref in refs])
             if reading is not None:
                 uids = tuple(uid(refs) for refs in group)
                 graph = task(
-                    place_series,
+                    write_held_series,
                     reading.holding(*uids),
                     uids,
                     part,

@@ -1,18 +1,18 @@
-"""Ingest into a fresh local lake reading each file once.
+"""Ingest into a fresh lake reading each file once.
 
 The two-stage ingest (:mod:`.ingest`) reads every header twice: once to learn the
 series, then again in the series' reading tasks. When the lake holds nothing of
-this configuration yet (no rerun to skip inputs for) and the lake decodes early
-(:func:`dicomflow.pixels.early.applies`), the first pass can do everything instead:
-each task reads its files, flattens them and decodes their images into scratch
-folders, grouped by series, and keeps the result on its worker. The client learns
-the series from small lists, then one task per series (or per group of small series)
-takes its parts from those results, places the frames and commits
-(:func:`.series_tasks.place_and_commit_many`).
+this configuration yet (no rerun to skip inputs for), the first pass can do the
+reading tasks' work instead: each task reads its files, runs the metadata
+operators and decodes and encodes their images, grouped by series, and keeps the
+result on its worker. The client learns the series from small lists, then one
+task per series (or per group of small series) takes its parts from those results,
+writes the stacks and commits (:func:`.series_tasks.write_and_commit`): the
+series' graph is the one the two-stage path builds, fed by other reading tasks.
 
 Every result is held until the series are known, so this path is for runs of at
-most :data:`MAX_INPUTS` inputs; larger runs take the two-stage path, whose memory
-does not grow with the run.
+most :data:`MAX_INPUTS` inputs and :data:`MAX_BYTES` of files; larger runs take the
+two-stage path, whose memory does not grow with the run.
 """
 
 from __future__ import annotations
@@ -35,17 +35,17 @@ from dicomflow.pipelines.progress import Progress
 from dicomflow.pipelines.result_sizes import items_bytes
 from dicomflow.pipelines.series_tasks import (
     SeriesRows,
-    decoded_rows,
-    place_and_commit_many,
+    encoded_rows,
     series_of,
     series_rows_bytes,
+    write_and_commit,
 )
 from dicomflow.pipelines.sinks import LakeSink
-from dicomflow.pixels.early import scratch_folder
 from dicomflow.pixels.series_writer import PixelOptions
 from dicomflow.records import Batch, InstanceRecord, RunContext, SourceRef
 
 MAX_INPUTS = 5_000  # held at once: 5,000 small CT instances took 100 MB more in the workers
+MAX_BYTES = 1 << 30  # of listed files: their frames, encoded, are held until written
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,8 @@ def read_part(
     options: PixelOptions,
 ) -> ReadPart:
     """Task: read the partition's files once, run the metadata operators on those that
-    belong to a series and decode their images early, one scratch folder per series.
-    Inputs without a series are left to the run's scan partitions."""
+    belong to a series and decode and encode their images. Inputs without a series are
+    left to the run's scan partitions."""
     started = time.time()
     records = tuple(source.fetch(partition.refs))
     series = tuple(series_of(r.header.elements) if r.header else None for r in records)
@@ -83,13 +83,11 @@ def read_part(
         if uid is not None:
             members.setdefault(uid, []).append(record)
     rows = {}
-    for number, (uid, group) in enumerate(members.items()):
+    for uid, group in members.items():
         batch = Batch(tuple(group), context)
         for operator in operators:
             batch = operator(batch)
-        scratch = scratch_folder(options, f"{partition.name}-{number}", context.run_id)
-        chunks = tuple(f"{scratch}/{k}" for k in range(len(batch.records)))
-        rows[uid] = decoded_rows(started, batch.records, chunks, scratch, options)
+        rows[uid] = encoded_rows(started, batch.records, options)
     return ReadPart(series, rows)
 
 
@@ -98,7 +96,7 @@ def series_list(part: ReadPart) -> tuple[str | None, ...]:
     return part.series
 
 
-def place_series(
+def write_held_series(
     parts: Sequence[ReadPart],
     series: Sequence[str],
     partition: Partition,
@@ -106,11 +104,11 @@ def place_series(
     options: PixelOptions,
     sinks: Sequence[LakeSink],
 ) -> PartitionResult:
-    """Task: gather each series' rows from the reading tasks (in input order), place
-    their frames and commit them together (small series share a commit:
+    """Task: gather each series' rows from the reading tasks (in input order), write
+    their stacks and commit them together (small series share a commit:
     :func:`.series_tasks.commit_groups`)."""
     rows = [[part.rows[uid] for part in parts if uid in part.rows] for uid in series]
-    return place_and_commit_many(rows, partition, context, options, sinks)
+    return write_and_commit(rows, partition, context, options, sinks)
 
 
 SMALLEST_PART = 8
@@ -152,8 +150,7 @@ class Reading:
     def release(self) -> None:
         """Let Dask drop each reading task's result once its series tasks are done (called
         once they are submitted). Held on, a result lost with its worker would be computed
-        again even after every series it feeds was committed: a decode for nothing, whose
-        scratch folders could appear after the run's final sweep."""
+        again even after every series it feeds was committed: a decode for nothing."""
         for future in self.futures:
             future.release()
         self.futures.clear()

@@ -1,10 +1,11 @@
 """The tasks that turn one series into its stacks and table parts (see :mod:`.ingest`).
 
-A series is read by several tasks at once (:func:`read_rows`: headers, the metadata
-operators and, in a local lake, early decoding into a scratch folder), then planned
-and committed (:func:`place_and_commit_many`), or in a bucket lake (or with several
-frames per chunk) planned, decoded and written by shares, and committed
-(:mod:`dicomflow.pixels.series_writer`). :func:`series_graph` builds that graph.
+A series has one graph shape (:func:`series_graph`): several tasks read its headers,
+run the metadata operators and decode and encode its images (:func:`read_rows`), and
+one task writes its stacks, shard by shard, and commits them with the series' table
+parts (:func:`write_and_commit`). Small series share that last task
+(:func:`commit_groups`, :func:`small_series_graph`); a run that reads each file once
+(:mod:`.read_once`) feeds it the same reading results.
 """
 
 from __future__ import annotations
@@ -37,21 +38,12 @@ from dicomflow.pipelines.pipeline import PartitionResult, commit_batch, task, ta
 from dicomflow.pipelines.plan import Partition, partition_named
 from dicomflow.pipelines.result_sizes import items_bytes, mapping_bytes, records_bytes
 from dicomflow.pipelines.sinks import LakeSink
-from dicomflow.pixels.early import applies as early_applies
-from dicomflow.pixels.early import (
-    decode_to_scratch,
-    plan_decoded,
-    remove_scratch,
-    scratch_folder,
-)
 from dicomflow.pixels.series_writer import (
-    InstancePixels,
+    EncodedImage,
     PixelOptions,
-    SeriesPlan,
     commit_series,
-    pixel_work,
-    plan_series,
-    write_items,
+    encode_images,
+    write_series,
 )
 from dicomflow.pixels.slices import slice_infos
 from dicomflow.records import Batch, ErrorInfo, InstanceRecord, RunContext, SourceRef
@@ -89,24 +81,19 @@ INSTANCES_PER_SHARE = 32
 MAX_SHARES = 16
 
 
-ROWS_PER_TASK = 64
-
-
 @dataclass(frozen=True)
 class SeriesRows:
     """Some of a series' instances after the metadata operators, headers dropped (they
-    stay on the worker that read them; the flattened rows travel to the plan, or, when
-    the series is decoded early, the ``table`` of those rows, the records keeping only
-    what the commit reads: :func:`.instance_rows.slimmed`), and what became of each
-    image. Indices (of ``decoded``, of ``infos``) are positions in ``records``; frame
-    ``f`` of record ``i`` waits in ``{chunks[i]}.{f}``, inside the ``scratch`` folder."""
+    stay on the worker that read them), with the ``table`` of their ``instances`` rows
+    built ahead (the records keep only what the commit reads:
+    :func:`.instance_rows.slimmed`), the images' stack-planning facts (``infos``) and
+    each image encoded as its chunks, or its error. Indices (of ``encoded``, of
+    ``infos``) are positions in ``records``."""
 
     started: float
     records: tuple[InstanceRecord, ...]
-    decoded: dict[int, InstancePixels | ErrorInfo] = field(default_factory=dict)
-    infos: tuple[SliceInfo, ...] = ()  # the images' stack-planning facts (decoded early)
-    chunks: tuple[str, ...] = ()
-    scratch: str | None = None
+    encoded: dict[int, EncodedImage | ErrorInfo] = field(default_factory=dict)
+    infos: tuple[SliceInfo, ...] = ()
     table: pa.Table | None = None  # the instances table of records (see .instance_rows)
 
     def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
@@ -124,106 +111,41 @@ def _series_rows(state: dict[str, Any]) -> SeriesRows:
 
 
 def series_rows_bytes(rows: SeriesRows) -> int:
-    """What a reading task's result holds (see :mod:`.result_sizes`): mostly its table
-    or, without one, its records' rows."""
-    total = records_bytes(rows.records) + mapping_bytes(rows.decoded)
-    total += items_bytes(rows.infos) + items_bytes(rows.chunks)
+    """What a reading task's result holds (see :mod:`.result_sizes`): its encoded frames,
+    and its table or, without one, its records' rows."""
+    total = records_bytes(rows.records) + mapping_bytes(rows.encoded) + items_bytes(rows.infos)
+    total += sum(e.nbytes for e in rows.encoded.values() if isinstance(e, EncodedImage))
     # get_total_buffer_size: 9 µs for a 137-column table, against 230 µs for nbytes
     return total + (rows.table.get_total_buffer_size() if rows.table is not None else 0)
 
 
-def series_plan_bytes(plan: SeriesPlan) -> int:
-    """A series' plan: its records (every row) and the small work list."""
-    return records_bytes(plan.records) + items_bytes(plan.items) + mapping_bytes(plan.outcomes)
-
-
 sizeof.register(SeriesRows, series_rows_bytes)
-sizeof.register(SeriesPlan, series_plan_bytes)
 
 
 def read_rows(
     source: FilesConnector,
     refs: Sequence[SourceRef],
     context: RunContext,
-    operators: Sequence[Operator] = (Flatten(),),
-    start: int = 0,
-    scratch: str | None = None,
-    options: PixelOptions | None = None,
+    operators: Sequence[Operator],
+    options: PixelOptions,
 ) -> SeriesRows:
-    """Task: read part of a series' headers (its inputs ``start`` onwards) and run the
-    metadata operators (flatten first) on them; with a ``scratch`` folder, also decode
-    the images into it (:mod:`dicomflow.pixels.early`). A series is read by several of
-    these at once, so its plan does not wait for one worker to read every header."""
+    """Task: read part of a series' headers, run the metadata operators (flatten first) on
+    them and decode and encode their images. A series is read by several of these at
+    once, so its stacks do not wait for one worker to decode every image."""
     started = time.time()
     batch = Batch(tuple(source.fetch(refs)), context)
     for operator in operators:
         batch = operator(batch)
-    if scratch is None or options is None:
-        return SeriesRows(started, _without_headers(batch.records))
-    chunks = tuple(f"{scratch}/{start + k}" for k in range(len(batch.records)))
-    return decoded_rows(started, batch.records, chunks, scratch, options)
+    return encoded_rows(started, batch.records, options)
 
 
-def decoded_rows(
-    started: float,
-    records: Sequence[InstanceRecord],
-    chunks: tuple[str, ...],
-    scratch: str,
-    options: PixelOptions,
+def encoded_rows(
+    started: float, records: Sequence[InstanceRecord], options: PixelOptions
 ) -> SeriesRows:
-    """Records of one series after the metadata operators, their images decoded early:
-    frame ``f`` of record ``i`` written to ``{chunks[i]}.{f}`` in ``scratch``."""
+    """Records of one series after the metadata operators, their images encoded."""
     infos = slice_infos(records)
-    decoded = decode_to_scratch(records, infos, chunks, scratch, options)
-    table = rows_table(records)
-    return SeriesRows(started, slimmed(records), decoded, tuple(infos), chunks, scratch, table)
-
-
-def _without_headers(records: Sequence[InstanceRecord]) -> tuple[InstanceRecord, ...]:
-    return tuple(dataclasses.replace(r, header=None) for r in records)
-
-
-def plan_rows(
-    parts: Sequence[SeriesRows],
-    context: RunContext,
-    options: PixelOptions,
-    early: bool = False,
-) -> SeriesPlan:
-    """Task: plan and start the series' stacks from its rows, parts in input order
-    (``early``: plan them and move the early-decoded frames into place)."""
-    batch = Batch(tuple(r for part in parts for r in part.records), context)
-    if early:
-        decoded: dict[int, InstancePixels | ErrorInfo] = {}
-        infos: list[SliceInfo] = []
-        chunks: list[str] = []
-        for part in parts:  # positions in a part become indices in the series
-            offset = len(chunks)
-            decoded.update((offset + k, v) for k, v in part.decoded.items())
-            infos.extend(dataclasses.replace(i, index=offset + i.index) for i in part.infos)
-            chunks.extend(part.chunks or [""] * len(part.records))
-        folders = sorted({part.scratch for part in parts if part.scratch})
-        plan = plan_decoded(batch, decoded, chunks, folders, options, infos)
-    else:
-        plan = plan_series(batch, options)
-    plan.started = min((part.started for part in parts), default=time.time())
-    return plan
-
-
-def commit_series_partition(
-    plan: SeriesPlan,
-    shares: list[dict[int, Any]],
-    partition: Partition,
-    context: RunContext,
-    options: PixelOptions,
-    sinks: Sequence[LakeSink],
-    parts: Sequence[SeriesRows] = (),
-) -> PartitionResult:
-    """Task: commit the stacks and the series' table parts (with the instances table
-    the reading ``parts`` built ahead, when each did)."""
-    batch = with_instances(commit_series(plan, shares, context, options), parts)
-    result = commit_batch(batch, partition, sinks)
-    remove_scratch(plan.scratch)
-    return timed(result, plan.started, partition)
+    encoded = encode_images(records, infos, options)
+    return SeriesRows(started, slimmed(records), encoded, tuple(infos), rows_table(records))
 
 
 def with_instances(batch: Batch, parts: Sequence[SeriesRows]) -> Batch:
@@ -236,28 +158,40 @@ def with_instances(batch: Batch, parts: Sequence[SeriesRows]) -> Batch:
     return dataclasses.replace(batch, instances=located(pieces, had_row, batch.records))
 
 
-def place_and_commit_many(
+def write_one(
+    parts: Sequence[SeriesRows], context: RunContext, options: PixelOptions
+) -> tuple[Batch, float]:
+    """Write one series' stacks from its reading ``parts`` (in input order) and commit
+    them; return the batch of its records and ``series`` rows, and when it started."""
+    records: list[InstanceRecord] = []
+    encoded: dict[int, EncodedImage | ErrorInfo] = {}
+    infos: list[SliceInfo] = []
+    for part in parts:  # positions in a part become indices in the series
+        offset = len(records)
+        records.extend(part.records)
+        encoded.update((offset + k, v) for k, v in part.encoded.items())
+        infos.extend(dataclasses.replace(i, index=offset + i.index) for i in part.infos)
+    plan = write_series(records, encoded, options, context.run_id, infos)
+    started = min((part.started for part in parts), default=time.time())
+    return commit_series(plan, context, options), started
+
+
+def write_and_commit(
     series: Sequence[Sequence[SeriesRows]],
     partition: Partition,
     context: RunContext,
     options: PixelOptions,
     sinks: Sequence[LakeSink],
 ) -> PartitionResult:
-    """Task: place early-decoded series (each given as its reading parts) and commit them
-    together: their stacks one by one, their table parts and ledger entry once (one task
-    for a series, not two: the plan has no decoding left to hand out). Committed alone,
-    a one-instance series cost 18 ms, most of it three Parquet parts (a one-row
-    ``instances`` part took 4.4 ms and 48 KB) and the entry."""
-    batches, plans = [], []
-    for parts in series:
-        plan = plan_rows(parts, context, options, early=True)
-        batches.append(commit_series(plan, [], context, options))
-        plans.append(plan)
-    batch = with_instances(merged(batches, context), [part for parts in series for part in parts])
+    """Task: write the stacks of the ``series`` (each given as its reading parts) and
+    commit them together: their stacks one by one, their table parts and ledger entry
+    once. Committed alone, a one-instance series cost 18 ms, most of it three Parquet
+    parts (a one-row ``instances`` part took 4.4 ms and 48 KB) and the entry."""
+    written = [write_one(parts, context, options) for parts in series]
+    batch = merged([b for b, _ in written], context)
+    batch = with_instances(batch, [part for parts in series for part in parts])
     result = commit_batch(batch, partition, sinks)
-    for plan in plans:
-        remove_scratch(plan.scratch)
-    return timed(result, min((p.started for p in plans), default=time.time()), partition)
+    return timed(result, min((s for _, s in written), default=time.time()), partition)
 
 
 def merged(batches: Sequence[Batch], context: RunContext) -> Batch:
@@ -296,7 +230,7 @@ def commit_groups(
 
 
 def share_count(instances: int, workers: int = 1) -> int:
-    """How many decode-and-write shares a series of ``instances`` gets: one per
+    """How many reading tasks a series of ``instances`` gets: one per
     :data:`INSTANCES_PER_SHARE` up to :data:`MAX_SHARES`, rounded up to a multiple of
     the workers when that adds at most a quarter more, so that no worker idles while
     another decodes the last share (13 shares of 400 JPEG 2000 slices on 2 workers
@@ -317,15 +251,11 @@ def series_graph(
     operators: Sequence[Operator] = (Flatten(),),
     workers: int = 1,
 ) -> Delayed:
-    """One series as header-reading shares → plan → decode-and-write shares → commit;
-    where the series is decoded early, the header-reading shares decode too and one task
-    places their frames and commits."""
+    """One series as reading tasks (headers, operators, decoding) → one task that writes
+    its stacks and commits."""
     name = partition.name
     refs = list(partition.refs)
-    scratch = scratch_folder(options, name, context.run_id) if early_applies(options) else None
-    size = ROWS_PER_TASK
-    if scratch is not None:  # the decoding shares are the reading shares
-        size = math.ceil(len(refs) / share_count(len(refs), workers)) or 1
+    size = math.ceil(len(refs) / share_count(len(refs), workers)) or 1
     rows = [
         task(
             read_rows,
@@ -333,36 +263,14 @@ def series_graph(
             refs[start : start + size],
             context,
             tuple(operators),
-            start,
-            scratch,
             options,
             key=task_key("rows", context, f"{name}-{start // size}"),
         )
         for start in range(0, len(refs), size)
     ]
-    if scratch is not None:  # one task places the frames and commits
-        return task(
-            place_and_commit_many,
-            [rows],
-            partition,
-            context,
-            options,
-            sinks,
-            key=task_key("series", context, name),
-        )
-    plan = task(plan_rows, rows, context, options, key=task_key("plan", context, name))
-    count = share_count(len(partition.refs), workers)
-    # Shares depend on the small work list, not on the plan (which holds every header
-    # row), so the scheduler is free to spread them over all workers.
-    work = task(pixel_work, plan, key=task_key("work", context, name))
-    shares = [
-        task(write_items, work, k, count, options, key=task_key("pixels", context, f"{name}-{k}"))
-        for k in range(count)
-    ]
     return task(
-        commit_series_partition,
-        plan,
-        shares,
+        write_and_commit,
+        [rows],
         partition,
         context,
         options,
@@ -380,28 +288,17 @@ def small_series_graph(
     sinks: Sequence[LakeSink],
     operators: Sequence[Operator] = (Flatten(),),
 ) -> Delayed:
-    """Several small series decoded early (:func:`commit_groups`): each read by one task
-    into its own scratch folder, all placed and committed by one task."""
+    """Several small series (:func:`commit_groups`): each read by one task, all written
+    and committed by one task."""
     reads = []
     for refs in groups:
         name = partition_named(0, refs).name  # the series' own, as series_graph names it
-        scratch = scratch_folder(options, name, context.run_id)
         key = task_key("rows", context, f"{name}-0")
         reads.append(
-            task(
-                read_rows,
-                source,
-                list(refs),
-                context,
-                tuple(operators),
-                0,
-                scratch,
-                options,
-                key=key,
-            )
+            task(read_rows, source, list(refs), context, tuple(operators), options, key=key)
         )
     return task(
-        place_and_commit_many,
+        write_and_commit,
         [[read] for read in reads],
         partition,
         context,

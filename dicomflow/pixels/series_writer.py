@@ -1,27 +1,26 @@
-"""Write a series' pixel stacks in three phases, so one series can use many workers.
+"""Write a series' pixel stacks: frames encoded where they are decoded, shards written whole.
 
-1. :func:`plan_series` (one task): plan the stacks from the header rows, decode
-   the first instance of each stack to learn its dtype, create each stack's
-   Zarr array in a temporary directory, and list the remaining instances as
-   work items with their frame offsets.
-2. :func:`write_items` (many tasks): decode work items and write their frames
-   into disjoint frame ranges (one Zarr chunk per frame, so writers never
-   touch the same chunk). Memory: one instance at a time.
-3. :func:`commit_series` (one task): set the attributes and QC flags, rename
-   every stack into place, point each instance row at its frames, and emit the
-   ``series`` rows.
+Every series takes one path (:mod:`dicomflow.pipelines.series_tasks` builds its graph):
+
+1. The tasks that read the series' headers also decode its images and encode every
+   frame as its Zarr chunk (:func:`encode_images`): the work that grows with the
+   series is shared by those tasks, and overlaps the header reading.
+2. One task plans the stacks from the rows (:func:`write_series`), gathers each
+   shard's chunks from the encoded frames and writes it whole (one file or object a
+   shard: :mod:`dicomflow.lake.shards`), adds pyramid levels to large 2-D images,
+3. and commits (:func:`commit_series`): attributes and QC flags, every stack renamed
+   into place, each instance row pointed at its frames, the ``series`` rows.
 
 An instance that cannot be decoded becomes an error row and its stack is
-flagged ``missing_frames``; the rest of the series is still written.
-
-In a local lake with one frame per chunk, :mod:`dicomflow.pixels.early` replaces
-phases 1 and 2: frames are decoded while the headers are read, and the plan
-moves them into place. Phase 3 is the same.
+flagged ``missing_frames``; the rest of the series is still written. The task of
+steps 2 and 3 may be computed again (its worker died): it writes the same stacks
+again, or, once its run committed them, only counts the outcomes again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,14 +33,21 @@ from pydicom.dataset import Dataset
 from dicomflow.dicom.geometry import SliceInfo, Stack, split_stacks
 from dicomflow.errors import ErrorCode, describe_failure, is_instance_fault
 from dicomflow.lake.layout import LakeLayout
+from dicomflow.lake.shards import shard_bytes
 from dicomflow.lake.zarr_store import (
-    FrameWriter,
+    ChunkEncoder,
+    ShardWriter,
     StackLocation,
+    as_chunk,
     commit_stack,
     committed_array,
     create_temporary_stack,
+    decoded_frame_shape,
     discard_stack,
-    open_temporary_array,
+    frames_per_shard,
+    stack_shape,
+    stack_temporary,
+    write_level,
 )
 from dicomflow.pixels.decode import (
     DEFAULT_MEMORY_BUDGET,
@@ -51,6 +57,7 @@ from dicomflow.pixels.decode import (
     read_dataset,
 )
 from dicomflow.pixels.header_dataset import dataset_from_header
+from dicomflow.pixels.pyramid import pyramid
 from dicomflow.pixels.slices import slice_infos
 from dicomflow.records import (
     INSTANCES_OUTPUT,
@@ -75,17 +82,49 @@ class PixelOptions:
     memory_budget: int = DEFAULT_MEMORY_BUDGET
     frames_per_chunk: int = 1
     expand_palette: bool = False  # PALETTE COLOR as RGB instead of indices + palette
+    pyramid: bool = False  # pyramid levels for volumes too, not only large 2-D images
 
 
 @dataclass(frozen=True)
-class WorkItem:
-    """One instance to decode: which record, which stack, where its frames go."""
+class EncodedImage:
+    """One decoded instance as its stack needs it: each frame encoded as its chunk (None
+    for an all-zero frame, which has none), and the facts of the decode."""
 
-    record: int
-    stack: int
-    frame: int
-    frames: int
-    url: str
+    dtype: str
+    shape: tuple[int, ...]  # as decoded: (frames, rows, cols[, samples])
+    reference: dict[str, Any]
+    chunks: tuple[bytes | None, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(c) for c in self.chunks if c is not None)
+
+
+Encoded = Mapping[int, EncodedImage | ErrorInfo]  # record index in the series -> outcome
+
+
+def encode_images(
+    records: Sequence[InstanceRecord], infos: Sequence[SliceInfo], options: PixelOptions
+) -> dict[int, EncodedImage | ErrorInfo]:
+    """Decode the images among ``records`` (``infos`` describes them, indexed by their
+    position in ``records``) and encode each frame as its chunk; one instance's pixels
+    are held at a time."""
+    encode = ChunkEncoder()
+    encoded: dict[int, EncodedImage | ErrorInfo] = {}
+    for info in infos:
+        record = records[info.index]
+        try:
+            pixels = decode_instance(record.ref.url, info.frames, options, record.header)
+            array = pixels.array
+            chunks = tuple(encode(array[f : f + 1]) for f in range(len(array)))
+            encoded[info.index] = EncodedImage(
+                str(array.dtype), tuple(array.shape), reference_attributes(pixels), chunks
+            )
+        except BaseException as exc:  # one bad instance must not sink the series
+            if not is_instance_fault(exc):  # Ctrl-C, exit: not the instance's fault
+                raise
+            encoded[info.index] = error_info(exc)
+    return encoded
 
 
 @dataclass
@@ -96,37 +135,19 @@ class StackPlan:
     temporary: str | None = None
     reference: dict[str, Any] | None = None
     dtype: str | None = None
-    shape: tuple[int, ...] | None = None
+    shape: tuple[int, ...] | None = None  # the array's, in its axis order
+    levels: int = 1
 
 
 @dataclass
 class SeriesPlan:
-    """Everything phases 2 and 3 need; small enough to travel between workers."""
+    """A series' stacks as written, and the outcome of each of its images."""
 
     records: list[InstanceRecord]
     stacks: list[StackPlan]
-    items: list[WorkItem]
     outcomes: dict[int, ErrorInfo | None]  # record index -> None (written) or the error
     started: float = 0.0  # wall-clock time the series' first task began (for run reports)
     run_id: str = ""
-    scratch: tuple[str, ...] = ()  # where frames decoded early wait (see pixels.early)
-
-
-@dataclass(frozen=True)
-class PixelWork:
-    """The part of a plan the decode-and-write shares need: small, so it moves freely
-    between workers (the plan itself carries every header row)."""
-
-    items: tuple[WorkItem, ...]
-    temporaries: dict[int, str]
-    locations: dict[int, StackLocation]
-    run_id: str
-
-
-def pixel_work(plan: SeriesPlan) -> PixelWork:
-    temporaries = {i: s.temporary for i, s in enumerate(plan.stacks) if s.temporary}
-    locations = {i: s.location for i, s in enumerate(plan.stacks)}
-    return PixelWork(tuple(plan.items), temporaries, locations, plan.run_id)
 
 
 def plan_stacks(
@@ -148,132 +169,148 @@ def plan_stacks(
     return stacks
 
 
-def start_stack(
-    stack_plan: StackPlan, first: InstancePixels, options: PixelOptions, run_id: str
-) -> str:
-    """Create the stack's array, typed and shaped by its first decoded instance; return
-    its temporary."""
-    stack_plan.reference = first.reference
-    stack_plan.dtype = first.dtype
-    stack_plan.shape = (stack_plan.stack.frames, *first.shape[1:])
-    stack_plan.temporary = create_temporary_stack(
-        options.layout,
-        stack_plan.location,
-        shape=stack_plan.shape,
-        dtype=np.dtype(first.dtype),
-        frames_per_chunk=options.frames_per_chunk,
-        run_id=run_id,
-    )
-    return stack_plan.temporary
-
-
-@dataclass(frozen=True)
-class InstancePixels:
-    """What a stack needs to know of one decoded instance (small: it travels between
-    workers); ``written`` lists the frames that have a chunk (all-zero frames have none)."""
-
-    dtype: str
-    shape: tuple[int, ...]
-    reference: dict[str, Any]
-    written: tuple[int, ...] = ()
-
-    @classmethod
-    def of(cls, pixels: DecodedPixels, written: tuple[int, ...] = ()) -> InstancePixels:
-        array = pixels.array
-        return cls(str(array.dtype), tuple(array.shape), reference_attributes(pixels), written)
-
-
-def plan_series(batch: Batch, options: PixelOptions) -> SeriesPlan:
-    """Phase 1: plan stacks, create their arrays, write each stack's first instance."""
-    records = [dataclasses.replace(r, header=None) for r in batch.records]  # headers stay here
-    run_id = batch.context.run_id
-    plan = SeriesPlan(records, plan_stacks(records), [], {}, run_id=run_id)
-    for number, stack_plan in enumerate(plan.stacks):
-        frame = 0
-        for info in stack_plan.stack.slices:
-            item = WorkItem(info.index, number, frame, info.frames, records[info.index].ref.url)
-            frame += info.frames
-            if stack_plan.temporary is not None:
-                plan.items.append(item)
-                continue
-            try:
-                pixels = decode_item(item, options)
-                temporary = start_stack(stack_plan, InstancePixels.of(pixels), options, run_id)
-                open_temporary_array(temporary, options.layout)[
-                    item.frame : item.frame + item.frames
-                ] = pixels.array
-                plan.outcomes[item.record] = None
-            except BaseException as exc:  # one bad instance must not sink the series
-                if not is_instance_fault(exc):  # Ctrl-C, exit: not the instance's fault
-                    raise
-                plan.outcomes[item.record] = error_info(exc)
+def write_series(
+    records: Sequence[InstanceRecord],
+    encoded: Encoded,
+    options: PixelOptions,
+    run_id: str,
+    infos: Sequence[SliceInfo] | None = None,
+) -> SeriesPlan:
+    """Plan the series' stacks and write each one's shards and pyramid levels from the
+    ``encoded`` images; an image missing from ``encoded`` is decoded here. A stack this
+    run committed already (the task is computed again) is only counted again."""
+    plan = SeriesPlan(list(records), plan_stacks(records, infos), {}, run_id=run_id)
+    for stack_plan in plan.stacks:
+        frames = _stack_frames(stack_plan, plan, encoded, options)
+        if frames is None:
+            continue
+        if committed_array(options.layout, stack_plan.location, run_id) is not None:
+            stack_plan.temporary = stack_temporary(options.layout, stack_plan.location, run_id)
+            continue
+        _write_stack(stack_plan, frames, options, run_id)
     return plan
 
 
-def share_items(
-    items: Sequence[WorkItem], part: int, parts: int, frames_per_chunk: int = 1
-) -> list[WorkItem]:
-    """The ``part``-th of ``parts`` shares of ``items``. With several frames per chunk, the
-    items that write into one chunk stay in one share: zarr writes part of a chunk by
-    reading and rewriting it, so two shares writing one chunk at once would lose frames."""
-    if parts <= 1:
-        return list(items)
-    if frames_per_chunk == 1:
-        return list(items[part::parts])
-    groups: list[list[WorkItem]] = []
-    for item in items:  # in frame order per stack: chunk-sharing items are neighbours
-        if groups and groups[-1][-1].stack == item.stack and item.frame % frames_per_chunk:
-            groups[-1].append(item)
-        else:
-            groups.append([item])
-    return [item for group in groups[part::parts] for item in group]
-
-
-def write_items(
-    work: PixelWork, part: int, parts: int, options: PixelOptions
-) -> dict[int, ErrorInfo | None]:
-    """Phase 2: decode and write the ``part``-th of ``parts`` shares of the work items.
-
-    A share Dask computes again after its series was committed (the worker holding
-    its result died before the commit's result was fetched) finds the stack
-    committed by its run: it decodes its items again, to report the outcomes the
-    first attempt had, and writes nothing."""
-    items = share_items(work.items, part, parts, options.frames_per_chunk)
-    outcomes: dict[int, ErrorInfo | None] = {}
-    writers: dict[int, FrameWriter] = {}
-    committed: dict[int, Any] = {}  # stack -> its array, committed by this run already
-    for item in items:
+def _stack_frames(
+    stack_plan: StackPlan, plan: SeriesPlan, encoded: Encoded, options: PixelOptions
+) -> list[bytes | None] | None:
+    """Every frame of the stack as its chunk bytes, in stack order (None for frames that
+    are all zero or whose instance failed), typed and shaped by the stack's first
+    decoded instance; None when no instance decoded. Records each outcome."""
+    first: EncodedImage | None = None
+    frames: list[bytes | None] = [None] * stack_plan.stack.frames
+    offset = 0
+    for info in stack_plan.stack.slices:
+        start, offset = offset, offset + info.frames
+        outcome = encoded.get(info.index)
         try:
-            writer = writers.get(item.stack)
-            if writer is None and item.stack not in committed:
-                array = committed_array(options.layout, work.locations[item.stack], work.run_id)
-                if array is not None:
-                    committed[item.stack] = array
-                else:
-                    temporary = work.temporaries[item.stack]
-                    writer = writers[item.stack] = FrameWriter(temporary, options.layout)
-            pixels = decode_item(item, options)
-            check_fits(pixels.array, writer.array if writer else committed[item.stack])
-            if writer is not None:
-                writer.write(item.frame, pixels.array)
-            outcomes[item.record] = None
+            if outcome is None:  # not decoded where it was read
+                outcome = encode_images(plan.records, [info], options)[info.index]
+            if isinstance(outcome, ErrorInfo):
+                plan.outcomes[info.index] = outcome
+                continue
+            first = first or outcome
+            frames[start:offset] = fitted(outcome, first)
+            plan.outcomes[info.index] = None
         except BaseException as exc:  # one bad instance must not sink the series
-            if not is_instance_fault(exc):  # Ctrl-C, exit: not the instance's fault
+            if not is_instance_fault(exc):
                 raise
-            outcomes[item.record] = error_info(exc)
-    return outcomes
+            plan.outcomes[info.index] = error_info(exc)
+    if first is None:
+        return None
+    stack_plan.reference, stack_plan.dtype = first.reference, first.dtype
+    stack_plan.shape = stack_shape(stack_plan.stack.frames, first.shape[1:])
+    stack_plan.levels = len(pyramid_shapes(stack_plan.shape, options))
+    return frames
 
 
-def commit_series(
-    plan: SeriesPlan,
-    shares: Sequence[dict[int, ErrorInfo | None]],
-    context: RunContext,
-    options: PixelOptions,
-) -> Batch:
-    """Phase 3: commit every stack, annotate rows, record errors, emit ``series`` rows."""
-    outcomes = dict(plan.outcomes)
-    for share in shares:
-        outcomes.update(share)
+def fitted(image: EncodedImage, first: EncodedImage) -> tuple[bytes | None, ...]:
+    """``image``'s chunks as its stack (typed and shaped by ``first``) holds them: as they
+    are, or decoded, cast (when every value fits) and encoded again."""
+    if image.shape[1:] != first.shape[1:]:
+        raise PixelDecodeError(
+            "frame shape differs from the rest of the stack", code=ErrorCode.DECODE_FAILED
+        )
+    if image.dtype == first.dtype:
+        return image.chunks
+    codec, target = ChunkEncoder(), np.dtype(first.dtype)
+    frame_shape = (1, *image.shape[1:])
+    chunks = []
+    for data in image.chunks:
+        frame = codec.decode(data, np.dtype(image.dtype), frame_shape)
+        check_fits(frame, target)
+        chunks.append(codec(frame.astype(target)))
+    return tuple(chunks)
+
+
+def _write_stack(
+    stack_plan: StackPlan, frames: list[bytes | None], options: PixelOptions, run_id: str
+) -> None:
+    """Create the stack's array and write its shards (each whole) and pyramid levels."""
+    assert stack_plan.shape is not None and stack_plan.dtype is not None
+    dtype, shape = np.dtype(stack_plan.dtype), stack_plan.shape
+    per_chunk = options.frames_per_chunk
+    temporary = create_temporary_stack(
+        options.layout,
+        stack_plan.location,
+        shape=shape,
+        dtype=dtype,
+        frames_per_chunk=per_chunk,
+        run_id=run_id,
+    )
+    stack_plan.temporary = temporary
+    chunks = frames if per_chunk == 1 else _grouped(frames, per_chunk, dtype, shape)
+    per_shard = frames_per_shard(shape, dtype, per_chunk) // per_chunk
+    write = ShardWriter(temporary, options.layout)
+    for number in range(math.ceil(len(chunks) / per_shard)):
+        shard = list(chunks[number * per_shard : (number + 1) * per_shard])
+        data = shard_bytes(shard + [None] * (per_shard - len(shard)))
+        if data is not None:
+            write(number, data)
+    if stack_plan.levels > 1:
+        codec, frame = ChunkEncoder(), (1, *decoded_frame_shape(shape))
+        volume = np.concatenate([codec.decode(f, dtype, frame) for f in frames])
+        nearest = "palette" in (stack_plan.reference or {})
+        levels = pyramid(volume, stack_plan.levels, nearest=nearest)
+        for level, halved in enumerate(levels[1:], 1):
+            write_level(temporary, options.layout, level, as_chunk(halved))
+
+
+def _grouped(
+    frames: Sequence[bytes | None], per_chunk: int, dtype: np.dtype, shape: tuple[int, ...]
+) -> list[bytes | None]:
+    """Frames encoded one a chunk as chunks of ``per_chunk`` frames each."""
+    codec, frame_shape = ChunkEncoder(), (1, *decoded_frame_shape(shape))
+    chunks = []
+    for start in range(0, len(frames), per_chunk):
+        group = [codec.decode(f, dtype, frame_shape) for f in frames[start : start + per_chunk]]
+        group += [np.zeros(frame_shape, dtype)] * (per_chunk - len(group))
+        chunks.append(codec(np.concatenate(group)))
+    return chunks
+
+
+LARGEST_FLAT = 2048  # a 2-D image whose longest side exceeds this gets pyramid levels
+SMALLEST_LEVEL = 512  # levels halve y and x until the longest side is at most this
+
+
+def pyramid_shapes(shape: tuple[int, ...], options: PixelOptions) -> list[tuple[int, int]]:
+    """The (rows, cols) of each resolution level of a stack shaped ``shape`` (the array's
+    axis order): a 2-D image longer than :data:`LARGEST_FLAT`, or any stack with
+    ``options.pyramid``, halves until its longest side is :data:`SMALLEST_LEVEL` or less."""
+    rows, cols = shape[-2], shape[-1]
+    frames = shape[-3]
+    levels = [(rows, cols)]
+    if not (frames == 1 and max(rows, cols) > LARGEST_FLAT) and not options.pyramid:
+        return levels
+    while max(rows, cols) > SMALLEST_LEVEL:
+        rows, cols = math.ceil(rows / 2), math.ceil(cols / 2)
+        levels.append((rows, cols))
+    return levels
+
+
+def commit_series(plan: SeriesPlan, context: RunContext, options: PixelOptions) -> Batch:
+    """Commit every stack, annotate rows, record errors, emit ``series`` rows."""
+    outcomes = plan.outcomes
     records = list(plan.records)
     series_rows = []
     for stack_plan in plan.stacks:
@@ -286,6 +323,7 @@ def commit_series(
         if not written:
             discard_stack(stack_plan.temporary, options.layout)
             continue
+        assert stack_plan.shape is not None
         uids = [i.sop_instance_uid or "" for i in stack_plan.stack.slices for _ in range(i.frames)]
         commit_stack(
             stack_plan.temporary,
@@ -294,8 +332,10 @@ def commit_series(
             spacing=stack_plan.stack.spacing,
             affine=stack_plan.stack.affine,
             attributes={**stack_plan.reference, "sop_instance_uids": uids, "qc_flags": flags},
-            run_id=context.run_id,
             shape=stack_plan.shape,
+            run_id=context.run_id,
+            levels=stack_plan.levels,
+            units=space_units(flags),
         )
         frame = 0
         for info in stack_plan.stack.slices:
@@ -313,6 +353,14 @@ def commit_series(
                 STAGE, ErrorCode.UNSUPPORTED_PIXELS, "the image has no rows or no columns"
             )
     return Batch(tuple(records), context).with_table_rows("series", series_rows)
+
+
+def space_units(flags: Sequence[str]) -> tuple[str | None, str | None, str | None]:
+    """The unit of the z, y and x axes of a stack with QC ``flags``: millimetres where
+    the geometry gives them, None (pixels) where it is missing."""
+    z = None if "missing_geometry" in flags else "millimeter"
+    yx = None if "missing_pixel_spacing" in flags else "millimeter"
+    return z, yx, yx
 
 
 def has_image_row(record: InstanceRecord) -> bool:
@@ -394,13 +442,14 @@ def open_dataset(
     return ds
 
 
-def decode_item(
-    item: WorkItem, options: PixelOptions, header: Header | None = None
+def decode_instance(
+    url: str, frames: int, options: PixelOptions, header: Header | None = None
 ) -> DecodedPixels:
-    """Decode one instance (see :func:`open_dataset`)."""
-    ds = open_dataset(item.url, options.storage_options, header)
+    """Decode the instance at ``url`` (see :func:`open_dataset`), which its header says
+    holds ``frames`` frames."""
+    ds = open_dataset(url, options.storage_options, header)
     pixels = decode(ds, memory_budget=options.memory_budget, expand_palette=options.expand_palette)
-    if pixels.array.shape[0] != item.frames:
+    if pixels.array.shape[0] != frames:
         raise PixelDecodeError(
             "decoded frame count differs from the header", code=ErrorCode.DECODE_FAILED
         )
@@ -412,18 +461,12 @@ def _locate(record: InstanceRecord, location: StackLocation, frame: int) -> Inst
     return dataclasses.replace(record, outputs={**record.outputs, INSTANCES: row})
 
 
-def check_fits(pixels: np.ndarray, array: Any) -> None:
-    """A later instance must fit the stack's array exactly (shape and value range)."""
-    if pixels.shape[1:] != tuple(array.shape[1:]):
-        raise PixelDecodeError(
-            "frame shape differs from the rest of the stack", code=ErrorCode.DECODE_FAILED
-        )
-    if pixels.dtype == array.dtype or np.can_cast(pixels.dtype, array.dtype):
+def check_fits(pixels: np.ndarray, dtype: np.dtype) -> None:
+    """An instance decoded to another type than its stack's must hold values that fit."""
+    if pixels.dtype == dtype or np.can_cast(pixels.dtype, dtype):
         return
-    both_integer = np.issubdtype(array.dtype, np.integer) and np.issubdtype(
-        pixels.dtype, np.integer
-    )
-    limits = np.iinfo(array.dtype) if both_integer else None
+    both_integer = np.issubdtype(dtype, np.integer) and np.issubdtype(pixels.dtype, np.integer)
+    limits = np.iinfo(dtype) if both_integer else None
     if limits is None or not (limits.min <= pixels.min() and pixels.max() <= limits.max):
         raise PixelDecodeError(
             "pixel values do not fit the stack's data type", code=ErrorCode.DECODE_FAILED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,8 @@ def slice_info(index: int, record: InstanceRecord) -> SliceInfo | None:
     orientation = orientation or _floats(row.get("ImageOrientationPatient"), 6)
     position = _floats(row.get("ImagePositionPatient"), 3) or (positions[0] if positions else None)
     pixel_spacing = spacing or _floats(row.get("PixelSpacing"), 2)
+    if pixel_spacing and not all(math.isfinite(v) and v > 0 for v in pixel_spacing):
+        pixel_spacing = None  # a spacing of 0 (or worse) says nothing: treated as missing
     image_type = [str(v).upper() for v in row.get("ImageType") or []]
     return SliceInfo(
         index=index,

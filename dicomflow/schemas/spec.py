@@ -168,6 +168,10 @@ class PixelsOperator(OperatorConfig):
     name: Literal["pixels"] = "pixels"
     frames_per_chunk: int = Field(default=1, ge=1)
     expand_palette: bool = False
+    pyramid: bool = Field(
+        default=False,
+        description="Resolution levels for volumes too (large 2-D images always get them).",
+    )
 
 
 class RenderOperator(OperatorConfig):

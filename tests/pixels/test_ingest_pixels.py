@@ -57,7 +57,9 @@ def test_every_written_frame_equals_pydicoms_decode(pixel_lake: Path, tmp_path: 
     for row, expected in zip(rows, references, strict=True):
         array = zarr.open_group(str(pixel_lake / row["zarr_path"]), mode="r")["0"]
         frames = row["number_of_frames"] or 1
-        ours = array[row["frame_index"] : row["frame_index"] + frames]
+        start, stop = row["frame_index"], row["frame_index"] + frames
+        # channels first (OME-Zarr's axis order): back to pydicom's last
+        ours = np.moveaxis(array[:, start:stop], 0, -1) if array.ndim == 4 else array[start:stop]
         if isinstance(expected, str):
             mismatched.append(f"{Path(row['source']).name}: no reference ({expected})")
             continue
@@ -94,15 +96,16 @@ def test_zarr_and_xarray_read_the_same_arrays(pixel_lake: Path) -> None:
 
 
 def test_ome_zarr_metadata(pixel_lake: Path) -> None:
-    row = dicomflow.read_lake(str(pixel_lake)).series().to_pylist()[0]
+    rows = dicomflow.read_lake(str(pixel_lake)).series().to_pylist()
+    row = next(r for r in rows if "missing_geometry" not in r["qc_flags"] and len(r["shape"]) == 3)
     attrs = zarr.open_group(str(pixel_lake / row["zarr_path"]), mode="r").attrs.asdict()
     ome = attrs["ome"]
     assert ome["version"] == "0.5"
     (multiscale,) = ome["multiscales"]
-    assert [a["name"] for a in multiscale["axes"]][:3] == ["z", "y", "x"]
-    assert multiscale["axes"][0]["unit"] == "millimeter"
+    assert [a["name"] for a in multiscale["axes"]] == ["z", "y", "x"]
+    assert {a["unit"] for a in multiscale["axes"]} == {"millimeter"}
     transforms = multiscale["datasets"][0]["coordinateTransformations"]
-    assert transforms[0]["scale"][:3] == pytest.approx(row["spacing"])
+    assert transforms[0]["scale"] == pytest.approx(row["spacing"])
     assert attrs["schema_version"] and len(attrs["affine"]) == 4
 
 
@@ -280,11 +283,12 @@ def test_palette_colour_is_indices_plus_palette_or_expanded_rgb(
     path = dicomflow.read_lake(str(lake)).series().column("zarr_path")[0].as_py()
     group = zarr.open_group(str(lake / path), mode="r")
     stored = group["0"][...]
-    indices = ds.pixel_array.reshape(stored.shape[: len(stored.shape) - int(expand)])
+    indices = ds.pixel_array.reshape(stored.shape[int(expand) :])
     if expand:
         assert group.attrs["photometric_interpretation"] == "RGB"
         assert "palette" not in group.attrs
-        assert np.array_equal(stored, apply_color_lut(indices, ds))
+        assert group["0"].metadata.dimension_names == ("c", "z", "y", "x")
+        assert np.array_equal(np.moveaxis(stored, 0, -1), apply_color_lut(indices, ds))
     else:
         assert group.attrs["photometric_interpretation"] == "PALETTE COLOR"
         assert np.array_equal(stored, indices)
@@ -312,3 +316,129 @@ def test_enhanced_ct_gets_hounsfield_units_from_its_functional_groups(tmp_path: 
     )
     assert np.array_equal(decoded.array, expected)
     assert decoded.array.min() < 0  # air is negative in HU
+
+
+def _validate_ome(group: zarr.Group) -> None:
+    """ome-zarr-models' validation of an OME-Zarr 0.5 image; its warnings count as errors."""
+    import warnings
+
+    from ome_zarr_models.v05.image import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Image.from_zarr(group)
+
+
+def test_every_stack_is_valid_ome_zarr(pixel_lake: Path) -> None:
+    rows = dicomflow.read_lake(str(pixel_lake)).series().to_pylist()
+    colour = [r for r in rows if len(r["shape"]) == 4]
+    assert len(rows) > 100 if CORPUS.exists() else len(rows) > 20
+    assert colour, "no colour stack to check"
+    invalid = []
+    for row in rows:
+        group = zarr.open_group(str(pixel_lake / row["zarr_path"]), mode="r")
+        try:
+            _validate_ome(group)
+        except Exception as exc:  # every failure is listed
+            invalid.append(f"{row['zarr_path']}: {type(exc).__name__}: {str(exc)[:200]}")
+    assert invalid == []
+    for row in colour:  # channel axis first, as OME-Zarr 0.5 orders axes
+        group = zarr.open_group(str(pixel_lake / row["zarr_path"]), mode="r")
+        axes = group.attrs["ome"]["multiscales"][0]["axes"]
+        assert [a["type"] for a in axes] == ["channel", "space", "space", "space"]
+        assert group["0"].metadata.dimension_names == ("c", "z", "y", "x")
+
+
+def test_the_validator_rejects_channels_after_space(pixel_lake: Path, tmp_path: Path) -> None:
+    """The check above can fail: the layout stacks had before (channel axis last) does."""
+    row = next(
+        r for r in dicomflow.read_lake(str(pixel_lake)).series().to_pylist() if len(r["shape"]) == 4
+    )
+    copy = tmp_path / "copy"
+    shutil.copytree(pixel_lake / row["zarr_path"], copy)
+    document = json.loads((copy / "zarr.json").read_text())
+    multiscale = document["attributes"]["ome"]["multiscales"][0]
+    multiscale["axes"] = multiscale["axes"][1:] + multiscale["axes"][:1]
+    (copy / "zarr.json").write_text(json.dumps(document))
+    with pytest.raises(Exception, match=r"(?i)channel|order|axis|axes"):
+        _validate_ome(zarr.open_group(str(copy), mode="r"))
+
+
+def test_large_radiographs_get_pyramid_levels_of_block_means(pixel_lake: Path) -> None:
+    """A 2-D image longer than 2,048 px gets levels down to 512 px or less, each the mean
+    of 2×2 blocks of the one before (Pillow's box reduction as the oracle), with the
+    OME scale doubled and the translation moved to the level's first pixel centre."""
+    from PIL import Image as PILImage
+
+    require(CORPUS.exists(), "the shared corpus")
+    rows = dicomflow.read_lake(str(pixel_lake)).series().to_pylist()
+    large = [r for r in rows if r["frames"] == 1 and max(r["shape"][-2:]) > 2048]
+    small = [r for r in rows if r["frames"] == 1 and max(r["shape"][-2:]) <= 2048]
+    assert large and small
+    for row in small:
+        group = zarr.open_group(str(pixel_lake / row["zarr_path"]), mode="r")
+        assert sorted(group.array_keys()) == ["0"]
+    for row in large[:3]:
+        group = zarr.open_group(str(pixel_lake / row["zarr_path"]), mode="r")
+        datasets = group.attrs["ome"]["multiscales"][0]["datasets"]
+        assert [d["path"] for d in datasets] == sorted(group.array_keys(), key=int)
+        previous = group["0"][...]
+        for level, dataset in enumerate(datasets[1:], 1):
+            array = group[dataset["path"]][...]
+            assert array.dtype == previous.dtype
+            if array.ndim == 3:  # grey (z, y, x): z = 1
+                image = PILImage.fromarray(previous[0].astype(np.float32), mode="F")
+                expected = np.rint(np.asarray(image.reduce(2), dtype=np.float64))
+                assert np.array_equal(array[0], expected.astype(array.dtype)), f"level {level}"
+            scale, translation = (t for t in dataset["coordinateTransformations"])
+            base_scale = datasets[0]["coordinateTransformations"][0]["scale"]
+            base_shift = datasets[0]["coordinateTransformations"][1]["translation"]
+            factor = 2**level
+            assert scale["scale"][-2:] == pytest.approx([v * factor for v in base_scale[-2:]])
+            assert translation["translation"][-2:] == pytest.approx(
+                [
+                    t + (factor - 1) / 2 * s
+                    for t, s in zip(base_shift[-2:], base_scale[-2:], strict=True)
+                ]
+            )
+            previous = array
+        assert max(previous.shape[-2:]) <= 512 < max(group[datasets[-2]["path"]].shape[-2:])
+
+
+def test_axes_without_geometry_have_no_millimetres(pixel_lake: Path) -> None:
+    """Each space axis is in millimetres exactly where the source header gives its
+    geometry (Pixel Spacing above 0 for y and x, position and orientation for z), as
+    pydicom reads the header; otherwise it has no unit (it counts pixels)."""
+    import warnings
+
+    rows = dicomflow.read_lake(str(pixel_lake)).series().to_pylist()
+    sources = _instances_by_uid(pixel_lake)
+    checked = 0
+    for row in rows:
+        group = zarr.open_group(str(pixel_lake / row["zarr_path"]), mode="r")
+        axes = group.attrs["ome"]["multiscales"][0]["axes"]
+        units = {a["name"]: a.get("unit") for a in axes}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            source = pydicom.dcmread(
+                sources[row["sop_instance_uids"][0]], stop_before_pixels=True, force=True
+            )
+            if "SharedFunctionalGroupsSequence" in source:
+                continue  # enhanced images keep their geometry in functional groups
+            try:
+                spacing = [float(v) for v in source.get("PixelSpacing") or []]
+            except (TypeError, ValueError):
+                spacing = []
+            has_position = "ImagePositionPatient" in source and "ImageOrientationPatient" in source
+        has_spacing = len(spacing) == 2 and all(v > 0 for v in spacing)
+        assert (units["y"] == "millimeter") == has_spacing, row["zarr_path"]
+        assert (units["x"] == "millimeter") == has_spacing, row["zarr_path"]
+        if not has_position:
+            assert units["z"] is None, row["zarr_path"]
+        checked += 1
+    assert checked > 50 if CORPUS.exists() else checked > 10
+
+
+def _instances_by_uid(lake: Path) -> dict[str, str]:
+    table = dicomflow.read_lake(str(lake)).instances(columns=["SOPInstanceUID", "source"])
+    return {r["SOPInstanceUID"]: r["source"] for r in table.to_pylist()}

@@ -1,0 +1,36 @@
+"""Zarr v3 shards assembled from chunks encoded already, so a shard is written whole.
+
+A shard of the ``sharding_indexed`` codec (index at the end, zarr's default) is its
+inner chunks' bytes one after another, then an index holding one pair of
+little-endian uint64 per inner chunk in C order (offset and length; both
+``2**64 - 1`` for an empty chunk), then the CRC32C of that index. The stacks'
+frames are encoded where they are decoded, so building a shard is a concatenation
+and writing it is one file or one PUT (a test checks the bytes against zarr's own).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import google_crc32c
+
+EMPTY = 2**64 - 1  # offset and length of a chunk the shard does not hold
+INDEX_ENTRY = struct.Struct("<QQ")
+
+
+def shard_bytes(chunks: Sequence[bytes | None]) -> bytes | None:
+    """The shard holding ``chunks`` (its inner chunks in C order, None where a chunk is
+    empty), or None when every chunk is empty: zarr then writes no shard at all."""
+    if all(chunk is None for chunk in chunks):
+        return None
+    index = bytearray()
+    offset = 0
+    for chunk in chunks:
+        if chunk is None:
+            index += INDEX_ENTRY.pack(EMPTY, EMPTY)
+            continue
+        index += INDEX_ENTRY.pack(offset, len(chunk))
+        offset += len(chunk)
+    checksum = struct.pack("<I", google_crc32c.value(bytes(index)))
+    return b"".join([*(c for c in chunks if c is not None), bytes(index), checksum])
