@@ -87,7 +87,7 @@ def test_series_rows_pickle_their_table_in_band() -> None:
     assert _out_of_band(rows) == []
     again = pickle.loads(pickle.dumps(rows, protocol=5))
     assert again.table.equals(rows.table) and again.records == rows.records
-    assert again.started == rows.started and again.scratch is None
+    assert again.started == rows.started and again.encoded == {}
     assert pickle.loads(pickle.dumps(SeriesRows(2.0, ()))).table is None
 
 

@@ -28,7 +28,7 @@ from dicomflow.pipelines.pipeline import PartitionResult
 from dicomflow.pipelines.plan import Partition
 from dicomflow.pipelines.read_once import ReadPart, read_part
 from dicomflow.pipelines.result_sizes import record_bytes, records_bytes
-from dicomflow.pipelines.series_tasks import SeriesRows, plan_rows, read_rows
+from dicomflow.pipelines.series_tasks import SeriesRows, read_rows
 from dicomflow.pixels.series_writer import PixelOptions
 from dicomflow.records import RunContext, SourceRef
 from tests.conftest import PYDICOM_TEST_FILES, REPO
@@ -66,17 +66,17 @@ def test_a_reading_result_weighs_at_least_its_table_and_its_pickle(tmp_path: Pat
     assert sizeof(part) == size  # the same every time (no random sample)
 
 
-def test_full_rows_count_their_headers_as_dicom_json(tmp_path: Path) -> None:
-    """The two-stage reading tasks keep whole rows: the one large value of each row, its
-    header as DICOM JSON, is always counted (Dask's dict size samples ten values)."""
+def test_reading_tasks_count_their_encoded_frames(tmp_path: Path) -> None:
+    """A series' reading task holds its frames, encoded, until the stacks are written:
+    Dask must count every byte of them (its dict size samples ten values)."""
     source, refs = _source(tmp_path)
-    rows = read_rows(source, refs, _context())
-    assert rows.table is None and len(rows.records) == SLICES
-    json_bytes = sum(len(r.outputs[INSTANCES]["dicom_json"]) for r in rows.records)
-    assert json_bytes > 40_000
-    assert sizeof(rows) >= json_bytes + sys.getsizeof(rows.records)
-    plan = plan_rows([rows], _context(), PixelOptions(LakeLayout(str(tmp_path / "lake"))))
-    assert sizeof(plan) >= json_bytes
+    options = PixelOptions(LakeLayout(str(tmp_path / "lake")))
+    rows = read_rows(source, refs, _context(), (Flatten(),), options)
+    assert rows.table is not None and len(rows.encoded) == SLICES
+    frames = sum(len(c) for e in rows.encoded.values() for c in e.chunks if c)  # type: ignore[union-attr]
+    assert frames > SLICES * 100
+    assert sizeof(rows) >= frames + rows.table.nbytes
+    assert sizeof(rows) >= len(pickle.dumps(rows, protocol=5))
 
 
 def test_records_with_headers_and_errors_count_them(tmp_path: Path) -> None:
