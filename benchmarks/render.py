@@ -63,7 +63,7 @@ def main() -> None:
         naive_thumbnails(sorted(src.glob("*.dcm")), out)
         return
 
-    from pixels import write_series
+    from synth import write_phantom_series
 
     import dicomflow
     from dicomflow.pipelines.cluster import open_client
@@ -71,7 +71,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="dicomflow-renderbench-"))
     try:
         data = work / "series"
-        paths = write_series(data, args.n, "uncompressed", 512)
+        paths = write_phantom_series(data, args.n, size=512)
         for path in paths:  # the naive loop needs a window: give the series a soft-tissue one
             ds = pydicom.dcmread(path)
             ds.WindowCenter, ds.WindowWidth = 40, 400

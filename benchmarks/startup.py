@@ -187,12 +187,12 @@ def prepare(case: str, work: Path, n: int, slices: int) -> tuple[Path, list[Path
             print(f"synthesizing {n} files in {data} ...", flush=True)
             write_ct_series(data, n)
         return data, sorted(data.rglob("*.dcm"))[:n]
-    from pixels import write_series
+    from synth import write_phantom_series
 
     data = work / f"slices-{slices}"
     if not data.exists():
         print(f"synthesizing {slices} slices in {data} ...", flush=True)
-        write_series(data, slices, "uncompressed", 512)
+        write_phantom_series(data, slices, size=512)
     return data, sorted(data.rglob("*.dcm"))
 
 
