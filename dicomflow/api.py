@@ -315,6 +315,7 @@ def listen_spec(
     allow: Sequence[str] = (),
     batch_seconds: float = 5.0,
     host: str = "0.0.0.0",  # noqa: S104 (an SCP listens)
+    max_associations: int = 16,
     tls_ca: str | None = None,
     tls_cert: str | None = None,
     tls_key: str | None = None,
@@ -335,6 +336,7 @@ def listen_spec(
         allow=list(allow),
         batch_seconds=batch_seconds,
         host=host,
+        max_associations=max_associations,
         tls_ca=tls_ca,
         tls_cert=tls_cert,
         tls_key=tls_key,

@@ -781,6 +781,13 @@ def send(
     help="How often received instances are ingested.",
 )
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to bind.")  # noqa: S104
+@click.option(
+    "--max-associations",
+    type=click.IntRange(1, 512),
+    default=16,
+    show_default=True,
+    help="Associations established at once; more are rejected (local limit exceeded).",
+)
 @click.option("--workers", type=int, default=None, help="Local worker processes.")
 @click.option("--scheduler", default=None, help="Dask scheduler address.")
 @click.option("--tls-ca", default=None, help="Callers must present a certificate it signed.")
@@ -797,6 +804,7 @@ def listen(
     allowed: tuple[str, ...],
     batch_seconds: float,
     host: str,
+    max_associations: int,
     workers: int | None,
     scheduler: str | None,
     tls_ca: str | None,
@@ -822,6 +830,7 @@ def listen(
             allow=allowed,
             batch_seconds=batch_seconds,
             host=host,
+            max_associations=max_associations,
             tls_ca=tls_ca,
             tls_cert=tls_cert,
             tls_key=tls_key,

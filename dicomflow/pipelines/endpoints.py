@@ -17,12 +17,13 @@ A plugin source or sink follows the same contract.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from dicomflow.connectors.dicomweb.address import DicomwebAddress, DicomwebOptions
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions, TlsOptions
 from dicomflow.connectors.dimse.move import MoveDestination
+from dicomflow.connectors.dimse.scp_guard import ScpLimits
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.connectors.peers import DicomwebPeer, DimsePeer
 from dicomflow.operators.base import Operator, RunSettings
@@ -121,6 +122,7 @@ class Listener:
     options: DimseOptions
     allowed_callers: frozenset[str] | None
     batch_seconds: float
+    limits: ScpLimits = field(default_factory=ScpLimits)
 
 
 class ListenSourceUnit:
@@ -140,6 +142,7 @@ class ListenSourceUnit:
             DimseOptions(tls=tls),
             frozenset(config.allow) or None,
             config.batch_seconds,
+            ScpLimits(max_associations=config.max_associations),
         )
 
 

@@ -86,6 +86,7 @@ def listen(
         host=listener.host,
         options=listener.options,
         allowed_callers=listener.allowed_callers,
+        limits=listener.limits,
     ):
         logger.info("listening as %s on port %d", listener.ae_title, listener.port)
         while not stop.wait(listener.batch_seconds):

@@ -44,6 +44,7 @@ from dicomflow.connectors.dimse.move import (
     cancel_moves,
 )
 from dicomflow.connectors.dimse.scp import storage_scp
+from dicomflow.connectors.dimse.scp_guard import ScpLimits
 from dicomflow.connectors.peers import DimsePeer, Peer, SeriesRequest
 from dicomflow.errors import ConfigError, ErrorCode
 from dicomflow.lake.layout import LakeLayout, safe_uid_component
@@ -236,6 +237,7 @@ def _move_all(
                 host=peer.move.host,
                 options=peer.options,
                 route=route,
+                limits=ScpLimits(max_associations=max(16, max_associations)),
             ),
             _interrupts_cancel_moves(),
             ThreadPoolExecutor(max(1, max_associations), "dicomflow-move") as pool,

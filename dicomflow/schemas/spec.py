@@ -153,6 +153,13 @@ class ListenSource(_Tls, SourceConfig):
     allow: list[str] = Field(default_factory=list)
     batch_seconds: float = Field(default=5.0, gt=0)
     host: str = "0.0.0.0"  # noqa: S104 (an SCP listens)
+    max_associations: int = Field(
+        default=16,
+        gt=0,
+        le=512,
+        description="Associations established at once; more are rejected (local limit"
+        " exceeded). Connections that have not associated yet do not count.",
+    )
 
 
 class FlattenOperator(OperatorConfig):

@@ -4,13 +4,16 @@ Storage contexts are proposed for the SOP classes the caller expects (from an
 IMAGE-level C-FIND): one uncompressed context per class and one context per
 common compressed transfer syntax, so the PACS can send each instance as it
 holds it. Every received
-instance is written durably (temporary file, fsync, rename) before the
+instance is written durably (temporary file, fsync, link) before the
 C-STORE sub-operation is acknowledged, so an acknowledged instance is never
-lost, and nothing is held in memory beyond one instance.
+lost, not even to a later instance with the same SOP Instance UID, and nothing is
+held in memory beyond one instance.
 """
 
 from __future__ import annotations
 
+import filecmp
+import hashlib
 import logging
 import os
 import time
@@ -84,6 +87,26 @@ Route = Callable[[str], Path | None]  # SOP Instance UID -> its folder (None: re
 REFUSED = 0xC000  # "cannot understand": an instance nobody asked for
 
 
+def _keep(temporary: Path, final: Path) -> Path:
+    """Give a received file (written durably at ``temporary``) its name without ever
+    replacing an instance acknowledged before: the same bytes again are dropped, and
+    different bytes under the same SOP Instance UID are kept beside the first, named by
+    their digest. Returns where the instance is."""
+    try:
+        os.link(temporary, final)  # fails, never overwrites, if the name is taken
+        return final
+    except FileExistsError:
+        if filecmp.cmp(temporary, final, shallow=False):
+            return final
+        digest = hashlib.sha256(temporary.read_bytes()).hexdigest()[:16]
+        apart = final.with_name(f"{final.stem}.{digest}.dcm")
+        temporary.replace(apart)  # named by content: a replace writes the same bytes
+        logger.warning("a second, different instance with one SOP Instance UID was kept apart")
+        return apart
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def store_handler(
     destination: Path,
     result: GetResult,
@@ -107,11 +130,11 @@ def store_handler(
                 fh.write(event.encoded_dataset())
                 fh.flush()
                 os.fsync(fh.fileno())
-            temporary.rename(final)
+            kept = _keep(temporary, final)
         except OSError:
             logger.warning("could not store a received instance")
             return 0xA700  # out of resources: the peer counts it as failed
-        result.received[sop_uid] = final
+        result.received.setdefault(sop_uid, kept)
         if on_progress is not None:
             on_progress(len(result.received))
         return 0x0000

@@ -1,8 +1,11 @@
 """A Storage SCP: dicomflow's own C-STORE receiver (a C-MOVE destination).
 
 Every storage SOP class is accepted in the uncompressed and common compressed
-syntaxes; each instance is written durably before it is acknowledged (the same
-handler as C-GET uses), and ``TCP_NODELAY`` is set on every accepted socket.
+syntaxes, and Verification (C-ECHO) too; each instance is written durably before it
+is acknowledged (the same handler as C-GET uses), and ``TCP_NODELAY`` is set on every
+accepted socket. Every peer meets the limits of :mod:`.scp_guard`: a finite maximum
+PDU enforced before a body is read, read, request and idle timeouts, and a cap on
+established associations that idle connections cannot exhaust.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomflow.connectors.dimse.address import DimseOptions, valid_ae_title
 from dicomflow.connectors.dimse.association import DimseError
@@ -25,6 +29,7 @@ from dicomflow.connectors.dimse.get import (
     Route,
     store_handler,
 )
+from dicomflow.connectors.dimse.scp_guard import ScpLimits, association_cap, guard_connection
 
 
 def _nodelay(event: evt.Event) -> None:
@@ -54,27 +59,35 @@ def storage_scp(
     options: DimseOptions | None = None,
     allowed_callers: frozenset[str] | None = None,
     route: Route | None = None,
+    limits: ScpLimits | None = None,
 ) -> Iterator[GetResult]:
     """Listen on ``host:port`` as ``ae_title`` while the block runs; yield what arrives.
 
     ``route`` names the folder of each instance by its SOP Instance UID (a C-MOVE
-    destination files what it asked for by series, and refuses the rest)."""
+    destination files what it asked for by series, and refuses the rest). ``limits``
+    bound what each peer may take (:class:`ScpLimits`; its defaults when None); the
+    DIMSE timeout and TLS come from ``options``."""
     options = options or DimseOptions()
+    limits = limits or ScpLimits()
     destination.mkdir(parents=True, exist_ok=True)
     ae = AE(ae_title=valid_ae_title(ae_title))
-    ae.maximum_pdu_size = options.max_pdu
-    ae.network_timeout = options.network_timeout
-    ae.acse_timeout = options.acse_timeout
+    ae.maximum_pdu_size = limits.max_pdu
+    ae.network_timeout = limits.idle_timeout
+    ae.acse_timeout = limits.request_timeout
     ae.dimse_timeout = options.dimse_timeout
+    ae.maximum_associations = limits.max_connections  # ours count established ones only
     if allowed_callers is not None:
         ae.require_calling_aet = sorted(allowed_callers)
     for context in AllStoragePresentationContexts:
         if context.abstract_syntax is not None:
             ae.add_supported_context(context.abstract_syntax, [*UNCOMPRESSED, *COMPRESSED])
+    ae.add_supported_context(Verification, UNCOMPRESSED)
     received = GetResult()
     handlers: list[Any] = [
         (evt.EVT_C_STORE, store_handler(destination, received, None, route)),
+        (evt.EVT_CONN_OPEN, guard_connection(limits)),
         (evt.EVT_CONN_OPEN, _nodelay),
+        (evt.EVT_REQUESTED, association_cap(limits)),
     ]
     try:
         server = ae.start_server(
