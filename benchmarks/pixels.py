@@ -5,20 +5,25 @@ ways: uncompressed, RLE and JPEG 2000 lossless. For each, times:
 
 * baseline: one process, ``pydicom.dcmread(f).pixel_array`` per file, stacked and
   written with the same Zarr codec and chunking (Blosc-LZ4, one frame per chunk);
-* dicomflow: ``ingest(pixels=True)`` with defaults on a local cluster (start-up
-  included), which also writes the metadata tables and the geometry.
+* dicomflow: ``ingest(pixels=True)`` with defaults on a running local cluster of
+  worker processes, which also writes the metadata tables and the geometry.
 
 Prints decoded MB/s for both, the ratio per transfer syntax (with the cluster
-already running, and end to end with its start-up added) and the Zarr
-compression ratio. It also times dicomflow's decode alone, one slice after another
-in this process, as each worker decodes: the workers cannot beat the baseline by
-more than the baseline's time over that decode time shared among them ("decode
-bound"), whatever the rest costs. Best of ``--repeat`` runs per side; dirty pages are
-flushed (``os.sync``) before each timed run, so neither side pays for the other's writes.
-The ratio of each repeat's pair of runs is printed too (their spread is the machine's
-noise), and so is what creating a file costs in the work folder: both sides create one
-chunk file a slice, and on some virtual machines that costs more than decoding an
-uncompressed slice.
+already running, and with its start-up added) and the Zarr compression ratio. Then
+it times both whole commands, as a user waits for them: ``python benchmarks/pixels.py
+--baseline-only SRC OUT`` against ``dicomflow ingest SRC --out LAKE --pixels``, each a
+fresh process (imports included, and dicomflow's own choice of running a job this
+small in its process or on worker processes).
+
+It also times dicomflow's decode alone, one slice after another in this process, as each
+worker decodes: the workers cannot beat the baseline by more than the baseline's time
+over that decode time shared among them ("decode bound"), whatever the rest costs. Best
+of ``--repeat`` runs per side; dirty pages are flushed (``os.sync``) before each timed
+run, so neither side pays for the other's writes. The ratio of each repeat's pair of
+runs is printed too (their spread is the machine's noise), and so is what creating a
+file costs in the work folder: the naive loop creates one chunk file a slice (dicomflow
+one shard file for many slices), and on some virtual machines that costs more than
+decoding an uncompressed slice.
 
 Last, with the cluster shut down, it prints what a slice costs on one core (one
 process, ``--split-slices`` slices of each series, best of two passes), split into
@@ -52,10 +57,7 @@ from zarr.codecs import BloscCodec
 sys.path.insert(0, str(Path(__file__).parent))
 
 from synth import write_phantom_series
-
-import dicomflow
-from dicomflow.pipelines.cluster import open_client
-from dicomflow.pixels.decode import decode, read_dataset
+from whole_command import dicomflow_ingest, end_to_end, whole
 
 SYNTAXES = {
     "uncompressed": ExplicitVRLittleEndian,
@@ -87,6 +89,8 @@ def baseline(paths: list[Path], out: Path) -> float:
 def decode_alone(paths: list[Path]) -> float:
     """Seconds to decode ``paths`` one after another (files already parsed), the way each
     worker decodes: the same codec plugins, one thread, the Modality LUT applied."""
+    from dicomflow.pixels.decode import decode, read_dataset
+
     datasets = []
     for path in paths:
         with path.open("rb") as fp:
@@ -146,6 +150,8 @@ class OurSteps:
     instance_record: Callable[..., Any]
     dataset_from_header: Callable[..., Any]
     chunk_encoder: Callable[[], Callable[[np.ndarray], bytes | None]]
+    frames_per_shard: Callable[..., int]
+    shard_bytes: Callable[..., bytes | None]
 
     @classmethod
     def find(cls) -> OurSteps:
@@ -158,6 +164,8 @@ class OurSteps:
             instance_record=_required("dicomflow.records", "InstanceRecord"),
             dataset_from_header=_required("dicomflow.pixels.header_dataset", "dataset_from_header"),
             chunk_encoder=_required("dicomflow.lake.zarr_store", "ChunkEncoder"),
+            frames_per_shard=_required("dicomflow.lake.zarr_store", "frames_per_shard"),
+            shard_bytes=_required("dicomflow.lake.shards", "shard_bytes"),
         )
 
 
@@ -227,19 +235,24 @@ def naive_split(paths: list[Path], out: Path) -> Split:
 
 
 def dicomflow_split(paths: list[Path], out: Path, steps: OurSteps) -> Split:
-    """dicomflow's steps for a slice, as its reading tasks run them: read = the file's
-    bytes; header = the header reader, then flatten into the ``instances`` row; decode =
+    """dicomflow's steps for a slice, as its tasks run them: read = the file's bytes;
+    header = the header reader, then flatten into the ``instances`` row; decode =
     pydicom's dataset built from that header plus the Pixel Data, decoded with the
     Modality LUT (:func:`dicomflow.pixels.decode.decode`); encode = the lake's chunk
-    encoder, frame by frame; write = each encoded frame to a new file in ``out``."""
+    encoder, frame by frame; write = the encoded frames assembled into the stack's
+    shards (as many frames a shard as the lake puts in one) and each shard written to a
+    new file in ``out``."""
+    from dicomflow.pixels.decode import decode, read_dataset
+
     split = Split.empty()
     out.mkdir(parents=True)
     context = steps.row_context("split", datetime.now(UTC))
     memo: dict[Any, Any] = {}  # as flatten keeps one per batch
     encode = steps.chunk_encoder()
+    chunks: list[bytes | None] = []
     with steps.pydicom_mode(pydicom.config.WARN):  # as the flatten operator reads
         clock = Clock(split)
-        for number, path in enumerate(paths):
+        for path in paths:
             data = path.read_bytes()
             clock.mark("read")
             header = steps.read_header(BytesIO(data), size=len(data), salvage=True)
@@ -249,12 +262,14 @@ def dicomflow_split(paths: list[Path], out: Path, steps: OurSteps) -> Split:
             ds = steps.dataset_from_header(header, BytesIO(data)) or read_dataset(BytesIO(data))
             array = decode(ds).array
             clock.mark("decode")
-            chunks = [encode(array[frame : frame + 1]) for frame in range(len(array))]
+            chunks += [encode(array[frame : frame + 1]) for frame in range(len(array))]
             clock.mark("encode")
-            for frame, chunk in enumerate(chunks):
-                if chunk is not None:
-                    (out / f"{number}.{frame}").write_bytes(chunk)
-            clock.mark("write")
+        per_shard = steps.frames_per_shard((len(chunks), *array.shape[1:]), array.dtype)
+        for number, first in enumerate(range(0, len(chunks), per_shard)):
+            shard = steps.shard_bytes(chunks[first : first + per_shard])
+            if shard is not None:
+                (out / f"c.{number}.0.0").write_bytes(shard)
+        clock.mark("write")
     return split
 
 
@@ -294,7 +309,8 @@ def print_splits(splits: dict[str, dict[str, Split]], slices: int) -> None:
         "naive: header = pydicom.dcmread of the bytes, decode = .pixel_array, encode = the"
         " Blosc codec alone, write = zarr's write of the frames less that encode.\n"
         "dicomflow: header = header reader + flatten, decode = dataset from the header +"
-        " decode (Modality LUT), encode = the lake's chunk encoder, write = a file a frame.\n"
+        " decode (Modality LUT), encode = the lake's chunk encoder, write = the shards"
+        " assembled and written (a file a shard).\n"
         "cpu = the process's CPU time for the slice (above the sum: more than one thread)."
     )
 
@@ -311,7 +327,22 @@ def main() -> None:
         default=50,
         help="slices of each series in the per-slice split on one core (0: no split)",
     )
+    parser.add_argument(
+        "--baseline-only",
+        nargs=2,
+        metavar=("SRC", "OUT"),
+        help="run only the naive loop over SRC/*.dcm into the Zarr array OUT (the whole"
+        " baseline command that the benchmark times)",
+    )
     args = parser.parse_args()
+    if args.baseline_only:
+        src, out = map(Path, args.baseline_only)
+        baseline(sorted(src.glob("*.dcm")), out)
+        return
+
+    import dicomflow
+    from dicomflow.pipelines.cluster import open_client
+
     steps = OurSteps.find() if args.split_slices else None  # fail now, not after the runs
     work = Path(tempfile.mkdtemp(prefix="dicomflow-pixbench-"))
     series: dict[str, list[Path]] = {}
@@ -325,7 +356,7 @@ def main() -> None:
         with open_client(workers=args.workers) as client:
             startup = time.perf_counter() - start
             workers = len(client.scheduler_info()["workers"])
-            print(f"local cluster start-up: {startup:.1f} s (added to 'end to end')")
+            print(f"local cluster start-up: {startup:.1f} s (added in 'cluster start added')")
             for syntax in SYNTAXES:
                 data = work / syntax
                 paths = write_phantom_series(
@@ -352,7 +383,7 @@ def main() -> None:
                 pairs = sorted(x / y for x, y in zip(base, ours, strict=True))
                 print(
                     f"{syntax:13s} baseline {decoded_mb / b:6.1f} MB/s | dicomflow "
-                    f"{decoded_mb / o:6.1f} MB/s (ratio {b / o:.2f}x), end to end "
+                    f"{decoded_mb / o:6.1f} MB/s (ratio {b / o:.2f}x), cluster start added "
                     f"{decoded_mb / (o + startup):6.1f} MB/s (ratio {b / (o + startup):.2f}x)"
                     f" | zarr compression {compression:.1f}:1"
                 )
@@ -362,8 +393,23 @@ def main() -> None:
                 )
                 print(
                     f"{'':13s} each repeat's ratio {pairs[0]:.2f}-{pairs[-1]:.2f}x; creating a"
-                    f" file here {creation * 1e6:.0f} us (one a slice on each side)"
+                    f" file here {creation * 1e6:.0f} us (the naive loop creates one a slice)"
                 )
+        print(
+            "\nwhole commands, each a fresh process (imports, and dicomflow's choice of an"
+            " in-process or a process cluster, included):"
+        )
+        here = Path(__file__).resolve()
+        for syntax, paths in series.items():
+            whole_base, whole_ours = [], []
+            for _ in range(args.repeat):
+                shutil.rmtree(work / "baseline.zarr", ignore_errors=True)
+                naive = [sys.executable, str(here), "--baseline-only", str(paths[0].parent)]
+                whole_base.append(whole([*naive, str(work / "baseline.zarr")]))
+                lake = work / f"lake-{syntax}"
+                shutil.rmtree(lake, ignore_errors=True)
+                whole_ours.append(whole(dicomflow_ingest(paths[0].parent, lake, "--pixels")))
+            print(f"{syntax:13s} {end_to_end(args.n, min(whole_base), min(whole_ours))}")
         if steps is not None:  # with the cluster shut down: one process alone
             splits = {
                 syntax: per_slice_split(paths[: args.split_slices], work, steps)

@@ -232,3 +232,121 @@ def test_a_plugin_operator_reads_decoded_pixels_and_a_broken_image_costs_only_it
     assert f"pixel_stats: {errors[0]['code']}" in instances["broken.dcm"]["warnings"]
     sequences = read.table("sequence_stats").column("SOPInstanceUID").to_pylist()
     assert "1.2.826.0.1.3680043.8.498.1" in sequences  # the other operator still ran
+
+
+def _stack_stats_oracle(folder: Path) -> dict[str, tuple[int, float, float, float, float]]:
+    """pydicom's reading of each series: its instances, the distance between its first
+    and last slice along the slice normal, and its values' range and mean."""
+    by_series: dict[str, list[pydicom.Dataset]] = {}
+    for path in sorted(folder.rglob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        by_series.setdefault(str(ds.SeriesInstanceUID), []).append(ds)
+    expected = {}
+    for uid, datasets in by_series.items():
+        orientation = np.array(datasets[0].ImageOrientationPatient, dtype=float)
+        normal = np.cross(orientation[:3], orientation[3:])
+        along = sorted(float(np.dot(normal, ds.ImagePositionPatient)) for ds in datasets)
+        values = np.stack([apply_modality_lut(ds.pixel_array, ds) for ds in datasets])
+        values = values.astype(np.float64)
+        expected[uid] = (
+            len(datasets),
+            along[-1] - along[0],
+            values.min(),
+            values.max(),
+            values.mean(),
+        )
+    return expected
+
+
+def test_a_plugin_series_operator_sees_each_series_and_its_stacks(
+    plugin_path: Path, tmp_path: Path
+) -> None:
+    """A series operator from a plugin runs after ``pixels`` on every series, reads the
+    stacks back from the lake, and its table is committed, ledgered and skipped on a
+    rerun like any other; listed before ``pixels`` it is a config error."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from synth import write_ct_series
+
+    sources = tmp_path / "src"
+    write_ct_series(sources, 14, per_series=7, rows=24, cols=24)
+    lake = tmp_path / "lake"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        textwrap.dedent(
+            f"""
+            name: stack-stats
+            source: {{kind: files, urls: ["{sources}"]}}
+            operators: [{{name: flatten}}, {{name: pixels}}, {{name: stack_stats}}]
+            sinks: [{{kind: lake, path: "{lake}"}}]
+            """
+        )
+    )
+    env = _env(plugin_path)
+    run = [sys.executable, "-m", "dicomflow", "run", str(spec)]
+    first = subprocess.run(run, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    read = dicomflow.read_lake(str(lake))
+    rows = {row["SeriesInstanceUID"]: row for row in read.table("stack_stats").to_pylist()}
+    expected = _stack_stats_oracle(sources)
+    assert len(expected) == 2 and set(rows) == set(expected)
+    for uid, (instances, extent, low, high, mean) in expected.items():
+        row = rows[uid]
+        assert row["instances"] == instances
+        assert row["extent_mm"] == pytest.approx(extent, abs=1e-6)
+        assert (row["minimum"], row["maximum"]) == (low, high)
+        assert row["mean"] == pytest.approx(mean, rel=1e-9)
+    stacks = {row["zarr_path"] for row in read.series().to_pylist()}
+    assert {row["zarr_path"] for row in rows.values()} == stacks
+    assert "stack_stats" in _ledgered_tables(lake)
+    again = subprocess.run(run, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "skipped (already committed): 14" in again.stdout
+    assert read.table("stack_stats").num_rows == 2  # nothing duplicated
+
+    spec.write_text(
+        spec.read_text().replace(
+            "{name: pixels}, {name: stack_stats}", "{name: stack_stats}, {name: pixels}"
+        )
+    )
+    wrong = subprocess.run(run, env=env, capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 2
+    assert "stack_stats" in wrong.stderr and "after" in wrong.stderr and "pixels" in wrong.stderr
+
+
+def test_a_failing_series_operator_costs_only_its_outputs(
+    plugin_path: Path, tmp_path: Path
+) -> None:
+    """A series operator that raises: every instance of the series keeps its row and its
+    stack, gets an error row of that operator's stage and its fault in ``warnings``."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from synth import write_ct_series
+
+    sources = tmp_path / "src"
+    write_ct_series(sources, 5, per_series=5, rows=16, cols=16)
+    lake = tmp_path / "lake"
+    code = textwrap.dedent(
+        f"""
+        import dicomflow
+        from dicomflow_sequence_stats.stack_stats import StackStatsConfig
+
+        summary = dicomflow.ingest(
+            "{sources}", out="{lake}", pixels=True, operators=[StackStatsConfig(fail=True)]
+        )
+        assert summary.accounted, summary
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=_env(plugin_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    read = dicomflow.read_lake(str(lake))
+    instances = read.instances().to_pylist()
+    assert len(instances) == 5 and all(r["zarr_path"] for r in instances)
+    assert all(any(w.startswith("stack_stats: ") for w in r["warnings"]) for r in instances)
+    errors = read.errors().to_pylist()
+    assert len(errors) == 5 and {e["stage"] for e in errors} == {"stack_stats"}
+    assert "stack_stats" not in read.tables() or read.table("stack_stats").num_rows == 0

@@ -10,7 +10,9 @@ parts, and :meth:`CompiledPipeline.run` runs them on a ``distributed`` client:
 - the operators, from ``dicomflow.operators``, in the order listed. Instance
   operators are fused per partition (or per series' reading task), those that
   read decoded pixels inside one :class:`WithImages` (decoded once); the
-  ``pixels`` series operator runs as the series graphs of :mod:`.ingest`;
+  ``pixels`` series operator runs as the series graphs of :mod:`.ingest`, and the
+  series operators listed after it (built-in or a plugin's,
+  :mod:`dicomflow.operators.series`) run in the task that commits each series;
 - the sinks, from ``dicomflow.sinks``: the lake, which writes every table the
   operators declare, and operator sinks (``store``) that run after every other
   instance operator.
@@ -232,6 +234,7 @@ def compile_spec(spec: PipelineSpec, resources: Resources | None = None) -> Comp
     columns: list[pa.Field] = []
     fingerprints: list[tuple[str, str]] = []
     pixels: PixelsOperator | None = None
+    series_ops: list[Operator] = []
     for config in spec.operators:
         unit = operator_registry.get(config.name)
         _claim_tables(tables, unit.outputs.tables, config.name)
@@ -239,13 +242,16 @@ def compile_spec(spec: PipelineSpec, resources: Resources | None = None) -> Comp
         if config.name == "anonymize":
             continue  # de-identification runs first, on every input (see run_ingest)
         fingerprints.append((config.name, settings_digest(config)))
-        if unit.kind == "series":
-            if not isinstance(config, PixelsOperator):
-                raise ConfigError(
-                    f"operator {config.name!r} is a series operator; only the built-in "
-                    "pixels runs as one so far"
-                )
+        if isinstance(config, PixelsOperator):
             pixels = config
+            continue
+        if unit.kind == "series":  # runs on each series once pixels wrote its stacks
+            if pixels is None:
+                raise ConfigError(
+                    f"operator {config.name!r} is a series operator: list it after "
+                    "'pixels', which assembles the series and writes their stacks"
+                )
+            series_ops.append(unit.build(config, run))
             continue
         instance_ops.append(unit.build(config, run))
         wants_pixels.append(bool(unit.needs_pixels))
@@ -261,6 +267,7 @@ def compile_spec(spec: PipelineSpec, resources: Resources | None = None) -> Comp
         expand_palette=pixels.expand_palette if pixels else False,
         pyramid=pixels.pyramid if pixels else False,
         operators=tuple(instance_ops),
+        series_operators=tuple(series_ops),
         tables=tuple(tables),
         columns=tuple(columns),
         read_once=resources.read_once,

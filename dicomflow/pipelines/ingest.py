@@ -71,6 +71,7 @@ class IngestOptions:
     expand_palette: bool = False
     pyramid: bool = False
     operators: tuple[Operator, ...] = (Flatten(),)
+    series_operators: tuple[Operator, ...] = ()  # run on each series once its stacks are written
     tables: tuple[TableOutput, ...] = ()  # declared by operators besides the built-ins
     columns: tuple[pa.Field, ...] = ()  # added to ``instances`` by operators
     read_once: bool = True  # in a fresh local lake, read each file once (same outputs)
@@ -360,6 +361,7 @@ class _Stages:
         """Commit every series (from ``reading``'s results when the files were read
         already, else with its own graph) and scan the loose inputs."""
         context, sinks, operators = self.context, self.sinks, self.operators
+        series_operators = self.options.series_operators
         pixel_options = self.pixel_options(source)
         jobs = []
         workers = self.workers() if series_groups and reading is None else 1
@@ -384,15 +386,23 @@ class _Stages:
                     context,
                     pixel_options,
                     sinks,
+                    series_operators,
                     key=task_key("series", context, part.name),
                 )
             elif len(group) > 1:
                 graph = small_series_graph(
-                    source, group, part, context, pixel_options, sinks, operators
+                    source, group, part, context, pixel_options, sinks, operators, series_operators
                 )
             else:
                 graph = series_graph(
-                    source, part, context, pixel_options, sinks, operators, workers
+                    source,
+                    part,
+                    context,
+                    pixel_options,
+                    sinks,
+                    operators,
+                    workers,
+                    series_operators,
                 )
             jobs.append((part, graph))
         # Loose inputs have no series: in a pixel run, their images get an error row.

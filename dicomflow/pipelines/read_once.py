@@ -103,12 +103,13 @@ def write_held_series(
     context: RunContext,
     options: PixelOptions,
     sinks: Sequence[LakeSink],
+    series_operators: Sequence[Operator] = (),
 ) -> PartitionResult:
     """Task: gather each series' rows from the reading tasks (in input order), write
-    their stacks and commit them together (small series share a commit:
-    :func:`.series_tasks.commit_groups`)."""
+    their stacks, run the series operators and commit them together (small series share
+    a commit: :func:`.series_tasks.commit_groups`)."""
     rows = [[part.rows[uid] for part in parts if uid in part.rows] for uid in series]
-    return write_and_commit(rows, partition, context, options, sinks)
+    return write_and_commit(rows, partition, context, options, sinks, series_operators)
 
 
 SMALLEST_PART = 8

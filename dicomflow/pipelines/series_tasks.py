@@ -26,6 +26,7 @@ from dicomflow.dicom.elements import Elements
 from dicomflow.dicom.geometry import SliceInfo
 from dicomflow.operators.base import Operator
 from dicomflow.operators.flatten import Flatten
+from dicomflow.operators.series import run_series_operators
 from dicomflow.pipelines.instance_rows import (
     has_row,
     located,
@@ -182,25 +183,37 @@ def write_and_commit(
     context: RunContext,
     options: PixelOptions,
     sinks: Sequence[LakeSink],
+    series_operators: Sequence[Operator] = (),
 ) -> PartitionResult:
-    """Task: write the stacks of the ``series`` (each given as its reading parts) and
-    commit them together: their stacks one by one, their table parts and ledger entry
-    once. Committed alone, a one-instance series cost 18 ms, most of it three Parquet
-    parts (a one-row ``instances`` part took 4.4 ms and 48 KB) and the entry."""
-    written = [write_one(parts, context, options) for parts in series]
-    batch = merged([b for b, _ in written], context)
-    batch = with_instances(batch, [part for parts in series for part in parts])
-    result = commit_batch(batch, partition, sinks)
-    return timed(result, min((s for _, s in written), default=time.time()), partition)
+    """Task: write the stacks of the ``series`` (each given as its reading parts), run
+    the series operators on each (:mod:`dicomflow.operators.series`) and commit them
+    together: their stacks one by one, their table parts and ledger entry once.
+    Committed alone, a one-instance series cost 18 ms, most of it three Parquet parts (a
+    one-row ``instances`` part took 4.4 ms and 48 KB) and the entry."""
+    batches, started = [], []
+    for parts in series:
+        batch, began = write_one(parts, context, options)
+        if series_operators:
+            batch = run_series_operators(with_instances(batch, parts), series_operators)
+        batches.append(with_instances(batch, parts))  # faults since: in its warnings
+        started.append(began)
+    result = commit_batch(merged(batches, context), partition, sinks)
+    return timed(result, min(started, default=time.time()), partition)
 
 
 def merged(batches: Sequence[Batch], context: RunContext) -> Batch:
-    """Several series' committed batches as one: their records and ``series`` rows."""
+    """Several series' committed batches as one: their records, their ``instances``
+    tables (when each has one) and the rows of every other table."""
     if len(batches) == 1:
         return batches[0]
     records = tuple(r for batch in batches for r in batch.records)
-    rows = tuple(row for batch in batches for row in batch.tables.get(SERIES_TABLE, ()))
-    return Batch(records, context, {SERIES_TABLE: rows})
+    names = dict.fromkeys(name for batch in batches for name in batch.tables)
+    tables = {name: tuple(row for b in batches for row in b.tables.get(name, ())) for name in names}
+    pieces = [batch.instances for batch in batches]
+    instances = None
+    if all(piece is not None for piece in pieces):
+        instances = pa.concat_tables(pieces).combine_chunks()
+    return Batch(records, context, tables, instances)
 
 
 SMALL_SERIES = 32  # a series of fewer instances is committed together with others
@@ -250,6 +263,7 @@ def series_graph(
     sinks: Sequence[LakeSink],
     operators: Sequence[Operator] = (Flatten(),),
     workers: int = 1,
+    series_operators: Sequence[Operator] = (),
 ) -> Delayed:
     """One series as reading tasks (headers, operators, decoding) → one task that writes
     its stacks and commits."""
@@ -275,6 +289,7 @@ def series_graph(
         context,
         options,
         sinks,
+        tuple(series_operators),
         key=task_key("series", context, name),
     )
 
@@ -287,6 +302,7 @@ def small_series_graph(
     options: PixelOptions,
     sinks: Sequence[LakeSink],
     operators: Sequence[Operator] = (Flatten(),),
+    series_operators: Sequence[Operator] = (),
 ) -> Delayed:
     """Several small series (:func:`commit_groups`): each read by one task, all written
     and committed by one task."""
@@ -304,5 +320,6 @@ def small_series_graph(
         context,
         options,
         sinks,
+        tuple(series_operators),
         key=task_key("series", context, partition.name),
     )
