@@ -14,7 +14,7 @@ import tempfile
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import pyarrow as pa
 from distributed import Client
@@ -23,7 +23,6 @@ from dicomflow.anonymize.config import deidentifier
 from dicomflow.anonymize.engine import Deidentifier
 from dicomflow.connectors.dicomweb.address import DicomwebError
 from dicomflow.connectors.dimse.association import DimseError
-from dicomflow.display import Picture, SeriesView, contact_sheet, view_series
 from dicomflow.errors import ConfigError
 from dicomflow.lake.reader import Lake, read_lake
 from dicomflow.pipelines.anonymize import AnonymizeSettings
@@ -86,6 +85,21 @@ __all__ = [
     "view_series",
     "write_table",
 ]
+
+if TYPE_CHECKING:
+    from dicomflow.display import Picture, SeriesView, contact_sheet, view_series
+
+# Notebook display (Pillow, the renderer) is imported on first use, not by every command.
+_DISPLAY_NAMES = frozenset({"Picture", "SeriesView", "contact_sheet", "view_series"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DISPLAY_NAMES:
+        from dicomflow import display
+
+        return getattr(display, name)
+    raise AttributeError(f"module 'dicomflow.api' has no attribute {name!r}")
+
 
 Pipeline: TypeAlias = PipelineSpec
 """A pipeline is its spec: build one in Python, from YAML, or from the CLI."""
