@@ -158,7 +158,10 @@ def report_missing(
     refs = [SourceRef(f"{peer}#sop={uid}") for uid in sorted(missing)]
     records = tuple(
         InstanceRecord(ref).with_error(
-            "retrieve", ErrorCode.NOT_RETRIEVED, "the peer did not deliver this instance"
+            "retrieve",
+            ErrorCode.NOT_RETRIEVED,
+            "the peer did not deliver this instance whole: it sent nothing for it, a part"
+            " that is not DICOM, or one cut short",
         )
         for ref in refs
     )

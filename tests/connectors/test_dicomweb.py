@@ -309,3 +309,49 @@ def test_cli_ingest_from_dicomweb(orthanc: Orthanc, tmp_path: Path) -> None:
         timeout=300,
     )
     assert refused.returncode == 2 and "needs a query" in refused.stderr
+
+
+def _without_file_meta(path: Path) -> None:
+    """Rewrite ``path`` as the data set alone: no preamble, no file meta, implicit VR
+    little endian (as some archives hold instances and Orthanc serves them)."""
+    ds = pydicom.dcmread(path)
+    del ds.file_meta
+    ds.preamble = None
+    ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=False)
+
+
+def test_an_instance_stored_without_file_meta_lands_as_the_server_sent_it(
+    tmp_path: Path, client: object
+) -> None:
+    """WADO-RS parts land byte for byte: an instance Orthanc holds without preamble or
+    file meta is neither reparsed nor reported as not delivered; the reader reads it and
+    its pixels equal pydicom's reading of the original file."""
+    require(orthanc_binary() is not None, "Orthanc (Debian package orthanc)")
+    paths = _series(tmp_path / "src")[:4]
+    originals = [pydicom.dcmread(p) for p in paths]  # the oracle, read before one is stripped
+    _without_file_meta(paths[1])
+    assert paths[1].read_bytes()[:4] == b"\x08\x00\x05\x00"  # starts with its first element
+    with running_orthanc(tmp_path / "orthanc", dicomweb=True) as server:
+        for path in paths:
+            assert server.upload(path)
+        stored = {}
+        for instance in server.get("/instances"):  # type: ignore[union-attr]
+            tags = server.get(f"/instances/{instance}/simplified-tags")
+            stored[tags["SOPInstanceUID"]] = server.get_bytes(f"/instances/{instance}/file")  # type: ignore[index]
+        lake = tmp_path / "lake"
+        series = _uid(paths[0], "SeriesInstanceUID")
+        summary = dicomflow.ingest(
+            [server.dicomweb],
+            out=str(lake),
+            query={"SeriesInstanceUID": series},
+            client=client,
+            progress=False,
+            pixels=True,
+        )
+    assert (summary.rows, summary.errors) == (4, 0), summary
+    landed = {p.stem: p.read_bytes() for p in (lake / "_retrieved").rglob("*.dcm")}
+    assert landed == stored  # every part as the server sent it
+    volume, _ = dicomflow.open_series(dicomflow.read_lake(str(lake)), series, as_numpy=True)
+    order = sorted(originals, key=lambda ds: float(ds.ImagePositionPatient[2]))
+    expected = np.stack([pydicom.pixels.apply_modality_lut(ds.pixel_array, ds) for ds in order])
+    np.testing.assert_array_equal(volume, expected)
