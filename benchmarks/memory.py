@@ -88,7 +88,7 @@ def measure(command: list[str], interval: float) -> Peak:
 def ingest_command(data: Path, lake: Path, workers: int | None) -> list[str]:
     command = [sys.executable, "-m", "dicomflow", "ingest", str(data), "--out", str(lake)]
     command += ["--pixels", "--no-progress"]
-    if workers is not None:
+    if workers:
         command += ["--workers", str(workers)]
     return command
 
@@ -102,7 +102,14 @@ def main() -> None:
     )
     parser.add_argument("--size", type=int, default=64, help="rows and columns (default 64)")
     parser.add_argument("--per-series", type=int, default=100, help="slices per series")
-    parser.add_argument("--workers", type=int, default=None, help="default: one per core")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=max(2, len(psutil.Process().cpu_affinity() or [0, 1])),
+        help="worker processes for every size (default: one per core, at least 2, so that"
+        " every size runs on worker processes; 0 lets dicomflow choose, and it runs small"
+        " jobs in its own process, whose peak is then not comparable)",
+    )
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between samples")
     parser.add_argument("--keep", type=Path, default=None, help="keep data in this directory")
     args = parser.parse_args()
