@@ -27,7 +27,7 @@ import pydicom
 from pydicom import config as pydicom_config
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.uid import DeflatedExplicitVRLittleEndian
@@ -187,6 +187,8 @@ def read_header_with_pydicom(
             AttributeError,
             LookupError,
             struct.error,
+            OSError,  # pydicom's "No tag to read at file position" inside a sequence's value
+            BytesLengthException,
         ) as exc:
             if isinstance(exc, MalformedDicomError):
                 raise
@@ -232,6 +234,7 @@ def _read_in_mode(
             AttributeError,
             LookupError,
             OSError,
+            BytesLengthException,  # a value whose length is no multiple of its VR's size
         ) as exc:
             raise MalformedDicomError(f"header cannot be parsed ({type(exc).__name__})") from exc
 

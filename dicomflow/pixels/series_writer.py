@@ -198,7 +198,7 @@ def _stack_frames(
     are all zero or whose instance failed), typed and shaped by the stack's first
     decoded instance; None when no instance decoded. Records each outcome."""
     first: EncodedImage | None = None
-    frames: list[bytes | None] = [None] * stack_plan.stack.frames
+    placed: dict[int, tuple[bytes | None, ...]] = {}  # first frame -> the instance's chunks
     offset = 0
     for info in stack_plan.stack.slices:
         start, offset = offset, offset + info.frames
@@ -210,14 +210,17 @@ def _stack_frames(
                 plan.outcomes[info.index] = outcome
                 continue
             first = first or outcome
-            frames[start:offset] = fitted(outcome, first)
+            placed[start] = fitted(outcome, first)
             plan.outcomes[info.index] = None
         except BaseException as exc:  # one bad instance must not sink the series
             if not is_instance_fault(exc):
                 raise
             plan.outcomes[info.index] = error_info(exc)
-    if first is None:
+    if first is None:  # nothing decoded: no frames are held for what headers claimed
         return None
+    frames: list[bytes | None] = [None] * stack_plan.stack.frames
+    for start, chunks in placed.items():
+        frames[start : start + len(chunks)] = chunks
     stack_plan.reference, stack_plan.dtype = first.reference, first.dtype
     stack_plan.shape = stack_shape(stack_plan.stack.frames, first.shape[1:])
     stack_plan.levels = len(pyramid_shapes(stack_plan.shape, options))
