@@ -75,19 +75,24 @@ class WritePixels:
 
 @dataclass(frozen=True)
 class WithoutSeries:
-    """In a pixel run, an image that belongs to no series (no Series Instance UID) has no
-    stack to go to: it keeps its row and gets an error row of the pixel stage, so that
-    every input with pixel data ends with pixels or an error row."""
+    """In a pixel run, an image with no stack to go to keeps its row and gets an error row
+    of the pixel stage, so that every input with pixel data ends with pixels or an error
+    row: by default an image that belongs to no series (no Series Instance UID); also the
+    images of a series whose task kept failing, run again for their rows alone."""
 
     name: ClassVar[str] = STAGE
+    message: str = "the image has no Series Instance UID, so no stack"
+    code: ErrorCode = ErrorCode.UNSUPPORTED_PIXELS
 
     def __call__(self, batch: Batch) -> Batch:
-        return map_records(batch, self.name, _no_stack)
+        return map_records(batch, self.name, self._no_stack)
+
+    def _no_stack(self, record: InstanceRecord) -> InstanceRecord:
+        if has_image_row(record):
+            raise PixelDecodeError(self.message, code=self.code)
+        return record
 
 
-def _no_stack(record: InstanceRecord) -> InstanceRecord:
-    if has_image_row(record):
-        raise PixelDecodeError(
-            "the image has no Series Instance UID, so no stack", code=ErrorCode.UNSUPPORTED_PIXELS
-        )
-    return record
+SERIES_TASK_FAILED = WithoutSeries(
+    "the series' stacks could not be written (its task kept failing)", ErrorCode.INTERNAL
+)

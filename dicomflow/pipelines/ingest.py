@@ -31,7 +31,7 @@ from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.ledger import Committed, Ledger, config_digest
 from dicomflow.operators.base import Operator, TableOutput
 from dicomflow.operators.flatten import Flatten
-from dicomflow.operators.write_pixels import WithoutSeries, WritePixels
+from dicomflow.operators.write_pixels import SERIES_TASK_FAILED, WithoutSeries, WritePixels
 from dicomflow.pipelines.anonymize import AnonymizeSettings, keyed_refs, run_deidentify
 from dicomflow.pipelines.pipeline import (
     RunSummary,
@@ -374,8 +374,39 @@ class _Stages:
             return reading.held_by(uid(refs)) if reading is not None else ()
 
         commits = commit_groups(series_groups, holder)  # small series share a commit
+        series_in: dict[str, Sequence[Sequence[SourceRef]]] = {}  # partition -> its series
+
+        def smaller(part: Partition) -> list[tuple[Partition, Any]]:
+            """A failed commit of several series: each series alone; a series that
+            fails alone: its inputs' rows, its images with an error row each."""
+            group = series_in.get(part.name, ())
+            if len(group) > 1:
+                alone = []
+                for refs in group:
+                    single = partition_named(part.index, list(refs))
+                    series_in[single.name] = [refs]
+                    graph = series_graph(
+                        source,
+                        single,
+                        context,
+                        pixel_options,
+                        sinks,
+                        operators,
+                        1,
+                        series_operators,
+                    )
+                    alone.append((single, graph))
+                return alone
+            if len(group) == 1:
+                rows_only = (*operators, SERIES_TASK_FAILED)
+                key = task_key("series-rows", context, part.name)
+                job = task(run_partition, source, part, rows_only, sinks, context, key=key)
+                return [(part, job)]
+            return []
+
         for number, group in enumerate(commits):
             part = partition_named(number, [ref for refs in group for ref in refs])
+            series_in[part.name] = group
             if reading is not None:
                 uids = tuple(uid(refs) for refs in group)
                 graph = task(
@@ -420,4 +451,5 @@ class _Stages:
             progress=self.progress,
             retries=self.retries,
             submitted=reading.release if reading is not None else None,
+            smaller=smaller,
         )

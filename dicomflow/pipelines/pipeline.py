@@ -254,14 +254,16 @@ def execute(
     progress: bool | None,
     retries: int,
     submitted: Callable[[], None] | None = None,
+    smaller: Smaller | None = None,
 ) -> None:
     """Run the partition tasks, folding results into ``summary`` as they finish
     (``submitted`` is called once they are all submitted).
 
-    A partition whose task still fails after its retries is not lost: its inputs are
-    run again one by one where the task allows it (see :func:`recover`), and the
-    inputs that still fail are committed as error rows (code ``internal``). Failures
-    are logged with the exception type only.
+    A partition whose task still fails after its retries is not lost: ``smaller``
+    may split it into smaller jobs (the series of a shared commit, one by one), else
+    its inputs are run again one by one where the task allows it (see
+    :func:`recover`), and the inputs that still fail are committed as error rows
+    (code ``internal``). Failures are logged with the exception type only.
     """
     futures = client.compute([task for _, task in jobs], retries=retries)
     if submitted is not None:
@@ -281,7 +283,9 @@ def execute(
                     retries,
                     failure_name(exc),
                 )
-                results, lost = recover(client, partition, job, exc, sinks=sinks, context=context)
+                results, lost = settle(
+                    client, partition, job, exc, sinks=sinks, context=context, smaller=smaller
+                )
                 bar.advance(lost)
             for result in results:
                 if summary.first_result_seconds is None:
@@ -306,6 +310,41 @@ def fold(summary: RunSummary, result: PartitionResult) -> None:
         summary.slowest.append((result.seconds, result.inputs, result.first_source))
         summary.slowest.sort(reverse=True)
         del summary.slowest[SLOWEST_KEPT:]
+
+
+Smaller = Callable[[Partition], Sequence[tuple[Partition, Delayed]]]
+
+
+def settle(
+    client: Client,
+    partition: Partition,
+    job: Delayed,
+    exc: BaseException,
+    *,
+    sinks: Sequence[Sink],
+    context: RunContext,
+    smaller: Smaller | None,
+) -> tuple[list[PartitionResult], int]:
+    """The results of a partition whose task kept failing: its ``smaller`` jobs, each
+    settled the same way when it fails too, or else :func:`recover`'s."""
+    jobs = smaller(partition) if smaller is not None else ()
+    if not jobs:
+        return recover(client, partition, job, exc, sinks=sinks, context=context)
+    logger.error("partition %s run again in %d smaller jobs", partition.name, len(jobs))
+    results: list[PartitionResult] = []
+    lost = 0
+    futures = client.compute([j for _, j in jobs], retries=0)
+    for (part, j), future in zip(jobs, futures, strict=True):
+        try:
+            results.append(future.result())
+        except Exception as inner:
+            more, more_lost = settle(
+                client, part, j, inner, sinks=sinks, context=context, smaller=smaller
+            )
+            results.extend(more)
+            lost += more_lost
+        future.release()
+    return results, lost
 
 
 def recover(
