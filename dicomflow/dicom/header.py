@@ -32,6 +32,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from dicomflow.dicom.clamped import ClampedReads
 from dicomflow.dicom.dicomjson import BINARY_VRS
 from dicomflow.dicom.elements import UNDEFINED_LENGTH
 from dicomflow.dicom.fastread import (
@@ -164,6 +165,8 @@ def read_header_with_pydicom(
     tolerant mode, as ``pydicom.dcmread`` would read them. With ``salvage``,
     damage in or after Pixel Data gives a :class:`DamagedHeader` instead of an error.
     """
+    if size is not None:
+        fp = ClampedReads(fp, size)  # type: ignore[assignment]  # claims cost what the file holds
     try:
         ds, meta, fields = _read_in_mode(fp, size, pydicom_config.RAISE, salvage, inflate_limits)
     except _Inconsistent:

@@ -85,7 +85,23 @@ def decode(
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        decoded = _decode(ds, memory_budget)
+        try:
+            decoded = _decode(ds, memory_budget)
+        except PixelDecodeError:
+            raise
+        except (
+            NotImplementedError,  # pydicom: an unknown VR in an attribute the decode reads
+            ValueError,
+            TypeError,
+            KeyError,
+            AttributeError,
+            IndexError,
+            OverflowError,
+        ) as exc:
+            raise PixelDecodeError(
+                f"the image's attributes cannot be read ({type(exc).__name__})",
+                code=ErrorCode.DECODE_FAILED,
+            ) from exc
         if decoded.photometric_interpretation != "PALETTE COLOR":
             return decoded
         try:

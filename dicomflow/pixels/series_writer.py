@@ -30,6 +30,7 @@ import numpy as np
 from fsspec.core import url_to_fs
 from pydicom.dataset import Dataset
 
+from dicomflow.dicom.clamped import ClampedReads
 from dicomflow.dicom.geometry import SliceInfo, Stack, split_stacks
 from dicomflow.errors import ErrorCode, describe_failure, is_instance_fault
 from dicomflow.lake.layout import LakeLayout
@@ -433,7 +434,8 @@ def open_dataset(
     ``header`` its scan read, only Pixel Data is read from the file
     (:mod:`dicomflow.pixels.header_dataset`)."""
     try:
-        with _open(url, storage_options) as fp:
+        with _open(url, storage_options) as opened:
+            fp = cast(BinaryIO, ClampedReads.of(opened))  # a damaged length costs no more
             ds = dataset_from_header(header, fp) if header is not None else None
             if ds is None:
                 fp.seek(0)

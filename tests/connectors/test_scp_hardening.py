@@ -149,20 +149,25 @@ def test_a_claimed_4_gib_pdu_is_refused_before_its_body(tmp_path: Path) -> None:
         assert len(stored(folder)) == 1
 
 
+def _associate_then_send(port: int, data: bytes) -> None:
+    """Associate as a valid peer, then send ``data`` raw: the SCP must abort the
+    association within 10 s."""
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMFLOW")
+    assert assoc.is_established
+    assoc.dul.socket.socket.sendall(data)
+    deadline = time.monotonic() + 10
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not assoc.is_established
+    assoc.abort()
+
+
 def test_an_oversized_p_data_after_a_valid_association_aborts_it(tmp_path: Path) -> None:
     limits = ScpLimits(max_pdu=64 * 1024)
     with scp(tmp_path, limits) as (port, folder):
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context(Verification)
-        assoc = ae.associate("127.0.0.1", port, ae_title="DICOMFLOW")
-        assert assoc.is_established
-        raw = assoc.dul.socket.socket
-        raw.sendall(struct.pack(">BBL", 0x04, 0, limits.pdu_body_limit + 1))
-        deadline = time.monotonic() + 10
-        while assoc.is_established and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not assoc.is_established
-        assoc.abort()
+        _associate_then_send(port, struct.pack(">BBL", 0x04, 0, limits.pdu_body_limit + 1))
         result = storescu(port, CT)
         assert result.returncode == 0, result.stderr
         assert len(stored(folder)) == 1
@@ -170,16 +175,7 @@ def test_an_oversized_p_data_after_a_valid_association_aborts_it(tmp_path: Path)
 
 def test_garbage_after_a_valid_association(tmp_path: Path) -> None:
     with scp(tmp_path) as (port, folder):
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context(Verification)
-        assoc = ae.associate("127.0.0.1", port, ae_title="DICOMFLOW")
-        assert assoc.is_established
-        assoc.dul.socket.socket.sendall(b"\x99garbage that is no PDU at all" * 100)
-        deadline = time.monotonic() + 10
-        while assoc.is_established and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not assoc.is_established
-        assoc.abort()
+        _associate_then_send(port, b"\x99garbage that is no PDU at all" * 100)
         result = storescu(port, CT)
         assert result.returncode == 0, result.stderr
         assert len(stored(folder)) == 1
