@@ -50,7 +50,6 @@ from dicomflow.pixels.slices import slice_infos
 from dicomflow.records import Batch, ErrorInfo, InstanceRecord, RunContext, SourceRef
 
 SERIES_INSTANCE_UID = 0x0020000E
-SERIES_TABLE = "series"
 
 
 def series_of(elements: Elements) -> str | None:

@@ -292,6 +292,17 @@ def test_rss_before_and_after_each_probe(
     assert len(stored(folder)) == 1
 
 
+def _listen_spec(tmp_path: Path, cap: str) -> subprocess.CompletedProcess[str]:
+    """``dicomflow listen --max-associations CAP --print-spec``."""
+    command = ["listen", "--ae", "DICOMFLOW", "--port", "11112", "--out", str(tmp_path / "lake")]
+    return subprocess.run(
+        [sys.executable, "-m", "dicomflow", *command, "--max-associations", cap, "--print-spec"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_the_listen_command_carries_its_association_cap_into_the_spec(tmp_path: Path) -> None:
     """``dicomflow listen --max-associations N`` is a spec field the SCP is built with."""
     from dicomflow.lake.layout import LakeLayout
@@ -299,48 +310,10 @@ def test_the_listen_command_carries_its_association_cap_into_the_spec(tmp_path: 
     from dicomflow.pipelines.endpoints import ListenSourceUnit
     from dicomflow.schemas.spec import PipelineSpec
 
-    printed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dicomflow",
-            "listen",
-            "--ae",
-            "DICOMFLOW",
-            "--port",
-            "11112",
-            "--out",
-            str(tmp_path / "lake"),
-            "--max-associations",
-            "3",
-            "--print-spec",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
-    spec = PipelineSpec.from_yaml(printed)
+    printed = _listen_spec(tmp_path, "3")
+    assert printed.returncode == 0, printed.stderr
+    spec = PipelineSpec.from_yaml(printed.stdout)
     listener = ListenSourceUnit.build(spec.source, RunSettings(LakeLayout(str(tmp_path / "lake"))))
     assert listener.limits.max_associations == 3
-    refused = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dicomflow",
-            "listen",
-            "--ae",
-            "DICOMFLOW",
-            "--port",
-            "11112",
-            "--out",
-            str(tmp_path / "lake"),
-            "--max-associations",
-            "0",
-            "--print-spec",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    refused = _listen_spec(tmp_path, "0")
     assert refused.returncode == 2 and "--max-associations" in refused.stderr
