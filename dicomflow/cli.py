@@ -61,6 +61,13 @@ def _print_summary(summary: Any, out: str | None) -> None:
         click.echo(f"lake: {out}")
     if summary.report:
         click.echo(f"report: {summary.report} (and .html)")
+    proof = getattr(summary, "proof", None)
+    if proof is not None:
+        verdict = "no removed value in any output" if proof.passed else "FAILED"
+        click.echo(
+            f"de-identification proof: {proof.values_checked} values checked in "
+            f"{proof.outputs_scanned} outputs ({proof.bytes_scanned / 1e6:.1f} MB): {verdict}"
+        )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -914,6 +921,15 @@ def _run_spec(
     if not summary.accounted:
         click.echo("error: some inputs were neither written nor reported as errors", err=True)
         sys.exit(EXIT_CRASH)
+    if summary.proof is not None and not summary.proof.passed:
+        hits = summary.proof.hits
+        click.echo(
+            f"error: the de-identification proof found {sum(h['count'] for h in hits)} "
+            f"removed values in {len(hits)} outputs; they are quarantined under "
+            f"{spec.lake.path}/_quarantine/{summary.run_id}/ (see the report)",
+            err=True,
+        )
+        sys.exit(EXIT_INPUT_ERRORS)
     if fail_on_error and summary.errors:
         sys.exit(EXIT_INPUT_ERRORS)
     if max_error_rate is not None:

@@ -24,9 +24,11 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.valuerep import PersonName
 
 from dicomflow.anonymize.private import SafePrivateKey, safe_private_key
 from dicomflow.anonymize.profile import Action, Pattern, Profile, raise_to_requirement
+from dicomflow.anonymize.proof import kind_of
 from dicomflow.anonymize.pseudonyms import (
     SECONDS_PER_DAY,
     Pseudonymizer,
@@ -44,6 +46,8 @@ from dicomflow.anonymize.values import (
     empty_value,
 )
 
+MAX_REMOVED = 4096  # values one instance's proof remembers (a hostile file holds millions)
+MAX_DEPTH = 16  # how deep the proof looks inside a removed sequence
 PATIENT_NAME = 0x00100010
 PATIENT_ID = 0x00100020
 # Code triplets stay readable inside cleaned sequences (a dummied one dummies them).
@@ -87,6 +91,7 @@ class Walk:
     mapping: list[tuple[str, str, str]] | None = None
     removed_overlays: set[int] = field(default_factory=set)
     required: dict[int, str] = field(default_factory=dict)  # tag -> Type this IOD requires
+    removed: list[tuple[str, str]] | None = None  # (kind, value) for the run's proof
 
     def action(self, tag: int) -> Action | None:
         """The table's action for ``tag``, raised to what the instance's IOD requires."""
@@ -99,6 +104,22 @@ class Walk:
             self.required.get(tag),
             sequence=tag in self.profile.sequences,
         )
+
+    def note_removed(self, elem: DataElement, depth: int = 0) -> None:
+        """Remember the identifying values of ``elem`` (the text of a sequence's items
+        too) before they are removed or replaced, for the run's proof."""
+        if self.removed is None or len(self.removed) >= MAX_REMOVED or depth > MAX_DEPTH:
+            return
+        if elem.VR == "SQ":
+            for item in elem.value or ():
+                for inner in item:
+                    self.note_removed(inner, depth + 1)
+            return
+        kind = kind_of(str(elem.VR), keyword_for_tag(int(elem.tag)) or "")
+        if kind is None or _is_empty(elem.value):
+            return
+        values = elem.value if isinstance(elem.value, (list, MultiValue)) else [elem.value]
+        self.removed.extend((kind, str(v)) for v in values if isinstance(v, (str, PersonName)))
 
     def record(self, kind: str, original: str, replacement: str) -> None:
         if self.mapping is not None and original != replacement:
@@ -136,6 +157,8 @@ def _dataset(ds: Dataset, walk: Walk, leaves: Leaves) -> None:
             _apply(ds, ds[tag], action, walk, leaves)
             continue
         if not keyword_for_tag(tag):  # unknown public tag: nothing says it is safe
+            if walk.removed is not None and _raw_vr(ds, tag) is not None:
+                walk.note_removed(ds[tag])
             del ds[tag]
             continue
         # Most unlisted elements are kept as they are: judge them by their raw VR and
@@ -201,6 +224,8 @@ def _private(ds: Dataset, tag: int, walk: Walk) -> bool:
         if creator is not None and isinstance(creator.value, str):
             keep = safe_private_key(group, creator.value, element & 0xFF) in walk.safe_private
     if not keep:
+        if walk.removed is not None and ds.get_item(tag).VR in FREE_TEXT_VRS:
+            walk.note_removed(ds[tag])
         del ds[tag]
         return False
     elem = ds[tag]
@@ -216,6 +241,8 @@ def _sequence(elem: DataElement, walk: Walk, leaves: Leaves) -> None:
 
 def _apply(ds: Dataset, elem: DataElement, action: Action, walk: Walk, leaves: Leaves) -> None:
     vr = elem.VR
+    if action is not Action.KEEP and (vr != "SQ" or action in (Action.REMOVE, Action.ZERO)):
+        walk.note_removed(elem)
     if action is Action.REMOVE:
         del ds[elem.tag]
     elif action is Action.ZERO:

@@ -34,6 +34,7 @@ from dicomflow.anonymize.fragments import even_fragments
 from dicomflow.anonymize.keys import SecretKey
 from dicomflow.anonymize.private import SafePrivateKey
 from dicomflow.anonymize.profile import Option, Profile, load_table, required_types
+from dicomflow.anonymize.proof import Fingerprint, ProofKey, fingerprints
 from dicomflow.anonymize.pseudonyms import Pseudonymizer
 from dicomflow.anonymize.values import default_vocabulary
 from dicomflow.dicom.header import read_header
@@ -55,6 +56,8 @@ class Deidentified:
     series_uid: str
     sop_uid: str
     mapping: tuple[tuple[str, str, str], ...] = ()
+    fingerprints: tuple[Fingerprint, ...] = ()  # of the values removed (with a proof key)
+    unchecked: int = 0  # removed values too short or too common to look for
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class Deidentifier:
     pixel_rules: tuple[PixelRule, ...] = ()
     quarantine_burned_in: bool = True
     keep_mapping: bool = False
+    proof_key: ProofKey | None = field(default=None, repr=False)  # the run's, when it proves
 
     @property
     def pseudonyms(self) -> Pseudonymizer:
@@ -75,6 +79,13 @@ class Deidentifier:
 
     def dataset(self, ds: Dataset) -> tuple[Dataset, list[tuple[str, str, str]]]:
         """De-identify ``ds`` in place and return it with the honest-broker pairs."""
+        ds, mapping, _ = self._deidentify(ds)
+        return ds, mapping
+
+    def _deidentify(
+        self, ds: Dataset
+    ) -> tuple[Dataset, list[tuple[str, str, str]], list[tuple[str, str]]]:
+        """:meth:`dataset`, plus the (kind, value) pairs removed, for the proof."""
         sop_class = str(ds.get("SOPClassUID", "") or "")
         meta_class = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "") or "")
         if MEDIA_STORAGE_DIRECTORY in (sop_class, meta_class):
@@ -106,13 +117,14 @@ class Deidentifier:
             pseudonyms.second_shift(key),
             mapping if self.keep_mapping else None,
             required=required_types(sop_class),
+            removed=[] if self.proof_key is not None else None,
         )
         deidentify_dataset(ds, walk)
         if "PixelData" in ds and _encapsulated(ds.file_meta.get("TransferSyntaxUID")):
             ds.PixelData = even_fragments(ds.PixelData)
         self._mark(ds, clean_pixels)
         self._file_meta(ds, original_meta_sop)
-        return ds, mapping
+        return ds, mapping, walk.removed or []
 
     def _mark(self, ds: Dataset, clean_pixels: bool) -> None:
         profile = self.profile
@@ -157,7 +169,7 @@ class Deidentifier:
         # error code a scan would give it, instead of being half-read and rewritten.
         read_header(io.BytesIO(data), size=len(data))
         try:
-            ds, mapping = self.dataset(dcmread(io.BytesIO(data), force=True))
+            ds, mapping, removed = self._deidentify(dcmread(io.BytesIO(data), force=True))
             out = io.BytesIO()
             ds.save_as(out, enforce_file_format=True)
         except DicomflowError:
@@ -170,12 +182,19 @@ class Deidentifier:
             raise DeidentificationError(
                 f"de-identification failed ({type(exc).__name__})"
             ) from None
+        study = str(ds.get("StudyInstanceUID", "") or "")
+        prints: list[Fingerprint] = []
+        unchecked = 0
+        if self.proof_key is not None:
+            prints, unchecked = fingerprints(self.proof_key, removed, study)
         return Deidentified(
             out.getvalue(),
-            str(ds.get("StudyInstanceUID", "") or ""),
+            study,
             str(ds.get("SeriesInstanceUID", "") or ""),
             str(ds.SOPInstanceUID),
             tuple(mapping),
+            tuple(prints),
+            unchecked,
         )
 
 

@@ -52,6 +52,7 @@ def build_deidentifier(config: AnonymizeOperator) -> Deidentifier:
 
 
 MAPPING_OUTPUT = "mapping"
+PROOF_OUTPUT = "proof"  # the fingerprints of what was removed, when the run proves
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,8 @@ class Anonymize:
         label = None if self.label_outputs else record.ref.label
         written = SourceRef(path, len(result.data), None, label, input_identity(record.ref))
         out = InstanceRecord(written, outputs={SERIES_OUTPUT: result.series_uid or None})
+        if self.deidentifier.proof_key is not None:
+            out = out.with_output(PROOF_OUTPUT, (result.fingerprints, result.unchecked))
         if result.mapping:
             out = out.with_output(
                 MAPPING_OUTPUT, (record.ref.url, record.ref.label, result.mapping)

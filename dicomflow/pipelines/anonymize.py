@@ -28,6 +28,7 @@ from dicomflow.lake.dicom_files import DicomFiles
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.writer import write_table_file
 from dicomflow.operators.anonymize import MAPPING_OUTPUT, SERIES_OUTPUT, Anonymize
+from dicomflow.pipelines.deid_proof import FINGERPRINTS_TABLE, fingerprint_table
 from dicomflow.pipelines.pipeline import (
     PartitionResult,
     RunSummary,
@@ -133,7 +134,7 @@ def deidentify_partition(
         0,
         len(failed),
         error_codes(failed),
-        {WRITTEN_TABLE: table},
+        {WRITTEN_TABLE: table, FINGERPRINTS_TABLE: fingerprint_table(written)},
     )
     return timed(result, started, partition)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ import pyarrow as pa
 from distributed import Client, as_completed
 
 from dicomflow._version import __version__
+from dicomflow.anonymize.proof import ProofKey
 from dicomflow.connectors.files import FilesConnector, Listing
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.ledger import Committed, Ledger, config_digest
@@ -33,6 +34,7 @@ from dicomflow.operators.base import Operator, TableOutput
 from dicomflow.operators.flatten import Flatten
 from dicomflow.operators.write_pixels import SERIES_TASK_FAILED, WithoutSeries, WritePixels
 from dicomflow.pipelines.anonymize import AnonymizeSettings, keyed_refs, run_deidentify
+from dicomflow.pipelines.deid_proof import FINGERPRINTS_TABLE, Prover, RunLogs, collect_fingerprints
 from dicomflow.pipelines.pipeline import (
     RunSummary,
     execute,
@@ -47,7 +49,7 @@ from dicomflow.pipelines.plan import Partition, PartitionPolicy, partition_named
 from dicomflow.pipelines.read_once import MAX_BYTES as READ_ONCE_MAX_BYTES
 from dicomflow.pipelines.read_once import MAX_INPUTS as READ_ONCE_MAX_INPUTS
 from dicomflow.pipelines.read_once import Reading, submit_reading, write_held_series
-from dicomflow.pipelines.report import write_report
+from dicomflow.pipelines.report import report_files, write_report
 from dicomflow.pipelines.series_tasks import (
     commit_groups,
     group_by_series,
@@ -138,38 +140,48 @@ def run_ingest(
     refs = list_inputs(source, listing)
     stages = _Stages(client, layout, context, options, policy, progress, retries, sinks)
     if anonymize is not None:
+        key = ProofKey.new()  # the proof's, for this run alone
+        anonymize = replace(anonymize, deidentifier=replace(anonymize.deidentifier, proof_key=key))
         keyed = keyed_refs(refs, anonymize.deidentifier)
-        if options.pixels:  # a series with new instances is de-identified again whole
-            groups, loose = index_series(client, source, keyed, context, policy, retries)
-            todo_groups, todo_loose, skipped = pending_series(groups, loose, done)
-            todo = sorted((r for g in todo_groups for r in g), key=lambda r: r.url) + todo_loose
-        else:
-            todo, skipped = pending(keyed, done)
-        summary = RunSummary(context.run_id, files=len(refs), skipped=skipped)
-        stage_one, destination, written = run_deidentify(
-            client,
-            plan_partitions(todo, policy),
-            reader=source,
-            sinks=sinks,
-            settings=anonymize,
-            context=context,
-            progress=progress,
-            retries=retries,
-        )
-        summary.errors += stage_one.errors
-        summary.error_codes.update(stage_one.error_codes)
-        summary.slowest.extend(stage_one.slowest)
-        lake_files = FilesConnector((), layout.storage_options)
-        try:
-            if options.pixels:
-                groups, loose = group_by_series(written)
+        with RunLogs(client, context.run_id) as logs:
+            if options.pixels:  # a series with new instances is de-identified again whole
+                groups, loose = index_series(client, source, keyed, context, policy, retries)
+                todo_groups, todo_loose, skipped = pending_series(groups, loose, done)
+                todo = sorted((r for g in todo_groups for r in g), key=lambda r: r.url)
+                todo += todo_loose
             else:
-                groups, loose = [], [ref for ref, _ in written]
-            stages.run(lake_files, groups, loose, summary)
-        finally:
-            if not anonymize.write_dicom:
-                destination.remove()
-        return finish(with_not_retrieved(summary, not_retrieved), layout, name, context, started)
+                todo, skipped = pending(keyed, done)
+            summary = RunSummary(context.run_id, files=len(refs), skipped=skipped)
+            stage_one, destination, written = run_deidentify(
+                client,
+                plan_partitions(todo, policy),
+                reader=source,
+                sinks=sinks,
+                settings=anonymize,
+                context=context,
+                progress=progress,
+                retries=retries,
+            )
+            summary.errors += stage_one.errors
+            summary.error_codes.update(stage_one.error_codes)
+            summary.slowest.extend(stage_one.slowest)
+            lake_files = FilesConnector((), layout.storage_options)
+            prints, unchecked = collect_fingerprints(stage_one.tables.pop(FINGERPRINTS_TABLE, []))
+            prover = Prover(key, prints, unchecked, layout, context.run_id)
+            try:
+                if options.pixels:
+                    groups, loose = group_by_series(written)
+                else:
+                    groups, loose = [], [ref for ref, _ in written]
+                stages.run(lake_files, groups, loose, summary)
+                summary.proof = prover.run([ref.url for ref, _ in written], logs.lines())
+            finally:
+                if not anonymize.write_dicom:
+                    destination.remove()
+        summary = finish(with_not_retrieved(summary, not_retrieved), layout, name, context, started)
+        if summary.report is not None:
+            summary.proof = prover.scan_report(report_files(summary.report))
+        return summary
     if not options.pixels:
         todo, skipped = pending(refs, done)
         summary = RunSummary(context.run_id, files=len(refs), skipped=skipped)

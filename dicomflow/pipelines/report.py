@@ -93,7 +93,15 @@ def build_report(
             layout, summary.run_id, failed, [src for _, _, src in summary.slowest]
         ),
         "versions": versions(),
+        **(
+            {"deidentification_proof": summary.proof.as_dict()} if summary.proof is not None else {}
+        ),
     }
+
+
+def report_files(json_path: str) -> list[str]:
+    """The files of the report whose JSON is at ``json_path`` (the JSON and its page)."""
+    return [json_path, json_path.removesuffix(".json") + ".html"]
 
 
 def write_report(
@@ -161,6 +169,32 @@ def _thumbnail_strip(entries: list[dict[str, str]]) -> str:
     return f"<h2>Failed and slowest series</h2><div>{figures}</div>"
 
 
+def _proof_section(proof: dict[str, Any] | None) -> str:
+    """The de-identification proof: what was checked and where a value was found."""
+    if proof is None:
+        return ""
+    verdict = "passed: no removed value in any output" if proof["passed"] else "FAILED"
+    counts = [
+        {"measure": k, "value": proof[k]}
+        for k in (
+            "values_checked",
+            "values_unchecked",
+            "kept_by_profile",
+            "outputs_scanned",
+            "bytes_scanned",
+        )
+    ]
+    hits = [
+        {"output": h["output"], "count": h["count"], "kinds": h["kinds"]} for h in proof["hits"]
+    ]
+    quarantined = "".join(f"<li>{html.escape(q)}</li>" for q in proof["quarantined"])
+    return (
+        f"<h2>De-identification proof: {verdict}</h2>{_table(counts)}"
+        f"<h3>Hits</h3>{_table(hits)}"
+        + (f"<h3>Quarantined</h3><ul>{quarantined}</ul>" if quarantined else "")
+    )
+
+
 def render_html(report: dict[str, Any]) -> str:
     """A self-contained HTML page for one run."""
     counts = [{"count": k, "value": v} for k, v in report["counts"].items()]
@@ -177,6 +211,7 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}}</style></head><bo
 <h2>Throughput over time</h2>{_throughput_svg(report["throughput"])}
 <h2>Errors by stage and code</h2>{_table(report["errors_by_stage_and_code"])}
 <h2>Slowest partitions</h2>{_table(report["slowest_partitions"])}
+{_proof_section(report.get("deidentification_proof"))}
 {_thumbnail_strip(report.get("thumbnails") or [])}
 <h2>Versions</h2>{_table(version_rows)}
 </body></html>

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from dicomflow.pipelines.deid_proof import Proof
+
 
 @dataclass
 class RunSummary:
@@ -27,6 +29,7 @@ class RunSummary:
     report: str | None = None
     started: float = field(default_factory=time.perf_counter, repr=False)
     first_result_seconds: float | None = None  # from the summary's start to the first commit
+    proof: Proof | None = None  # an --anonymize run's de-identification proof
 
     @property
     def files_per_second(self) -> float:
