@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("DICOMFLOW_CORPUS", REPO.parent / "shared" / "corpus"))
 PYDICOM_TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
+PLUGIN = REPO / "tests" / "plugins" / "sequence_stats"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 _SKIPPED_INTEGRATION: list[str] = []
@@ -49,6 +53,24 @@ def corpus_files() -> list[Path]:
 
 def pydicom_files() -> list[Path]:
     return sorted(p for p in PYDICOM_TEST_FILES.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="session")
+def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example plugin package installed, with its entry points, into a folder of
+    its own (put it on PYTHONPATH with :func:`plugin_env`)."""
+    target = tmp_path_factory.mktemp("plugin-site")
+    package = tmp_path_factory.mktemp("plugin-source") / PLUGIN.name
+    shutil.copytree(PLUGIN, package)  # the build writes beside its sources, never in the repo
+    install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"]
+    install += ["--no-build-isolation", "--target", str(target), str(package)]
+    subprocess.run(install, check=True, capture_output=True, timeout=300)
+    return target
+
+
+def plugin_env(plugin_path: Path) -> dict[str, str]:
+    """The environment of a subprocess that finds the installed plugin."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_path), os.getcwd()])}
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ table lands in the lake, is tracked by the ledger, and reruns skip it."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,36 +16,9 @@ import pytest
 from pydicom.pixels import apply_modality_lut
 
 import dicomflow
-from tests.conftest import PYDICOM_TEST_FILES
+from tests.conftest import PYDICOM_TEST_FILES, plugin_env
 
-PLUGIN = Path(__file__).parent / "plugins" / "sequence_stats"
 FILES = ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "rtstruct.dcm", "waveform_ecg.dcm")
-
-
-@pytest.fixture(scope="module")
-def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The plugin installed, with its entry points, into a folder of its own."""
-    target = tmp_path_factory.mktemp("plugin-site")
-    package = tmp_path_factory.mktemp("plugin-source") / PLUGIN.name
-    shutil.copytree(PLUGIN, package)  # the build writes beside its sources, never in the repo
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(package),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    return target
 
 
 @pytest.fixture
@@ -59,7 +31,7 @@ def sources(tmp_path: Path) -> Path:
 
 
 def _env(plugin_path: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_path), os.getcwd()])}
+    return plugin_env(plugin_path)
 
 
 def _expected(folder: Path, min_items: int) -> list[tuple[str, str, int]]:

@@ -196,16 +196,17 @@ def fingerprints(
     return list(made.values()), unchecked
 
 
-def readings(blob: bytes) -> Iterator[str]:
+def readings(blob: bytes, *, utf16: bool = True) -> Iterator[str]:
     """The texts ``blob`` may hold, case-folded: Latin-1 (every byte as itself, so
-    ASCII whatever the encoding), UTF-8 when it holds multi-byte characters, UTF-16
-    little- and big-endian when it holds runs of two-byte ASCII."""
+    ASCII whatever the encoding), UTF-8 when it is not all ASCII, and (with ``utf16``)
+    UTF-16 little- and big-endian when it holds runs of two-byte ASCII."""
     yield blob.decode("latin-1").casefold()
-    if re.search(rb"[\xc2-\xf4][\x80-\xbf]", blob):
+    if not blob.isascii():
         yield blob.decode("utf-8", "replace").casefold()
-    if _UTF16_TEXT.search(blob):
+    if utf16 and _UTF16_TEXT.search(blob):
         yield blob.decode("utf-16-le", "replace").casefold()
-        yield blob[1:].decode("utf-16-le", "replace").casefold()
+        # Big-endian text read one byte in, as little-endian; its last unit completed.
+        yield (blob[1:] + b"\x00").decode("utf-16-le", "replace").casefold()
 
 
 class Scanner:
@@ -253,7 +254,8 @@ class Scanner:
             if not len(at):
                 continue
             values = (sums[at + length] - sums[at]) * powers[at]
-            for s in at[np.isin(values, windows)]:
+            slots = np.minimum(np.searchsorted(windows, values), len(windows) - 1)
+            for s in at[windows[slots] == values]:
                 hit = self._confirm(text, offset + int(s), length)
                 if hit is not None:
                     hits.append(hit)

@@ -290,6 +290,10 @@ def test_bucket_lake_anonymize_send_stores_only_deidentified_instances(
     lake_uids = set(table.column("SOPInstanceUID").to_pylist())
     assert stored == lake_uids and len(stored) == len(sources)
     assert not stored & originals
+    # The proof read the de-identified files and the parts back from the bucket.
+    proof = summary.proof
+    assert proof is not None and proof.passed and proof.values_checked > 10
+    assert proof.outputs_scanned >= len(sources) + 1 and proof.bytes_scanned > 2_000
 
 
 def test_a_bucket_is_read_into_a_lake_in_another_store_with_its_own_options(
