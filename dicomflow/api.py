@@ -384,21 +384,32 @@ def query(
     return_keys: Sequence[str] = (),
     limit: int | None = None,
     cohort: str | None = None,
-    peer: DimsePeerConfig | None = None,
+    peer: DimsePeerConfig | DicomwebPeerConfig | None = None,
 ) -> pa.Table:
-    """C-FIND the peer at ``dimse://AE@host:port``; the matches as a table typed like
-    ``instances``. With ``cohort`` (a CSV with an AccessionNumber, PatientID or
-    StudyInstanceUID column), one C-FIND per row, results joined."""
+    """Query the peer at ``dimse://AE@host:port`` (C-FIND) or the server at
+    ``dicomweb+https://host/root`` (QIDO-RS: study, series or instance level); the
+    matches as a table typed like ``instances``. With ``cohort`` (a CSV with an
+    AccessionNumber, PatientID or StudyInstanceUID column), one query per row, results
+    joined. A lone ``*`` is universal matching."""
+    from dicomflow.connectors.dimse.find import read_cohort
+
+    cohort_rows = read_cohort(cohort) if cohort else None
+    if url.startswith(("dicomweb+http://", "dicomweb+https://")):
+        return _qido(url, level, keys, return_keys, limit, cohort_rows, peer)
     from dicomflow.connectors.dimse.address import DimseAddress
-    from dicomflow.connectors.dimse.find import find_cohort, find_table, read_cohort
+    from dicomflow.connectors.dimse.find import find_cohort, find_table
     from dicomflow.pipelines.endpoints import dimse_options
 
+    if level == "instance":
+        level = "image"
     address = DimseAddress.parse(url)
+    if peer is not None and not isinstance(peer, DimsePeerConfig):
+        raise ConfigError("a DICOMweb server's settings were given for a dimse:// peer")
     options = dimse_options(peer or DimsePeerConfig(url=url))
     if level == "patient":  # only the patient-root model has a PATIENT level
         model = "patient"
-    if cohort:
-        column, values = read_cohort(cohort)
+    if cohort_rows is not None:
+        column, values = cohort_rows
         return find_cohort(
             address,
             level,  # type: ignore[arg-type]
@@ -417,6 +428,35 @@ def query(
         return_keys=tuple(return_keys),
         limit=limit,
         options=options,
+    )
+
+
+def _qido(
+    url: str,
+    level: str,
+    keys: Mapping[str, str] | None,
+    return_keys: Sequence[str],
+    limit: int | None,
+    cohort_rows: tuple[str, list[str]] | None,
+    peer: DimsePeerConfig | DicomwebPeerConfig | None,
+) -> pa.Table:
+    """:func:`query` of a DICOMweb server."""
+    from dicomflow.connectors.dicomweb.address import DicomwebAddress
+    from dicomflow.connectors.dicomweb.qido import search_cohort, search_table
+    from dicomflow.pipelines.endpoints import dicomweb_options
+
+    if peer is not None and not isinstance(peer, DicomwebPeerConfig):
+        raise ConfigError("a DIMSE peer's settings were given for a DICOMweb server")
+    address = DicomwebAddress.parse(url)
+    options = dicomweb_options(peer or DicomwebPeerConfig(url=url))
+    level = "instance" if level == "image" else level
+    if cohort_rows is not None:
+        column, values = cohort_rows
+        return search_cohort(
+            address, level, column, values, options, query=keys, return_keys=return_keys
+        )
+    return search_table(
+        address, level, dict(keys or {}), options, return_keys=return_keys, limit=limit
     )
 
 

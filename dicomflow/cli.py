@@ -332,11 +332,16 @@ def _first_problem(exc: ValueError) -> str:
     return str(errors()[0]["msg"]) if callable(errors) else str(exc)
 
 
-def _peer_config(url: str, **peer: Any) -> Any:
+def _peer_config(url: str, token_env: str | None = None, **peer: Any) -> Any:
     """A peer's connection settings as its spec entry (DIMSE or DICOMweb by URL)."""
-    from dicomflow.api import ConfigError, DimsePeerConfig
+    from dicomflow.api import ConfigError, DicomwebPeerConfig, DimsePeerConfig
 
     try:
+        if url.startswith(("dicomweb+http://", "dicomweb+https://")):
+            peer.pop("calling_ae", None)  # an AE title means nothing over HTTP
+            return DicomwebPeerConfig(url=url, token_env=token_env, **peer)
+        if token_env:
+            raise ConfigError("--token-env is for DICOMweb servers")
         return DimsePeerConfig(url=url, **peer)
     except ValueError as exc:
         raise ConfigError(f"invalid peer: {_first_problem(exc)}") from None
@@ -655,10 +660,11 @@ def echo(url: str, show_contexts: bool, **peer: Any) -> None:
     "--level",
     "--query-level",
     "level",
-    type=click.Choice(["patient", "study", "series", "image"]),
+    type=click.Choice(["patient", "study", "series", "image", "instance"]),
     default="study",
     show_default=True,
-    help="The level the C-FIND is made at (patient uses the patient-root model).",
+    help="The level the query is made at (patient uses the patient-root model and is "
+    "DIMSE only; image and instance are the same level).",
 )
 @click.option(
     "--model",
@@ -684,6 +690,7 @@ def echo(url: str, show_contexts: bool, **peer: Any) -> None:
     "one C-FIND per row, results joined.",
 )
 @click.option("--out", required=True, help="Parquet file to write.")
+@click.option("--token-env", default=None, help="DICOMweb: variable holding a bearer token.")
 @_peer_options
 def query(
     url: str,
@@ -694,15 +701,18 @@ def query(
     limit: int | None,
     cohort: str | None,
     out: str,
+    token_env: str | None,
     **peer: Any,
 ) -> None:
-    """C-FIND a DICOM peer and write the matches as Parquet (typed like instances)."""
+    """Query a DICOM peer (dimse://AE@host:port, C-FIND) or a DICOMweb server
+    (dicomweb+https://host/root, QIDO-RS) and write the matches as Parquet (typed like
+    instances)."""
     from dicomflow import api
 
-    settings = _run(lambda: _peer_config(url, **peer))
+    settings = _run(lambda: _peer_config(url, token_env=token_env, **peer))
     keys = _run(lambda: _pairs(queries, "-q"))
     table = _peer(
-        "C-FIND",
+        "query",
         lambda: api.query(
             url,
             level=level,

@@ -203,7 +203,7 @@ def readings(blob: bytes, *, utf16: bool = True) -> Iterator[str]:
     yield blob.decode("latin-1").casefold()
     if not blob.isascii():
         yield blob.decode("utf-8", "replace").casefold()
-    if utf16 and _UTF16_TEXT.search(blob):
+    if utf16 and b"\x00" in blob and _UTF16_TEXT.search(blob):
         yield blob.decode("utf-16-le", "replace").casefold()
         # Big-endian text read one byte in, as little-endian; its last unit completed.
         yield (blob[1:] + b"\x00").decode("utf-16-le", "replace").casefold()

@@ -8,6 +8,7 @@ store, or ``tls_ca``; ``tls_cert``/``tls_key`` present a client certificate.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,8 @@ class DicomwebError(SourceError):
         if response is not None:
             status = int(response.status_code)
             return cls(f"{action}: HTTP {status}", status=status)
+        if isinstance(exc, json.JSONDecodeError):  # an HTML login page, a proxy's error
+            return cls(f"{action}: the server's answer is not JSON (is the URL a DICOMweb root?)")
         return cls(f"{action}: {type(exc).__name__}")
 
 

@@ -17,8 +17,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterator, Mapping, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
@@ -33,10 +32,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
 from dicomflow.connectors.dimse.association import DimseError, associate
-from dicomflow.dicom.pydicom_tree import tree_from_dataset
-from dicomflow.dicom.rows import RowContext, header_to_row, rows_to_table
+from dicomflow.connectors.matches import matches_table
 from dicomflow.errors import ConfigError
-from dicomflow.records import Header, SourceRef
 
 logger = logging.getLogger(__name__)
 
@@ -263,20 +260,6 @@ def _matches(
             raise DimseError(f"{address} failed the C-FIND", status=code)
 
 
-def matches_table(matches: Iterable[Dataset], address: DimseAddress, level: Level) -> pa.Table:
-    """Identifiers as an Arrow table with the ``instances`` schema (typed columns,
-    ``dicom_json``), one row per match; ``source`` is the peer and match number."""
-    context = RowContext(f"query-{datetime.now(UTC):%Y%m%dT%H%M%SZ}", datetime.now(UTC))
-    memo: dict[object, object] = {}
-    rows: list[dict[str, Any]] = []
-    for number, found in enumerate(matches):
-        header = Header(tree_from_dataset(found), (), None, True, False, deflated=False)
-        row = header_to_row(header, SourceRef(f"{address}#{level}/{number}"), context, memo)
-        row["kind"] = f"query:{level}"
-        rows.append(row)
-    return rows_to_table(rows)
-
-
 COHORT_KEYS = ("AccessionNumber", "PatientID", "StudyInstanceUID")
 
 
@@ -316,7 +299,7 @@ def find_cohort(
             )
             for value in values
         )
-        return matches_table(found, address, level)
+        return matches_table(found, str(address), level)
 
 
 def find_table(
@@ -329,8 +312,9 @@ def find_table(
     limit: int | None = None,
     options: DimseOptions | None = None,
 ) -> pa.Table:
-    """The matches of one C-FIND as an Arrow table (see :func:`matches_table`)."""
+    """The matches of one C-FIND as an Arrow table (see
+    :func:`dicomflow.connectors.matches.matches_table`)."""
     found = c_find(
         address, level, query, model=model, return_keys=return_keys, limit=limit, options=options
     )
-    return matches_table(found, address, level)
+    return matches_table(found, str(address), level)
