@@ -166,6 +166,7 @@ def ingest_spec(
     retrieve: str = "get",
     move_ae: str | None = None,
     move_port: int | None = None,
+    header_only: bool = False,
 ) -> PipelineSpec:
     """The spec that :func:`ingest` (and ``dicomflow ingest``) runs with these keywords.
 
@@ -175,11 +176,15 @@ def ingest_spec(
     source's when not given). ``operators`` are added after the built-in ones.
     For a ``dimse://`` peer, ``query_level`` is where the C-FIND is made (patient,
     study, series or image), and ``retrieve="move"`` has the peer C-MOVE to our own
-    Storage SCP, run for the retrieve as ``move_ae`` on ``move_port``.
+    Storage SCP, run for the retrieve as ``move_ae`` on ``move_port``. With
+    ``header_only`` (``dicomflow scan``), a ``dicomweb+http(s)://`` server is scanned from
+    its WADO-RS metadata, without transferring pixel data.
     """
     urls = [sources] if isinstance(sources, str) else list(sources)
     retrieval = _retrieval(query_level, retrieve, move_ae, move_port)
-    source = _source(urls, query, cohort, dimse, dicomweb, dict(storage_options or {}), retrieval)
+    source = _source(
+        urls, query, cohort, dimse, dicomweb, dict(storage_options or {}), retrieval, header_only
+    )
     steps: list[OperatorConfig] = []
     if isinstance(anonymize, AnonymizeSettings):
         write_dicom = write_dicom or anonymize.write_dicom
@@ -586,6 +591,7 @@ def _source(
     dicomweb: PeerOptions | None,
     storage_options: dict[str, Any],
     retrieval: dict[str, Any] | None = None,
+    header_only: bool = False,
 ) -> SourceConfig:
     peers = [u for u in urls if u.startswith(("dimse://", "dicomweb+http://", "dicomweb+https://"))]
     if not peers:
@@ -597,6 +603,11 @@ def _source(
     url = peers[0]
     try:
         if url.startswith("dimse://"):
+            if header_only:
+                raise ConfigError(
+                    "a DIMSE peer has no header-only retrieval: dicomflow query makes "
+                    "the C-FIND, dicomflow ingest retrieves the instances"
+                )
             return DimseSource(
                 url=url,
                 query=dict(query or {}),
@@ -606,7 +617,12 @@ def _source(
             )
         if retrieval:
             raise ConfigError("--query-level and --retrieve move are for dimse:// sources")
-        return DicomwebSource(url=url, query=dict(query or {}), **_dicomweb_fields(dicomweb))
+        return DicomwebSource(
+            url=url,
+            query=dict(query or {}),
+            header_only=header_only,
+            **_dicomweb_fields(dicomweb),
+        )
     except ValueError as exc:
         raise ConfigError(f"invalid source: {exc}") from None
 

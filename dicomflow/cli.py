@@ -357,12 +357,23 @@ def _peer_config(url: str, token_env: str | None = None, **peer: Any) -> Any:
     show_default=True,
     help="Binary values up to this many bytes are inlined in the DICOM JSON.",
 )
+@click.option(
+    "-q",
+    "--query",
+    "queries",
+    multiple=True,
+    metavar="KEYWORD=VALUE",
+    help="For a dicomweb+http(s):// server: the instances to scan (QIDO-RS matching).",
+)
+@click.option("--token-env", default=None, help="DICOMweb: variable holding a bearer token.")
 @_storage_options
 @_run_options
 def scan(
     src: tuple[str, ...],
     out: str,
     inline_binary_limit: int,
+    queries: tuple[str, ...],
+    token_env: str | None,
     source_storage: tuple[str, ...],
     out_storage: tuple[str, ...],
     scheduler: str | None,
@@ -371,14 +382,20 @@ def scan(
     progress: bool | None,
     print_spec: bool,
 ) -> None:
-    """Scan DICOM headers from SRC (paths, directories, globs, URLs) into a Parquet lake."""
-    from dicomflow.api import ingest_spec
+    """Scan DICOM headers from SRC (paths, directories, globs, URLs) into a Parquet lake;
+    a dicomweb+https://host/root server is scanned from its WADO-RS metadata, without
+    transferring pixel data."""
+    from dicomflow.api import ingest_spec, peer_options
 
+    _, web = _run(lambda: peer_options(token_env=token_env))
     spec = _run(
         lambda: ingest_spec(
             list(src),
             out=out,
             name="scan",
+            query=_pairs(queries, "-q"),
+            dicomweb=web,
+            header_only=True,
             inline_binary_limit=inline_binary_limit,
             storage_options=_storage(source_storage, "--storage-option"),
             out_storage_options=_storage(out_storage, "--out-storage-option") or None,

@@ -36,6 +36,7 @@ from distributed import Client
 
 from dicomflow._version import __version__
 from dicomflow.anonymize.engine import Deidentifier
+from dicomflow.connectors.dicomweb.metadata import DicomwebMetadata
 from dicomflow.connectors.peers import Peer
 from dicomflow.errors import ConfigError
 from dicomflow.lake.dicom_files import remove_files
@@ -261,6 +262,13 @@ def compile_spec(spec: PipelineSpec, resources: Resources | None = None) -> Comp
         if built is not None:  # a sink that runs as the last instance operator
             instance_ops.append(built)
             fingerprints.append((f"sink:{sink.kind}", settings_digest(sink)))
+    if isinstance(source, DicomwebMetadata) and (
+        pixels is not None or any(wants_pixels) or anonymize is not None or len(spec.sinks) > 1
+    ):
+        raise ConfigError(
+            "a header-only DICOMweb scan brings no pixel data and no files: pixels, "
+            "de-identification and sending need whole instances (dicomflow ingest)"
+        )
     options = IngestOptions(
         pixels=pixels is not None,
         frames_per_chunk=pixels.frames_per_chunk if pixels else 1,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from dicomflow.connectors.dicomweb.address import DicomwebAddress, DicomwebOptions
+from dicomflow.connectors.dicomweb.metadata import DicomwebMetadata
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions, TlsOptions
 from dicomflow.connectors.dimse.move import MoveDestination
 from dicomflow.connectors.dimse.scp_guard import ScpLimits
@@ -108,8 +109,11 @@ class DicomwebSourceUnit:
     Config: ClassVar[type[DicomwebSource]] = DicomwebSource
 
     @classmethod
-    def build(cls, config: DicomwebSource, run: RunSettings) -> DicomwebPeer:
-        return DicomwebPeer(DicomwebAddress.parse(config.url), dicomweb_options(config))
+    def build(cls, config: DicomwebSource, run: RunSettings) -> DicomwebPeer | DicomwebMetadata:
+        address = DicomwebAddress.parse(config.url)
+        if config.header_only:
+            return DicomwebMetadata(address, dicomweb_options(config), dict(config.query))
+        return DicomwebPeer(address, dicomweb_options(config))
 
 
 @dataclass(frozen=True)

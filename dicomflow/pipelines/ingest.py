@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 from distributed import Client, as_completed
@@ -132,8 +132,11 @@ def run_ingest(
         tables = (*tables, *WritePixels.outputs.tables)
     sinks = (LakeSink(layout, config_digest(config), tables, fingerprint(config), options.columns),)
     done = prepare_lake(sinks)
-    if isinstance(sources, FilesConnector):
-        source = sources
+    if not isinstance(sources, (str, list, tuple)):
+        # A listing source (query on the client, fetch on workers). Only the files
+        # connector reads whole files, which de-identification and pixels need; the
+        # compiler refuses those with any other (a header-only DICOMweb scan).
+        source = cast(FilesConnector, sources)
     else:
         source_storage = storage if source_storage_options is None else source_storage_options
         source = FilesConnector(tuple(sources), dict(source_storage))
@@ -349,7 +352,7 @@ class _Stages:
         """Where stacks go, and how ``source``'s files are read to decode them."""
         return PixelOptions(
             self.layout,
-            source.storage_options,
+            getattr(source, "storage_options", {}),  # a header-only source reads no files
             frames_per_chunk=self.options.frames_per_chunk,
             expand_palette=self.options.expand_palette,
             pyramid=self.options.pyramid,

@@ -135,10 +135,12 @@ class DimseSource(DimsePeerConfig, SourceConfig):
 
 
 class DicomwebSource(DicomwebPeerConfig, SourceConfig):
-    """A DICOMweb server: QIDO-RS instance search by ``query``, then WADO-RS."""
+    """A DICOMweb server: QIDO-RS instance search by ``query``, then WADO-RS (whole
+    instances; with ``header_only``, each series' ``/metadata`` and no pixel data)."""
 
     kind: Literal["dicomweb"] = "dicomweb"
     query: dict[str, str] = Field(min_length=1)
+    header_only: bool = False
 
 
 class ListenSource(_Tls, SourceConfig):
