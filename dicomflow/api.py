@@ -154,6 +154,8 @@ def ingest_spec(
     write_dicom: bool = False,
     send_to: str | None = None,
     send_options: PeerOptions | None = None,
+    commit_port: int | None = None,
+    commit_timeout: float = 60.0,
     name: str = "ingest",
     retries: int = 2,
     frames_per_chunk: int = 1,
@@ -206,7 +208,18 @@ def ingest_spec(
             raise ConfigError("--dicom keeps de-identified files: it needs --anonymize")
         sinks.append(DicomSink())
     if send_to is not None:
-        sinks.append(_send_sink(send_to, send_options, dimse, dicomweb))
+        sink = _send_sink(send_to, send_options, dimse, dicomweb)
+        if commit_port is not None:
+            if not isinstance(sink, DimseSink):
+                raise ConfigError("Storage Commitment is DIMSE's: --commit needs a dimse:// peer")
+            sink = sink.model_copy(
+                update={
+                    "commit": True,
+                    "commit_port": commit_port,
+                    "commit_timeout": commit_timeout,
+                }
+            )
+        sinks.append(sink)
     return _validated(
         name=name,
         source=source,

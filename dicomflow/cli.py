@@ -491,6 +491,19 @@ def scan(
     help="Also C-STORE (or STOW-RS) every instance written (de-identified ones with --anonymize).",
 )
 @click.option(
+    "--commit",
+    "commit_port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    metavar="PORT",
+    help="With --send dimse://…: then request Storage Commitment of what was sent; the "
+    "peer's report is accepted on PORT (or on the same association). Instances not "
+    "committed become not_committed error rows.",
+)
+@click.option(
+    "--commit-timeout", type=float, default=60.0, show_default=True, help="Seconds to wait."
+)
+@click.option(
     "--token-env",
     default=None,
     help="DICOMweb: name of the environment variable holding a bearer token.",
@@ -518,6 +531,8 @@ def ingest(
     move_port: int | None,
     max_associations: int,
     send_to: str | None,
+    commit_port: int | None,
+    commit_timeout: float,
     token_env: str | None,
     source_storage: tuple[str, ...],
     out_storage: tuple[str, ...],
@@ -600,6 +615,8 @@ def ingest(
             anonymize=deid,
             write_dicom=write_dicom,
             send_to=send_to,
+            commit_port=commit_port,
+            commit_timeout=commit_timeout,
             frames_per_chunk=frames_per_chunk,
             expand_palette=expand_palette,
             pyramid=pyramid,

@@ -37,6 +37,7 @@ class ErrorCode(StrEnum):
     TOO_LARGE = "too_large"
     NOT_RETRIEVED = "not_retrieved"
     NOT_STORED = "not_stored"
+    NOT_COMMITTED = "not_committed"
     BURNED_IN_ANNOTATION = "burned_in_annotation"
     DEIDENTIFICATION_FAILED = "deidentification_failed"
     INTERNAL = "internal"

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pyarrow as pa
+
 from dicomflow.connectors.dicomweb.address import DicomwebAddress, DicomwebError, DicomwebOptions
 from dicomflow.connectors.dicomweb.stow import stow
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
@@ -23,8 +25,17 @@ from dicomflow.connectors.dimse.store import c_store
 from dicomflow.connectors.local_copies import local_copies
 from dicomflow.connectors.outcomes import StoreOutcome
 from dicomflow.errors import ConfigError, DicomflowError, ErrorCode
-from dicomflow.operators.base import OperatorKind, Outputs, map_records
+from dicomflow.operators.base import OperatorKind, Outputs, TableOutput, map_records
 from dicomflow.records import Batch, InstanceRecord
+
+SENT_TABLE = "sent"
+SENT_SCHEMA = pa.schema(
+    [
+        ("peer", pa.string()),
+        ("SOPClassUID", pa.string()),
+        ("SOPInstanceUID", pa.string()),
+    ]
+)
 
 
 class NotStoredError(DicomflowError):
@@ -48,7 +59,7 @@ class Store:
 
     name: ClassVar[str] = "store"
     kind: ClassVar[OperatorKind] = "instance"
-    outputs: ClassVar[Outputs] = Outputs()
+    outputs: ClassVar[Outputs] = Outputs(tables=(TableOutput(SENT_TABLE, SENT_SCHEMA, "1"),))
     needs_pixels: ClassVar[bool] = False
 
     def __call__(self, batch: Batch) -> Batch:
@@ -67,7 +78,7 @@ class Store:
         except OSError as exc:  # a file in a bucket could not be fetched
             message = f"not stored: the file could not be read ({type(exc).__name__})"
             return map_records(batch, self.name, lambda r: _fail(message))
-        return map_records(batch, self.name, lambda r: _check(r, outcomes))
+        return map_records(batch, self.name, lambda r: _check(r, outcomes, str(self.address)))
 
     def _send(self, paths: list[Path]) -> list[StoreOutcome]:
         if isinstance(self.address, DicomwebAddress):
@@ -81,9 +92,17 @@ def _fail(message: str) -> InstanceRecord:
     raise NotStoredError(message)
 
 
-def _check(record: InstanceRecord, outcomes: dict[str, StoreOutcome | None]) -> InstanceRecord:
+def _check(
+    record: InstanceRecord, outcomes: dict[str, StoreOutcome | None], peer: str
+) -> InstanceRecord:
+    """The record, with its ``sent`` row, when the peer stored it."""
     outcome = outcomes.get(record.ref.url)
     if outcome is None or not outcome.ok:
         reason = outcome.message if outcome is not None else "not sent"
         raise NotStoredError(f"the peer did not store it ({reason})")
-    return record
+    row = {
+        "peer": peer,
+        "SOPClassUID": outcome.sop_class_uid,
+        "SOPInstanceUID": outcome.sop_instance_uid,
+    }
+    return record.with_output(SENT_TABLE, [row])

@@ -37,6 +37,7 @@ from distributed import Client
 from dicomflow._version import __version__
 from dicomflow.anonymize.engine import Deidentifier
 from dicomflow.connectors.dicomweb.metadata import DicomwebMetadata
+from dicomflow.connectors.dimse.address import DimseAddress
 from dicomflow.connectors.peers import Peer
 from dicomflow.errors import ConfigError
 from dicomflow.lake.dicom_files import remove_files
@@ -48,10 +49,12 @@ from dicomflow.operators.base import Operator, RunSettings, TableOutput
 from dicomflow.operators.images import WithImages
 from dicomflow.pipelines.anonymize import AnonymizeSettings, check_mapping_dir
 from dicomflow.pipelines.cluster import connect_client
-from dicomflow.pipelines.endpoints import Listener
+from dicomflow.pipelines.commitment import commit_sent
+from dicomflow.pipelines.endpoints import Listener, dimse_options
 from dicomflow.pipelines.ingest import IngestOptions, run_ingest
 from dicomflow.pipelines.pipeline import RunSummary, new_run_id
 from dicomflow.pipelines.plan import PartitionPolicy
+from dicomflow.pipelines.report import write_report
 from dicomflow.pipelines.retrieve import report_missing, retrieve
 from dicomflow.records import RunContext
 from dicomflow.registry import operators as operator_registry
@@ -61,6 +64,7 @@ from dicomflow.schemas import instances_schema
 from dicomflow.schemas.spec import (
     AnonymizeOperator,
     DicomSink,
+    DimseSink,
     DimseSource,
     LakeSink,
     OperatorConfig,
@@ -123,13 +127,35 @@ class CompiledPipeline:
         if isinstance(self.source, Listener):
             return self._listen()
         if isinstance(self.source, Peer):
-            return self._retrieve_and_ingest(self.source)
+            return self.commit(self._retrieve_and_ingest(self.source))
         listing = self.source.query()  # listed once, on the client, to size the job
         inputs = len(listing.refs) + len(listing.failures)
         sizes = [ref.size for ref in listing.refs]
         known = None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
         with self.connect(inputs, known) as client:
-            return self.ingest(client, self.source, listed=listing)
+            return self.commit(self.ingest(client, self.source, listed=listing))
+
+    def commit(self, summary: RunSummary) -> RunSummary:
+        """Storage Commitment of what the run sent to each DIMSE sink that asks for it
+        (see :mod:`.commitment`); the report is written again with its error rows."""
+        asking = [s for s in self.spec.sinks if isinstance(s, DimseSink) and s.commit]
+        if not asking:
+            return summary
+        context = RunContext(summary.run_id, datetime.now(UTC))
+        for sink in asking:
+            commit_sent(
+                summary,
+                self.lake,
+                context,
+                DimseAddress.parse(sink.url),
+                dimse_options(sink),
+                report_port=sink.commit_port,
+                timeout=sink.commit_timeout,
+            )
+        summary.report = write_report(
+            summary, self.lake, name=self.spec.name, started_at=context.started_at
+        )
+        return summary
 
     def ingest(
         self,
@@ -261,6 +287,7 @@ def compile_spec(spec: PipelineSpec, resources: Resources | None = None) -> Comp
         built = sink_registry.get(sink.kind).build(sink, run)
         if built is not None:  # a sink that runs as the last instance operator
             instance_ops.append(built)
+            _claim_tables(tables, built.outputs.tables, f"sink:{sink.kind}")
             fingerprints.append((f"sink:{sink.kind}", settings_digest(sink)))
     if isinstance(source, DicomwebMetadata) and (
         pixels is not None or any(wants_pixels) or anonymize is not None or len(spec.sinks) > 1

@@ -303,9 +303,14 @@ class DicomSink(SinkConfig):
 
 
 class DimseSink(DimsePeerConfig, SinkConfig):
-    """Send every written instance to a DICOM peer with C-STORE."""
+    """Send every written instance to a DICOM peer with C-STORE; with ``commit``, ask
+    it afterwards to commit them (Storage Commitment), its report coming on the
+    association or to our ``commit_port``."""
 
     kind: Literal["dimse"] = "dimse"
+    commit: bool = False
+    commit_port: int | None = Field(default=None, gt=0, lt=65536)
+    commit_timeout: float = Field(default=60.0, gt=0)
 
 
 class DicomwebSink(DicomwebPeerConfig, SinkConfig):
