@@ -227,18 +227,22 @@ class Scanner:
     def __len__(self) -> int:
         return len(self._by_mac)
 
-    def find(self, text: str) -> list[Hit]:
-        """Every confirmed, stand-alone occurrence in ``text`` (already case-folded)."""
+    def find(self, text: str, *, alone: bool = True) -> list[Hit]:
+        """Every confirmed occurrence in ``text`` (already case-folded); with ``alone``,
+        only those standing alone (see the module's description)."""
         if not self._windows or len(text) < PREFIX:
             return []
         points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
         hits: list[Hit] = []
         for start in range(0, len(points), CHUNK):
             piece = points[start : start + CHUNK + self._longest].astype(np.uint64)
-            hits.extend(self._find_in(text, piece, start, len(points) - start <= CHUNK))
+            last = len(points) - start <= CHUNK
+            hits.extend(self._find_in(text, piece, start, last, alone))
         return hits
 
-    def _find_in(self, text: str, piece: np.ndarray, offset: int, last: bool) -> list[Hit]:
+    def _find_in(
+        self, text: str, piece: np.ndarray, offset: int, last: bool, alone: bool
+    ) -> list[Hit]:
         size = len(piece)
         inverse_powers, powers = _powers(self.key.inverse, self.key.base)
         sums = np.zeros(size + 1, dtype=np.uint64)
@@ -256,13 +260,15 @@ class Scanner:
             values = (sums[at + length] - sums[at]) * powers[at]
             slots = np.minimum(np.searchsorted(windows, values), len(windows) - 1)
             for s in at[windows[slots] == values]:
-                hit = self._confirm(text, offset + int(s), length)
+                hit = self._confirm(text, offset + int(s), length, alone)
                 if hit is not None:
                     hits.append(hit)
         return hits
 
-    def _confirm(self, text: str, start: int, length: int) -> Hit | None:
+    def _confirm(self, text: str, start: int, length: int, alone: bool) -> Hit | None:
         found = self._by_mac.get(self.key.mac(text[start : start + length]))
+        if found and not alone:
+            return Hit(start, tuple(found))
         if not found or (start > 0 and _word_character(text[start - 1])):
             return None
         end = start + length

@@ -51,6 +51,7 @@ from dicomflow.anonymize.proof import (
     anywhere,
     readings,
 )
+from dicomflow.dicom.header import read_header
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.ledger import ENTRIES, LEDGER_DIR, Ledger, LedgerEntry
 from dicomflow.operators.anonymize import PROOF_OUTPUT
@@ -63,6 +64,7 @@ QUARANTINE_DIR = "_quarantine"
 ZARR_METADATA = ("zarr.json", ".zattrs", ".zarray", ".zgroup")
 RECORD_SEPARATOR = "\x1e"  # ASCII's record separator: between a column's values
 DEFLATED = b"1.2.840.10008.1.2.1.99"
+UNDEFINED_LENGTH = 0xFFFFFFFF
 MAX_INFLATED = 1 << 28  # a de-identified data set is searched up to 256 MiB
 MAX_LOG_LINES = 100_000
 FILES_AT_ONCE = 256  # files read in one call (concurrently, from a bucket)
@@ -264,7 +266,7 @@ class Prover:
                     continue
                 name = _relative(path, root, path if not dicom else "staged DICOM")
                 if dicom:
-                    data = _before_pixel_data(data)
+                    data = _without_pixel_data(data)
                 elif name.endswith((".png", ".jpg", ".jpeg")):
                     data = _image_metadata(data)
                 self.proof.outputs_scanned += 1
@@ -282,7 +284,9 @@ class Prover:
             return
         joined = RECORD_SEPARATOR.join(text for _, text in texts)
         starts = list(itertools.accumulate((len(t) + 1 for _, t in texts), initial=0))
-        for hit in self._scanner.find(joined):
+        # In DICOM a value's neighbours are binary (a tag's bytes may read "b" or "0"):
+        # what the profile kept is found there without asking that it stand alone.
+        for hit in self._scanner.find(joined, alone=not dicom):
             index = bisect.bisect_right(starts, hit.start) - 1
             name, text = texts[index]
             at = hit.start - starts[index]
@@ -328,12 +332,12 @@ class Prover:
     ) -> None:
         """Count the hits among ``prints`` found in a record whose text is ``context``."""
         for fp in prints:
+            if dicom:  # what the profile made, in any study: the value is kept, not leaked
+                self._kept.add(fp.mac)
+                continue
             scope = "" if anywhere(fp) else fp.study
             if scope and scope.casefold() not in context:
                 continue  # another study's date or word: not this patient's
-            if dicom:  # what the profile made: the value is kept, not leaked
-                self._kept.add(fp.mac)
-                continue
             if fp.mac in self._kept:
                 continue
             self._hits[(name, fp.kind)] += 1
@@ -407,15 +411,24 @@ def _zarr_metadata(fs: Any, array: str) -> Iterator[str]:
     yield from (p for p in found if p.rsplit("/", 1)[-1] in ZARR_METADATA)
 
 
-def _before_pixel_data(data: bytes) -> bytes:
-    """A DICOM file up to its top-level Pixel Data (the pixels hold no text), its
-    data set inflated when its transfer syntax is Deflated Explicit VR Little Endian."""
-    data = _inflated(data)
-    for tag in (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10"):
-        at = data.rfind(tag)
-        if at > 0:
-            return data[:at]
-    return data
+def _without_pixel_data(data: bytes) -> bytes:
+    """A DICOM file without its top-level Pixel Data value (pixels hold no text), where
+    the header reader locates it; a deflated data set inflated and searched whole; a
+    file the reader cannot parse searched whole."""
+    inflated = _inflated(data)
+    if inflated is not data:
+        return inflated
+    try:
+        header = read_header(io.BytesIO(data), size=len(data), salvage=True)
+    except Exception:  # whatever the reader refuses is searched as it is
+        return data
+    start, length = header.pixel_data_offset, header.pixel_data_length
+    if start is None:
+        return data
+    if length is not None and length != UNDEFINED_LENGTH:
+        return data[:start] + data[start + length :]
+    end = header.pixel_data_end
+    return data[:start] + (data[end:] if end is not None else b"")
 
 
 def _inflated(data: bytes) -> bytes:
