@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from dicomflow.api import (
         AnonymizeOperator,
         FlattenOperator,
+        LabelsOperator,
         Lake,
         Picture,
         Pipeline,
@@ -45,6 +46,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __all__ = [
     "AnonymizeOperator",
     "FlattenOperator",
+    "LabelsOperator",
     "Lake",
     "Picture",
     "Pipeline",

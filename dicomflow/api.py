@@ -41,6 +41,7 @@ from dicomflow.schemas.spec import (
     DimseSource,
     FilesSource,
     FlattenOperator,
+    LabelsOperator,
     LakeSink,
     Limits,
     ListenSource,
@@ -59,6 +60,7 @@ __all__ = [
     "ConfigError",
     "DimsePeerConfig",
     "FlattenOperator",
+    "LabelsOperator",
     "Lake",
     "PeerError",
     "Picture",
@@ -156,6 +158,7 @@ def ingest_spec(
     send_options: PeerOptions | None = None,
     commit_port: int | None = None,
     commit_timeout: float = 60.0,
+    labels: bool = False,
     name: str = "ingest",
     retries: int = 2,
     frames_per_chunk: int = 1,
@@ -194,13 +197,15 @@ def ingest_spec(
     elif anonymize is not None:
         steps.append(anonymize)
     steps.append(FlattenOperator(inline_binary_limit=inline_binary_limit))
-    if pixels:
+    if pixels or labels:  # labels land on the image stacks pixels writes
         steps.append(
             PixelsOperator(
                 frames_per_chunk=frames_per_chunk, expand_palette=expand_palette, pyramid=pyramid
             )
         )
     steps.extend(operators)
+    if labels:
+        steps.append(LabelsOperator())
     lake_options = storage_options if out_storage_options is None else out_storage_options
     sinks: list[SinkConfig] = [LakeSink(path=out, storage_options=dict(lake_options or {}))]
     if write_dicom:

@@ -200,6 +200,12 @@ def _sr_options(command: Callable[..., None]) -> Callable[..., None]:
             is_flag=True,
             help="Also extract every Structured Report: sr_content and measurements tables.",
         ),
+        click.option(
+            "--labels",
+            is_flag=True,
+            help="Also place every segmentation (SEG) on the image stack it segments, as "
+            "OME-Zarr labels, and fill the segments table (implies --pixels).",
+        ),
     ]
     return _with_options(command, options)
 
@@ -230,6 +236,18 @@ def _storage_options(command: Callable[..., None]) -> Callable[..., None]:
         ),
     ]
     return _with_options(command, options)
+
+
+def _query_option(help_text: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """``-q KEYWORD=VALUE`` (repeatable): the matching keys of a query."""
+    return click.option(
+        "-q", "--query", "queries", multiple=True, metavar="KEYWORD=VALUE", help=help_text
+    )
+
+
+_token_env_option = click.option(
+    "--token-env", default=None, help="DICOMweb: name of the variable holding a bearer token."
+)
 
 
 def _peer_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -357,15 +375,8 @@ def _peer_config(url: str, token_env: str | None = None, **peer: Any) -> Any:
     show_default=True,
     help="Binary values up to this many bytes are inlined in the DICOM JSON.",
 )
-@click.option(
-    "-q",
-    "--query",
-    "queries",
-    multiple=True,
-    metavar="KEYWORD=VALUE",
-    help="For a dicomweb+http(s):// server: the instances to scan (QIDO-RS matching).",
-)
-@click.option("--token-env", default=None, help="DICOMweb: variable holding a bearer token.")
+@_query_option("For a dicomweb+http(s):// server: the instances to scan (QIDO-RS matching).")
+@_token_env_option
 @_storage_options
 @_run_options
 def scan(
@@ -433,14 +444,9 @@ def scan(
 @click.option(
     "--dicom", "write_dicom", is_flag=True, help="With --anonymize: keep de-identified DICOM files."
 )
-@click.option(
-    "-q",
-    "--query",
-    "queries",
-    multiple=True,
-    metavar="KEYWORD=VALUE",
-    help="For dimse:// and dicomweb+http(s):// sources: what to retrieve, "
-    "e.g. -q StudyInstanceUID=1.2.3.",
+@_query_option(
+    "For dimse:// and dicomweb+http(s):// sources: what to retrieve, "
+    "e.g. -q StudyInstanceUID=1.2.3."
 )
 @click.option(
     "--cohort",
@@ -503,11 +509,7 @@ def scan(
 @click.option(
     "--commit-timeout", type=float, default=60.0, show_default=True, help="Seconds to wait."
 )
-@click.option(
-    "--token-env",
-    default=None,
-    help="DICOMweb: name of the environment variable holding a bearer token.",
-)
+@_token_env_option
 @_render_options
 @_sr_options
 @_anonymize_options
@@ -559,6 +561,7 @@ def ingest(
     overlays: bool,
     presentation_states: tuple[str, ...],
     sr: bool,
+    labels: bool,
     **peer: Any,
 ) -> None:
     """Ingest SRC (files, folders, URLs, dimse://AE@host:port, dicomweb+https://host/root)
@@ -621,6 +624,7 @@ def ingest(
             expand_palette=expand_palette,
             pyramid=pyramid,
             operators=[*render, *_sr_operators(sr)],
+            labels=labels,
         )
     )
     _run_spec(spec, progress=progress, fail_on_error=fail_on_error, print_spec=print_spec)
@@ -707,14 +711,7 @@ def echo(url: str, show_contexts: bool, **peer: Any) -> None:
     show_default=True,
     help="Query/retrieve information model (root).",
 )
-@click.option(
-    "-q",
-    "--query",
-    "queries",
-    multiple=True,
-    metavar="KEYWORD=VALUE",
-    help="Matching key, e.g. -q PatientName=DOE* -q StudyDate=20240101-20241231.",
-)
+@_query_option("Matching key, e.g. -q PatientName=DOE* -q StudyDate=20240101-20241231.")
 @click.option("--return-key", "return_keys", multiple=True, help="Extra keyword to return.")
 @click.option("--limit", type=int, default=None, help="Stop (C-CANCEL) after N matches.")
 @click.option(
@@ -724,7 +721,7 @@ def echo(url: str, show_contexts: bool, **peer: Any) -> None:
     "one C-FIND per row, results joined.",
 )
 @click.option("--out", required=True, help="Parquet file to write.")
-@click.option("--token-env", default=None, help="DICOMweb: variable holding a bearer token.")
+@_token_env_option
 @_peer_options
 def query(
     url: str,

@@ -73,6 +73,12 @@ def run_demo(out: Path, *, workers: int | None = None) -> int:
         + _skipped(deid.skipped)
     )
     click.echo(f"  DICOM            {deid_out}/dicom/<study>/<series>/<sop>.dcm")
+    if deid.proof is not None:
+        verdict = "no removed value in any output" if deid.proof.passed else "FAILED"
+        click.echo(
+            f"  proof            {deid.proof.values_checked} removed values searched for in "
+            f"{deid.proof.outputs_scanned} outputs: {verdict}"
+        )
     click.echo(f"  tables and Zarr  {deid_out}/instances, series, errors, pixels.zarr")
     click.echo("try:")
     query = f"SELECT Modality, count(*) FROM read_parquet('{out}/instances/*.parquet') GROUP BY 1"  # noqa: S608 (printed, not run)

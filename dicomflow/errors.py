@@ -38,6 +38,7 @@ class ErrorCode(StrEnum):
     NOT_RETRIEVED = "not_retrieved"
     NOT_STORED = "not_stored"
     NOT_COMMITTED = "not_committed"
+    NOT_PLACED = "not_placed"
     BURNED_IN_ANNOTATION = "burned_in_annotation"
     DEIDENTIFICATION_FAILED = "deidentification_failed"
     INTERNAL = "internal"

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 from pydicom import valuerep
 from pydicom.multival import MultiValue
@@ -92,3 +93,30 @@ def pydicom_typed(ds: pydicom.FileDataset, spec: ColumnSpec) -> Any:
 
 def stored_json(row: dict[str, Any]) -> dict[str, Any]:
     return json.loads(row["dicom_json"])
+
+
+def ct_series(folder: Path, slices: int, *, tile: int = 1) -> list[Path]:
+    """A CT series made from pydicom's CT_small: one new study and series, ``slices``
+    instances 2.5 mm apart, each with its own pixels (and, with ``tile``, CT_small's
+    image tiled ``tile`` × ``tile``)."""
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    template = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
+    pixels = np.tile(template.pixel_array, (tile, tile))
+    study, series = generate_uid(), generate_uid()
+    paths = []
+    for number in range(slices):
+        ds = template.copy()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.InstanceNumber = number + 1
+        ds.ImagePositionPatient = [0.0, 0.0, 2.5 * number]
+        ds.Rows, ds.Columns = pixels.shape
+        own = pixels.copy()
+        own[0, 0] = number  # every slice differs
+        ds.PixelData = own.tobytes()
+        paths.append(folder / f"slice{number:02d}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    return paths

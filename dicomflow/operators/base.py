@@ -54,7 +54,9 @@ def map_records(
     return batch.replace_records(out)
 
 
-OperatorKind = Literal["instance", "series"]
+# instance: batch -> batch; series: a whole series once its stacks are written; lake:
+# once a run's outputs are committed, over the whole lake (``on_lake(client, layout)``).
+OperatorKind = Literal["instance", "series", "lake"]
 
 
 @dataclass(frozen=True)

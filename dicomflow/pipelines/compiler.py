@@ -53,10 +53,11 @@ from dicomflow.pipelines.commitment import commit_sent
 from dicomflow.pipelines.endpoints import Listener, dimse_options
 from dicomflow.pipelines.ingest import IngestOptions, run_ingest
 from dicomflow.pipelines.pipeline import RunSummary, new_run_id
-from dicomflow.pipelines.plan import PartitionPolicy
+from dicomflow.pipelines.plan import Partition, PartitionPolicy
 from dicomflow.pipelines.report import write_report
 from dicomflow.pipelines.retrieve import report_missing, retrieve
-from dicomflow.records import RunContext
+from dicomflow.pipelines.sinks import LakeSink as LakeWriter
+from dicomflow.records import Batch, InstanceRecord, RunContext
 from dicomflow.registry import operators as operator_registry
 from dicomflow.registry import sinks as sink_registry
 from dicomflow.registry import sources as source_registry
@@ -105,6 +106,7 @@ class CompiledPipeline:
     anonymize: AnonymizeSettings | None
     lake: LakeLayout
     resources: Resources
+    lake_operators: tuple[Any, ...] = ()  # kind "lake": run by after_run
 
     def connect(
         self, inputs: int | None = None, input_bytes: int | None = None
@@ -127,21 +129,26 @@ class CompiledPipeline:
         if isinstance(self.source, Listener):
             return self._listen()
         if isinstance(self.source, Peer):
-            return self.commit(self._retrieve_and_ingest(self.source))
+            return self._retrieve_and_ingest(self.source)
         listing = self.source.query()  # listed once, on the client, to size the job
         inputs = len(listing.refs) + len(listing.failures)
         sizes = [ref.size for ref in listing.refs]
         known = None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
         with self.connect(inputs, known) as client:
-            return self.commit(self.ingest(client, self.source, listed=listing))
+            return self.after_run(client, self.ingest(client, self.source, listed=listing))
 
-    def commit(self, summary: RunSummary) -> RunSummary:
-        """Storage Commitment of what the run sent to each DIMSE sink that asks for it
-        (see :mod:`.commitment`); the report is written again with its error rows."""
+    def after_run(self, client: Client, summary: RunSummary) -> RunSummary:
+        """What runs once the run's outputs are committed: each lake operator over the
+        lake (its rows and error rows committed like a partition's), then Storage
+        Commitment of what was sent to each DIMSE sink that asks for it (see
+        :mod:`.commitment`); the report is written again with their error rows."""
         asking = [s for s in self.spec.sinks if isinstance(s, DimseSink) and s.commit]
-        if not asking:
+        if not asking and not self.lake_operators:
             return summary
         context = RunContext(summary.run_id, datetime.now(UTC))
+        for operator in self.lake_operators:
+            records = operator.on_lake(client, self.lake)
+            _commit_lake_records(summary, self.lake, context, operator, records)
         for sink in asking:
             commit_sent(
                 summary,
@@ -216,6 +223,7 @@ class CompiledPipeline:
             )
             if self.anonymize is not None and paths:
                 remove_files(self.lake, paths)  # originals must not stay in a de-identified lake
+            summary = self.after_run(client, summary)
         if incremental and summary.accounted:
             watermark.advance(run_started)
         return summary
@@ -233,7 +241,7 @@ class CompiledPipeline:
                 )
                 if self.anonymize is not None:  # what was received is not de-identified
                     remove_files(self.lake, files)
-                return summary
+                return self.after_run(client, summary)
 
             return listen(
                 listener,
@@ -262,6 +270,7 @@ def compile_spec(spec: PipelineSpec, resources: Resources | None = None) -> Comp
     fingerprints: list[tuple[str, str]] = []
     pixels: PixelsOperator | None = None
     series_ops: list[Operator] = []
+    lake_ops: list[Any] = []
     for config in spec.operators:
         unit = operator_registry.get(config.name)
         _claim_tables(tables, unit.outputs.tables, config.name)
@@ -271,6 +280,9 @@ def compile_spec(spec: PipelineSpec, resources: Resources | None = None) -> Comp
         fingerprints.append((config.name, settings_digest(config)))
         if isinstance(config, PixelsOperator):
             pixels = config
+            continue
+        if unit.kind == "lake":  # runs once the run is committed, over the whole lake
+            lake_ops.append(unit.build(config, run))
             continue
         if unit.kind == "series":  # runs on each series once pixels wrote its stacks
             if pixels is None:
@@ -308,7 +320,31 @@ def compile_spec(spec: PipelineSpec, resources: Resources | None = None) -> Comp
         read_once=resources.read_once,
         fingerprints=tuple(fingerprints),
     )
-    return CompiledPipeline(spec, source, options, anonymize, lake, resources)
+    return CompiledPipeline(spec, source, options, anonymize, lake, resources, tuple(lake_ops))
+
+
+def _commit_lake_records(
+    summary: RunSummary,
+    lake: LakeLayout,
+    context: RunContext,
+    operator: Any,
+    records: Sequence[InstanceRecord],
+) -> None:
+    """Commit a lake operator's records (its tables' rows, its error rows) as one
+    partition named by the operator and the run; count its error rows as faults (each
+    concerns an instance that keeps its row)."""
+    if not records:
+        return
+    sink = LakeWriter(lake, f"lake-{operator.name}", tuple(operator.outputs.tables))
+    name = f"{operator.name}-{context.run_id}"
+    refs = tuple(record.ref for record in records)
+    sink.write(Batch(tuple(records), context), Partition(0, name, refs))
+    failed = [record for record in records if record.error is not None]
+    summary.errors += len(failed)
+    summary.faults += len(failed)
+    for record in failed:
+        assert record.error is not None
+        summary.error_codes[str(record.error.code)] += 1
 
 
 def with_images(

@@ -238,6 +238,15 @@ class SrOperator(OperatorConfig):
     measurements: bool = True
 
 
+class LabelsOperator(OperatorConfig):
+    """Segmentations (DICOM SEG) as masks: an OME-Zarr ``labels`` group beside the image
+    stack each segments, and the ``segments`` table. Runs once the run's series are
+    committed, over the whole lake (a SEG whose images come later is placed then).
+    Needs ``pixels``."""
+
+    name: Literal["labels"] = "labels"
+
+
 def parse_window(value: str) -> str | int | tuple[float, float]:
     """``auto``, ``N`` (an index) or ``CENTER,WIDTH`` as the renderer takes it."""
     text = value.strip()

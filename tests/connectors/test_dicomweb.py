@@ -17,7 +17,6 @@ import numpy as np
 import pyarrow as pa
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
 
 import dicomflow
 from dicomflow.api import run as run_spec
@@ -36,6 +35,7 @@ from dicomflow.schemas.spec import (
     PixelsOperator,
 )
 from tests.conftest import PYDICOM_TEST_FILES, require
+from tests.helpers import ct_series
 from tests.peers.orthanc import Orthanc, free_port, orthanc_binary, running_orthanc
 
 SINGLES = ["MR_small.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm", "rtplan.dcm"]
@@ -43,31 +43,10 @@ SLICES = 12
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
-def _series(folder: Path) -> list[Path]:
-    """A 12-slice CT series (one study, one series, positions 2.5 mm apart)."""
-    folder.mkdir(parents=True)
-    template = pydicom.dcmread(PYDICOM_TEST_FILES / "CT_small.dcm")
-    study, series = generate_uid(), generate_uid()
-    paths = []
-    for number in range(SLICES):
-        ds = template.copy()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.InstanceNumber = number + 1
-        ds.ImagePositionPatient = [0.0, 0.0, 2.5 * number]
-        pixels = ds.pixel_array.copy()
-        pixels[0, 0] = number  # every slice differs
-        ds.PixelData = pixels.tobytes()
-        path = folder / f"slice{number:02d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     root = tmp_path_factory.mktemp("dicomweb-src")
-    paths = _series(root / "ct")
+    paths = ct_series(root / "ct", SLICES)
     for name in SINGLES:
         (root / name).write_bytes((PYDICOM_TEST_FILES / name).read_bytes())
         paths.append(root / name)
@@ -327,7 +306,7 @@ def test_an_instance_stored_without_file_meta_lands_as_the_server_sent_it(
     file meta is neither reparsed nor reported as not delivered; the reader reads it and
     its pixels equal pydicom's reading of the original file."""
     require(orthanc_binary() is not None, "Orthanc (Debian package orthanc)")
-    paths = _series(tmp_path / "src")[:4]
+    paths = ct_series(tmp_path / "src", SLICES)[:4]
     originals = [pydicom.dcmread(p) for p in paths]  # the oracle, read before one is stripped
     _without_file_meta(paths[1])
     assert paths[1].read_bytes()[:4] == b"\x08\x00\x05\x00"  # starts with its first element

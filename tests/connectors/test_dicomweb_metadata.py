@@ -10,19 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pydicom
 import pytest
 import requests
 from distributed import Client
 from pydicom.datadict import tag_for_keyword
-from pydicom.uid import generate_uid
 
 import dicomflow
 from dicomflow.api import ingest_spec
 from dicomflow.errors import ConfigError
 from tests.conftest import PYDICOM_TEST_FILES, require
+from tests.helpers import ct_series
 from tests.peers.orthanc import Orthanc, orthanc_binary, running_orthanc
 
 FILES = ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "rtplan.dcm", "SC_rgb_rle.dcm")
@@ -43,27 +42,9 @@ PROVENANCE = {
 SLICES = 8
 
 
-def _ct_series(folder: Path) -> list[Path]:
-    """Eight 512×512 CT slices (CT_small's header, its pixels tiled), one series."""
-    template = pydicom.dcmread(PYDICOM_TEST_FILES / "CT_small.dcm")
-    tiled = np.tile(template.pixel_array, (4, 4)).tobytes()
-    study, series = generate_uid(), generate_uid()
-    paths = []
-    for number in range(SLICES):
-        ds = pydicom.dcmread(PYDICOM_TEST_FILES / "CT_small.dcm")
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.InstanceNumber = number + 1
-        ds.Rows = ds.Columns = 512
-        ds.PixelData = tiled
-        paths.append(folder / f"slice{number}.dcm")
-        ds.save_as(paths[-1], enforce_file_format=True)
-    return paths
-
-
 @pytest.fixture(scope="module")
 def series(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    return _ct_series(tmp_path_factory.mktemp("ct512"))
+    return ct_series(tmp_path_factory.mktemp("ct512"), SLICES, tile=4)
 
 
 @pytest.fixture(scope="module")

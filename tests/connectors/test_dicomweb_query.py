@@ -20,6 +20,7 @@ from pydicom.uid import generate_uid
 
 import dicomflow
 from tests.conftest import PYDICOM_TEST_FILES, require
+from tests.helpers import ct_series
 from tests.peers.orthanc import Orthanc, orthanc_binary, running_orthanc
 
 SLICES = 4
@@ -27,17 +28,7 @@ SLICES = 4
 
 def _files(root: Path) -> list[Path]:
     """A four-slice CT series, MR_small, rtplan, and a study without a Patient ID."""
-    root.mkdir(parents=True)
-    template = pydicom.dcmread(PYDICOM_TEST_FILES / "CT_small.dcm")
-    study, series = generate_uid(), generate_uid()
-    paths = []
-    for number in range(SLICES):
-        ds = template.copy()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.InstanceNumber = number + 1
-        paths.append(root / f"ct{number}.dcm")
-        ds.save_as(paths[-1], enforce_file_format=True)
+    paths = ct_series(root, SLICES)
     for name in ("MR_small.dcm", "rtplan.dcm"):
         paths.append(root / name)
         paths[-1].write_bytes((PYDICOM_TEST_FILES / name).read_bytes())

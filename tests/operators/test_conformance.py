@@ -70,7 +70,9 @@ def test_registered_operators_declare_what_they_make(name: str) -> None:
     """Built-ins declare the same things a plugin must: kind, config model, outputs, build."""
     unit = registry.operators.get(name)
     assert isinstance(unit, type) and unit.name == name
-    assert unit.kind in ("instance", "series")
+    assert unit.kind in ("instance", "series", "lake")
+    if unit.kind == "lake":  # runs once over the lake after the run, not on batches
+        assert callable(unit.on_lake)
     assert issubclass(unit.Config, OperatorConfig)
     assert unit.Config.model_fields["name"].default == name
     assert isinstance(unit.outputs, Outputs) and isinstance(unit.needs_pixels, bool)
