@@ -525,6 +525,7 @@ def open_series(
     stack: str | None = None,
     level: int = 0,
     as_numpy: bool = False,
+    labels: bool = False,
 ) -> Any:
     """Open one stack of a series written by ``ingest --pixels`` (its largest stack, or
     the one named ``stack``; pyramid ``level`` 0 is full resolution, -1 the coarsest).
@@ -540,6 +541,9 @@ def open_series(
     ``ImageOrientationPatient``, ``FrameOfReferenceUID`` (when known), the value
     ``units`` and the QC flags (see the lake page of the docs). With ``as_numpy=True``
     returns ``(numpy array, affine)`` instead: the level's array as stored, and its affine.
+    With ``labels=True`` (level 0), the stack's label images (``ingest --labels``) come
+    too: an ``xarray.Dataset`` of ``image`` and ``labels/<name>`` on the same z/y/x
+    coordinates, or ``(array, affine, {name: labels array})``.
     """
     from dicomflow.pixels.open import open_stack
 
@@ -549,6 +553,7 @@ def open_series(
         stack=stack,
         level=level,
         as_numpy=as_numpy,
+        labels=labels,
     )
 
 

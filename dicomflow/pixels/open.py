@@ -161,6 +161,7 @@ def open_stack(
     stack: str | None = None,
     level: int = 0,
     as_numpy: bool = False,
+    labels: bool = False,
 ) -> Any:
     """See :func:`dicomflow.open_series`."""
     import zarr
@@ -172,7 +173,10 @@ def open_stack(
     array = group[place.path]
     assert isinstance(array, zarr.Array)
     affine = level_affine(np.asarray(attrs["affine"], float), place)
+    masks = _label_arrays(group, place.index) if labels else {}
     if as_numpy:
+        if labels:
+            return array[:], affine, {name: mask[:] for name, mask in masks.items()}
         return array[:], affine
     import dask.array as da
     import xarray as xr
@@ -224,13 +228,37 @@ def open_stack(
         "qc_flags": flags,
         "zarr_path": row["zarr_path"],
     }
-    return xr.DataArray(
+    image = xr.DataArray(
         data,
         dims=dims,
         coords=coords,
         name=series_uid,
         attrs={k: v for k, v in info.items() if v is not None},
     )
+    if not labels:
+        return image
+    spatial_dims = [d for d in dims if d != "c"]
+    return xr.Dataset(
+        {
+            "image": image,
+            **{
+                f"labels/{name}": (spatial_dims, da.from_zarr(mask)) for name, mask in masks.items()
+            },
+        },
+        attrs=image.attrs,
+    )
+
+
+def _label_arrays(group: Any, level: int) -> dict[str, Any]:
+    """The stack's label images (OME-Zarr ``labels``), full resolution only."""
+    if level != 0:
+        raise ValueError("label images are at full resolution: open level 0 with labels")
+    try:
+        labels = group["labels"]
+    except KeyError:
+        return {}
+    names = dict(labels.attrs).get("ome", {}).get("labels", [])
+    return {str(name): labels[str(name)]["0"] for name in names}
 
 
 def _z_as_stored(place: Level) -> bool:

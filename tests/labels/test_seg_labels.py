@@ -155,3 +155,22 @@ def test_a_seg_waits_for_its_images_and_a_later_run_places_it(inputs: Path, tmp_
     assert second.returncode == 0, second.stderr
     (row,) = dicomflow.read_lake(str(out)).table("segments").to_pylist()
     assert row["status"] == "placed" and (out / row["label_path"]).exists()
+
+
+def test_open_series_gives_the_image_and_its_labels_on_one_grid(lake: Path, inputs: Path) -> None:
+    images = inputs / "partial_overlaps" / "images"
+    series = str(pydicom.dcmread(next(images.iterdir()), stop_before_pixels=True).SeriesInstanceUID)
+    zarr_path, image = _stack_of(lake, images)
+    both = dicomflow.open_series(str(lake), series, labels=True)
+    plain = dicomflow.open_series(str(lake), series)
+    assert np.array_equal(both["image"].values, plain.values)
+    labels = zarr.open_group(str(lake / zarr_path / "labels"), mode="r")
+    names = labels.attrs["ome"]["labels"]
+    assert sorted(both.data_vars) == sorted(["image", *(f"labels/{n}" for n in names)])
+    for name in names:
+        variable = both[f"labels/{name}"]
+        assert variable.dims == ("z", "y", "x")
+        assert np.array_equal(variable.values, labels[name]["0"][:])
+        assert np.array_equal(variable["z"].values, plain["z"].values)  # the same grid
+    array, _, masks = dicomflow.open_series(str(lake), series, labels=True, as_numpy=True)
+    assert np.array_equal(array, image) and sorted(masks) == sorted(names)
