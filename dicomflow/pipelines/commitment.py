@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
 
 import pyarrow.parquet as pq
 
@@ -23,10 +22,9 @@ from dicomflow.errors import ErrorCode
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.ledger import Ledger
 from dicomflow.operators.store import SENT_TABLE
-from dicomflow.pipelines.plan import Partition
-from dicomflow.pipelines.sinks import LakeSink
+from dicomflow.pipelines.sinks import commit_records
 from dicomflow.pipelines.summary import RunSummary
-from dicomflow.records import Batch, InstanceRecord, RunContext, SourceRef
+from dicomflow.records import InstanceRecord, RunContext, SourceRef
 
 logger = logging.getLogger(__name__)
 
@@ -79,31 +77,19 @@ def commit_sent(
         reasons.update(dict.fromkeys(result.missing, silence))
     else:
         reasons.update(dict.fromkeys(result.missing, "the peer's report did not name it"))
-    _write_rows(layout, context, str(address), reasons)
-    summary.errors += len(reasons)
-    summary.faults += len(reasons)  # each keeps its row
-    if reasons:
-        summary.error_codes[ErrorCode.NOT_COMMITTED.value] += len(reasons)
-    return len(reasons)
+    records = [
+        InstanceRecord(SourceRef(f"{address}#sop={uid}")).with_error(
+            STAGE, ErrorCode.NOT_COMMITTED, reasons[uid]
+        )
+        for uid in sorted(reasons)
+    ]
+    name = "commit-" + hashlib.sha256(f"{address}\0{context.run_id}".encode()).hexdigest()[:20]
+    commit_records(layout, "commit", name, records, context)
+    summary.add_faults(records)  # each keeps its row
+    return len(records)
 
 
 def _reason(code: int | None) -> str:
     if code is None:
         return "the peer failed to commit it"
     return f"the peer failed to commit it: {FAILURE_REASONS.get(code, 'failure')} (0x{code:04X})"
-
-
-def _write_rows(
-    layout: LakeLayout, context: RunContext, peer: str, reasons: dict[str, str]
-) -> None:
-    refs = [SourceRef(f"{peer}#sop={uid}") for uid in sorted(reasons)]
-    records: Sequence[InstanceRecord] = tuple(
-        InstanceRecord(ref).with_error(
-            STAGE, ErrorCode.NOT_COMMITTED, reasons[ref.url.rsplit("=", 1)[1]]
-        )
-        for ref in refs
-    )
-    name = "commit-" + hashlib.sha256(f"{peer}\0{context.run_id}".encode()).hexdigest()[:20]
-    LakeSink(layout, "commit").write(
-        Batch(tuple(records), context), Partition(0, name, tuple(refs))
-    )

@@ -53,11 +53,11 @@ from dicomflow.pipelines.commitment import commit_sent
 from dicomflow.pipelines.endpoints import Listener, dimse_options
 from dicomflow.pipelines.ingest import IngestOptions, run_ingest
 from dicomflow.pipelines.pipeline import RunSummary, new_run_id
-from dicomflow.pipelines.plan import Partition, PartitionPolicy
+from dicomflow.pipelines.plan import PartitionPolicy
 from dicomflow.pipelines.report import write_report
 from dicomflow.pipelines.retrieve import report_missing, retrieve
-from dicomflow.pipelines.sinks import LakeSink as LakeWriter
-from dicomflow.records import Batch, InstanceRecord, RunContext
+from dicomflow.pipelines.sinks import commit_records
+from dicomflow.records import RunContext
 from dicomflow.registry import operators as operator_registry
 from dicomflow.registry import sinks as sink_registry
 from dicomflow.registry import sources as source_registry
@@ -148,7 +148,12 @@ class CompiledPipeline:
         context = RunContext(summary.run_id, datetime.now(UTC))
         for operator in self.lake_operators:
             records = operator.on_lake(client, self.lake)
-            _commit_lake_records(summary, self.lake, context, operator, records)
+            if records:  # one partition named by the operator and the run
+                name = f"{operator.name}-{context.run_id}"
+                config = f"lake-{operator.name}"
+                tables = operator.outputs.tables
+                commit_records(self.lake, config, name, records, context, tables)
+                summary.add_faults(records)  # each concerns an instance that keeps its row
         for sink in asking:
             commit_sent(
                 summary,
@@ -321,30 +326,6 @@ def compile_spec(spec: PipelineSpec, resources: Resources | None = None) -> Comp
         fingerprints=tuple(fingerprints),
     )
     return CompiledPipeline(spec, source, options, anonymize, lake, resources, tuple(lake_ops))
-
-
-def _commit_lake_records(
-    summary: RunSummary,
-    lake: LakeLayout,
-    context: RunContext,
-    operator: Any,
-    records: Sequence[InstanceRecord],
-) -> None:
-    """Commit a lake operator's records (its tables' rows, its error rows) as one
-    partition named by the operator and the run; count its error rows as faults (each
-    concerns an instance that keeps its row)."""
-    if not records:
-        return
-    sink = LakeWriter(lake, f"lake-{operator.name}", tuple(operator.outputs.tables))
-    name = f"{operator.name}-{context.run_id}"
-    refs = tuple(record.ref for record in records)
-    sink.write(Batch(tuple(records), context), Partition(0, name, refs))
-    failed = [record for record in records if record.error is not None]
-    summary.errors += len(failed)
-    summary.faults += len(failed)
-    for record in failed:
-        assert record.error is not None
-        summary.error_codes[str(record.error.code)] += 1
 
 
 def with_images(

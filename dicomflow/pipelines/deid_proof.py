@@ -33,7 +33,6 @@ import itertools
 import json
 import logging
 import time
-import zlib
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -52,6 +51,8 @@ from dicomflow.anonymize.proof import (
     readings,
 )
 from dicomflow.dicom.header import read_header
+from dicomflow.dicom.inflate import InflateLimits, inflate
+from dicomflow.errors import MalformedDicomError
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.ledger import ENTRIES, LEDGER_DIR, Ledger, LedgerEntry
 from dicomflow.operators.anonymize import PROOF_OUTPUT
@@ -65,7 +66,6 @@ ZARR_METADATA = ("zarr.json", ".zattrs", ".zarray", ".zgroup")
 RECORD_SEPARATOR = "\x1e"  # ASCII's record separator: between a column's values
 DEFLATED = b"1.2.840.10008.1.2.1.99"
 UNDEFINED_LENGTH = 0xFFFFFFFF
-MAX_INFLATED = 1 << 28  # a de-identified data set is searched up to 256 MiB
 MAX_LOG_LINES = 100_000
 FILES_AT_ONCE = 256  # files read in one call (concurrently, from a bucket)
 CHARS_AT_ONCE = 1 << 22  # text searched in one call
@@ -323,9 +323,9 @@ class Prover:
             return
         self.proof.outputs_scanned += 1
         self.proof.bytes_scanned += len(text)
-        for reading in (text.casefold(),):
-            for hit in self._scanner.find(reading):
-                self._count("log", hit.fingerprints, _around(reading, hit.start))
+        reading = text.casefold()
+        for hit in self._scanner.find(reading):
+            self._count("log", hit.fingerprints, _around(reading, hit.start))
 
     def _count(
         self, name: str, prints: Sequence[Fingerprint], context: str, *, dicom: bool = False
@@ -432,15 +432,18 @@ def _without_pixel_data(data: bytes) -> bytes:
 
 
 def _inflated(data: bytes) -> bytes:
-    """The file meta plus the inflated data set of a deflated file (``data`` otherwise).
-    The meta is read by its group length, (0002,0000), the first element after DICM."""
+    """The file meta plus the inflated data set of a deflated file (``data`` otherwise),
+    within the reader's limits. The meta is read by its group length, (0002,0000), the
+    first element after DICM."""
     if data[128:132] != b"DICM" or DEFLATED not in data[132:2048]:
         return data
     meta_end = 144 + int.from_bytes(data[140:144], "little")
+    body = data[meta_end:]
     try:
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        return data[:meta_end] + inflater.decompress(data[meta_end:], MAX_INFLATED)
-    except zlib.error:  # not what it claims: search the bytes as they are
+        return data[:meta_end] + inflate(
+            io.BytesIO(body), deflated_size=len(body), limits=InflateLimits()
+        )
+    except MalformedDicomError:  # not what it claims, or past the limits: as it is
         return data
 
 

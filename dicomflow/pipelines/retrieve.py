@@ -49,9 +49,8 @@ from dicomflow.connectors.peers import DimsePeer, Peer, SeriesRequest
 from dicomflow.errors import ConfigError, ErrorCode
 from dicomflow.lake.layout import LakeLayout, safe_uid_component
 from dicomflow.pipelines.limits import associations_limit
-from dicomflow.pipelines.plan import Partition
-from dicomflow.pipelines.sinks import LakeSink
-from dicomflow.records import Batch, InstanceRecord, RunContext, SourceRef
+from dicomflow.pipelines.sinks import commit_records
+from dicomflow.records import InstanceRecord, RunContext, SourceRef
 
 RETRIEVED = "_retrieved"
 logger = logging.getLogger(__name__)
@@ -167,7 +166,7 @@ def report_missing(
     )
     asked = json.dumps([str(peer), sorted((query or {}).items())])
     name = "missing-" + hashlib.sha256(asked.encode()).hexdigest()[:20]
-    LakeSink(layout, "retrieve").write(Batch(records, context), Partition(0, name, tuple(refs)))
+    commit_records(layout, "retrieve", name, records, context)
     return len(records)
 
 

@@ -9,7 +9,7 @@ plugin's own). ``CollectSink`` returns the tables to the caller instead.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -23,7 +23,7 @@ from dicomflow.operators.base import TableOutput
 from dicomflow.operators.flatten import OUTPUT as INSTANCES
 from dicomflow.pipelines.instance_rows import rows_table, with_columns
 from dicomflow.pipelines.plan import Partition
-from dicomflow.records import Batch
+from dicomflow.records import Batch, InstanceRecord, RunContext
 from dicomflow.schemas import (
     ERRORS_SCHEMA_VERSION,
     INSTANCES_SCHEMA_VERSION,
@@ -169,3 +169,19 @@ class CollectSink:
         return SinkResult(
             instances.num_rows, errors.num_rows, {"instances": instances, "errors": errors}
         )
+
+
+def commit_records(
+    layout: LakeLayout,
+    config: str,
+    name: str,
+    records: Sequence[InstanceRecord],
+    context: RunContext,
+    tables: Sequence[TableOutput] = (),
+) -> None:
+    """Commit records made outside any partition task (a retrieval's missing
+    instances, a commitment's refusals, a lake operator's rows) as one partition of
+    their own, ``name``, under ``config``."""
+    refs = tuple(record.ref for record in records)
+    sink = LakeSink(layout, config, tuple(tables))
+    sink.write(Batch(tuple(records), context), Partition(0, name, refs))

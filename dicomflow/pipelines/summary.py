@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from dicomflow.pipelines.deid_proof import Proof
+from dicomflow.records import InstanceRecord
 
 
 @dataclass
@@ -30,6 +32,15 @@ class RunSummary:
     started: float = field(default_factory=time.perf_counter, repr=False)
     first_result_seconds: float | None = None  # from the summary's start to the first commit
     proof: Proof | None = None  # an --anonymize run's de-identification proof
+
+    def add_faults(self, records: Sequence[InstanceRecord]) -> None:
+        """Count the failed ``records`` as error rows of instances that keep their row
+        (made after the run's partitions: a commitment refused, a SEG not placed)."""
+        for record in records:
+            if record.error is not None:
+                self.errors += 1
+                self.faults += 1
+                self.error_codes[str(record.error.code)] += 1
 
     @property
     def files_per_second(self) -> float:
