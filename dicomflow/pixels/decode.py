@@ -26,6 +26,7 @@ from pydicom.pixels.decoders.base import Decoder
 from dicomflow.dicom.elements import UNDEFINED_LENGTH
 from dicomflow.errors import DicomReadError, ErrorCode
 from dicomflow.pixels import imagecodecs_plugin
+from dicomflow.pixels.native_messages import quiet_gdcm
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 PIXEL_DATA_TAG = 0x7FE00010
@@ -268,6 +269,7 @@ def _pixel_array(ds: Dataset, decoder: Decoder) -> np.ndarray:
     how to decode it (PS3.5 8.2.1), Bits Stored what the value is. The tests compare
     with both.
     """
+    quiet_gdcm(decoder)  # GDCM's codecs print to the process's stderr themselves
     registered = imagecodecs_plugin.register(decoder.UID)
     if registered and imagecodecs_plugin.is_preferred(decoder.UID):
         try:

@@ -66,3 +66,91 @@ def test_codec_messages_are_kept_at_debug(inputs: Path, tmp_path: Path) -> None:
     assert lines
     assert all(" DEBUG " in line for line in lines)
     assert "Traceback" not in result.stderr
+
+
+# OpenJPEG built into python-gdcm prints "Invalid number of tiles…" to descriptor 2 for
+# this corpus file's codestream, past logging and gdcm.Trace.
+GDCM_NOISY = "pydicom__pydicom/test_files/JPEG2000-embedded-sequence-delimiter.dcm"
+GDCM_MESSAGE = "Invalid number of tiles"
+
+
+def _gdcm_prints(path: Path) -> bool:
+    """Whether GDCM itself, asked directly, writes ``GDCM_MESSAGE`` to stderr for ``path``
+    (the condition this test relies on, checked with pydicom alone)."""
+    script = (
+        "import sys, pydicom\n"
+        "ds = pydicom.dcmread(sys.argv[1])\n"
+        "ds.pixel_array_options(decoding_plugin='gdcm')\n"
+        "try:\n    ds.pixel_array\nexcept Exception:\n    pass\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", script, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return GDCM_MESSAGE in result.stderr
+
+
+def test_gdcm_codec_output_goes_to_the_log_at_debug(tmp_path: Path, corpus: Path) -> None:
+    pytest.importorskip("gdcm")
+    noisy = corpus / GDCM_NOISY
+    assert _gdcm_prints(noisy), "GDCM no longer prints for this file; pick another"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copyfile(noisy, folder / "noisy.dcm")
+    shutil.copyfile(corpus / VALID, folder / "valid.dcm")
+
+    quiet = ingest(folder, tmp_path / "quiet")
+    assert quiet.returncode == 0, quiet.stderr
+    assert GDCM_MESSAGE not in quiet.stderr
+    errors = read_lake(str(tmp_path / "quiet")).errors().to_pylist()
+    assert [(Path(e["source"]).name, e["code"]) for e in errors] == [("noisy.dcm", "decode_failed")]
+
+    verbose = ingest(folder, tmp_path / "verbose", "-vv")
+    kept = [line for line in verbose.stderr.splitlines() if GDCM_MESSAGE in line]
+    assert kept
+    assert all(" DEBUG dicomflow.libraries.gdcm: " in line for line in kept)
+
+
+def test_standard_error_is_restored_after_a_capture(capfd: pytest.CaptureFixture[str]) -> None:
+    import logging
+    import os
+
+    from dicomflow.pixels.native_messages import standard_error_at_debug
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    target = logging.getLogger("test.native_messages")
+    target.setLevel(logging.DEBUG)
+    target.addHandler(Keep())
+    with standard_error_at_debug(target):
+        os.write(2, b"from native code\n\nsecond line\n")
+    os.write(2, b"after the capture\n")
+    assert records == ["from native code", "second line"]
+    assert capfd.readouterr().err == "after the capture\n"
+
+
+def test_a_capture_logs_what_was_written_before_a_failure() -> None:
+    import logging
+    import os
+
+    from dicomflow.pixels.native_messages import standard_error_at_debug
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    target = logging.getLogger("test.native_messages.failure")
+    target.setLevel(logging.DEBUG)
+    target.addHandler(Keep())
+    with pytest.raises(RuntimeError), standard_error_at_debug(target):
+        os.write(2, b"why it failed\n")
+        raise RuntimeError("decode failed")
+    assert records == ["why it failed"]
