@@ -8,7 +8,6 @@ header fetches only a small part of a large object.
 from __future__ import annotations
 
 import io
-import socket
 import subprocess
 import sys
 import time
@@ -28,21 +27,16 @@ from dicomflow.dicom.header import read_header
 from dicomflow.errors import ConfigError
 from dicomflow.schemas import column_specs
 from tests.conftest import PYDICOM_TEST_FILES, REPO, require
+from tests.peers.orthanc import free_port
 
 SECRET = "s3cr3t-never-in-output"
 FILES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "JPEG2000.dcm", "README.txt"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def s3_options() -> Iterator[dict]:
     server_module = pytest.importorskip("moto.server")
-    port = _free_port()
+    port = free_port()
     server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     try:
         server.start()
@@ -302,7 +296,7 @@ def test_a_bucket_is_read_into_a_lake_in_another_store_with_its_own_options(
     """``--storage-option`` reaches the sources and ``--out-storage-option`` the lake: the
     inputs on one S3 service land in a lake on another, each with its own credentials."""
     pytest.importorskip("moto.server")
-    port = _free_port()
+    port = free_port()
     # Its own process: moto servers in one process share their buckets.
     other = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],

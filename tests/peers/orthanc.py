@@ -20,10 +20,21 @@ ORTHANC_AET = "ORTHANC"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
+# Ports handed out in this process. The kernel may give the same free port to two
+# binds in a row once the first socket is closed, and a test asking for two ports
+# (Orthanc's DICOM and HTTP ports) would then start a server on one port twice.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port free now and not handed out before in this process."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def orthanc_binary() -> str | None:
@@ -175,7 +186,8 @@ def running_orthanc(
         deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None:
-                raise RuntimeError("Orthanc exited at start-up; see orthanc.log")
+                tail = (workdir / "orthanc.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"Orthanc exited at start-up; orthanc.log ends:\n{tail}")
             try:
                 server.get("/system")
                 break
