@@ -1,6 +1,6 @@
 """GDCM's codecs write their messages to the process's standard error themselves.
 
-The OpenJPEG and CharLS built into python-gdcm print straight to file descriptor 2
+The OpenJPEG built into python-gdcm prints straight to file descriptor 2
 (OpenJPEG's "Invalid number of tiles…" for a damaged codestream), past Python's
 logging and past ``gdcm.Trace``, which governs GDCM's own messages only. Those lines
 went raw to the terminal, through the progress bar, although the failure is already

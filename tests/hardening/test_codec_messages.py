@@ -8,6 +8,7 @@ corpus JPEG 2000 file whose SIZ marker claims 1×1 tiles (512×512 tiles in all)
 
 from __future__ import annotations
 
+import logging
 import shutil
 import struct
 import subprocess
@@ -113,44 +114,34 @@ def test_gdcm_codec_output_goes_to_the_log_at_debug(tmp_path: Path, corpus: Path
     assert all(" DEBUG dicomflow.libraries.gdcm: " in line for line in kept)
 
 
-def test_standard_error_is_restored_after_a_capture(capfd: pytest.CaptureFixture[str]) -> None:
-    import logging
+def _gdcm_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "dicomflow.libraries.gdcm"]
+
+
+def test_standard_error_is_restored_after_a_capture(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     import os
 
     from dicomflow.pixels.native_messages import standard_error_at_debug
 
-    records: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record.getMessage())
-
-    target = logging.getLogger("test.native_messages")
-    target.setLevel(logging.DEBUG)
-    target.addHandler(Keep())
-    with standard_error_at_debug(target):
+    caplog.set_level(logging.DEBUG, logger="dicomflow.libraries.gdcm")
+    with standard_error_at_debug():
         os.write(2, b"from native code\n\nsecond line\n")
     os.write(2, b"after the capture\n")
-    assert records == ["from native code", "second line"]
+    assert _gdcm_lines(caplog) == ["from native code", "second line"]
     assert capfd.readouterr().err == "after the capture\n"
 
 
-def test_a_capture_logs_what_was_written_before_a_failure() -> None:
-    import logging
+def test_a_capture_logs_what_was_written_before_a_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     import os
 
     from dicomflow.pixels.native_messages import standard_error_at_debug
 
-    records: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record.getMessage())
-
-    target = logging.getLogger("test.native_messages.failure")
-    target.setLevel(logging.DEBUG)
-    target.addHandler(Keep())
-    with pytest.raises(RuntimeError), standard_error_at_debug(target):
+    caplog.set_level(logging.DEBUG, logger="dicomflow.libraries.gdcm")
+    with pytest.raises(RuntimeError), standard_error_at_debug():
         os.write(2, b"why it failed\n")
         raise RuntimeError("decode failed")
-    assert records == ["why it failed"]
+    assert _gdcm_lines(caplog) == ["why it failed"]
