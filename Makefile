@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+AZURITE := .tools/node_modules/.bin/azurite-blob
 
 .PHONY: install demo test bench fuzz lint docs clean
 
@@ -17,8 +18,14 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/dicomflow demo --out demo-out
 
-test: install
+test: install $(AZURITE)
 	$(BIN)/python -m pytest
+
+# Microsoft's Azure Blob Storage emulator, for the az:// tests (npm; without npm they skip).
+$(AZURITE):
+	@if command -v npm >/dev/null; then \
+		npm install --prefix .tools --no-audit --no-fund --silent azurite@3; \
+	else echo "npm not found: the Azure Blob Storage tests will skip (CI installs it)"; fi
 
 bench: install
 	$(BIN)/python benchmarks/scan.py

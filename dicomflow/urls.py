@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -24,6 +25,15 @@ def redact_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", parts.fragment))
+
+
+def in_scheme_of(url: str, fs: Any, path: str) -> str:
+    """``path`` of the fsspec filesystem ``fs`` as a URL in the scheme ``url`` was written
+    in: adlfs names ``az://`` paths ``abfs://``, and rows and messages should say where
+    the user pointed. Other schemes get the filesystem's own."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return f"{scheme}://{path}" if scheme in protocols else str(fs.unstrip_protocol(path))
 
 
 def escaped_name(name: str) -> str:

@@ -24,6 +24,11 @@ PYDICOM_TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
 PLUGIN = REPO / "tests" / "plugins" / "sequence_stats"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# gcsfs (2026.x) first asks the gRPC Storage Control API for each bucket's type, which
+# an emulator does not serve: every call would wait 60 s for it. Set before gcsfs is
+# imported here, in worker processes and in command-line subprocesses alike.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
 _SKIPPED_INTEGRATION: list[str] = []
 
 

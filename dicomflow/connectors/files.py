@@ -26,7 +26,7 @@ from fsspec.implementations.local import LocalFileSystem
 from dicomflow.dicom.header import read_header
 from dicomflow.errors import ConfigError, DicomReadError, ErrorCode, SourceError
 from dicomflow.records import InstanceRecord, SourceRef
-from dicomflow.urls import escaped_name, is_encodable, redact_url
+from dicomflow.urls import escaped_name, in_scheme_of, is_encodable, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def _expand(url: str, storage_options: dict[str, Any]) -> Iterator[SourceRef]:
     else:
         entries = {path: fs.info(path)}
     for entry_path, info in entries.items():
-        found = entry_path if local else fs.unstrip_protocol(entry_path)
+        found = entry_path if local else in_scheme_of(url, fs, entry_path)
         yield SourceRef(found, info.get("size"), _modified(info), label=_label(found))
 
 

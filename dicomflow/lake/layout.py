@@ -12,6 +12,7 @@ from typing import Any
 from fsspec.core import url_to_fs
 
 from dicomflow.errors import ConfigError
+from dicomflow.urls import in_scheme_of
 
 _UID = re.compile(r"^[0-9.]{1,64}$")
 TABLES = ("instances", "errors", "series")
@@ -62,7 +63,7 @@ class LakeLayout:
         """``path`` (as :meth:`filesystem` paths are) as a URL any process can open; a
         plain path for a local lake."""
         fs, _ = self.filesystem()
-        return path if self.is_local() else str(fs.unstrip_protocol(path))
+        return path if self.is_local() else in_scheme_of(self.root, fs, path)
 
     def table_dir(self, table: str) -> str:
         """The folder of a table: a built-in one, or one an operator declared (snake_case,

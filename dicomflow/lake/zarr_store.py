@@ -37,6 +37,7 @@ from zarr.core.metadata import ArrayV3Metadata
 
 from dicomflow.errors import SinkError
 from dicomflow.lake.layout import PIXELS_ROOT, LakeLayout, safe_uid_component
+from dicomflow.lake.loop_finalizers import close_filesystems_before_loops_stop
 from dicomflow.lake.writer import put_atomically
 from dicomflow.schemas.zarr_layout import ZARR_SCHEMA_VERSION, ome_multiscales
 
@@ -79,8 +80,8 @@ def _local_path(layout: LakeLayout, location: str) -> Path:
 
 def _url(layout: LakeLayout, relative: str) -> str:
     """The fsspec URL of ``relative`` (a path under the lake root)."""
-    fs, root = layout.filesystem()
-    return str(fs.unstrip_protocol(f"{root}/{relative}"))
+    _, root = layout.filesystem()
+    return layout.url(f"{root}/{relative}")
 
 
 def open_stack_group(layout: LakeLayout, location: str, mode: Any = "r") -> zarr.Group:
@@ -89,6 +90,7 @@ def open_stack_group(layout: LakeLayout, location: str, mode: Any = "r") -> zarr
     if layout.is_local():
         return zarr.open_group(str(_local_path(layout, location)), mode=mode, zarr_format=3)
     url = location if "://" in location else _url(layout, location)
+    close_filesystems_before_loops_stop()
     return zarr.open_group(url, mode=mode, zarr_format=3, storage_options=layout.storage_options)
 
 

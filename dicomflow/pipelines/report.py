@@ -107,13 +107,13 @@ def report_files(json_path: str) -> list[str]:
 def write_report(
     summary: RunSummary, layout: LakeLayout, *, name: str, started_at: datetime
 ) -> str:
-    """Write the JSON and HTML report; return the JSON path."""
+    """Write the JSON and HTML report; return where the JSON is (a URL for a bucket lake)."""
     report = build_report(summary, layout, name=name, started_at=started_at)
     fs, root = layout.filesystem()
     json_path = f"{root}/{RUNS_DIR}/{summary.run_id}.json"
     put_atomically(fs, json_path, json.dumps(report, indent=2).encode())
     put_atomically(fs, f"{root}/{RUNS_DIR}/{summary.run_id}.html", render_html(report).encode())
-    return json_path
+    return layout.url(json_path)
 
 
 def _throughput_svg(points: list[dict[str, float]], width: int = 640, height: int = 200) -> str:

@@ -29,9 +29,11 @@ def loopback_name() -> str:
     return socket.gethostbyaddr("127.0.0.1")[0]
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
-    """Wait until ``process`` accepts connections on ``port`` (10 s at most)."""
-    deadline = time.monotonic() + 10
+def wait_for_port(
+    port: int, process: subprocess.Popen[bytes], what: str, *, timeout: float = 10
+) -> None:
+    """Wait until ``process`` accepts connections on ``port`` (``timeout`` seconds at most)."""
+    deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"{what} exited at start-up")
@@ -40,7 +42,7 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> Non
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not listen within 10 s") from None
+                raise RuntimeError(f"{what} did not listen within {timeout:g} s") from None
             time.sleep(0.05)
 
 
