@@ -39,10 +39,19 @@ class Bucket:
 
     scheme: str
     storage_options: dict
+    port: int
     secret: str | None = None
 
     def url(self, path: str) -> str:
         return f"{self.scheme}://{path}"
+
+    def through(self, port: int) -> Bucket:
+        """The same store reached through another loopback port (a proxy in front)."""
+        options = {
+            key: value.replace(f"127.0.0.1:{self.port}", f"127.0.0.1:{port}")
+            for key, value in self.storage_options.items()
+        }
+        return Bucket(self.scheme, options, port, self.secret)
 
     def filesystem(self) -> fsspec.AbstractFileSystem:
 
@@ -88,6 +97,7 @@ def running_gcs_emulator(workdir: Path) -> Iterator[Bucket]:
         yield Bucket(
             "gs",
             {"endpoint_url": f"http://127.0.0.1:{port}", "token": "anon", "project": "test"},
+            port,
         )
 
 
@@ -110,4 +120,4 @@ def running_azurite(workdir: Path) -> Iterator[Bucket]:
         f"AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
     )
     with _serving(command, port, workdir / "azurite.log", "Azurite"):
-        yield Bucket("az", {"connection_string": connection}, secret=AZURITE_KEY)
+        yield Bucket("az", {"connection_string": connection}, port, secret=AZURITE_KEY)
