@@ -23,7 +23,7 @@ from dicomflow.anonymize.config import deidentifier
 from dicomflow.anonymize.engine import Deidentifier
 from dicomflow.connectors.dicomweb.address import DicomwebError
 from dicomflow.connectors.dimse.association import DimseError
-from dicomflow.errors import ConfigError
+from dicomflow.errors import ConfigError, SinkError
 from dicomflow.lake.reader import Lake, read_lake
 from dicomflow.pipelines.anonymize import AnonymizeSettings
 from dicomflow.pipelines.compiler import Resources, compile_spec
@@ -68,6 +68,7 @@ __all__ = [
     "PixelsOperator",
     "RenderOperator",
     "SeriesView",
+    "SinkError",
     "SrOperator",
     "contact_sheet",
     "deidentifier",

@@ -1014,14 +1014,18 @@ def demo(out: str, workers: int | None) -> None:
 
 
 def _run(job: Callable[[], T]) -> T:
-    """Run ``job``, turning configuration errors into exit code 2 with a clear message."""
-    from dicomflow.api import ConfigError
+    """Run ``job``, turning configuration errors into exit code 2 and a lake that cannot
+    be written into exit code 1, each with a clear message."""
+    from dicomflow.api import ConfigError, SinkError
 
     try:
         return job()
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
+    except SinkError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_CRASH)
 
 
 def _peer(label: str, job: Callable[[], T]) -> T:

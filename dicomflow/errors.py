@@ -119,3 +119,16 @@ def describe_failure(exc: BaseException) -> tuple[ErrorCode, str]:
         return ErrorCode.TOO_DEEP, "data nested too deeply"
     logging.getLogger(__name__).warning("one instance failed (%s)", type(exc).__name__)
     return ErrorCode.INTERNAL, f"unexpected {type(exc).__name__}"
+
+
+REFUSED_STATUSES = frozenset({401, 403})
+
+
+def refused_access(exc: BaseException) -> bool:
+    """True when ``exc`` says a store refused the credentials: fsspec filesystems raise
+    PermissionError, or their SDK's own error carrying an HTTP 401 or 403 (azure-core's
+    ``status_code``, aiohttp's ``status``)."""
+    if isinstance(exc, PermissionError):
+        return True
+    status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
+    return status in REFUSED_STATUSES

@@ -24,7 +24,13 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from dicomflow.dicom.header import read_header
-from dicomflow.errors import ConfigError, DicomReadError, ErrorCode, SourceError
+from dicomflow.errors import (
+    ConfigError,
+    DicomReadError,
+    ErrorCode,
+    SourceError,
+    refused_access,
+)
 from dicomflow.records import InstanceRecord, SourceRef
 from dicomflow.urls import escaped_name, in_scheme_of, is_encodable, redact_url
 
@@ -72,7 +78,7 @@ class FilesConnector:
                 failures.append((SourceRef(url, label=_label(url)), _describe(exc)))
             except FileNotFoundError:
                 missing.append(redact_url(url))
-            except (OSError, ValueError) as exc:
+            except Exception as exc:  # OSError, or a store SDK's own (azure-core's)
                 logger.warning("cannot list an input (%s)", type(exc).__name__)
                 failures.append((SourceRef(url, label=_label(url)), _describe(exc)))
         if missing:
@@ -104,8 +110,8 @@ def _describe(exc: BaseException) -> str:
         return "pattern matches no input"
     if isinstance(exc, FileNotFoundError):
         return "path does not exist"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
+    if refused_access(exc):
+        return f"permission denied ({type(exc).__name__})"
     if isinstance(exc, IsADirectoryError):
         return "path is a directory"
     return f"cannot read ({type(exc).__name__})"
@@ -170,6 +176,8 @@ def _read_one(
     except (OSError, SourceError) as exc:
         return record.with_error(STAGE, ErrorCode.UNREADABLE, _describe(exc))
     except Exception as exc:  # a reader fault on one file must not sink the partition
+        if refused_access(exc):  # a store SDK's own error (azure-core's) for 401/403
+            return record.with_error(STAGE, ErrorCode.UNREADABLE, _describe(exc))
         logger.warning("reading one input failed (%s)", type(exc).__name__)
         return record.with_error(
             STAGE, ErrorCode.MALFORMED, f"header cannot be parsed ({type(exc).__name__})"

@@ -393,8 +393,9 @@ class _Stages:
 
         def smaller(part: Partition) -> list[tuple[Partition, Any]]:
             """A failed commit of several series: each series alone; a series that
-            fails alone: its inputs' rows, its images with an error row each."""
-            group = series_in.get(part.name, ())
+            fails alone: its inputs' rows, its images with an error row each; and when
+            that fails too (the lake cannot be written), nothing smaller is left."""
+            group = series_in.pop(part.name, ())
             if len(group) > 1:
                 alone = []
                 for refs in group:

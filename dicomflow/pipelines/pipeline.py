@@ -26,6 +26,7 @@ from distributed import Client, Future, as_completed
 
 from dicomflow.connectors.files import Listing
 from dicomflow.errors import DicomflowError, ErrorCode
+from dicomflow.lake.access import check_lake_writable, lake_access_error
 from dicomflow.lake.ledger import Committed, Ledger
 from dicomflow.operators.base import Operator
 from dicomflow.pipelines.plan import Partition, PartitionPolicy, partition_named, plan_partitions
@@ -221,10 +222,21 @@ def prepare_lake(sinks: Sequence[Sink]) -> Committed:
     lake = next((s for s in sinks if isinstance(s, LakeSink)), None)
     if lake is None:
         return Committed()
+    check_lake_writable(lake.layout)
     ledger = Ledger(lake.layout)
-    entries = ledger.entries()  # read once: a lake may hold thousands
-    ledger.remove_orphans(entries)
+    try:
+        entries = ledger.entries()  # read once: a lake may hold thousands
+        ledger.remove_orphans(entries)
+    except Exception as exc:
+        raise lake_access_error(lake.layout, exc) from None
     return ledger.committed(lake.config, entries, lake.operators)
+
+
+def check_sinks_writable(sinks: Sequence[Sink]) -> None:
+    """Raise the lake's access error when the lake sink can no longer be written."""
+    for sink in sinks:
+        if isinstance(sink, LakeSink):
+            check_lake_writable(sink.layout)
 
 
 def run_failed_partition(
@@ -283,6 +295,7 @@ def execute(
                     retries,
                     failure_name(exc),
                 )
+                check_sinks_writable(sinks)  # a lake that stopped taking writes ends the run
                 results, lost = settle(
                     client, partition, job, exc, sinks=sinks, context=context, smaller=smaller
                 )

@@ -24,9 +24,12 @@ from pydicom.pixels import apply_modality_lut
 import dicomflow
 from dicomflow.api import ingest, open_series, read_lake, run_scan
 from dicomflow.errors import ConfigError
+from dicomflow.lake.layout import LakeLayout
+from dicomflow.lake.ledger import Ledger
 from dicomflow.schemas import column_specs
 from tests.conftest import PYDICOM_TEST_FILES, REPO, require
 from tests.peers.object_stores import (
+    AZURITE_KEY,
     Bucket,
     azurite_binary,
     gcs_emulator_binary,
@@ -325,3 +328,95 @@ def test_connection_resets_during_uploads_end_in_retries_with_nothing_half_writt
     lake = read_lake(store.url(root), storage_options=store.storage_options)
     assert _by_uid(lake.instances()) == _by_uid(read_lake(str(local)).instances())
     assert lake.errors().num_rows == 0
+
+
+def test_a_lake_refusing_the_credentials_is_a_clear_error_before_any_work(
+    azure: Bucket, tmp_path: Path
+) -> None:
+    """A wrong account key: reading from the container gives an error row saying
+    permission denied; writing a lake there is exit 2 before any work; neither prints the
+    key or a traceback."""
+    wrong_key = "V3JvbmdLZXk" * 8
+    wrong = azure.storage_options["connection_string"].replace(AZURITE_KEY, wrong_key)
+    option, lake = f"connection_string={wrong}", tmp_path / "lake"
+    command = [sys.executable, "-m", "dicomflow", "scan"]
+    reading = subprocess.run(
+        [*command, azure.url("dicoms/data"), "--out", str(lake), f"--storage-option={option}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert reading.returncode == 0, reading.stderr
+    assert "Traceback" not in reading.stderr
+    errors = read_lake(str(lake)).errors().to_pylist()
+    assert [(e["code"], e["message"].split(" (")[0]) for e in errors] == [
+        ("unreadable", "permission denied")
+    ]
+    assert errors[0]["source"] == azure.url("dicoms/data")
+    writing = subprocess.run(
+        [
+            *command,
+            str(PYDICOM_TEST_FILES / "CT_small.dcm"),
+            "--out",
+            azure.url("dicoms/refused"),
+            f"--out-storage-option={option}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert writing.returncode == 2, writing.stderr
+    assert "the lake at az://dicoms/refused refuses access: permission denied" in writing.stderr
+    assert "Traceback" not in writing.stderr
+    for result in (reading, writing):
+        assert wrong_key not in result.stdout + result.stderr
+        assert AZURITE_KEY not in result.stdout + result.stderr
+    assert not azure.filesystem().exists("dicoms/refused")
+
+
+def test_a_lake_that_stops_taking_writes_ends_the_run_and_a_rerun_completes_it(
+    gcs: Bucket, client: Client, tmp_path: Path
+) -> None:
+    """After its first uploads, every upload to the lake is reset: the run ends with a
+    SinkError naming the lake (not after isolating every input, which would fail the
+    same way, each after the store client's own retries), and a rerun against the
+    healthy store completes the lake, equal to a local one with nothing stale."""
+    from dicomflow.api import SinkError
+    from tests.peers.resetting_proxy import ResettingProxy
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from synth import write_ct_series
+
+    src = tmp_path / "src"
+    write_ct_series(src, 6, per_series=3, rows=32, cols=32)
+    local = tmp_path / "local"
+    ingest([str(src)], out=str(local), client=client, pixels=True)
+    root = f"dicoms/stops-{tmp_path.name}"
+    with ResettingProxy(gcs.port, resets=10_000, after=3) as proxy:
+        flaky = gcs.through(proxy.port)
+        with pytest.raises(SinkError, match=f"the lake at gs://{root} cannot be written"):
+            ingest(
+                [str(src)],
+                out=flaky.url(root),
+                storage_options=flaky.storage_options,
+                client=client,
+                pixels=True,
+                retries=0,  # gcsfs retries each upload for about 30 s already
+            )
+    assert proxy.resets_done > 0
+    again = ingest(
+        [str(src)],
+        out=gcs.url(root),
+        storage_options=gcs.storage_options,
+        client=client,
+        pixels=True,
+    )
+    assert again.errors == 0 and again.rows + again.skipped == 6
+    fs = gcs.filesystem()
+    assert _chunks(fs, root) == _chunks(fsspec.filesystem("file"), str(local))
+    lake = read_lake(gcs.url(root), storage_options=gcs.storage_options)
+    assert _by_uid(lake.instances()) == _by_uid(read_lake(str(local)).instances())
+    live = {
+        f"{root}/{p}" for p in Ledger(LakeLayout(gcs.url(root), gcs.storage_options)).live_parts()
+    }
+    assert {k for k in fs.find(root) if k.endswith(".parquet")} == live  # no stale part

@@ -1,10 +1,11 @@
 """A TCP proxy on loopback that resets connections in the middle of uploads.
 
 It forwards bytes between a client and a real server (an object-store emulator).
-Every ``every``-th request that starts with an upload method, up to ``resets`` of them,
-has its first bytes forwarded and then the client's connection reset (RST, as a dropped
-route or a load balancer does); ``every=1`` breaks each upload until the budget is
-spent. What it broke is counted, so a test can show that faults really happened.
+After the first ``after`` uploads (requests that start with an upload method), every
+``every``-th one, up to ``resets`` of them, has its first bytes forwarded and then the
+client's connection reset (RST, as a dropped route or a load balancer does);
+``every=1`` breaks each upload until the budget is spent. What it broke is counted,
+so a test can show that faults really happened.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ UPLOAD_METHODS = (b"PUT ", b"POST ", b"PATCH ")
 class ResettingProxy:
     """Listen on a free loopback port; forward to ``target_port``; reset some uploads."""
 
-    def __init__(self, target_port: int, *, resets: int, every: int = 1) -> None:
+    def __init__(self, target_port: int, *, resets: int, every: int = 1, after: int = 0) -> None:
         self.target_port = target_port
+        self._after = after
         self._budget = resets
         self._every = every
         self._uploads = 0
@@ -60,7 +62,8 @@ class ResettingProxy:
     def _take_reset(self) -> bool:
         with self._lock:
             self._uploads += 1
-            if self._budget <= 0 or self._uploads % self._every:
+            counted = self._uploads - self._after
+            if self._budget <= 0 or counted <= 0 or counted % self._every:
                 return False
             self._budget -= 1
             self.resets_done += 1
