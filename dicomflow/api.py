@@ -168,6 +168,8 @@ def ingest_spec(
     inline_binary_limit: int = 1024,
     operators: Sequence[OperatorConfig] = (),
     incremental: bool = False,
+    late_arrivals: bool = False,
+    look_back_days: int | None = None,
     query_level: str = "image",
     retrieve: str = "get",
     move_ae: str | None = None,
@@ -234,6 +236,8 @@ def ingest_spec(
         cluster=Cluster(workers=workers, scheduler=scheduler),
         limits=Limits(max_associations=max_associations, retries=retries),
         incremental=incremental,
+        late_arrivals=late_arrivals,
+        look_back_days=look_back_days,
     )
 
 

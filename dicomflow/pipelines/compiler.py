@@ -38,7 +38,7 @@ from dicomflow._version import __version__
 from dicomflow.anonymize.engine import Deidentifier
 from dicomflow.connectors.dicomweb.metadata import DicomwebMetadata
 from dicomflow.connectors.dimse.address import DimseAddress
-from dicomflow.connectors.peers import Peer
+from dicomflow.connectors.peers import DimsePeer, Peer
 from dicomflow.errors import ConfigError
 from dicomflow.lake.dicom_files import remove_files
 from dicomflow.lake.layout import LakeLayout
@@ -52,6 +52,7 @@ from dicomflow.pipelines.cluster import connect_client
 from dicomflow.pipelines.commitment import commit_sent
 from dicomflow.pipelines.endpoints import Listener, dimse_options
 from dicomflow.pipelines.ingest import IngestOptions, run_ingest
+from dicomflow.pipelines.late_arrivals import late_studies
 from dicomflow.pipelines.pipeline import RunSummary, new_run_id
 from dicomflow.pipelines.plan import PartitionPolicy
 from dicomflow.pipelines.report import write_report
@@ -206,9 +207,16 @@ class CompiledPipeline:
             query = cohort_query(source, peer)
         watermark = Watermark(self.lake, self.spec.name)
         incremental = isinstance(source, DimseSource) and self.spec.incremental
+        run_started = datetime.now(UTC).date()
+        also: list[dict[str, str]] = []
+        if incremental and self.spec.late_arrivals and watermark.read() is not None:
+            assert isinstance(peer, DimsePeer)
+            late = late_studies(
+                peer, query, self.lake, today=run_started, look_back_days=self.spec.look_back_days
+            )
+            also = [{**query, "StudyInstanceUID": "\\".join(late)}] if late else []
         if incremental:
             query = watermark.narrow(query)
-        run_started = datetime.now(UTC).date()
         context = RunContext(new_run_id(), datetime.now(UTC))
         with self.connect() as client:
             paths, lost = retrieve(
@@ -217,6 +225,7 @@ class CompiledPipeline:
                 query,
                 layout=self.lake,
                 max_associations=self.spec.limits.max_associations,
+                also=also,
             )
             missing = report_missing(self.lake, peer, lost, context, query)
             summary = self.ingest(

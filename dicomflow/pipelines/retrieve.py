@@ -45,7 +45,7 @@ from dicomflow.connectors.dimse.move import (
 )
 from dicomflow.connectors.dimse.scp import storage_scp
 from dicomflow.connectors.dimse.scp_guard import ScpLimits
-from dicomflow.connectors.peers import DimsePeer, Peer, SeriesRequest
+from dicomflow.connectors.peers import DimsePeer, Peer, SeriesRequest, group_requests
 from dicomflow.errors import ConfigError, ErrorCode
 from dicomflow.lake.layout import LakeLayout, safe_uid_component
 from dicomflow.pipelines.limits import associations_limit
@@ -178,9 +178,11 @@ def retrieve(
     layout: LakeLayout,
     max_associations: int = 2,
     retries: int = 1,
+    also: Sequence[Mapping[str, str]] = (),
 ) -> tuple[list[str], list[str]]:
-    """Fetch everything the query names; return (retrieved paths, missing SOP UIDs)."""
-    requests = peer.plan(query)
+    """Fetch everything the query (and each query in ``also``) names; return
+    (retrieved paths, missing SOP UIDs)."""
+    requests = joined_plans([peer.plan(q) for q in (query, *also)])
     if isinstance(peer, DimsePeer) and peer.move is not None:
         return _retrieve_by_move(peer, requests, layout, max_associations)
     task = delayed(retrieve_series, pure=False)
@@ -208,6 +210,19 @@ def retrieve(
         paths.extend(got.values())
         missing.extend(uid for uid in request.instances if uid not in got)
     return sorted(paths), missing
+
+
+def joined_plans(plans: Sequence[Sequence[SeriesRequest]]) -> list[SeriesRequest]:
+    """One request per series across several plans (a series two queries name once)."""
+    if len(plans) == 1:
+        return list(plans[0])
+    rows = [
+        (r.study_uid, r.series_uid, uid, sop_class)
+        for plan in plans
+        for r in plan
+        for uid, sop_class in r.instances.items()
+    ]
+    return group_requests(rows)
 
 
 def _retrieve_by_move(

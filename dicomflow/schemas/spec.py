@@ -381,6 +381,19 @@ class PipelineSpec(_Model):
     cluster: Cluster = Field(default_factory=Cluster)
     limits: Limits = Field(default_factory=Limits)
     incremental: bool = False
+    late_arrivals: bool = Field(
+        default=False,
+        description=(
+            "With incremental, from a DIMSE peer: also compare each study's instance "
+            "count in the archive with the lake's retrieved instances, and fetch the "
+            "studies that differ (late arrivals, old-dated studies included)"
+        ),
+    )
+    look_back_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="late_arrivals checks studies dated within this many days (none: all)",
+    )
 
     @field_validator("source", mode="before")
     @classmethod
@@ -415,6 +428,12 @@ class PipelineSpec(_Model):
             raise ValueError("each operator appears at most once")
         if any(isinstance(s, DicomSink) for s in self.sinks) and "anonymize" not in names:
             raise ValueError("a dicom sink writes de-identified files: it needs anonymize")
+        if self.late_arrivals and not self.incremental:
+            raise ValueError("late_arrivals belongs to incremental runs: set incremental")
+        if self.late_arrivals and "anonymize" in names:
+            raise ValueError(
+                "late_arrivals counts the retrieved files, which a de-identified lake does not keep"
+            )
         if "anonymize" in names[1:]:
             raise ValueError(
                 "anonymize must be the first operator: every later step sees only "
