@@ -27,6 +27,17 @@ def _new_study_today(tmp_path: Path) -> Path:
     return path
 
 
+def _nightly(url: str, lake: Path, **settings: object) -> PipelineSpec:
+    """An incremental spec over every patient of the PACS at ``url``."""
+    return PipelineSpec(
+        name="nightly-pacs",
+        source=DimseSource(url=url, query={"PatientID": "*"}),
+        sinks=[LakeSink(path=str(lake))],
+        incremental=True,
+        **settings,
+    )
+
+
 def test_incremental_spec_fetches_only_studies_since_the_watermark(
     tmp_path: Path, client: object
 ) -> None:
@@ -35,12 +46,7 @@ def test_incremental_spec_fetches_only_studies_since_the_watermark(
     with running_orthanc(tmp_path / "pacs") as server:
         for name in ("CT_small.dcm", "MR_small.dcm"):
             assert server.upload(PYDICOM_TEST_FILES / name)
-        spec = PipelineSpec(
-            name="nightly-pacs",
-            source=DimseSource(url=server.url, query={"PatientID": "*"}),
-            sinks=[LakeSink(path=str(lake))],
-            incremental=True,
-        )
+        spec = _nightly(server.url, lake)
         first = run_spec(spec, progress=False)
         assert first.rows == 2 and first.accounted
         mark = Watermark(LakeLayout(str(lake)), "nightly-pacs").read()
@@ -78,12 +84,7 @@ def test_late_arrivals_are_fetched_by_comparing_study_counts(
     with running_orthanc(tmp_path / "pacs") as server:
         for name in ("CT_small.dcm", "MR_small.dcm"):
             assert server.upload(PYDICOM_TEST_FILES / name)
-        spec = PipelineSpec(
-            name="nightly-pacs",
-            source=DimseSource(url=server.url, query={"PatientID": "*"}),
-            sinks=[LakeSink(path=str(lake))],
-            incremental=True,
-        )
+        spec = _nightly(server.url, lake)
         first = run_spec(spec, progress=False)
         assert first.rows == 2 and first.accounted
         study = str(pydicom.dcmread(PYDICOM_TEST_FILES / "CT_small.dcm").StudyInstanceUID)
@@ -115,11 +116,9 @@ def test_late_arrivals_look_back_skips_older_studies(tmp_path: Path, client: obj
     with running_orthanc(tmp_path / "pacs") as server:
         assert server.upload(PYDICOM_TEST_FILES / "CT_small.dcm")
         today = datetime.now(UTC).date()
-        spec = PipelineSpec(
-            name="nightly-pacs",
-            source=DimseSource(url=server.url, query={"PatientID": "*"}),
-            sinks=[LakeSink(path=str(tmp_path / "lake"))],
-            incremental=True,
+        spec = _nightly(
+            server.url,
+            tmp_path / "lake",
             late_arrivals=True,
             look_back_days=(today - date(2000, 1, 1)).days,
         )

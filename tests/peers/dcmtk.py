@@ -47,13 +47,22 @@ def wait_for_port(
 
 
 @contextmanager
-def _running(
-    command: Sequence[str], port: int, log: Path, what: str
+def running_process(
+    command: Sequence[str],
+    port: int,
+    log: Path,
+    what: str,
+    *,
+    env: Mapping[str, str] | None = DCMTK_ENV,
+    timeout: float = 10,
 ) -> Iterator[subprocess.Popen[bytes]]:
+    """Start ``command`` (output appended to ``log``), return once it listens on
+    ``port``, and stop it afterwards; ``env=None`` inherits this process's."""
+    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=DCMTK_ENV)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
-            wait_for_port(port, process, what)
+            wait_for_port(port, process, what, timeout=timeout)
             yield process
         finally:
             process.terminate()
@@ -113,7 +122,7 @@ def running_dcmqrscp(
     config = workdir / "dcmqrscp.cfg"
     config.write_text(dcmqrscp_config(aet, port, storage, peers))
     command = ["dcmqrscp", "-c", str(config), str(port)]
-    with _running(command, port, workdir / "dcmqrscp.log", "dcmqrscp"):
+    with running_process(command, port, workdir / "dcmqrscp.log", "dcmqrscp"):
         yield Dcmqrscp(aet, port, storage)
 
 
@@ -129,7 +138,7 @@ def running_storescp(
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = ["storescp", "-aet", aet, "-od", str(out), *(["+xa"] if accept_all else [])]
-    with _running([*command, str(port)], port, out.parent / "storescp.log", "storescp"):
+    with running_process([*command, str(port)], port, out.parent / "storescp.log", "storescp"):
         yield port
 
 

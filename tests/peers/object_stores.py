@@ -12,7 +12,6 @@ Each yields a :class:`Bucket`: the URL scheme, the fsspec options a user would p
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import fsspec
 
-from tests.peers.dcmtk import wait_for_port
+from tests.peers.dcmtk import running_process
 from tests.peers.orthanc import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,23 +68,6 @@ def azurite_binary() -> str | None:
 
 
 @contextmanager
-def _serving(command: list[str], port: int, log: Path, what: str) -> Iterator[None]:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            wait_for_port(port, process, what, timeout=60)
-            yield
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-@contextmanager
 def running_gcs_emulator(workdir: Path) -> Iterator[Bucket]:
     """gcp-storage-emulator in memory; anonymous access, as the emulator has no accounts."""
     binary = gcs_emulator_binary()
@@ -93,7 +75,9 @@ def running_gcs_emulator(workdir: Path) -> Iterator[Bucket]:
         raise FileNotFoundError("gcp-storage-emulator is not installed")
     port = free_port()
     command = [binary, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"]
-    with _serving(command, port, workdir / "gcs-emulator.log", "gcp-storage-emulator"):
+    with running_process(
+        command, port, workdir / "gcs-emulator.log", "gcp-storage-emulator", env=None, timeout=60
+    ):
         yield Bucket(
             "gs",
             {"endpoint_url": f"http://127.0.0.1:{port}", "token": "anon", "project": "test"},
@@ -119,5 +103,5 @@ def running_azurite(workdir: Path) -> Iterator[Bucket]:
         f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
         f"AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
     )
-    with _serving(command, port, workdir / "azurite.log", "Azurite"):
+    with running_process(command, port, workdir / "azurite.log", "Azurite", env=None, timeout=60):
         yield Bucket("az", {"connection_string": connection}, port, secret=AZURITE_KEY)
