@@ -463,6 +463,25 @@ def scan(
     "followed down to their instances.",
 )
 @click.option(
+    "--incremental",
+    is_flag=True,
+    help="For a dimse:// source: only studies dated from the last good run into this "
+    "lake on (a watermark, with a day of overlap).",
+)
+@click.option(
+    "--late-arrivals",
+    is_flag=True,
+    help="With --incremental: also fetch the studies whose instance count in the archive "
+    "exceeds the lake's (old-dated studies, instances added to known studies).",
+)
+@click.option(
+    "--look-back",
+    "look_back_days",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --late-arrivals: compare only studies dated within this many days.",
+)
+@click.option(
     "--retrieve",
     "retrieve",
     type=click.Choice(["get", "move"]),
@@ -528,6 +547,9 @@ def ingest(
     queries: tuple[str, ...],
     cohort: str | None,
     query_level: str,
+    incremental: bool,
+    late_arrivals: bool,
+    look_back_days: int | None,
     retrieve: str,
     move_ae: str | None,
     move_port: int | None,
@@ -607,6 +629,9 @@ def ingest(
             dimse=dimse,
             dicomweb=web,
             query_level=query_level,
+            incremental=incremental,
+            late_arrivals=late_arrivals,
+            look_back_days=look_back_days,
             retrieve=retrieve,
             move_ae=move_ae,
             move_port=move_port,

@@ -129,3 +129,15 @@ def test_inline_binary_limit_of_a_spec_reaches_flatten(tmp_path: Path, client: C
     assert "InlineBinary" in inline_values(1024)
     none = inline_values(0)
     assert "InlineBinary" not in none and "BulkDataURI" in none
+
+
+def test_incremental_flags_print_as_the_spec_keys(tmp_path: Path) -> None:
+    """``--incremental --late-arrivals --look-back N`` mean the spec's keys; late
+    arrivals without an incremental run is a configuration error (exit 2)."""
+    peer = ["ingest", "dimse://PACS@127.0.0.1:104", "-q", "PatientID=*", "--out", str(tmp_path)]
+    printed = _cli(*peer, "--incremental", "--late-arrivals", "--look-back", "30", "--print-spec")
+    assert printed.returncode == 0, printed.stderr
+    spec = PipelineSpec.from_yaml(printed.stdout)
+    assert (spec.incremental, spec.late_arrivals, spec.look_back_days) == (True, True, 30)
+    refused = _cli(*peer, "--late-arrivals", "--print-spec")
+    assert refused.returncode == 2 and "late_arrivals belongs to incremental runs" in refused.stderr
