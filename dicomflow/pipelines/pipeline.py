@@ -26,7 +26,7 @@ from distributed import Client, Future, as_completed
 
 from dicomflow.connectors.files import Listing
 from dicomflow.errors import DicomflowError, ErrorCode
-from dicomflow.lake.access import check_lake_writable, lake_access_error
+from dicomflow.lake.access import check_lake_writable
 from dicomflow.lake.ledger import Committed, Ledger
 from dicomflow.operators.base import Operator
 from dicomflow.pipelines.plan import Partition, PartitionPolicy, partition_named, plan_partitions
@@ -219,24 +219,25 @@ def pending(refs: Sequence[SourceRef], done: Committed) -> tuple[list[SourceRef]
 def prepare_lake(sinks: Sequence[Sink]) -> Committed:
     """Before a run: drop what an interrupted run left uncommitted, and return the
     inputs the lake sink's configuration has already committed."""
-    lake = next((s for s in sinks if isinstance(s, LakeSink)), None)
+    lake = _lake_sink(sinks)
     if lake is None:
         return Committed()
-    check_lake_writable(lake.layout)
+    check_lake_writable(lake.layout)  # a store refusing access fails here, before any work
     ledger = Ledger(lake.layout)
-    try:
-        entries = ledger.entries()  # read once: a lake may hold thousands
-        ledger.remove_orphans(entries)
-    except Exception as exc:
-        raise lake_access_error(lake.layout, exc) from None
+    entries = ledger.entries()  # read once: a lake may hold thousands
+    ledger.remove_orphans(entries)
     return ledger.committed(lake.config, entries, lake.operators)
 
 
 def check_sinks_writable(sinks: Sequence[Sink]) -> None:
     """Raise the lake's access error when the lake sink can no longer be written."""
-    for sink in sinks:
-        if isinstance(sink, LakeSink):
-            check_lake_writable(sink.layout)
+    lake = _lake_sink(sinks)
+    if lake is not None:
+        check_lake_writable(lake.layout)
+
+
+def _lake_sink(sinks: Sequence[Sink]) -> LakeSink | None:
+    return next((s for s in sinks if isinstance(s, LakeSink)), None)
 
 
 def run_failed_partition(

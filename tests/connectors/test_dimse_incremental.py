@@ -14,7 +14,7 @@ from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.watermark import Watermark
 from dicomflow.schemas.spec import DimseSource, LakeSink, PipelineSpec
 from tests.conftest import PYDICOM_TEST_FILES, require
-from tests.peers.orthanc import orthanc_binary, running_orthanc
+from tests.peers.orthanc import Orthanc, orthanc_binary, running_orthanc
 
 
 def _new_study_today(tmp_path: Path) -> Path:
@@ -38,17 +38,23 @@ def _nightly(url: str, lake: Path, **settings: object) -> PipelineSpec:
     )
 
 
+def _first_run(server: Orthanc, lake: Path) -> PipelineSpec:
+    """CT_small and MR_small in the PACS, and a first incremental run into ``lake``."""
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        assert server.upload(PYDICOM_TEST_FILES / name)
+    spec = _nightly(server.url, lake)
+    first = run_spec(spec, progress=False)
+    assert first.rows == 2 and first.accounted
+    return spec
+
+
 def test_incremental_spec_fetches_only_studies_since_the_watermark(
     tmp_path: Path, client: object
 ) -> None:
     require(orthanc_binary() is not None, "Orthanc (Debian package orthanc)")
     lake = tmp_path / "lake"
     with running_orthanc(tmp_path / "pacs") as server:
-        for name in ("CT_small.dcm", "MR_small.dcm"):
-            assert server.upload(PYDICOM_TEST_FILES / name)
-        spec = _nightly(server.url, lake)
-        first = run_spec(spec, progress=False)
-        assert first.rows == 2 and first.accounted
+        spec = _first_run(server, lake)
         mark = Watermark(LakeLayout(str(lake)), "nightly-pacs").read()
         assert mark is not None and mark < datetime.now(UTC).date()
         assert server.upload(_new_study_today(tmp_path))
@@ -82,11 +88,7 @@ def test_late_arrivals_are_fetched_by_comparing_study_counts(
     require(orthanc_binary() is not None, "Orthanc (Debian package orthanc)")
     lake = tmp_path / "lake"
     with running_orthanc(tmp_path / "pacs") as server:
-        for name in ("CT_small.dcm", "MR_small.dcm"):
-            assert server.upload(PYDICOM_TEST_FILES / name)
-        spec = _nightly(server.url, lake)
-        first = run_spec(spec, progress=False)
-        assert first.rows == 2 and first.accounted
+        spec = _first_run(server, lake)
         study = str(pydicom.dcmread(PYDICOM_TEST_FILES / "CT_small.dcm").StudyInstanceUID)
         late = _late_arrivals(tmp_path, study)
         for path in late.values():

@@ -80,6 +80,17 @@ def _by_uid(table: pa.Table) -> list[dict]:
     return sorted(table.select(KEYWORDS).to_pylist(), key=lambda r: r["SOPInstanceUID"])
 
 
+def _series_with_local_lake(tmp_path: Path, client: Client) -> tuple[Path, Path]:
+    """Two synthetic CT series of three slices, and their lake made locally."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from synth import write_ct_series
+
+    src, local = tmp_path / "src", tmp_path / "local"
+    write_ct_series(src, 6, per_series=3, rows=32, cols=32)
+    ingest([str(src)], out=str(local), client=client, pixels=True)
+    return src, local
+
+
 def _arrow(relation: object) -> pa.Table:
     """A DuckDB result as a pyarrow Table (``arrow()`` gives a reader in DuckDB 1.4+)."""
     result = relation.arrow()  # type: ignore[attr-defined]
@@ -299,13 +310,7 @@ def test_connection_resets_during_uploads_end_in_retries_with_nothing_half_writt
 
     from tests.peers.resetting_proxy import ResettingProxy
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from synth import write_ct_series
-
-    src = tmp_path / "src"
-    write_ct_series(src, 6, per_series=3, rows=32, cols=32)
-    local = tmp_path / "local"
-    ingest([str(src)], out=str(local), client=client, pixels=True)
+    src, local = _series_with_local_lake(tmp_path, client)
     root = f"dicoms/resets-{tmp_path.name}"
     with ResettingProxy(store.port, resets=6, every=2) as proxy:
         flaky = store.through(proxy.port)
@@ -384,13 +389,7 @@ def test_a_lake_that_stops_taking_writes_ends_the_run_and_a_rerun_completes_it(
     from dicomflow.api import SinkError
     from tests.peers.resetting_proxy import ResettingProxy
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from synth import write_ct_series
-
-    src = tmp_path / "src"
-    write_ct_series(src, 6, per_series=3, rows=32, cols=32)
-    local = tmp_path / "local"
-    ingest([str(src)], out=str(local), client=client, pixels=True)
+    src, local = _series_with_local_lake(tmp_path, client)
     root = f"dicoms/stops-{tmp_path.name}"
     with ResettingProxy(gcs.port, resets=10_000, after=3) as proxy:
         flaky = gcs.through(proxy.port)
