@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 AZURITE := .tools/node_modules/.bin/azurite-blob
+OIDC_PROVIDER := .tools/node_modules/oidc-provider/package.json
 
 .PHONY: install demo test bench fuzz lint docs clean
 
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/dicomflow demo --out demo-out
 
-test: install $(AZURITE)
+test: install $(AZURITE) $(OIDC_PROVIDER)
 	$(BIN)/python -m pytest
 
 # Microsoft's Azure Blob Storage emulator, for the az:// tests (npm; without npm they skip).
@@ -26,6 +27,12 @@ $(AZURITE):
 	@if command -v npm >/dev/null; then \
 		npm install --prefix .tools --no-audit --no-fund --silent azurite@3; \
 	else echo "npm not found: the Azure Blob Storage tests will skip (CI installs it)"; fi
+
+# An OpenID Connect provider (panva's oidc-provider), the token issuer of the OAuth2 tests.
+$(OIDC_PROVIDER):
+	@if command -v npm >/dev/null; then \
+		npm install --prefix .tools --no-audit --no-fund --silent oidc-provider@8; \
+	else echo "npm not found: the OAuth2 tests will skip (CI installs it)"; fi
 
 bench: install
 	$(BIN)/python benchmarks/scan.py

@@ -578,6 +578,11 @@ def peer_options(
     username: str | None = None,
     password_env: str | None = None,
     token_env: str | None = None,
+    oauth_token_url: str | None = None,
+    oauth_client_id: str | None = None,
+    oauth_client_secret_env: str | None = None,
+    oauth_refresh_token_env: str | None = None,
+    oauth_scope: str | None = None,
 ) -> tuple[PeerOptions, PeerOptions]:
     """The connection options of a DIMSE peer and of a DICOMweb server from the same
     settings (the CLI's peer flags); each is built from its spec entry."""
@@ -592,7 +597,16 @@ def peer_options(
     }
     try:
         dimse = DimsePeerConfig(url="dimse://X@h:1", calling_ae=calling_ae, **common)
-        web = DicomwebPeerConfig(url="dicomweb+http://h", token_env=token_env, **common)
+        web = DicomwebPeerConfig(
+            url="dicomweb+http://h",
+            token_env=token_env,
+            oauth_token_url=oauth_token_url,
+            oauth_client_id=oauth_client_id,
+            oauth_client_secret_env=oauth_client_secret_env,
+            oauth_refresh_token_env=oauth_refresh_token_env,
+            oauth_scope=oauth_scope,
+            **common,
+        )
     except ValueError as exc:
         raise ConfigError(f"invalid peer settings: {exc}") from None
     return dimse_options(dimse), dicomweb_options(web)

@@ -245,9 +245,42 @@ def _query_option(help_text: str) -> Callable[[Callable[..., None]], Callable[..
     )
 
 
-_token_env_option = click.option(
-    "--token-env", default=None, help="DICOMweb: name of the variable holding a bearer token."
+WEB_AUTH = (
+    "token_env",
+    "oauth_token_url",
+    "oauth_client_id",
+    "oauth_client_secret_env",
+    "oauth_refresh_token_env",
+    "oauth_scope",
 )
+
+
+def _web_auth_options(command: Callable[..., None]) -> Callable[..., None]:
+    """How to authenticate to a DICOMweb server: a bearer token or OAuth2 (secrets by
+    variable name)."""
+    options = [
+        click.option(
+            "--token-env", default=None, help="DICOMweb: variable holding a bearer token."
+        ),
+        click.option(
+            "--oauth-token-url",
+            default=None,
+            help="DICOMweb: OAuth2 token endpoint (https; tokens renewed on expiry or a 401).",
+        ),
+        click.option("--oauth-client-id", default=None, help="OAuth2 client id."),
+        click.option(
+            "--oauth-client-secret-env",
+            default=None,
+            help="Variable holding the OAuth2 client secret (client-credentials grant).",
+        ),
+        click.option(
+            "--oauth-refresh-token-env",
+            default=None,
+            help="Variable holding an OAuth2 refresh token (refresh-token grant).",
+        ),
+        click.option("--oauth-scope", default=None, help="OAuth2 scope to ask for."),
+    ]
+    return _with_options(command, options)
 
 
 def _peer_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -350,16 +383,16 @@ def _first_problem(exc: ValueError) -> str:
     return str(errors()[0]["msg"]) if callable(errors) else str(exc)
 
 
-def _peer_config(url: str, token_env: str | None = None, **peer: Any) -> Any:
+def _peer_config(url: str, **peer: Any) -> Any:
     """A peer's connection settings as its spec entry (DIMSE or DICOMweb by URL)."""
     from dicomflow.api import ConfigError, DicomwebPeerConfig, DimsePeerConfig
 
     try:
         if url.startswith(("dicomweb+http://", "dicomweb+https://")):
             peer.pop("calling_ae", None)  # an AE title means nothing over HTTP
-            return DicomwebPeerConfig(url=url, token_env=token_env, **peer)
-        if token_env:
-            raise ConfigError("--token-env is for DICOMweb servers")
+            return DicomwebPeerConfig(url=url, **peer)
+        if any(peer.pop(name, None) for name in WEB_AUTH):
+            raise ConfigError("--token-env and --oauth-* are for DICOMweb servers")
         return DimsePeerConfig(url=url, **peer)
     except ValueError as exc:
         raise ConfigError(f"invalid peer: {_first_problem(exc)}") from None
@@ -376,7 +409,7 @@ def _peer_config(url: str, token_env: str | None = None, **peer: Any) -> Any:
     help="Binary values up to this many bytes are inlined in the DICOM JSON.",
 )
 @_query_option("For a dicomweb+http(s):// server: the instances to scan (QIDO-RS matching).")
-@_token_env_option
+@_web_auth_options
 @_storage_options
 @_run_options
 def scan(
@@ -384,7 +417,6 @@ def scan(
     out: str,
     inline_binary_limit: int,
     queries: tuple[str, ...],
-    token_env: str | None,
     source_storage: tuple[str, ...],
     out_storage: tuple[str, ...],
     scheduler: str | None,
@@ -392,13 +424,14 @@ def scan(
     fail_on_error: bool,
     progress: bool | None,
     print_spec: bool,
+    **web_auth: Any,
 ) -> None:
     """Scan DICOM headers from SRC (paths, directories, globs, URLs) into a Parquet lake;
     a dicomweb+https://host/root server is scanned from its WADO-RS metadata, without
     transferring pixel data."""
     from dicomflow.api import ingest_spec, peer_options
 
-    _, web = _run(lambda: peer_options(token_env=token_env))
+    _, web = _run(lambda: peer_options(**web_auth))
     spec = _run(
         lambda: ingest_spec(
             list(src),
@@ -528,7 +561,7 @@ def scan(
 @click.option(
     "--commit-timeout", type=float, default=60.0, show_default=True, help="Seconds to wait."
 )
-@_token_env_option
+@_web_auth_options
 @_render_options
 @_sr_options
 @_anonymize_options
@@ -557,7 +590,6 @@ def ingest(
     send_to: str | None,
     commit_port: int | None,
     commit_timeout: float,
-    token_env: str | None,
     source_storage: tuple[str, ...],
     out_storage: tuple[str, ...],
     scheduler: str | None,
@@ -618,7 +650,7 @@ def ingest(
                 mapping=mapping,
             )
         )
-    dimse, web = _run(lambda: peer_options(token_env=token_env, **peer))
+    dimse, web = _run(lambda: peer_options(**peer))
     spec = _run(
         lambda: ingest_spec(
             list(src),
@@ -746,7 +778,7 @@ def echo(url: str, show_contexts: bool, **peer: Any) -> None:
     "one C-FIND per row, results joined.",
 )
 @click.option("--out", required=True, help="Parquet file to write.")
-@_token_env_option
+@_web_auth_options
 @_peer_options
 def query(
     url: str,
@@ -757,7 +789,6 @@ def query(
     limit: int | None,
     cohort: str | None,
     out: str,
-    token_env: str | None,
     **peer: Any,
 ) -> None:
     """Query a DICOM peer (dimse://AE@host:port, C-FIND) or a DICOMweb server
@@ -765,7 +796,7 @@ def query(
     instances)."""
     from dicomflow import api
 
-    settings = _run(lambda: _peer_config(url, token_env=token_env, **peer))
+    settings = _run(lambda: _peer_config(url, **peer))
     keys = _run(lambda: _pairs(queries, "-q"))
     table = _peer(
         "query",

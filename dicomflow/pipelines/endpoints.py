@@ -71,6 +71,11 @@ def dicomweb_options(peer: DicomwebPeerConfig) -> DicomwebOptions:
         username=peer.username,
         password_env=peer.password_env,
         token_env=peer.token_env,
+        oauth_token_url=peer.oauth_token_url,
+        oauth_client_id=peer.oauth_client_id,
+        oauth_client_secret_env=peer.oauth_client_secret_env,
+        oauth_refresh_token_env=peer.oauth_refresh_token_env,
+        oauth_scope=peer.oauth_scope,
     )
 
 

@@ -94,11 +94,19 @@ class DimsePeerConfig(_Secured):
 
 
 class DicomwebPeerConfig(_Secured):
-    """How to reach a DICOMweb server: its URL, timeouts, retries, TLS, identity and a
-    bearer token (by variable name)."""
+    """How to reach a DICOMweb server: its URL, timeouts, retries, TLS, identity, a
+    bearer token or OAuth2 (secrets by variable name).
+
+    OAuth2 uses the client-credentials grant, or the refresh-token grant when
+    ``oauth_refresh_token_env`` is set; tokens are renewed on expiry and on a 401."""
 
     url: str = Field(pattern=r"^dicomweb\+https?://")
     token_env: str | None = None
+    oauth_token_url: str | None = None
+    oauth_client_id: str | None = None
+    oauth_client_secret_env: str | None = None
+    oauth_refresh_token_env: str | None = None
+    oauth_scope: str | None = None
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=120.0, gt=0)
     attempts: int = Field(default=4, ge=1)

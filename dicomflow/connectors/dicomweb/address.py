@@ -1,9 +1,10 @@
 """``dicomweb+http(s)://host[:port]/root`` addresses, their options, and the HTTP client.
 
-Credentials never live in the URL: a password or a bearer token is read from the
-environment variable named in the options when the client is built, and never
-appears in a repr, a log line or an error message. TLS uses the system trust
-store, or ``tls_ca``; ``tls_cert``/``tls_key`` present a client certificate.
+Credentials never live in the URL: a password, a bearer token, an OAuth2 client
+secret or refresh token is read from the environment variable named in the options
+when the client is built, and never appears in a repr, a log line or an error
+message. TLS uses the system trust store, or ``tls_ca`` (for the token endpoint too);
+``tls_cert``/``tls_key`` present a client certificate.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ from urllib.parse import urlsplit
 import requests
 from dicomweb_client.api import DICOMwebClient
 
+from dicomflow.connectors.dicomweb.oauth import (
+    OAuth2Bearer,
+    TokenError,
+    TokenGrant,
+    check_token_url,
+)
 from dicomflow.errors import ConfigError, SourceError
 
 SCHEMES = {"dicomweb+http": "http", "dicomweb+https": "https"}
@@ -34,6 +41,8 @@ class DicomwebError(SourceError):
         """A PHI-free error for ``exc`` raised while doing ``action``."""
         if isinstance(exc, DicomwebError):
             return exc
+        if isinstance(exc, TokenError):  # its message is PHI-free and says what failed
+            return cls(f"{action}: {exc}")
         response = getattr(exc, "response", None)
         if response is not None:
             status = int(response.status_code)
@@ -89,16 +98,61 @@ class DicomwebOptions:
     username: str | None = None
     password_env: str | None = None
     token_env: str | None = None
+    oauth_token_url: str | None = None
+    oauth_client_id: str | None = None
+    oauth_client_secret_env: str | None = None
+    oauth_refresh_token_env: str | None = None
+    oauth_scope: str | None = None
 
     def __post_init__(self) -> None:
         if self.attempts < 1 or self.backoff_seconds < 0:
             raise ConfigError("attempts must be at least 1 and backoff_seconds not negative")
-        if self.password_env and self.token_env:
-            raise ConfigError("give a password (username + password_env) or a token, not both")
+        ways = [self.password_env, self.token_env, self.oauth_token_url]
+        if sum(bool(way) for way in ways) > 1:
+            raise ConfigError(
+                "give one way to authenticate: a password (username + password_env), "
+                "a token (token_env) or OAuth2 (oauth_token_url)"
+            )
+        self._check_oauth()
         if self.password_env and not self.username:
             raise ConfigError("password_env needs a username")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("a client certificate needs both tls_cert and tls_key")
+
+    def _check_oauth(self) -> None:
+        oauth = [
+            self.oauth_client_id,
+            self.oauth_client_secret_env,
+            self.oauth_refresh_token_env,
+            self.oauth_scope,
+        ]
+        if not self.oauth_token_url:
+            if any(oauth):
+                raise ConfigError("the OAuth2 settings need oauth_token_url")
+            return
+        check_token_url(self.oauth_token_url)
+        if not self.oauth_client_id:
+            raise ConfigError("OAuth2 needs oauth_client_id")
+        if not self.oauth_client_secret_env and not self.oauth_refresh_token_env:
+            raise ConfigError(
+                "OAuth2 needs oauth_client_secret_env (client credentials) or "
+                "oauth_refresh_token_env (a refresh token)"
+            )
+
+    def token_grant(self) -> TokenGrant | None:
+        """The OAuth2 grant these options name, with its secrets read from the
+        environment; None without OAuth2."""
+        if not self.oauth_token_url or not self.oauth_client_id:
+            return None
+        secret = self.oauth_client_secret_env
+        refresh = self.oauth_refresh_token_env
+        return TokenGrant(
+            token_url=self.oauth_token_url,
+            client_id=self.oauth_client_id,
+            client_secret=_secret(secret) if secret else None,
+            refresh_token=_secret(refresh) if refresh else None,
+            scope=self.oauth_scope,
+        )
 
 
 def _secret(variable: str) -> str:
@@ -134,6 +188,11 @@ def open_client(address: DicomwebAddress, options: DicomwebOptions) -> DICOMwebC
         session.auth = (options.username, _secret(options.password_env))
     if options.token_env:
         session.headers["Authorization"] = f"Bearer {_secret(options.token_env)}"
+    grant = options.token_grant()
+    if grant is not None:
+        session.auth = OAuth2Bearer(
+            grant, verify=session.verify, timeout=options.connect_timeout + options.read_timeout
+        )
     client = DICOMwebClient(
         address.base_url,
         session=session,
