@@ -79,6 +79,7 @@ __all__ = [
     "open_series",
     "peer_options",
     "query",
+    "read_frames",
     "read_lake",
     "run",
     "run_scan",
@@ -90,6 +91,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from dicomflow.display import Picture, SeriesView, contact_sheet, view_series
 
 # Notebook display (Pillow, the renderer) is imported on first use, not by every command.
@@ -560,6 +563,24 @@ def open_series(
         as_numpy=as_numpy,
         labels=labels,
     )
+
+
+def read_frames(
+    url: str, frames: Sequence[int] = (1,), peer: DicomwebPeerConfig | None = None
+) -> np.ndarray:
+    """Frames of one instance on a DICOMweb server (WADO-RS ``/frames``), without
+    retrieving the instance: ``url`` is its WADO-RS URL (the ``source`` of a header-only
+    scan's row), ``frames`` are numbered from 1. Returns the stored values, shaped
+    (frames, rows, columns[, samples]) as pydicom's ``pixel_array`` of the file; the
+    server decodes compressed frames (colour models that exist only compressed, such
+    as YBR_FULL_422, are refused: retrieve those instances)."""
+    from dicomflow.connectors.dicomweb.frames import InstanceLocation
+    from dicomflow.connectors.dicomweb.frames import read_frames as fetch
+    from dicomflow.pipelines.endpoints import dicomweb_options
+
+    location = InstanceLocation.parse(url)
+    options = dicomweb_options(peer or DicomwebPeerConfig(url=str(location.address)))
+    return fetch(location, options, list(frames))
 
 
 def load_spec(path: str, sets: Sequence[str] = ()) -> PipelineSpec:
