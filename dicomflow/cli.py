@@ -409,6 +409,18 @@ def _peer_config(url: str, **peer: Any) -> Any:
     help="Binary values up to this many bytes are inlined in the DICOM JSON.",
 )
 @_query_option("For a dicomweb+http(s):// server: the instances to scan (QIDO-RS matching).")
+@click.option(
+    "--thumbnails",
+    is_flag=True,
+    help="For a DICOMweb server: also its own thumbnail of each image (WADO-RS /rendered).",
+)
+@click.option(
+    "--thumbnail-size",
+    type=click.IntRange(min=16, max=4096),
+    default=256,
+    show_default=True,
+    help="Longest side of a thumbnail in pixels (never upscaled).",
+)
 @_web_auth_options
 @_storage_options
 @_run_options
@@ -417,6 +429,8 @@ def scan(
     out: str,
     inline_binary_limit: int,
     queries: tuple[str, ...],
+    thumbnails: bool,
+    thumbnail_size: int,
     source_storage: tuple[str, ...],
     out_storage: tuple[str, ...],
     scheduler: str | None,
@@ -428,10 +442,12 @@ def scan(
 ) -> None:
     """Scan DICOM headers from SRC (paths, directories, globs, URLs) into a Parquet lake;
     a dicomweb+https://host/root server is scanned from its WADO-RS metadata, without
-    transferring pixel data."""
-    from dicomflow.api import ingest_spec, peer_options
+    transferring pixel data (with --thumbnails, the server renders a thumbnail of each
+    image)."""
+    from dicomflow.api import ServerThumbnailsOperator, ingest_spec, peer_options
 
     _, web = _run(lambda: peer_options(**web_auth))
+    operators = [ServerThumbnailsOperator(size=thumbnail_size)] if thumbnails else []
     spec = _run(
         lambda: ingest_spec(
             list(src),
@@ -441,6 +457,7 @@ def scan(
             dicomweb=web,
             header_only=True,
             inline_binary_limit=inline_binary_limit,
+            operators=operators,
             storage_options=_storage(source_storage, "--storage-option"),
             out_storage_options=_storage(out_storage, "--out-storage-option") or None,
             scheduler=scheduler,

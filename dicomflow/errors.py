@@ -39,6 +39,7 @@ class ErrorCode(StrEnum):
     NOT_STORED = "not_stored"
     NOT_COMMITTED = "not_committed"
     NOT_PLACED = "not_placed"
+    NOT_RENDERED = "not_rendered"
     BURNED_IN_ANNOTATION = "burned_in_annotation"
     DEIDENTIFICATION_FAILED = "deidentification_failed"
     INTERNAL = "internal"

@@ -18,6 +18,7 @@ import pyarrow as pa
 from dicomflow.errors import describe_failure, is_instance_fault
 from dicomflow.lake.layout import TABLE_NAME, LakeLayout
 from dicomflow.records import Batch, InstanceRecord
+from dicomflow.schemas.spec import SourceConfig
 
 logger = logging.getLogger(__name__)
 
@@ -116,12 +117,14 @@ class Outputs:
 @dataclass(frozen=True)
 class RunSettings:
     """What an operator may need to know about the run it is built for (resolved on the
-    client): the lake it writes to, how to read the source, how gently to treat peers."""
+    client): the lake it writes to, how to read the source (and the source's own
+    configuration), how gently to treat peers."""
 
     lake: LakeLayout
     source_storage_options: dict[str, Any] = field(default_factory=dict)
     max_associations: int = 2
     name: str = "pipeline"
+    source: SourceConfig | None = None
 
 
 @runtime_checkable

@@ -60,23 +60,7 @@ def dimse_options(peer: DimsePeerConfig) -> DimseOptions:
 
 def dicomweb_options(peer: DicomwebPeerConfig) -> DicomwebOptions:
     """How to talk to a DICOMweb server, from its spec entry."""
-    return DicomwebOptions(
-        connect_timeout=peer.connect_timeout,
-        read_timeout=peer.read_timeout,
-        attempts=peer.attempts,
-        backoff_seconds=peer.backoff_seconds,
-        tls_ca=peer.tls_ca,
-        tls_cert=peer.tls_cert,
-        tls_key=peer.tls_key,
-        username=peer.username,
-        password_env=peer.password_env,
-        token_env=peer.token_env,
-        oauth_token_url=peer.oauth_token_url,
-        oauth_client_id=peer.oauth_client_id,
-        oauth_client_secret_env=peer.oauth_client_secret_env,
-        oauth_refresh_token_env=peer.oauth_refresh_token_env,
-        oauth_scope=peer.oauth_scope,
-    )
+    return DicomwebOptions.from_peer(peer)
 
 
 class FilesSourceUnit:

@@ -236,6 +236,17 @@ class RenderOperator(OperatorConfig):
         return self
 
 
+class ServerThumbnailsOperator(OperatorConfig):
+    """Thumbnails rendered by the DICOMweb source's server (WADO-RS ``/rendered``, the
+    middle frame of a multi-frame image), written under ``renders/`` with a
+    ``render_path`` column on ``instances``: thumbnails of a header-only scan, without
+    transferring pixel data. ``size``: the longest side in pixels (never upscaled)."""
+
+    name: Literal["server_thumbnails"] = "server_thumbnails"
+    size: int = Field(default=256, ge=16, le=4096)
+    format: Literal["png", "jpeg"] = "png"
+
+
 class SrOperator(OperatorConfig):
     """Structured Reports as rows: ``sr_content`` (every content item of any SR) and
     ``measurements`` (TID 1500 measurements and evaluations, TID 10011/10001 dose

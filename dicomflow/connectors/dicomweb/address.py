@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +25,7 @@ from dicomflow.connectors.dicomweb.oauth import (
     check_token_url,
 )
 from dicomflow.errors import ConfigError, SourceError
+from dicomflow.schemas.spec import DicomwebPeerConfig
 
 SCHEMES = {"dicomweb+http": "http", "dicomweb+https": "https"}
 
@@ -118,6 +119,12 @@ class DicomwebOptions:
             raise ConfigError("password_env needs a username")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("a client certificate needs both tls_cert and tls_key")
+
+    @classmethod
+    def from_peer(cls, peer: DicomwebPeerConfig) -> DicomwebOptions:
+        """The options of a spec's DICOMweb entry (source or sink): its fields by name."""
+        names = [f.name for f in fields(cls)]
+        return cls(**{name: getattr(peer, name) for name in names})
 
     def _check_oauth(self) -> None:
         oauth = [
