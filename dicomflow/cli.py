@@ -203,8 +203,9 @@ def _sr_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option(
             "--labels",
             is_flag=True,
-            help="Also place every segmentation (SEG) on the image stack it segments, as "
-            "OME-Zarr labels, and fill the segments table (implies --pixels).",
+            help="Also place every segmentation (SEG) and RT Structure Set on the image "
+            "stack it outlines, as OME-Zarr labels, and fill the segments table "
+            "(implies --pixels).",
         ),
     ]
     return _with_options(command, options)

@@ -97,13 +97,14 @@ def segment_rows(seg: Any) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Target:
-    """The image stack a SEG lands on: its path, shape (z, y, x), the slice of each
-    source instance, and its frame of reference."""
+    """The image stack a SEG or structure set lands on: its path, shape (z, y, x), the
+    slice of each source instance, its frame of reference and its affine."""
 
     zarr_path: str
     shape: tuple[int, int, int]
     slices: Mapping[str, int]
     frame_of_reference: str | None
+    affine: Any = None  # index (z, y, x) to LPS mm, 4x4 (contours need it)
 
 
 @dataclass(frozen=True)

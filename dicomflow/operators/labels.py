@@ -1,6 +1,7 @@
-"""The ``labels`` operator: every segmentation (DICOM SEG) in the lake, as masks on the
-image stack it segments (an OME-Zarr ``labels`` group beside the image) and as rows
-of the ``segments`` table.
+"""The ``labels`` operator: every segmentation (DICOM SEG) and RT Structure Set in the
+lake, as masks on the image stack it segments or outlines (an OME-Zarr ``labels`` group
+beside the image; contours rasterized, :mod:`dicomflow.labels.contours`) and as rows
+of the ``segments`` table (a segment or an ROI a row).
 
 It is a *lake* operator: it runs once the run's series are committed, over the whole
 lake, so a SEG finds its images whether they came in the same run or another one. A
@@ -22,9 +23,16 @@ from typing import Any, ClassVar
 
 import fsspec
 import highdicom as hd
+import pydicom
 from distributed import Client
 
 from dicomflow.errors import ErrorCode
+from dicomflow.labels.contours import (
+    RTSTRUCT_CLASS,
+    contour_label_images,
+    referenced_instances,
+    roi_rows,
+)
 from dicomflow.labels.place import write_label
 from dicomflow.labels.segments import (
     SEG_CLASSES,
@@ -44,6 +52,7 @@ from dicomflow.records import Batch, InstanceRecord, SourceRef
 from dicomflow.schemas.spec import LabelsOperator
 
 STAGE = "labels"
+LABEL_CLASSES = SEG_CLASSES | {RTSTRUCT_CLASS}
 COLUMNS = ["SOPInstanceUID", "SOPClassUID", "FrameOfReferenceUID", "source"]
 PIXEL_COLUMNS = ["zarr_path", "frame_index"]
 WAITING = "waiting for the images it segments"
@@ -86,7 +95,7 @@ class Labels:
         present = set(lake.dataset("instances").schema.names)
         columns = [c for c in COLUMNS + PIXEL_COLUMNS if c in present]
         rows = lake.instances(columns=columns).to_pylist()
-        segs = [r for r in rows if r.get("SOPClassUID") in SEG_CLASSES and r.get("source")]
+        segs = [r for r in rows if r.get("SOPClassUID") in LABEL_CLASSES and r.get("source")]
         if not segs:
             return []
         sources = sorted({r["source"] for r in segs})
@@ -140,19 +149,31 @@ def _records(source: str, rows: list[dict[str, Any]], error: str | None) -> list
 
 
 def _read(source: str, storage_options: dict[str, Any]) -> Any:
+    """A highdicom Segmentation, or a pydicom dataset for an RT Structure Set."""
     with fsspec.open(source, "rb", **storage_options) as handle:
-        return hd.seg.segread(io.BytesIO(handle.read()))
+        data = handle.read()
+    dataset = pydicom.dcmread(io.BytesIO(data), force=True)
+    if str(dataset.get("SOPClassUID", "")) == RTSTRUCT_CLASS:
+        return dataset
+    return hd.seg.segread(io.BytesIO(data))
+
+
+def _is_structure_set(labels: Any) -> bool:
+    return not isinstance(labels, hd.seg.Segmentation)
 
 
 def _describe(source: str, *, storage_options: dict[str, Any]) -> Described:
-    """Task: one SEG's ``segments`` rows and the SOP Instance UIDs it segments."""
+    """Task: one SEG's or structure set's ``segments`` rows and the SOP Instance UIDs it
+    segments or outlines."""
     try:
-        seg = _read(source, storage_options)
+        labels = _read(source, storage_options)
+        if _is_structure_set(labels):
+            return Described(source, roi_rows(labels), referenced_instances(labels))
         return Described(
-            source, segment_rows(seg), [uids[2] for uids in seg.get_source_image_uids()]
+            source, segment_rows(labels), [uids[2] for uids in labels.get_source_image_uids()]
         )
     except Exception as exc:  # any reading fault of this one file
-        return Described(source, [], [], f"the segmentation cannot be read ({type(exc).__name__})")
+        return Described(source, [], [], f"the labels cannot be read ({type(exc).__name__})")
 
 
 def _place_on_stack(
@@ -172,16 +193,20 @@ def _place_on_stack(
     level: Any = stack[str(multiscale["datasets"][0]["path"])]
     shape = level.shape[-3:]
     target = Target(
-        zarr_path, (int(shape[0]), int(shape[1]), int(shape[2])), slices, frame_of_reference
+        zarr_path,
+        (int(shape[0]), int(shape[1]), int(shape[2])),
+        slices,
+        frame_of_reference,
+        attrs.get("affine"),
     )
     results: list[tuple[str, list[dict[str, Any]], str | None]] = []
     for described in segs:
         try:
-            seg = _read(described.source, storage_options)
+            labels = _read(described.source, storage_options)
             paths: dict[int, str] = {}
-            name = safe_uid_component(str(seg.SOPInstanceUID))
-            uids = {"SOPInstanceUID": str(seg.SOPInstanceUID)}
-            for image in label_images(seg, target):
+            name = safe_uid_component(str(labels.SOPInstanceUID))
+            uids = {"SOPInstanceUID": str(labels.SOPInstanceUID)}
+            for image in _label_images(labels, target):
                 written = write_label(layout, zarr_path, name + image.suffix, image, uids)
                 paths.update(dict.fromkeys(image.values, written))
             results.append(
@@ -194,3 +219,12 @@ def _place_on_stack(
             why = f"not placed: the masks could not be made ({type(exc).__name__})"
             results.append((described.source, placed(described.rows, target, {}, why), why))
     return results
+
+
+def _label_images(labels: Any, target: Target) -> list[Any]:
+    """A SEG's masks, or a structure set's rasterized contours, on ``target``."""
+    if not _is_structure_set(labels):
+        return label_images(labels, target)
+    if target.affine is None:
+        raise NotPlaceable("the stack it outlines has no geometry to rasterize contours on")
+    return contour_label_images(labels, target, target.affine)

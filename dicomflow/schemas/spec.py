@@ -258,10 +258,10 @@ class SrOperator(OperatorConfig):
 
 
 class LabelsOperator(OperatorConfig):
-    """Segmentations (DICOM SEG) as masks: an OME-Zarr ``labels`` group beside the image
-    stack each segments, and the ``segments`` table. Runs once the run's series are
-    committed, over the whole lake (a SEG whose images come later is placed then).
-    Needs ``pixels``."""
+    """Segmentations (DICOM SEG) and RT Structure Sets (contours rasterized) as masks: an
+    OME-Zarr ``labels`` group beside the image stack each outlines, and the ``segments``
+    table. Runs once the run's series are committed, over the whole lake (labels whose
+    images come later are placed then). Needs ``pixels``."""
 
     name: Literal["labels"] = "labels"
 
