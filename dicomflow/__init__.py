@@ -40,6 +40,8 @@ if TYPE_CHECKING:
         scan,
         send,
         view_series,
+        write_seg,
+        write_sr,
     )
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -67,6 +69,8 @@ __all__ = [
     "scan",
     "send",
     "view_series",
+    "write_seg",
+    "write_sr",
 ]
 
 

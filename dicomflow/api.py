@@ -24,6 +24,7 @@ from dicomflow.anonymize.engine import Deidentifier
 from dicomflow.connectors.dicomweb.address import DicomwebError
 from dicomflow.connectors.dimse.association import DimseError
 from dicomflow.errors import ConfigError, SinkError
+from dicomflow.labels.write import SegmentInfo
 from dicomflow.lake.reader import Lake, read_lake
 from dicomflow.pipelines.anonymize import AnonymizeSettings
 from dicomflow.pipelines.compiler import Resources, compile_spec
@@ -68,6 +69,7 @@ __all__ = [
     "Pipeline",
     "PixelsOperator",
     "RenderOperator",
+    "SegmentInfo",
     "SeriesView",
     "ServerThumbnailsOperator",
     "SinkError",
@@ -89,6 +91,8 @@ __all__ = [
     "scan_errors",
     "send",
     "view_series",
+    "write_seg",
+    "write_sr",
     "write_table",
 ]
 
@@ -583,6 +587,60 @@ def read_frames(
     location = InstanceLocation.parse(url)
     options = dicomweb_options(peer or DicomwebPeerConfig(url=str(location.address)))
     return fetch(location, options, list(frames))
+
+
+def write_sr(
+    measurements: pa.Table | Sequence[Mapping[str, Any]],
+    out: str | Path,
+    *,
+    lake: str | Lake | None = None,
+    sources: Mapping[str, str] | None = None,
+    observer: str = "dicomflow",
+    storage_options: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write measurements (rows shaped like the lake's ``measurements`` table, such as a
+    model's output) as a TID 1500 Measurement Report that references the images they
+    were made on: found through ``lake``'s ``instances`` (their ``source``), or in
+    ``sources`` (SOP Instance UID → file or URL). Returns the SR's path."""
+    from dicomflow.sr.write import write_sr as write
+
+    rows = measurements.to_pylist() if isinstance(measurements, pa.Table) else measurements
+    if sources is None:
+        if lake is None:
+            raise ConfigError("give the lake the measured images are in, or their sources")
+        opened = read_lake(lake) if isinstance(lake, str) else lake
+        table = opened.instances(columns=["SOPInstanceUID", "source"])
+        sources = dict(zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True))
+    return write(rows, sources, out, observer=observer, storage_options=storage_options)
+
+
+def write_seg(
+    lake: str | Lake,
+    series_uid: str,
+    mask: Any,
+    out: str | Path,
+    *,
+    segments: Mapping[int, Any] | None = None,
+    stack: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``mask`` (an array on the grid of the series' image stack, as
+    ``open_series(..., as_numpy=True)`` gives it: 0 background, n segment n; or
+    booleans) as a binary DICOM SEG referencing the stack's instances. ``segments``
+    maps a mask value to a :class:`SegmentInfo` (label,
+    category, type, algorithm). Returns the SEG's path."""
+    from dicomflow.labels.write import write_seg as write
+
+    opened = read_lake(lake) if isinstance(lake, str) else lake
+    return write(
+        opened,
+        series_uid,
+        mask,
+        out,
+        segments=segments,
+        stack=stack,
+        storage_options=storage_options,
+    )
 
 
 def load_spec(path: str, sets: Sequence[str] = ()) -> PipelineSpec:

@@ -1,21 +1,26 @@
 """``dicomflow demo``: ingest pydicom's bundled test files (metadata, pixels, renders and SR
-content) and say what to open."""
+content), write a mask back as a SEG and place it as labels, and say what to open."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
+import numpy as np
 import pydicom.data
 
 from dicomflow.anonymize.keys import SecretKey
 from dicomflow.api import (
     AnonymizeSettings,
+    ConfigError,
     RenderOperator,
+    SegmentInfo,
     SrOperator,
     deidentifier,
     ingest,
+    open_series,
     read_lake,
+    write_seg,
 )
 
 # Only for the demo's public sample files: real data needs a secret key (--key-file).
@@ -40,6 +45,7 @@ def run_demo(out: Path, *, workers: int | None = None) -> int:
         # 256-px PNG thumbnails (each image decoded once); SR documents as rows
         operators=[RenderOperator(), SrOperator()],
     )
+    labels = _labels_demo(out, workers)
     deid_out = out.parent / f"{out.name}-deidentified"
     click.echo(f"de-identifying the same files (PS3.15 basic profile, demo key) → {deid_out}")
     settings = AnonymizeSettings(
@@ -67,6 +73,11 @@ def run_demo(out: Path, *, workers: int | None = None) -> int:
     click.echo(f"  renders (PNG)    {out}/renders/<study>/<series>/<sop>.png  ({renders})")
     items = lake.table("sr_content").num_rows
     click.echo(f"  SR content       {out}/sr_content/*.parquet  ({items} content items)")
+    if labels is not None:
+        click.echo(
+            f"  labels (SEG)     {out}/{labels}  (a threshold mask written as a SEG by "
+            "write_seg, then placed back on its stack by --labels)"
+        )
     click.echo(
         f"de-identified: files {deid.files}  rows {deid.rows}  errors {deid.errors} "
         "(quarantined burned-in candidates and unreadable inputs are error rows)"
@@ -93,6 +104,43 @@ def run_demo(out: Path, *, workers: int | None = None) -> int:
             f"print(dicomflow.open_series('{out}', '{uid}'))\""
         )
     return 0 if summary.accounted and deid.accounted else 1
+
+
+def _labels_demo(out: Path, workers: int | None) -> str | None:
+    """A stand-in for a model: threshold the largest grayscale stack, write the mask as
+    a DICOM SEG beside the lake, ingest that SEG with labels, and return where the
+    label image landed (None when no stack fits)."""
+    lake = read_lake(str(out))
+    stacks = lake.series().sort_by([("frames", "descending")]).to_pylist()
+    for stack in stacks:
+        uid = stack["SeriesInstanceUID"]
+        image, _ = open_series(str(out), uid, as_numpy=True)
+        if image.ndim != 3 or image.shape[0] < 2:  # colour, or a single slice
+            continue
+        seg = out.parent / f"{out.name}-model-seg.dcm"
+        if not seg.exists():  # a rerun places the same SEG again (nothing new)
+            try:
+                write_seg(
+                    str(out),
+                    uid,
+                    image > np.percentile(image, 90),
+                    seg,
+                    segments={1: SegmentInfo("Brightest tenth (demo threshold)")},
+                )
+            except ConfigError:  # multi-frame sources, or a mask highdicom refuses
+                continue
+        click.echo(f"placing a SEG written from a threshold mask → {seg}")
+        ingest(  # the same operators as the first run: every part has the same columns
+            [str(seg)],
+            out=str(out),
+            pixels=True,
+            labels=True,
+            workers=workers,
+            operators=[RenderOperator(), SrOperator()],
+        )
+        placed = read_lake(str(out)).table("segments").to_pylist()
+        return next((r["label_path"] for r in placed if r["label_path"]), None)
+    return None
 
 
 def instances_with_renders(lake: object) -> list[str | None]:
