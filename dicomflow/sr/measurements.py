@@ -24,10 +24,17 @@ dose_event      10011,    irradiation event: ``irradiation_event_uid``,
                           ``average_glandular_dose`` (projection X-ray)
 dose_total      10011,    accumulated dose container (see :mod:`dicomflow.sr.dose`)
                 10001
+cad_finding     4000,     a Single Image Finding or Composite Feature of a CAD report:
+                4100      ``concept_*`` (which), ``finding_*`` (what), ``value``/
+                          ``unit`` (its certainty or probability), ``value_*`` (its
+                          rendering intent), ``region_*`` and ``referenced_*`` (its
+                          center or outline), ``algorithm_*`` (see
+                          :mod:`dicomflow.sr.cad`)
 ==============  ========  ==========================================================
 
 Templates are recognised by their root concept (Imaging Measurement Report 126000,
-X-Ray Radiation Dose Report 113701), whichever SOP class or vendor wrote them; a
+X-Ray Radiation Dose Report 113701, Mammography CAD Report 111036, Chest CAD Report
+112000), whichever SOP class or vendor wrote them; a
 document of any other template has ``sr_content`` rows only. ``flagged`` and
 ``problem`` mean what they mean in ``sr_content``.
 """
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dicomflow.sr.cad import cad_rows, is_cad_report
 from dicomflow.sr.dose import dose_rows, is_dose_report
 from dicomflow.sr.tid1500 import is_measurement_report, measurement_rows
 from dicomflow.sr.tree import ContentTree
@@ -47,6 +55,8 @@ def template_rows(tree: ContentTree, sop_instance_uid: str | None) -> list[dict[
         rows = measurement_rows(tree)
     elif is_dose_report(tree):
         rows = dose_rows(tree)
+    elif is_cad_report(tree):
+        rows = cad_rows(tree)
     else:
         return []
     problems = {p.path: p.code for p in tree.problems}

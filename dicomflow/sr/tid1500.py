@@ -59,13 +59,13 @@ def group_facts(group: ContentNode) -> Row:
     facts: Row = {}
     tracking = group.child(codes.TRACKING_IDENTIFIER, "TEXT")
     if tracking is not None:
-        facts["tracking_identifier"] = _item(tracking).get("TextValue")
+        facts["tracking_identifier"] = content_item(tracking).get("TextValue")
     uid = group.child(codes.TRACKING_UNIQUE_IDENTIFIER, "UIDREF")
     if uid is not None:
-        facts["tracking_uid"] = _item(uid).get("UID")
-    facts.update(code_columns("finding", _code_value(group.child(codes.FINDING, "CODE"))))
+        facts["tracking_uid"] = content_item(uid).get("UID")
+    facts.update(code_columns("finding", code_value(group.child(codes.FINDING, "CODE"))))
     facts.update(_modifiers(group))
-    facts.update(_references(group.children))
+    facts.update(references(group.children))
     return facts
 
 
@@ -73,12 +73,12 @@ def _measurement(node: ContentNode, group: ContentNode, facts: Row) -> Row:
     row = {**facts, "kind": "measurement", **_position(node, group)}
     row.update(code_columns("concept", node.source.concept if node.source else None))
     row.update(_modifiers(node))
-    row.update(code_columns("derivation", _code_value(node.child(codes.DERIVATION, "CODE"))))
+    row.update(code_columns("derivation", code_value(node.child(codes.DERIVATION, "CODE"))))
     inferred = [c for c in node.children if c.relationship == "INFERRED FROM"]
-    own = _references(inferred)
+    own = references(inferred)
     if own:
         row.update({name: own.get(name) for name in REFERENCE_FIELDS})
-    item = _item(node)
+    item = content_item(node)
     row.update(code_columns("qualifier", first_code(item, "NumericValueQualifierCodeSequence")))
     measured = item.get("MeasuredValueSequence")
     if measured:
@@ -91,7 +91,7 @@ def _measurement(node: ContentNode, group: ContentNode, facts: Row) -> Row:
 def _evaluation(node: ContentNode, group: ContentNode, facts: Row) -> Row:
     row = {**facts, "kind": "qualitative", **_position(node, group)}
     row.update(code_columns("concept", node.source.concept if node.source else None))
-    row.update(code_columns("value", first_code(_item(node), "ConceptCodeSequence")))
+    row.update(code_columns("value", first_code(content_item(node), "ConceptCodeSequence")))
     return row
 
 
@@ -100,21 +100,21 @@ def _modifiers(node: ContentNode) -> Row:
     facts: Row = {}
     site = node.child(codes.FINDING_SITE, "CODE")
     if site is not None:
-        facts.update(code_columns("finding_site", _code_value(site)))
+        facts.update(code_columns("finding_site", code_value(site)))
         laterality = site.child(codes.LATERALITY, "CODE") or node.child(codes.LATERALITY, "CODE")
-        facts.update(code_columns("laterality", _code_value(laterality)))
-    facts.update(code_columns("method", _code_value(node.child(codes.MEASUREMENT_METHOD, "CODE"))))
+        facts.update(code_columns("laterality", code_value(laterality)))
+    facts.update(code_columns("method", code_value(node.child(codes.MEASUREMENT_METHOD, "CODE"))))
     algorithm = node.child(codes.ALGORITHM_NAME, "TEXT")
     if algorithm is not None:
-        facts["algorithm_name"] = _item(algorithm).get("TextValue")
+        facts["algorithm_name"] = content_item(algorithm).get("TextValue")
         version = algorithm.child(codes.ALGORITHM_VERSION, "TEXT") or node.child(
             codes.ALGORITHM_VERSION, "TEXT"
         )
-        facts["algorithm_version"] = _item(version).get("TextValue") if version else None
+        facts["algorithm_version"] = content_item(version).get("TextValue") if version else None
     return facts
 
 
-def _references(nodes: list[ContentNode]) -> Row:
+def references(nodes: list[ContentNode]) -> Row:
     """The images, segments and region that ``nodes`` reference (a region's own
     SELECTED FROM images included); empty when they reference none."""
     found: Row = {}
@@ -125,7 +125,7 @@ def _references(nodes: list[ContentNode]) -> Row:
     while pending:
         node = pending.pop(0)
         value_type = node.value_type
-        item = _item(node)
+        item = content_item(node)
         if value_type in ("IMAGE", "COMPOSITE", "WAVEFORM"):
             sequence = item.get("ReferencedSOPSequence")
             reference = referenced_sop(sequence[0]) if sequence else {}
@@ -162,11 +162,11 @@ def _position(node: ContentNode, group: ContentNode) -> Row:
     return {"template": "1500", "path": node.path, "group_path": group.path}
 
 
-def _code_value(node: ContentNode | None) -> tuple[str, str, str] | None:
-    return None if node is None else first_code(_item(node), "ConceptCodeSequence")
+def code_value(node: ContentNode | None) -> tuple[str, str, str] | None:
+    return None if node is None else first_code(content_item(node), "ConceptCodeSequence")
 
 
-def _item(node: ContentNode) -> Any:
+def content_item(node: ContentNode) -> Any:
     """The dataset holding ``node``'s content (its target's, by reference)."""
     source = node.source
     return source.item if source is not None else node.item
