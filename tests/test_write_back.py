@@ -228,3 +228,60 @@ def test_write_seg_refuses_a_mask_off_the_stacks_grid(
         )
     with pytest.raises(ConfigError, match="no image stack"):
         dicomflow.write_seg(str(out), "1.2.3", np.ones((1, 1, 1), bool), tmp_path / "s.dcm")
+
+
+def test_a_seg_referencing_instances_outside_its_series_is_an_error_row(
+    lake: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    """One frame of a SEG edited to reference an instance of another series in the lake:
+    the SEG keeps its rows, gets a not_placed row of stage labels, and lands nowhere."""
+    out, slices = lake
+    other = ct_series(tmp_path / "other", 3)
+    _ingest([tmp_path / "other"], out)
+    series = str(pydicom.dcmread(slices[0], stop_before_pixels=True).SeriesInstanceUID)
+    image, _ = dicomflow.open_series(str(out), series, as_numpy=True)
+    seg_path = dicomflow.write_seg(str(out), series, _mask(image.shape), tmp_path / "s.dcm")
+    seg = pydicom.dcmread(seg_path)
+    stranger = pydicom.dcmread(other[0], stop_before_pixels=True)
+    frame = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
+    frame.SourceImageSequence[0].ReferencedSOPInstanceUID = stranger.SOPInstanceUID
+    reference = pydicom.Dataset()
+    reference.SeriesInstanceUID = stranger.SeriesInstanceUID
+    instance = pydicom.Dataset()
+    instance.ReferencedSOPClassUID = stranger.SOPClassUID
+    instance.ReferencedSOPInstanceUID = stranger.SOPInstanceUID
+    reference.ReferencedInstanceSequence = [instance]
+    seg.ReferencedSeriesSequence.append(reference)
+    seg.save_as(tmp_path / "spread.dcm")
+    _ingest([tmp_path / "spread.dcm"], out, "--labels")
+    read = dicomflow.read_lake(str(out))
+    uid = str(seg.SOPInstanceUID)
+    rows = [r for r in read.table("segments").to_pylist() if r["SOPInstanceUID"] == uid]
+    assert rows and all(r["status"].startswith("not placed") for r in rows)
+    assert all(r["label_path"] is None for r in rows)
+    errors = [e for e in read.errors().to_pylist() if e["source"].startswith(str(tmp_path))]
+    assert [(e["stage"], e["code"]) for e in errors] == [("labels", "not_placed")]
+    assert "more than one image stack" in errors[0]["message"]
+    assert uid in read.instances().column("SOPInstanceUID").to_pylist()
+
+
+def test_written_sr_and_seg_are_accepted_by_a_pacs(
+    lake: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    """Both go to Orthanc by C-STORE (``dicomflow.send``) and Orthanc stores both."""
+    from tests.peers.orthanc import orthanc_binary, running_orthanc
+
+    require(orthanc_binary() is not None, "Orthanc (Debian package orthanc)")
+    out, slices = lake
+    series = str(pydicom.dcmread(slices[0], stop_before_pixels=True).SeriesInstanceUID)
+    image, _ = dicomflow.open_series(str(out), series, as_numpy=True)
+    seg = dicomflow.write_seg(str(out), series, _mask(image.shape), tmp_path / "seg.dcm")
+    sr = dicomflow.write_sr(_measurements(slices), tmp_path / "sr.dcm", lake=str(out))
+    with running_orthanc(tmp_path / "orthanc") as orthanc:
+        outcomes = dicomflow.send([seg, sr], orthanc.url)
+        assert len(outcomes) == 2
+        stored = orthanc.get("/instances?expand")
+        assert isinstance(stored, list)
+        held = {item["MainDicomTags"]["SOPInstanceUID"] for item in stored}
+    written = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in (seg, sr)}
+    assert held == written

@@ -56,6 +56,7 @@ LABEL_CLASSES = SEG_CLASSES | {RTSTRUCT_CLASS}
 COLUMNS = ["SOPInstanceUID", "SOPClassUID", "FrameOfReferenceUID", "source"]
 PIXEL_COLUMNS = ["zarr_path", "frame_index"]
 WAITING = "waiting for the images it segments"
+SPREAD = "it references instances of more than one image stack (outside its series)"
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,10 @@ class Labels:
         records: list[InstanceRecord] = []
         for seg in described:
             found = Counter(where[uid] for uid in seg.references if uid in where)
+            if seg.error is None and len(found) > 1:
+                why = f"not placed: {SPREAD}"
+                records.extend(_records(seg.source, placed(seg.rows, None, {}, why), why))
+                continue
             if seg.error is not None or not found:
                 status = WAITING if seg.error is None else f"not placed: {seg.error}"
                 records.extend(_records(seg.source, placed(seg.rows, None, {}, status), seg.error))
