@@ -24,7 +24,7 @@ from dicomflow.anonymize.engine import Deidentifier
 from dicomflow.connectors.dicomweb.address import DicomwebError
 from dicomflow.connectors.dimse.association import DimseError
 from dicomflow.errors import ConfigError, SinkError
-from dicomflow.labels.write import SegmentInfo
+from dicomflow.labels.segment_info import SegmentInfo
 from dicomflow.lake.reader import Lake, read_lake
 from dicomflow.pipelines.anonymize import AnonymizeSettings
 from dicomflow.pipelines.compiler import Resources, compile_spec

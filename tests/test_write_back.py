@@ -19,7 +19,7 @@ import zarr
 
 import dicomflow
 from dicomflow.errors import ConfigError
-from dicomflow.labels.write import SegmentInfo
+from dicomflow.labels.segment_info import SegmentInfo
 from tests.conftest import require
 from tests.helpers import ct_series
 

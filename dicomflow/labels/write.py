@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +25,8 @@ from pydicom.uid import generate_uid
 
 from dicomflow._version import __version__
 from dicomflow.errors import ConfigError
+from dicomflow.labels.segment_info import SegmentInfo
 from dicomflow.lake.reader import Lake
-
-# SNOMED CT "Tissue" (85756007): a category and a type that fit any segment.
-TISSUE = ("85756007", "SCT", "Tissue")
-
-
-@dataclass(frozen=True)
-class SegmentInfo:
-    """What a segment is: its label, SNOMED-style category and type (code value, scheme,
-    meaning), and the algorithm that made it."""
-
-    label: str
-    category: tuple[str, str, str] = TISSUE
-    type: tuple[str, str, str] = TISSUE
-    algorithm: str = "dicomflow"
-    algorithm_version: str = __version__
 
 
 def stack_sources(

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import requests
-from dicomweb_client.api import DICOMwebClient
 
 from dicomflow.connectors.dicomweb.oauth import (
     OAuth2Bearer,
@@ -26,6 +25,9 @@ from dicomflow.connectors.dicomweb.oauth import (
 )
 from dicomflow.errors import ConfigError, SourceError
 from dicomflow.schemas.spec import DicomwebPeerConfig
+
+if TYPE_CHECKING:  # dicomweb-client is imported when a client is opened, not before
+    from dicomweb_client.api import DICOMwebClient
 
 SCHEMES = {"dicomweb+http": "http", "dicomweb+https": "https"}
 
@@ -186,6 +188,8 @@ class _Session(requests.Session):
 
 def open_client(address: DicomwebAddress, options: DicomwebOptions) -> DICOMwebClient:
     """A dicomweb-client for ``address``, with the session configured from ``options``."""
+    from dicomweb_client.api import DICOMwebClient
+
     session = _Session()
     if options.tls_ca:
         session.verify = options.tls_ca
