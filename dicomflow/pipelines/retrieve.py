@@ -255,6 +255,7 @@ def _move_all(
                 options=peer.options,
                 route=route,
                 limits=ScpLimits(max_associations=max(16, max_associations)),
+                durable=False,  # the PACS keeps the original; a lost copy is re-fetched
             ),
             _interrupts_cancel_moves(),
             ThreadPoolExecutor(max(1, max_associations), "dicomflow-move") as pool,

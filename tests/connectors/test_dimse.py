@@ -110,7 +110,7 @@ def test_cli_echo_and_query(orthanc: Orthanc, tmp_path: Path) -> None:
     assert bad.returncode == 2 and "not a DICOM keyword" in bad.stderr
 
 
-def test_c_get_stores_every_instance_durably(orthanc: Orthanc, tmp_path: Path) -> None:
+def test_c_get_stores_every_instance_whole(orthanc: Orthanc, tmp_path: Path) -> None:
     import pydicom
 
     from dicomflow.connectors.dimse.get import UNCOMPRESSED, c_get

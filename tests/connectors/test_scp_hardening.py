@@ -317,3 +317,24 @@ def test_the_listen_command_carries_its_association_cap_into_the_spec(tmp_path: 
     assert listener.limits.max_associations == 3
     refused = _listen_spec(tmp_path, "0")
     assert refused.returncode == 2 and "--max-associations" in refused.stderr
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_pushed_instances_are_fsynced_retrieved_ones_are_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
+) -> None:
+    """A pushed instance is fsynced before its acknowledgement (its sender may delete it);
+    a C-MOVE destination (``durable=False``) writes the same bytes without the fsync."""
+    import os
+
+    from dicomflow.connectors.dimse import get
+
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(get.os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    with scp(tmp_path, durable=durable) as (port, folder):
+        result = storescu(port, CT)
+    assert result.returncode == 0, result.stderr
+    (kept,) = stored(folder)
+    assert kept.read_bytes()[128:132] == b"DICM"
+    assert len(synced) == (1 if durable else 0)

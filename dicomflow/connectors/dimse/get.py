@@ -3,11 +3,13 @@
 Storage contexts are proposed for the SOP classes the caller expects (from an
 IMAGE-level C-FIND): one uncompressed context per class and one context per
 common compressed transfer syntax, so the PACS can send each instance as it
-holds it. Every received
-instance is written durably (temporary file, fsync, link) before the
-C-STORE sub-operation is acknowledged, so an acknowledged instance is never
-lost, not even to a later instance with the same SOP Instance UID, and nothing is
-held in memory beyond one instance.
+holds it. Every received instance is written whole (temporary file, link) before
+the C-STORE sub-operation is acknowledged, so an acknowledged instance is never
+lost to a crash of the process, nor to a later instance with the same SOP Instance
+UID, and nothing is held in memory beyond one instance. A retrieval's copy is not
+fsynced (the PACS keeps the original, and the next run fetches what a power loss
+took, by its completeness check); an instance pushed to us (``listen``) is, since
+its sender may delete it once acknowledged.
 """
 
 from __future__ import annotations
@@ -112,10 +114,12 @@ def store_handler(
     result: GetResult,
     on_progress: Callable[[int], None] | None,
     route: Route | None = None,
+    *,
+    durable: bool = True,
 ) -> Callable[[evt.Event], int]:
-    """The C-STORE handler: each instance written durably (temporary file, fsync,
-    rename) into ``destination``, or into the folder ``route`` names for its SOP
-    Instance UID; an instance ``route`` does not know is refused."""
+    """The C-STORE handler: each instance written whole (temporary file, link; with
+    ``durable``, fsynced first) into ``destination``, or into the folder ``route``
+    names for its SOP Instance UID; an instance ``route`` does not know is refused."""
 
     def handle(event: evt.Event) -> int:
         try:
@@ -128,8 +132,9 @@ def store_handler(
             temporary = folder / f".{final.name}.{uuid.uuid4().hex}.tmp"
             with temporary.open("wb") as fh:
                 fh.write(event.encoded_dataset())
-                fh.flush()
-                os.fsync(fh.fileno())
+                if durable:
+                    fh.flush()
+                    os.fsync(fh.fileno())
             kept = _keep(temporary, final)
         except OSError:
             logger.warning("could not store a received instance")
@@ -189,7 +194,7 @@ def c_get(
     result = GetResult()
     information_model = MODELS[model]
     contexts = [(information_model, None), *storage_contexts(classes)]
-    handlers = [(evt.EVT_C_STORE, store_handler(destination, result, on_progress))]
+    handlers = [(evt.EVT_C_STORE, store_handler(destination, result, on_progress, durable=False))]
     identifier = query_dataset(level, query)
     roles = [build_role(c, scp_role=True) for c in classes]
     started = time.perf_counter()

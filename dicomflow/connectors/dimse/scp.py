@@ -1,8 +1,9 @@
 """A Storage SCP: dicomflow's own C-STORE receiver (a C-MOVE destination).
 
 Every storage SOP class is accepted in the uncompressed and common compressed
-syntaxes, and Verification (C-ECHO) too; each instance is written durably before it
-is acknowledged (the same handler as C-GET uses), and ``TCP_NODELAY`` is set on every
+syntaxes, and Verification (C-ECHO) too; each instance is written whole before it is
+acknowledged (the same handler as C-GET uses; fsynced too unless the caller says the
+sender keeps its copy, as a C-MOVE's PACS does), and ``TCP_NODELAY`` is set on every
 accepted socket. Every peer meets the limits of :mod:`.scp_guard`: a finite maximum
 PDU enforced before a body is read, read, request and idle timeouts, and a cap on
 established associations that idle connections cannot exhaust.
@@ -60,13 +61,15 @@ def storage_scp(
     allowed_callers: frozenset[str] | None = None,
     route: Route | None = None,
     limits: ScpLimits | None = None,
+    durable: bool = True,
 ) -> Iterator[GetResult]:
     """Listen on ``host:port`` as ``ae_title`` while the block runs; yield what arrives.
 
     ``route`` names the folder of each instance by its SOP Instance UID (a C-MOVE
     destination files what it asked for by series, and refuses the rest). ``limits``
     bound what each peer may take (:class:`ScpLimits`; its defaults when None); the
-    DIMSE timeout and TLS come from ``options``."""
+    DIMSE timeout and TLS come from ``options``. ``durable=False`` skips the fsync
+    of each instance, for a destination whose sender keeps the original (C-MOVE)."""
     options = options or DimseOptions()
     limits = limits or ScpLimits()
     destination.mkdir(parents=True, exist_ok=True)
@@ -84,7 +87,7 @@ def storage_scp(
     ae.add_supported_context(Verification, UNCOMPRESSED)
     received = GetResult()
     handlers: list[Any] = [
-        (evt.EVT_C_STORE, store_handler(destination, received, None, route)),
+        (evt.EVT_C_STORE, store_handler(destination, received, None, route, durable=durable)),
         (evt.EVT_CONN_OPEN, guard_connection(limits)),
         (evt.EVT_CONN_OPEN, _nodelay),
         (evt.EVT_REQUESTED, association_cap(limits)),
