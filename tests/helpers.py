@@ -120,3 +120,25 @@ def ct_series(folder: Path, slices: int, *, tile: int = 1) -> list[Path]:
         paths.append(folder / f"slice{number:02d}.dcm")
         ds.save_as(paths[-1], enforce_file_format=True)
     return paths
+
+
+def bytes_received(run: Any) -> int:
+    """Bytes of HTTP response bodies received through ``requests`` while ``run()`` runs
+    (in this process)."""
+    import requests
+
+    received = 0
+    send = requests.Session.send
+
+    def counting(session: requests.Session, request: Any, **kwargs: Any) -> Any:
+        nonlocal received
+        response = send(session, request, **kwargs)
+        received += len(response.content)
+        return response
+
+    requests.Session.send = counting  # type: ignore[method-assign]
+    try:
+        run()
+    finally:
+        requests.Session.send = send  # type: ignore[method-assign]
+    return received

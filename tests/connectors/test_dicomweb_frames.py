@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-import requests
 
 import dicomflow
 from dicomflow.connectors.dicomweb.address import DicomwebError
 from dicomflow.errors import ConfigError
 from tests.conftest import CORPUS, require
+from tests.helpers import bytes_received
 from tests.peers.orthanc import Orthanc, orthanc_binary, running_orthanc
 
 # Multi-frame corpus images with distinct SOP Instance UIDs (Orthanc keeps one of each).
@@ -90,20 +90,7 @@ def test_one_frame_costs_a_small_part_of_the_instance(orthanc: Orthanc) -> None:
     """Frame 16 of a 32-frame fMRI instance against the whole instance, in bytes received."""
     name = LOSSLESS[-1]
     dataset = pydicom.dcmread(CORPUS / name, stop_before_pixels=True)
-    received = 0
-    send = requests.Session.send
-
-    def counting(session: requests.Session, request: Any, **kwargs: Any) -> Any:
-        nonlocal received
-        response = send(session, request, **kwargs)
-        received += len(response.content)
-        return response
-
-    requests.Session.send = counting  # type: ignore[method-assign]
-    try:
-        dicomflow.read_frames(_url(orthanc, dataset), [16])
-    finally:
-        requests.Session.send = send  # type: ignore[method-assign]
+    received = bytes_received(lambda: dicomflow.read_frames(_url(orthanc, dataset), [16]))
     whole = (CORPUS / name).stat().st_size
     frame = int(dataset.Rows) * int(dataset.Columns) * 2
     assert frame <= received < frame + 4096 and received < whole / 20

@@ -13,7 +13,6 @@ from typing import Any
 import pyarrow as pa
 import pydicom
 import pytest
-import requests
 from distributed import Client
 from pydicom.datadict import tag_for_keyword
 
@@ -21,7 +20,7 @@ import dicomflow
 from dicomflow.api import ingest_spec
 from dicomflow.errors import ConfigError
 from tests.conftest import PYDICOM_TEST_FILES, require
-from tests.helpers import ct_series
+from tests.helpers import bytes_received, ct_series
 from tests.peers.orthanc import Orthanc, orthanc_binary, running_orthanc
 
 FILES = ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "rtplan.dcm", "SC_rgb_rle.dcm")
@@ -94,32 +93,13 @@ def test_a_header_only_scan_equals_a_scan_of_the_files(
         assert remote[uid]["has_pixel_data"] is row["has_pixel_data"]
 
 
-def _transferred(run: Any) -> int:
-    """Bytes of HTTP response bodies received while ``run()`` runs (in this process)."""
-    received = 0
-    send = requests.Session.send
-
-    def counting(session: requests.Session, request: Any, **kwargs: Any) -> Any:
-        nonlocal received
-        response = send(session, request, **kwargs)
-        received += len(response.content)
-        return response
-
-    requests.Session.send = counting  # type: ignore[method-assign]
-    try:
-        run()
-    finally:
-        requests.Session.send = send  # type: ignore[method-assign]
-    return received
-
-
 def test_a_header_only_scan_moves_a_small_part_of_the_bytes(
     orthanc: Orthanc, series: list[Path], tmp_path: Path
 ) -> None:
     study = str(pydicom.dcmread(series[0], stop_before_pixels=True).StudyInstanceUID)
     query = {"StudyInstanceUID": study}
     with Client(processes=False, n_workers=1, threads_per_worker=1) as client:
-        header_only = _transferred(
+        header_only = bytes_received(
             lambda: dicomflow.run(
                 ingest_spec(
                     orthanc.dicomweb, out=str(tmp_path / "a"), query=query, header_only=True
@@ -128,7 +108,7 @@ def test_a_header_only_scan_moves_a_small_part_of_the_bytes(
                 progress=False,
             )
         )
-        whole = _transferred(
+        whole = bytes_received(
             lambda: dicomflow.ingest(
                 orthanc.dicomweb,
                 out=str(tmp_path / "b"),
