@@ -207,6 +207,15 @@ class Ledger:
                 done.by_name.update((name, entry.partition) for name in entry.names)
         return done
 
+    def run_parts(self, run_id: str, table: str) -> list[str]:
+        """Relative paths of ``table``'s parts that live entries of run ``run_id``
+        committed (a run's report reads these, not the whole lake)."""
+        return sorted(
+            entry.parts[table]
+            for entry in self.live()
+            if entry.run_id == run_id and table in entry.parts
+        )
+
     def live_parts(self, entries: Sequence[LedgerEntry] | None = None) -> set[str]:
         """Relative paths of every Parquet part a live entry committed."""
         return {part for entry in self.live(entries) for part in entry.parts.values()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -158,3 +159,21 @@ def with_added_columns(schema: pa.Schema, parts: list[str], fs: Any) -> pa.Schem
 def read_lake(path: str, *, storage_options: dict[str, Any] | None = None) -> Lake:
     """Open the lake at ``path`` (a local path or any fsspec URL)."""
     return Lake(path, dict(storage_options or {}))
+
+
+def run_rows(
+    layout: LakeLayout, run_id: str, table: str, columns: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The rows (``columns``, those a part has) of ``table``'s parts that run ``run_id``
+    committed: what a run's report needs, read from its own parts with pyarrow.parquet
+    rather than through a dataset over the whole lake (which also imports pandas)."""
+    import pyarrow.parquet as pq
+
+    fs, root = layout.filesystem()
+    rows: list[dict[str, Any]] = []
+    for part in Ledger(layout).run_parts(run_id, table):
+        with fs.open(f"{root}/{part}", "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            present = [c for c in columns if c in parquet.schema_arrow.names]
+            rows += parquet.read(columns=present).to_pylist()
+    return rows

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dicomflow.lake.layout import LakeLayout
+from dicomflow.lake.reader import run_rows
 from dicomflow.lake.writer import put_atomically
 from dicomflow.pipelines.report_thumbnails import thumbnails
 from dicomflow.pipelines.summary import RunSummary
@@ -46,11 +47,10 @@ def _errors_of_run(run_errors: list[dict[str, Any]]) -> Counter[tuple[str, str]]
 
 
 def _run_errors(layout: LakeLayout, run_id: str) -> list[dict[str, Any]]:
-    """This run's committed error rows (source, stage, code), read once for the report."""
-    from dicomflow.lake.reader import Lake
-
-    errors = Lake(layout.root, layout.storage_options).errors()
-    rows = errors.select(["run_id", "source", "stage", "code"]).to_pylist()
+    """This run's committed error rows (source, stage, code), read once for the report
+    from the run's own parts (not a dataset over the whole lake's)."""
+    columns = ["run_id", "source", "stage", "code"]
+    rows = run_rows(layout, run_id, "errors", columns)
     return [row for row in rows if row["run_id"] == run_id]
 
 

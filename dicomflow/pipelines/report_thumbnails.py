@@ -26,18 +26,16 @@ def thumbnails(
     """Up to :data:`MAX_THUMBNAILS` ``{"series", "why", "render"}`` entries, failed series
     (those holding one of ``failed_sources``, the run's error rows) first; none when the
     lake has no renders."""
-    from dicomflow.lake.reader import Lake
+    from dicomflow.lake.reader import run_rows
 
-    lake = Lake(layout.root, layout.storage_options)
-    dataset = lake.dataset("instances")
-    if RENDER_PATH not in dataset.schema.names:
-        return []
     columns = ["source", "SeriesInstanceUID", RENDER_PATH, "run_id"]
-    rows = [r for r in dataset.to_table(columns=columns).to_pylist() if r["run_id"] == run_id]
+    rows = [r for r in run_rows(layout, run_id, "instances", columns) if r["run_id"] == run_id]
+    if not any(r.get(RENDER_PATH) for r in rows):
+        return []
     series_of = {r["source"]: r["SeriesInstanceUID"] for r in rows}
     render_of: dict[str, str] = {}
     for row in rows:
-        if row[RENDER_PATH] and row["SeriesInstanceUID"]:
+        if row.get(RENDER_PATH) and row.get("SeriesInstanceUID"):
             render_of.setdefault(row["SeriesInstanceUID"], row[RENDER_PATH])
     chosen: list[dict[str, str]] = []
     for why, sources in (("failed", failed_sources), ("slowest", slowest_sources)):
