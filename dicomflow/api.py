@@ -580,11 +580,16 @@ def read_frames(
     (frames, rows, columns[, samples]) as pydicom's ``pixel_array`` of the file; the
     server decodes compressed frames (colour models that exist only compressed, such
     as YBR_FULL_422, are refused: retrieve those instances)."""
+    from dicomflow.connectors.dicomweb.address import DicomwebAddress
     from dicomflow.connectors.dicomweb.frames import InstanceLocation
     from dicomflow.connectors.dicomweb.frames import read_frames as fetch
     from dicomflow.pipelines.endpoints import dicomweb_options
 
     location = InstanceLocation.parse(url)
+    if peer is not None and DicomwebAddress.parse(peer.url) != location.address:
+        raise ConfigError(  # its credentials are for its own server, never another
+            "the instance's URL is on another server than the peer whose settings were given"
+        )
     options = dicomweb_options(peer or DicomwebPeerConfig(url=str(location.address)))
     return fetch(location, options, list(frames))
 

@@ -285,3 +285,30 @@ def test_written_sr_and_seg_are_accepted_by_a_pacs(
         held = {item["MainDicomTags"]["SOPInstanceUID"] for item in stored}
     written = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in (seg, sr)}
     assert held == written
+
+
+def test_a_region_in_patient_space_comes_back_in_patient_space(
+    lake: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    """A row extracted from a SCOORD3D region (x, y, z triples and a frame of reference)
+    is written as one, not read as pixel pairs; odd coordinates are refused."""
+    out, slices = lake
+    frame = str(pydicom.dcmread(slices[0], stop_before_pixels=True).FrameOfReferenceUID)
+    row = {
+        **_measurements(slices)[2],
+        "region_graphic_type": "POLYGON",
+        "region_graphic_data": [1.0, 2.0, 3.0, 4.0, 2.0, 3.0, 4.0, 6.0, 3.0, 1.0, 2.0, 3.0],
+        "region_frame_of_reference_uid": frame,
+    }
+    sr = dicomflow.write_sr([row], tmp_path / "r3d.dcm", lake=str(out))
+    assert _dciodvfy_errors(sr) == []
+    from dicomflow.sr import extract
+
+    (extracted,) = [r for r in extract(pydicom.dcmread(sr)).measurements if r["value"] == 7.25]
+    assert extracted["region_graphic_type"] == "POLYGON"
+    assert extracted["region_graphic_data"] == pytest.approx(row["region_graphic_data"])
+    assert extracted["region_frame_of_reference_uid"] == frame
+    with pytest.raises(ConfigError, match="triples"):
+        dicomflow.write_sr(
+            [{**row, "region_graphic_data": [1.0, 2.0]}], tmp_path / "x.dcm", lake=str(out)
+        )

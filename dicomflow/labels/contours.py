@@ -70,16 +70,18 @@ def roi_rows(structure_set: Any) -> list[dict[str, Any]]:
 
 
 def referenced_instances(structure_set: Any) -> list[str]:
-    """The SOP Instance UIDs of the images the contours were drawn on (each contour's
-    Contour Image Sequence, and the structure set's own list of referenced images)."""
+    """The SOP Instance UIDs of the images the contours were drawn on: each contour's
+    Contour Image Sequence, or, when no contour has one, the structure set's own list of
+    referenced images (which often names the whole series)."""
     found: list[str] = []
     for roi in structure_set.get("ROIContourSequence") or []:
         for contour in roi.get("ContourSequence") or []:
             found += _image_uids(contour.get("ContourImageSequence"))
-    for frame in structure_set.get("ReferencedFrameOfReferenceSequence") or []:
-        for study in frame.get("RTReferencedStudySequence") or []:
-            for series in study.get("RTReferencedSeriesSequence") or []:
-                found += _image_uids(series.get("ContourImageSequence"))
+    if not found:
+        for frame in structure_set.get("ReferencedFrameOfReferenceSequence") or []:
+            for study in frame.get("RTReferencedStudySequence") or []:
+                for series in study.get("RTReferencedSeriesSequence") or []:
+                    found += _image_uids(series.get("ContourImageSequence"))
     return list(dict.fromkeys(found))
 
 
@@ -93,38 +95,71 @@ def _image_uids(sequence: Any) -> list[str]:
 
 def contour_label_images(
     structure_set: Any, target: Target, affine: np.ndarray
-) -> list[LabelImage]:
-    """The ROIs' masks on ``target``'s grid (``affine``: index (z, y, x) to LPS mm).
-    Raises :class:`NotPlaceable` for a contour off the stack's slices or outside it."""
+) -> Iterator[LabelImage]:
+    """The ROIs' masks on ``target``'s grid (``affine``: index (z, y, x) to LPS mm), one
+    label image at a time. Every contour is placed before the first image is made, so
+    :class:`NotPlaceable` (a contour off the stack's slices or outside it) comes before
+    anything is written. Label values are the ROI numbers, or 1..n when a number cannot
+    be one (0, or above 65,535)."""
+    planes = _planes(structure_set, target, affine)
+    numbers = sorted(planes)
+    usable = all(0 < n < 65536 for n in numbers)
+    values = {n: (n if usable else i) for i, n in enumerate(numbers, start=1)}
+    dtype = np.uint8 if max(values.values()) < 256 else np.uint16
+    return _label_images(planes, values, target.shape, dtype)
+
+
+def _planes(
+    structure_set: Any, target: Target, affine: np.ndarray
+) -> dict[int, dict[int, np.ndarray]]:
+    """ROI number → slice → its filled 2-D mask (only the slices it has contours on)."""
     frame = str(structure_set.get("FrameOfReferenceUID", "") or "") or _frame_of(structure_set)
     if frame and target.frame_of_reference and frame != target.frame_of_reference:
         raise NotPlaceable("it is in another frame of reference than the images it outlines")
     to_index = np.linalg.inv(np.asarray(affine, float))
-    masks: dict[int, np.ndarray] = {}
+    planes: dict[int, dict[int, np.ndarray]] = {}
     for number, points in _closed_contours(structure_set):
-        mask = masks.setdefault(number, np.zeros(target.shape, bool))
         index = (to_index @ np.c_[points, np.ones(len(points))].T).T[:, :3]
         slice_index = round(float(index[:, 0].mean()))
         if np.abs(index[:, 0] - slice_index).max() > OFF_SLICE:
             raise NotPlaceable("a contour does not lie on a slice of the images it outlines")
         if not 0 <= slice_index < target.shape[0] or not _touches(index, target.shape):
             raise NotPlaceable("a contour lies outside the images it outlines")
-        mask[slice_index] ^= fill_polygon(index[:, 1], index[:, 2], target.shape[1:])
-    if not masks:
+        slices = planes.setdefault(number, {})
+        plane = slices.setdefault(slice_index, np.zeros(target.shape[1:], bool))
+        plane ^= fill_polygon(index[:, 1], index[:, 2], target.shape[1:])
+    if not planes:
         raise NotPlaceable("it has no closed planar contour")
-    numbers = sorted(masks)
-    dtype = np.uint8 if max(numbers) < 256 else np.uint16
-    stacked = np.stack([masks[n] for n in numbers])
-    if int(stacked.sum(axis=0).max(initial=0)) <= 1:  # no voxel in two ROIs
-        data = np.zeros(target.shape, dtype)
-        for number in numbers:
-            data[masks[number]] = number
-        return [LabelImage("", data, {n: n for n in numbers})]
-    images = []
-    for number in numbers:
-        data = np.where(masks[number], number, 0).astype(dtype)
-        images.append(LabelImage(f"-roi-{number}", data, {number: number}))
-    return images
+    return planes
+
+
+def _label_images(
+    planes: dict[int, dict[int, np.ndarray]],
+    values: dict[int, int],
+    shape: tuple[int, int, int],
+    dtype: Any,
+) -> Iterator[LabelImage]:
+    """One label image for ROIs that do not overlap, else one per ROI (made one at a
+    time: a structure set of many ROIs never holds them all)."""
+    covered: dict[int, np.ndarray] = {}
+    overlapping = False
+    for slices in planes.values():
+        for slice_index, plane in slices.items():
+            seen = covered.setdefault(slice_index, np.zeros(shape[1:], bool))
+            overlapping = overlapping or bool((seen & plane).any())
+            seen |= plane
+    if not overlapping:
+        data = np.zeros(shape, dtype)
+        for number, slices in planes.items():
+            for slice_index, plane in slices.items():
+                data[slice_index][plane] = values[number]
+        yield LabelImage("", data, values)
+        return
+    for number, slices in sorted(planes.items()):
+        data = np.zeros(shape, dtype)
+        for slice_index, plane in slices.items():
+            data[slice_index][plane] = values[number]
+        yield LabelImage(f"-roi-{number}", data, {number: values[number]})
 
 
 def _frame_of(structure_set: Any) -> str:
@@ -156,12 +191,15 @@ def _touches(index: np.ndarray, shape: tuple[int, int, int]) -> bool:
 def fill_polygon(ys: np.ndarray, xs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """The pixels of a (rows, columns) grid whose centres lie inside the polygon with
     vertices (``ys``, ``xs``) in pixel coordinates, by the even-odd rule, scan line by
-    scan line (a centre on the boundary counts as inside)."""
+    scan line. A centre exactly on an edge counts as inside on a top or left edge and
+    outside on a bottom or right one (the top-left rule of raster graphics), so the
+    pixels filled cover the polygon's area and two ROIs that share an edge never share
+    a pixel."""
     mask = np.zeros(shape, bool)
     y0, x0 = np.asarray(ys, float), np.asarray(xs, float)
     y1, x1 = np.roll(y0, -1), np.roll(x0, -1)
     first = max(0, math.ceil(float(y0.min())))
-    last = min(shape[0] - 1, math.floor(float(y0.max())))
+    last = min(shape[0] - 1, math.ceil(float(y0.max())) - 1)
     for row in range(first, last + 1):
         crossing = ((y0 <= row) & (y1 > row)) | ((y1 <= row) & (y0 > row))
         if not crossing.any():
@@ -170,7 +208,7 @@ def fill_polygon(ys: np.ndarray, xs: np.ndarray, shape: tuple[int, int]) -> np.n
         edges = np.sort(x0[crossing] + along * (x1[crossing] - x0[crossing]))
         for start, stop in zip(edges[0::2], edges[1::2], strict=False):
             left = max(0, math.ceil(float(start)))
-            right = min(shape[1] - 1, math.floor(float(stop)))
+            right = min(shape[1] - 1, math.ceil(float(stop)) - 1)
             if left <= right:
                 mask[row, left : right + 1] = True
     return mask

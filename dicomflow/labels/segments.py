@@ -153,15 +153,22 @@ def label_images(seg: Any, target: Target) -> list[LabelImage]:
 
 
 def placed(
-    rows: Sequence[dict[str, Any]], target: Target | None, paths: Mapping[int, str], status: str
+    rows: Sequence[dict[str, Any]],
+    target: Target | None,
+    paths: Mapping[int, str],
+    status: str,
+    values: Mapping[int, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """``rows`` with where each segment landed (``paths``: segment → label path)."""
+    """``rows`` with where each segment landed (``paths``: segment → label path;
+    ``values``: segment → its value there, the segment number when not given)."""
     return [
         {
             **row,
             "zarr_path": target.zarr_path if target else None,
             "label_path": paths.get(row["segment_number"]),
-            "label_value": row["segment_number"] if row["segment_number"] in paths else None,
+            "label_value": (values or {}).get(row["segment_number"], row["segment_number"])
+            if row["segment_number"] in paths
+            else None,
             "status": status,
         }
         for row in rows

@@ -23,7 +23,7 @@ STACK_DEPTH = 4  # path components from the lake root to a stack
 
 def safe_uid_component(value: str) -> str:
     """A path component from a DICOM value: the UID itself if it is one, else a hash of it."""
-    if _UID.match(value) and value not in (".", "..") and ".." not in value:
+    if _UID.fullmatch(value) and value not in (".", "..") and ".." not in value:
         return value
     return "h" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:32]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -209,14 +209,15 @@ def _place_on_stack(
         try:
             labels = _read(described.source, storage_options)
             paths: dict[int, str] = {}
+            values: dict[int, int] = {}
             name = safe_uid_component(str(labels.SOPInstanceUID))
             uids = {"SOPInstanceUID": str(labels.SOPInstanceUID)}
             for image in _label_images(labels, target):
                 written = write_label(layout, zarr_path, name + image.suffix, image, uids)
                 paths.update(dict.fromkeys(image.values, written))
-            results.append(
-                (described.source, placed(described.rows, target, paths, "placed"), None)
-            )
+                values.update(image.values)
+            rows = placed(described.rows, target, paths, "placed", values)
+            results.append((described.source, rows, None))
         except NotPlaceable as exc:
             why = f"not placed: {exc}"
             results.append((described.source, placed(described.rows, target, {}, why), why))
@@ -226,7 +227,7 @@ def _place_on_stack(
     return results
 
 
-def _label_images(labels: Any, target: Target) -> list[Any]:
+def _label_images(labels: Any, target: Target) -> Iterable[Any]:
     """A SEG's masks, or a structure set's rasterized contours, on ``target``."""
     if not _is_structure_set(labels):
         return label_images(labels, target)

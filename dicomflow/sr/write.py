@@ -5,9 +5,10 @@ output, or rows extracted from another report): each row one measurement, named 
 ``concept_*`` code, with ``value`` and a UCUM ``unit``, the images it was made on in
 ``referenced_sop_instance_uids``, and optionally its ``tracking_identifier``/
 ``tracking_uid``, ``finding_*``, ``finding_site_*``, ``method_*``, ``derivation_*``,
-``algorithm_name``/``algorithm_version`` and an image region
-(``region_graphic_type`` with ``region_graphic_data`` in pixel coordinates, on one
-image). Rows sharing a tracking identifier form one measurement group (TID 1501, or
+``algorithm_name``/``algorithm_version``, ``referenced_frame_numbers`` and a region
+(``region_graphic_type`` with ``region_graphic_data``: column/row pairs on the first
+image, or x/y/z triples in patient space when ``region_frame_of_reference_uid`` is
+given). Rows sharing a tracking identifier form one measurement group (TID 1501, or
 TID 1410 with a region). :func:`write_sr` builds a Comprehensive 3D SR that references
 the source images (read from the lake's sources or given as files), which the ``sr``
 operator extracts back into the same rows.
@@ -155,19 +156,34 @@ def _group(
         "algorithm_id": algorithm,
     }
     referenced = [images[uid] for uid in _references(first)]
+    frames = [int(n) for n in first.get("referenced_frame_numbers") or []] or None
     if first.get("region_graphic_type"):
-        points = np.asarray(first.get("region_graphic_data") or [], float).reshape(-1, 2)
-        region = hd.sr.ImageRegion(
-            graphic_type=str(first["region_graphic_type"]),
-            graphic_data=points,
-            source_image=hd.sr.SourceImageForRegion.from_source_image(referenced[0]),
-        )
         return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            referenced_region=region, **common
+            referenced_region=_region(first, referenced[0], frames), **common
         )
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         source_images=[
-            hd.sr.SourceImageForMeasurementGroup.from_source_image(image) for image in referenced
+            hd.sr.SourceImageForMeasurementGroup.from_source_image(image, frames)
+            for image in referenced
         ],
         **common,
+    )
+
+
+def _region(row: Mapping[str, Any], image: Dataset, frames: list[int] | None) -> Any:
+    """The row's region: in patient space (SCOORD3D, x y z triples) when it names a
+    frame of reference, else in the image's pixels (SCOORD, column row pairs)."""
+    data = np.asarray(row.get("region_graphic_data") or [], float)
+    kind = str(row["region_graphic_type"])
+    frame_of_reference = row.get("region_frame_of_reference_uid")
+    if frame_of_reference:
+        if data.size % 3:
+            raise ConfigError("a region in patient space is a list of x, y, z triples")
+        return hd.sr.ImageRegion3D(kind, data.reshape(-1, 3), str(frame_of_reference))
+    if data.size % 2:
+        raise ConfigError("a region on an image is a list of column, row pairs")
+    return hd.sr.ImageRegion(
+        graphic_type=kind,
+        graphic_data=data.reshape(-1, 2),
+        source_image=hd.sr.SourceImageForRegion.from_source_image(image, frames),
     )

@@ -111,3 +111,12 @@ def test_bad_requests_are_clear_errors(orthanc: Orthanc) -> None:
     missing = url.rsplit("/", 1)[0] + "/1.2.3.4.5"
     with pytest.raises(DicomwebError, match="HTTP 404"):
         dicomflow.read_frames(missing, [1])
+
+
+def test_a_peers_credentials_never_go_to_another_server(orthanc: Orthanc) -> None:
+    from dicomflow.api import DicomwebPeerConfig
+
+    dataset, _, _ = _frames_of_the_file(LOSSLESS[4])
+    elsewhere = DicomwebPeerConfig(url="dicomweb+https://pacs.example/dicom-web", token_env="T")
+    with pytest.raises(ConfigError, match="another server"):
+        dicomflow.read_frames(_url(orthanc, dataset), [1], peer=elsewhere)

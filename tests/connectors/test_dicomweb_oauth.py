@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pydicom
 import pytest
+import requests
 from distributed import Client
 
 import dicomflow
@@ -333,3 +334,42 @@ def test_print_spec_carries_oauth_by_variable_name(issuer: Issuer, tmp_path: Pat
     spec.write_text(done.stdout)
     source = load_spec(str(spec)).source
     assert isinstance(source, DicomwebPeerConfig) and source.oauth_client_id == "dicomflow"
+
+
+def _unauthorized(request: requests.PreparedRequest) -> requests.Response:
+    response = requests.Response()
+    response.status_code = 401
+    response.request = request
+    response._content = b""
+    return response
+
+
+def test_a_401_after_a_redirect_to_another_host_never_gets_the_token() -> None:
+    """requests drops our header when a redirect leaves the host; the 401 that host answers
+    must come back as it is, without a token fetched or sent (the token URL here is
+    unreachable: asking it would raise)."""
+    from dicomflow.connectors.dicomweb.oauth import OAuth2Bearer, TokenGrant
+
+    bearer = OAuth2Bearer(
+        TokenGrant(f"http://127.0.0.1:{free_port()}/token", "dicomflow", "secret")
+    )
+    redirected = requests.Request("GET", "https://elsewhere.example/dicom-web/studies").prepare()
+    answer = _unauthorized(redirected)
+    assert bearer._retry_unauthorized(answer) is answer
+    assert bearer.issued == 0 and "Authorization" not in redirected.headers
+
+
+def test_a_streamed_body_is_not_sent_twice(issuer: Issuer, secret: str) -> None:
+    """A 401 to a request whose body was a generator (dicomweb-client streams STOW bodies
+    over 1 MB): the token is renewed for the next request, and the 401 comes back."""
+    from dicomflow.connectors.dicomweb.oauth import OAuth2Bearer, TokenGrant
+
+    bearer = OAuth2Bearer(TokenGrant(issuer.token_url, "dicomflow", secret))
+    request = requests.Request(
+        "POST", "http://127.0.0.1:9/dicom-web/studies", data=(b"x" for _ in range(3))
+    ).prepare()
+    bearer(request)
+    first = bearer._access_token
+    answer = _unauthorized(request)
+    assert bearer._retry_unauthorized(answer) is answer
+    assert bearer.issued == 2 and bearer._access_token != first

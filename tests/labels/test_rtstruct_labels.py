@@ -325,3 +325,36 @@ def test_a_structure_set_without_its_images_waits(tmp_path: Path) -> None:
         str(r.ROIName) for r in ds.StructureSetROISequence
     }
     assert {r["status"] for r in rows} == {"waiting for the images it segments"}
+
+
+def test_the_fill_follows_the_top_left_rule() -> None:
+    """A square through pixel centres covers its area (its top and left edges in, its
+    bottom and right edges out); two squares that share an edge share no pixel."""
+    from dicomflow.labels.contours import fill_polygon
+
+    square = fill_polygon(np.array([0.0, 0, 2, 2]), np.array([0.0, 2, 2, 0]), (4, 4))
+    assert square.sum() == 4 and square[:2, :2].all()
+    beside = fill_polygon(np.array([0.0, 0, 2, 2]), np.array([2.0, 4, 4, 2]), (4, 4))
+    assert beside.sum() == 4 and not (square & beside).any()
+
+
+def test_roi_numbers_that_cannot_be_label_values_are_renumbered() -> None:
+    """ROI number 0 (background) and 70,000 (beyond 16 bits) land as values 1 and 2; the
+    segments rows say so."""
+    from dicomflow.labels.contours import contour_label_images
+    from dicomflow.labels.segments import Target
+
+    ds = Dataset()
+    ds.ROIContourSequence = []
+    for number, row in ((0, 2.0), (70000, 6.0)):
+        outline = Dataset()
+        outline.ReferencedROINumber = number
+        contour = Dataset()
+        contour.ContourGeometricType = "CLOSED_PLANAR"
+        contour.ContourData = [0.0, row, 0.0, 3.0, row, 0.0, 3.0, row + 2, 0.0]  # x, y, z
+        outline.ContourSequence = [contour]
+        ds.ROIContourSequence.append(outline)
+    affine = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1.0]])  # z,y,x→x,y,z
+    (image,) = contour_label_images(ds, Target("s", (1, 10, 10), {}, None, affine), affine)
+    assert image.values == {0: 1, 70000: 2}
+    assert set(np.unique(image.data)) == {0, 1, 2}

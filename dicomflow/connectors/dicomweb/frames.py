@@ -45,6 +45,16 @@ PIXEL_DESCRIPTION = (
     "00280102",  # High Bit
     "00280103",  # Pixel Representation
 )
+# What decoding needs: a search that leaves any of these out sends us to /metadata.
+REQUIRED = (
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+)
 # Colour models that exist only inside compressed data: a server that decodes such
 # frames does not say which model the decoded values are in.
 COMPRESSED_ONLY = frozenset({"YBR_FULL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT"})
@@ -88,7 +98,10 @@ def read_frames(
     if not frames or any(int(n) < 1 for n in frames):
         raise ConfigError("frames are numbered from 1")
     client = open_client(location.address, options)
-    dataset = _metadata(client, location)
+    dataset = _metadata(client, location, frames)
+    missing = [keyword for keyword in REQUIRED if keyword not in dataset]
+    if missing:
+        raise DicomwebError(f"WADO-RS metadata: the server does not describe {', '.join(missing)}")
     count = int(dataset.get("NumberOfFrames") or 1)
     if max(frames) > count:
         raise ConfigError(f"the instance has {count} frame(s)")
@@ -104,7 +117,7 @@ def read_frames(
     return _decode(dataset, parts)
 
 
-def _metadata(client: Any, location: InstanceLocation) -> Dataset:
+def _metadata(client: Any, location: InstanceLocation, frames: Sequence[int]) -> Dataset:
     """The instance's pixel description: asked for by QIDO-RS ``includefield`` (a few
     hundred bytes), or read from its WADO-RS metadata when the search leaves it out
     (an enhanced multi-frame header can weigh more than its frames)."""
@@ -113,8 +126,15 @@ def _metadata(client: Any, location: InstanceLocation) -> Dataset:
         f"/instances?SOPInstanceUID={location.sop}"
         + "".join(f"&includefield={tag}" for tag in PIXEL_DESCRIPTION)
     )
-    found = _described(client, search, "QIDO-RS")
-    if found is not None and all(tag in found for tag in ("00280010", "00280011", "00280100")):
+    try:
+        found = _described(client, search, "QIDO-RS")
+    except DicomwebError:  # a server that cannot search by these keys: read the metadata
+        found = None
+    if (
+        found is not None
+        and all(k in found for k in REQUIRED)
+        and ("NumberOfFrames" in found or max(frames) == 1)
+    ):
         return found
     described = _described(client, f"{location.url}/metadata", "WADO-RS metadata")
     if described is None:

@@ -134,12 +134,19 @@ class OAuth2Bearer(requests.auth.AuthBase):
         self.issued += 1
 
     def _retry_unauthorized(self, response: requests.Response, **kwargs: Any) -> requests.Response:
-        """On a 401, renew the token and resend the request once."""
+        """On a 401 to a request this auth signed, renew the token and resend the request
+        once (a streamed body is not resent: the token is renewed for the next one)."""
         request = response.request
         if response.status_code != 401:  # the resent request's answer never comes back here
             return response
-        refused = str(request.headers.get("Authorization", "")).removeprefix("Bearer ")
-        token = self._current(stale=refused)
+        header = str(request.headers.get("Authorization", ""))
+        if not header.startswith("Bearer "):
+            # Not a request we signed: requests dropped our header on a redirect to
+            # another host, which must never be given the token.
+            return response
+        token = self._current(stale=header.removeprefix("Bearer "))
+        if request.body is not None and not isinstance(request.body, bytes | str):
+            return response  # a streamed body cannot be sent twice; the next request can
         response.content  # noqa: B018 (read the answer so the connection can be reused)
         response.close()
         again = request.copy()
