@@ -120,6 +120,10 @@ class LakeSink:
     tables: tuple[TableOutput, ...] = ()
     operators: dict[str, str] = field(default_factory=dict)
     columns: tuple[pa.Field, ...] = ()  # operators' own columns on ``instances``
+    # False for records made outside a partition (a lake operator's, a retrieval's
+    # missing instances): with no instance rows they add no ``instances`` part, whose
+    # schema would lack the columns the run's operators added.
+    empty_instances: bool = True
     name: ClassVar[str] = "lake"
 
     def write(self, batch: Batch, partition: Partition) -> SinkResult:
@@ -135,7 +139,8 @@ class LakeSink:
             parts[output.name] = write_part(self.layout, output.name, partition.name, table)
             versions[f"{output.name}_schema"] = output.version
         parts["errors"] = write_part(self.layout, "errors", partition.name, errors)
-        parts["instances"] = write_part(self.layout, "instances", partition.name, instances)
+        if instances.num_rows or self.empty_instances:
+            parts["instances"] = write_part(self.layout, "instances", partition.name, instances)
         arrays = sorted(
             {str(r["zarr_path"]) for r in batch.tables.get("series", ()) if r.get("zarr_path")}
         )
@@ -183,5 +188,5 @@ def commit_records(
     instances, a commitment's refusals, a lake operator's rows) as one partition of
     their own, ``name``, under ``config``."""
     refs = tuple(record.ref for record in records)
-    sink = LakeSink(layout, config, tuple(tables))
+    sink = LakeSink(layout, config, tuple(tables), empty_instances=False)
     sink.write(Batch(tuple(records), context), Partition(0, name, refs))
