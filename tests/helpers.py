@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,6 +122,22 @@ def ct_series(folder: Path, slices: int, *, tile: int = 1) -> list[Path]:
         paths.append(folder / f"slice{number:02d}.dcm")
         ds.save_as(paths[-1], enforce_file_format=True)
     return paths
+
+
+def ingest_command(
+    sources: Sequence[Path], lake: Path, *flags: str
+) -> subprocess.CompletedProcess[str]:
+    """``dicomflow ingest SOURCES --out LAKE --pixels FLAGS`` on one worker, as a user
+    would type it (a fresh process)."""
+    return subprocess.run(
+        [
+            *(sys.executable, "-m", "dicomflow", "ingest", *map(str, sources)),
+            *("--out", str(lake), "--pixels", *flags, "--no-progress", "--workers", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def bytes_received(run: Any) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import highdicom as hd
@@ -21,7 +20,7 @@ import dicomflow
 from dicomflow.errors import ConfigError
 from dicomflow.labels.segment_info import SegmentInfo
 from tests.conftest import require
-from tests.helpers import ct_series
+from tests.helpers import ct_series, ingest_command
 
 SLICES = 8
 DIAMETER = {
@@ -44,15 +43,7 @@ LUNG = {
 
 
 def _ingest(sources: list[Path], lake: Path, *flags: str) -> None:
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "dicomflow", "ingest", *map(str, sources)),
-            *("--out", str(lake), "--pixels", *flags, "--no-progress", "--workers", "1"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = ingest_command(sources, lake, *flags)
     assert done.returncode == 0, done.stderr
 
 

@@ -28,8 +28,9 @@ from dicomflow.connectors.dicomweb.address import (
     DicomwebOptions,
     open_client,
 )
+from dicomflow.connectors.dicomweb.frames import InstanceLocation
 from dicomflow.errors import ConfigError, DicomflowError, ErrorCode
-from dicomflow.lake.layout import LakeLayout, safe_uid_component
+from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.writer import put_atomically
 from dicomflow.operators.base import FileOutput, OperatorKind, Outputs, RunSettings, map_records
 from dicomflow.operators.render import RENDER_PATH, RENDERS_ROOT, render_file
@@ -98,10 +99,10 @@ class ServerThumbnails:
 
     def _instance_url(self, row: Mapping[str, Any]) -> str:
         uids = [str(row.get(key) or "") for key in UID_KEYS]
-        if any(not uid or safe_uid_component(uid) != uid for uid in uids):
-            raise NotRendered("the instance's UIDs are not valid UIDs")
-        study, series, sop = uids
-        return f"{self.address.base_url}/studies/{study}/series/{series}/instances/{sop}"
+        try:
+            return InstanceLocation(self.address, *uids).url
+        except ConfigError:
+            raise NotRendered("the instance's UIDs are not valid UIDs") from None
 
     def _fitted(self, data: bytes, width: int, height: int) -> bytes:
         """The server's image as it came, or resized to the viewport when the server

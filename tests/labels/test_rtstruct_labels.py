@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import subprocess
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import dicomflow
 from tests.conftest import CORPUS
+from tests.helpers import ingest_command
 
 SLICES = 12
 SPACING = 3.0  # mm between slices
@@ -204,15 +204,7 @@ def _near_an_edge(ds: Dataset, polygons: list[np.ndarray], where: np.ndarray) ->
 
 
 def _ingest(sources: list[Path], lake: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            *(sys.executable, "-m", "dicomflow", "ingest", *map(str, sources)),
-            *("--out", str(lake), "--pixels", "--labels", "--no-progress", "--workers", "1"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return ingest_command(sources, lake, "--labels")
 
 
 @pytest.fixture(scope="module")

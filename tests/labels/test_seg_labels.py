@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from pydicom.pixels import apply_modality_lut
 
 import dicomflow
 from tests.conftest import CORPUS, require
+from tests.helpers import ingest_command
 
 SEGMENTATIONS = CORPUS / "QIICR__dcmqi" / "segmentations"
 CASES = {  # SEG file → folder of the series it segments
@@ -43,15 +43,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _labels_run(sources: list[Path], lake: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            *(sys.executable, "-m", "dicomflow", "ingest", *map(str, sources)),
-            *("--out", str(lake), "--pixels", "--labels", "--no-progress", "--workers", "1"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return ingest_command(sources, lake, "--labels")
 
 
 @pytest.fixture(scope="module")

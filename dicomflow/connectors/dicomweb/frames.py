@@ -69,6 +69,11 @@ class InstanceLocation:
     series: str
     sop: str
 
+    def __post_init__(self) -> None:
+        for uid in (self.study, self.series, self.sop):
+            if not uid or safe_uid_component(uid) != uid:
+                raise ConfigError("an instance's URL names UIDs that are not valid UIDs")
+
     @classmethod
     def parse(cls, url: str) -> InstanceLocation:
         """``dicomweb+https://host/root/studies/S/series/R/instances/I`` (a header-only
@@ -76,11 +81,7 @@ class InstanceLocation:
         found = INSTANCE_URL.match(url)
         if found is None:
             raise ConfigError("an instance's URL ends in /studies/S/series/R/instances/I")
-        uids = found.groups()[1:]
-        for uid in uids:
-            if safe_uid_component(uid) != uid:
-                raise ConfigError("an instance's URL names UIDs that are not valid UIDs")
-        return cls(DicomwebAddress.parse(found["root"]), *uids)
+        return cls(DicomwebAddress.parse(found["root"]), *found.groups()[1:])
 
     @property
     def url(self) -> str:
