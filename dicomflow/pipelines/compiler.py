@@ -10,7 +10,8 @@ parts, and :meth:`CompiledPipeline.run` runs them on a ``distributed`` client:
 - the operators, from ``dicomflow.operators``, in the order listed. Instance
   operators are fused per partition (or per series' reading task), those that
   read decoded pixels inside one :class:`WithImages` (decoded once); the
-  ``pixels`` series operator runs as the series graphs of :mod:`.ingest`, and the
+  ``pixels`` series operator runs as the series graphs of :mod:`.ingest` (whose
+  reading tasks encode the stacks' chunks from that same decode), and the
   series operators listed after it (built-in or a plugin's,
   :mod:`dicomflow.operators.series`) run in the task that commits each series;
 - the sinks, from ``dicomflow.sinks``: the lake, which writes every table the

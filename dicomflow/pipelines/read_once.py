@@ -84,10 +84,7 @@ def read_part(
             members.setdefault(uid, []).append(record)
     rows = {}
     for uid, group in members.items():
-        batch = Batch(tuple(group), context)
-        for operator in operators:
-            batch = operator(batch)
-        rows[uid] = encoded_rows(started, batch.records, options)
+        rows[uid] = encoded_rows(started, Batch(tuple(group), context), operators, options)
     return ReadPart(series, rows)
 
 

@@ -27,6 +27,7 @@ from dicomflow.dicom.geometry import SliceInfo
 from dicomflow.operators.base import Operator
 from dicomflow.operators.flatten import Flatten
 from dicomflow.operators.series import run_series_operators
+from dicomflow.operators.write_pixels import sharing_decode
 from dicomflow.pipelines.instance_rows import (
     has_row,
     located,
@@ -40,6 +41,7 @@ from dicomflow.pipelines.plan import Partition, partition_named
 from dicomflow.pipelines.result_sizes import items_bytes, mapping_bytes, records_bytes
 from dicomflow.pipelines.sinks import LakeSink
 from dicomflow.pixels.series_writer import (
+    ENCODED_OUTPUT,
     EncodedImage,
     PixelOptions,
     commit_series,
@@ -133,19 +135,28 @@ def read_rows(
     them and decode and encode their images. A series is read by several of these at
     once, so its stacks do not wait for one worker to decode every image."""
     started = time.time()
-    batch = Batch(tuple(source.fetch(refs)), context)
-    for operator in operators:
-        batch = operator(batch)
-    return encoded_rows(started, batch.records, options)
+    return encoded_rows(started, Batch(tuple(source.fetch(refs)), context), operators, options)
 
 
 def encoded_rows(
-    started: float, records: Sequence[InstanceRecord], options: PixelOptions
+    started: float, batch: Batch, operators: Sequence[Operator], options: PixelOptions
 ) -> SeriesRows:
-    """Records of one series after the metadata operators, their images encoded."""
+    """Part of one series after its instance operators, its images encoded (from the
+    operators' own decode when some of them decoded them: :func:`sharing_decode`)."""
+    for operator in sharing_decode(operators, options):
+        batch = operator(batch)
+    records = batch.records
     infos = slice_infos(records)
     encoded = encode_images(records, infos, options)
+    records = tuple(_without_encoded(r) for r in records)  # held once, in ``encoded``
     return SeriesRows(started, slimmed(records), encoded, tuple(infos), rows_table(records))
+
+
+def _without_encoded(record: InstanceRecord) -> InstanceRecord:
+    if ENCODED_OUTPUT not in record.outputs:
+        return record
+    outputs = {k: v for k, v in record.outputs.items() if k != ENCODED_OUTPUT}
+    return dataclasses.replace(record, outputs=outputs)
 
 
 def with_instances(batch: Batch, parts: Sequence[SeriesRows]) -> Batch:

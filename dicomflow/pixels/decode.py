@@ -103,12 +103,25 @@ def decode(
                 f"the image's attributes cannot be read ({type(exc).__name__})",
                 code=ErrorCode.DECODE_FAILED,
             ) from exc
-        if decoded.photometric_interpretation != "PALETTE COLOR":
-            return decoded
+        return with_palette(decoded, ds, expand=expand_palette)
+
+
+def with_palette(decoded: DecodedPixels, ds: Dataset, *, expand: bool) -> DecodedPixels:
+    """PALETTE COLOR pixels with their RGB table (``palette``), or, with ``expand``, as
+    RGB; other pixels as they are. Pixels that carry their table already can still be
+    expanded (an image decoded once for several steps)."""
+    if decoded.photometric_interpretation != "PALETTE COLOR":
+        return decoded
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         try:
-            if expand_palette:
+            if expand:
                 rgb = apply_color_lut(decoded.array, ds)
-                return dataclasses.replace(decoded, array=rgb, photometric_interpretation="RGB")
+                return dataclasses.replace(
+                    decoded, array=rgb, photometric_interpretation="RGB", palette=None
+                )
+            if decoded.palette is not None:
+                return decoded
             return dataclasses.replace(decoded, palette=palette_table(ds))
         except (ValueError, KeyError, AttributeError, IndexError, TypeError) as exc:
             raise PixelDecodeError(

@@ -71,6 +71,10 @@ from dicomflow.records import (
 from dicomflow.schemas.series import SERIES_SCHEMA_VERSION
 
 STAGE = "write_pixels"
+# Where a record carries its frames encoded when the run's instance operators decoded it
+# already (:class:`dicomflow.operators.write_pixels.EncodeFrames`), until its series' reading
+# task collects them.
+ENCODED_OUTPUT = "encoded_frames"
 INSTANCES = INSTANCES_OUTPUT
 
 
@@ -114,13 +118,13 @@ def encode_images(
     encoded: dict[int, EncodedImage | ErrorInfo] = {}
     for info in infos:
         record = records[info.index]
+        ready = record.outputs.get(ENCODED_OUTPUT)
+        if isinstance(ready, EncodedImage):  # encoded as the run's operators decoded it
+            encoded[info.index] = ready
+            continue
         try:
-            pixels = decode_instance(record.ref.url, info.frames, options, record.header)
-            array = pixels.array
-            chunks = tuple(encode(array[f : f + 1]) for f in range(len(array)))
-            encoded[info.index] = EncodedImage(
-                str(array.dtype), tuple(array.shape), reference_attributes(pixels), chunks
-            )
+            pixels = decode_instance(record.ref.url, options, record.header)
+            encoded[info.index] = encode_decoded(pixels, info.frames, encode)
         except BaseException as exc:  # one bad instance must not sink the series
             if not is_instance_fault(exc):  # Ctrl-C, exit: not the instance's fault
                 raise
@@ -447,18 +451,22 @@ def open_dataset(
     return ds
 
 
-def decode_instance(
-    url: str, frames: int, options: PixelOptions, header: Header | None = None
-) -> DecodedPixels:
-    """Decode the instance at ``url`` (see :func:`open_dataset`), which its header says
-    holds ``frames`` frames."""
+def decode_instance(url: str, options: PixelOptions, header: Header | None = None) -> DecodedPixels:
+    """Decode the instance at ``url`` (see :func:`open_dataset`)."""
     ds = open_dataset(url, options.storage_options, header)
-    pixels = decode(ds, memory_budget=options.memory_budget, expand_palette=options.expand_palette)
-    if pixels.array.shape[0] != frames:
+    return decode(ds, memory_budget=options.memory_budget, expand_palette=options.expand_palette)
+
+
+def encode_decoded(pixels: DecodedPixels, frames: int, encode: ChunkEncoder) -> EncodedImage:
+    """An instance's decoded ``pixels`` as its stack's chunks, one per frame; its header
+    says it holds ``frames`` frames."""
+    array = pixels.array
+    if array.shape[0] != frames:
         raise PixelDecodeError(
             "decoded frame count differs from the header", code=ErrorCode.DECODE_FAILED
         )
-    return pixels
+    chunks = tuple(encode(array[f : f + 1]) for f in range(len(array)))
+    return EncodedImage(str(array.dtype), tuple(array.shape), reference_attributes(pixels), chunks)
 
 
 def _locate(record: InstanceRecord, location: StackLocation, frame: int) -> InstanceRecord:

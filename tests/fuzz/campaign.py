@@ -212,8 +212,7 @@ def one_file(path: bytes) -> None:
         warnings.simplefilter("ignore")
         context = RunContext("fuzz", datetime.now(UTC))
         batch = Batch(tuple(FilesConnector((name,)).fetch([ref])), context)
-        batch = Flatten()(batch)
-        encoded_rows(time.time(), batch.records, PixelOptions(LakeLayout("unused-lake")))
+        encoded_rows(time.time(), batch, (Flatten(),), PixelOptions(LakeLayout("unused-lake")))
 
 
 def main() -> None:

@@ -197,3 +197,117 @@ def test_a_write_computed_again_after_the_commit_changes_nothing(tmp_path: Path)
 )
 def test_share_counts(instances: int, workers: int, shares: int) -> None:
     assert share_count(instances, workers) == shares
+
+
+def _counting_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every decode of an instance's Pixel Data in this process, by SOP Instance UID."""
+    from dicomflow.pixels import decode as decode_module
+
+    calls: list[str] = []
+    original = decode_module._decode
+
+    def counting(ds: pydicom.Dataset, memory_budget: int) -> Any:
+        calls.append(str(ds.SOPInstanceUID))
+        return original(ds, memory_budget)
+
+    monkeypatch.setattr(decode_module, "_decode", counting)
+    return calls
+
+
+def _with_render(lake: Path) -> tuple[Any, ...]:
+    from dicomflow.operators.base import RunSettings
+    from dicomflow.operators.flatten import Flatten
+    from dicomflow.operators.render import Render
+    from dicomflow.pipelines.compiler import with_images
+
+    layout = LakeLayout(str(lake))
+    operators = with_images([Flatten(), Render(layout)], [False, True], RunSettings(layout))
+    return tuple(operators)
+
+
+def test_an_image_rendered_and_stacked_is_decoded_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``render`` among the instance operators, the stacks take their chunks from
+    the render's decode: every instance is decoded once, and every frame still equals
+    pydicom's decode."""
+    paths, source, context = _setup(tmp_path, "once")
+    lake = tmp_path / "lake"
+    options = PixelOptions(LakeLayout(str(lake)))
+    refs = sorted(source.query().refs, key=lambda r: r.url)
+    calls = _counting_decodes(monkeypatch)
+    operators = _with_render(lake)
+    parts = [read_rows(source, refs[s : s + 3], context, operators, options) for s in (0, 3, 6)]
+    expected_uids = sorted(str(pydicom.dcmread(p).SOPInstanceUID) for p in paths)
+    assert sorted(calls) == expected_uids  # once each, for the render and the stack
+    assert not any("encoded_frames" in r.outputs for part in parts for r in part.records)
+    batch = _write(parts, context, options)
+    assert [r.error for r in batch.records] == [None] * SLICES
+    (series,) = batch.tables["series"]
+    _assert_frames(lake, series, paths)
+    assert len(list((lake / "renders").rglob("*.png"))) == SLICES
+    # Without the render, the stack's own decode: once each too.
+    calls.clear()
+    read_rows(source, refs, context, operators[:1], options)
+    assert sorted(calls) == expected_uids
+
+
+def test_a_broken_image_rendered_and_stacked_fails_in_both_stages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image that cannot be decoded costs the render and the stack each their own error
+    row, as when either runs alone; the rest of the series is stacked."""
+    paths, source, context = _setup(tmp_path, "broken")
+    data = paths[2].read_bytes()
+    paths[2].write_bytes(data[: len(data) - 200])  # Pixel Data cut short
+    lake = tmp_path / "lake"
+    options = PixelOptions(LakeLayout(str(lake)))
+    refs = sorted(source.query().refs, key=lambda r: r.url)
+    parts = [read_rows(source, refs, context, _with_render(lake), options)]
+    batch = _write(parts, context, options)
+    broken = str(paths[2])
+    by_source = {r.ref.url: r for r in batch.records}
+    assert [f.stage for f in by_source[broken].problems] == ["render", "write_pixels"]
+    # The same outcome as the stack alone: the render's decode is not the stack's verdict.
+    alone = _write(
+        [read_rows(source, refs, context, _with_render(lake)[:1], options)], context, options
+    )
+    assert [f.code for f in by_source[broken].problems][1:] == [
+        f.code for f in {r.ref.url: r for r in alone.records}[broken].problems
+    ]
+    assert sum(not r.problems for r in batch.records) == SLICES - 1
+    assert batch.tables["series"] == alone.tables["series"]
+
+
+@pytest.mark.parametrize("expand_palette", [False, True])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "examples_palette.dcm",
+        "SC_rgb_rle_2frame.dcm",
+        "SC_rgb_jpeg_dcmtk.dcm",
+        "JPEG2000.dcm",
+        "MR_small.dcm",
+    ],
+)
+def test_chunks_from_the_renders_decode_equal_the_stacks_own(
+    tmp_path: Path, name: str, expand_palette: bool
+) -> None:
+    """Palette (kept or expanded), colour, multi-frame and compressed images: the chunks
+    encoded from the render's decode are the chunks the stack makes on its own."""
+    import shutil
+
+    from tests.conftest import PYDICOM_TEST_FILES
+
+    (tmp_path / "src").mkdir()
+    shutil.copy(PYDICOM_TEST_FILES / name, tmp_path / "src" / name)
+    source = FilesConnector((str(tmp_path / "src"),))
+    refs = source.query().refs
+    context = RunContext("20261128T000000Z-same", datetime.now(UTC))
+    lake = tmp_path / "lake"
+    options = PixelOptions(LakeLayout(str(lake)), expand_palette=expand_palette)
+    operators = _with_render(lake)
+    shared = read_rows(source, refs, context, operators, options)
+    alone = read_rows(source, refs, context, operators[:1], options)
+    assert list(shared.encoded.values()) == list(alone.encoded.values())
+    assert all(isinstance(e, EncodedImage) for e in shared.encoded.values())
