@@ -18,6 +18,8 @@ Ways to run dicomflow (``--modes``):
 * ``auto``: ``connect_client(None, None, None, inputs=..., input_bytes=..., pixels=...)``
   decides, as the pipeline compiler will;
 * ``in-process``: a cluster inside the command's process, whatever the size;
+* ``growing``: ``growing_client()``, a worker thread in the command's process working
+  while worker processes for the other cores start and join;
 * ``processes``: ``open_client()``, a local cluster of worker processes (what every
   command started before ``connect_client`` chose by size);
 * ``cli``: the ``dicomflow`` command itself, however it is wired at the time (scans only).
@@ -80,7 +82,9 @@ DICOMFLOW = """
 import json, sys, time
 started = time.perf_counter()
 mode, pixels = {mode!r}, {pixels!r}
-from dicomflow.pipelines.cluster import connect_client, in_process_client, open_client
+from dicomflow.pipelines.cluster import (
+    connect_client, default_workers, growing_client, in_process_client, open_client
+)
 if pixels:
     from dicomflow.pipelines.ingest import IngestOptions, run_ingest
 else:
@@ -92,6 +96,8 @@ if mode == "auto":
     )
 elif mode == "in-process":
     context = in_process_client()
+elif mode == "growing":
+    context = growing_client(default_workers(), pixels=pixels)
 else:
     context = open_client()
 with context as client:
@@ -109,7 +115,7 @@ assert summary.rows == {inputs!r} and summary.errors == 0, (summary.rows, summar
 print(json.dumps({{
     "import": imported - started, "start": up - imported, "job": done - up,
     "stop": stopped - done, "workers": len(workers),
-    "kind": "in-process" if workers[0].startswith("inproc") else "processes",
+    "kind": "in-process" if workers[0].startswith("inproc") else "processes or growing",
 }}))
 """
 
@@ -199,7 +205,7 @@ def prepare(case: str, work: Path, n: int, slices: int) -> tuple[Path, list[Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cases", default="one,many,pixels")
-    parser.add_argument("--modes", default="auto,in-process,processes")
+    parser.add_argument("--modes", default="auto,in-process,growing,processes")
     parser.add_argument("-n", type=int, default=5000, help="files of the 'many' case")
     parser.add_argument("--slices", type=int, default=800, help="slices of the 'pixels' case")
     parser.add_argument("--repeat", type=int, default=3, help="runs per side")

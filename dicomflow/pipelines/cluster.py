@@ -8,22 +8,26 @@ local cluster of processes.
    scheduler is named;
 3. the scheduler named by ``scheduler``, else by ``DASK_SCHEDULER_ADDRESS``;
 4. a cluster inside this process (:func:`in_process_client`) when the job is small;
-5. a fresh ``LocalCluster`` of single-threaded worker processes, one per core
+5. for a job of moderate size, a cluster that works at once (:func:`growing_client`):
+   a worker thread in this process takes tasks while worker processes for the other
+   cores start beside it and join;
+6. a fresh ``LocalCluster`` of single-threaded worker processes, one per core
    (:func:`open_client`): pydicom is pure Python, so processes, not threads, give
    parallelism to parsing.
 
-Small means: the work the job is estimated to take on one core, less what the other
-cores would take off it, is no more than what starting and stopping worker processes
-costs (:func:`runs_in_process`). On 2 cores that is up to about 4,600 header-only
-inputs, or 1,300 slices with pixels; a one-file scan takes 1.1 s instead of 2.5 s.
-Each constant below says where it was measured (``benchmarks/startup.py`` measures
-them again).
+Small means: the work the job is estimated to take on one core is over before a
+worker process could join it (:func:`runs_in_process`): on 2 cores up to about 2,000
+header-only inputs, or 550 slices with pixels; a one-file scan takes 1.1 s instead of
+2.5 s. Moderate means: up to :data:`GROWING_MAX_SECONDS` of such work. Each constant
+below says where it was measured (``benchmarks/startup.py`` measures them again).
 
 An in-process cluster is a real ``distributed`` scheduler and workers, so futures,
 ``as_completed`` and Dask semaphores work as on any cluster. Its workers are threads
 in this process: a crash in native code (a codec) takes the command down with it,
 where a worker process would be restarted and its task retried. That is one more
-reason the in-process path is kept to small jobs.
+reason the in-process path is kept to small jobs, and the growing one to jobs of at
+most :data:`GROWING_MAX_SECONDS` of work: past that, starting every worker as a
+process costs the job under 5 %.
 """
 
 from __future__ import annotations
@@ -66,6 +70,18 @@ SECONDS_PER_PIXEL_BYTE = 3e-9
 # each, whole command).
 PROCESS_CLUSTER_SECONDS = 1.4
 PROCESS_CLUSTER_PIXEL_SECONDS = 1.45
+
+# A job of up to this much work on one core (about 22,000 slices with pixels, 80,000
+# headers) runs on a growing cluster; a larger one starts worker processes only.
+# Measured on 2 cores, a scan of 5,000 files (whole command): 4.7-4.8 s growing, against
+# 5.9 s on two worker processes; the first worker process joined after about 1.2 s.
+# Starting one process per core beside the thread (and retiring the thread once they
+# joined) took 5.8 s: two processes starting at once slow the thread down.
+GROWING_MAX_SECONDS = 50.0
+# How long a worker process takes to join a running scheduler (2 cores, importing what
+# tasks need): 1.15-1.85 s. A job shorter than that on one core is over before a
+# process could take a share of it.
+PROCESS_JOIN_SECONDS = 1.2
 
 # Dask starts workers with MALLOC_TRIM_THRESHOLD_ at 64 KiB, and glibc then also fixes its
 # mmap threshold at 128 KiB: every decoded frame becomes a fresh mmap whose pages fault in
@@ -132,18 +148,23 @@ def runs_in_process(
     pixels: bool = False,
     workers: int | None = None,
 ) -> bool:
-    """Whether a job is small enough to run in this process: its inputs are known, no more
-    than one worker was asked for, and worker processes would save less than they cost.
+    """Whether a job is small enough to run in this process alone: its inputs are known,
+    no more than one worker was asked for, and worker processes would not help.
 
-    With ``n`` cores, processes take a job of ``w`` seconds on one core down to ``w / n``
-    at best, so they pay when ``w * (1 - 1/n)`` exceeds their start and stop. ``n`` is
-    taken as at least 2: on one core they never pay, but they still keep a codec crash or
-    a leak away from the command, which matters for a big job.
+    Where a growing cluster can be used (no worker count asked, several cores), that is
+    a job done before a worker process could join it (:data:`PROCESS_JOIN_SECONDS`).
+    Otherwise: with ``n`` cores, processes take a job of ``w`` seconds on one core down
+    to ``w / n`` at best, so they pay when ``w * (1 - 1/n)`` exceeds their start and
+    stop. ``n`` is taken as at least 2: on one core they never pay, but they still keep
+    a codec crash or a leak away from the command, which matters for a big job.
     """
     if inputs is None or (workers is not None and workers > 1):
         return False
+    seconds = estimated_seconds(inputs, input_bytes, pixels=pixels)
+    if workers is None and default_workers() >= 2:  # a growing cluster costs no wait
+        return seconds <= PROCESS_JOIN_SECONDS
     cores = max(2, default_workers())
-    saved = estimated_seconds(inputs, input_bytes, pixels=pixels) * (1 - 1 / cores)
+    saved = seconds * (1 - 1 / cores)
     return saved <= (PROCESS_CLUSTER_PIXEL_SECONDS if pixels else PROCESS_CLUSTER_SECONDS)
 
 
@@ -187,7 +208,32 @@ def connect_client(
             "" if threads == 1 else "s",
         )
         return in_process_client(threads)
+    if grows(inputs, input_bytes, pixels=pixels, workers=workers):
+        return growing_client(default_workers(), pixels=pixels)
     return open_client(None, workers, pixels=pixels)
+
+
+def grows(
+    inputs: int | None,
+    input_bytes: int | None = None,
+    *,
+    pixels: bool = False,
+    workers: int | None = None,
+) -> bool:
+    """Whether a job too large for this process alone runs on a growing cluster: its size
+    is known, no worker count was asked for, there are cores to grow onto, and its work
+    is at most :data:`GROWING_MAX_SECONDS` on one core."""
+    if inputs is None or workers is not None or default_workers() < 2:
+        return False
+    return estimated_seconds(inputs, input_bytes, pixels=pixels) <= GROWING_MAX_SECONDS
+
+
+def planned_workers(client: Client) -> int:
+    """How many workers the client's cluster has or will have once every worker it is
+    starting has joined (a growing cluster plans its processes from the start)."""
+    joined = len(client.scheduler_info().get("workers", {}))
+    spec = getattr(client.cluster, "worker_spec", None) or {}
+    return max(1, joined, len(spec))
 
 
 def _current_client() -> Client | None:
@@ -223,6 +269,64 @@ def in_process_client(workers: int = 1) -> Iterator[Client]:
         ) as cluster,
         Client(cluster) as client,
     ):
+        yield client
+
+
+@contextmanager
+def growing_client(workers: int, *, pixels: bool = True) -> Iterator[Client]:
+    """Yield a client of a cluster that works from the first moment: its scheduler and one
+    single-threaded worker run in this process, as in :func:`in_process_client`, and
+    ``workers - 1`` single-threaded worker processes start beside it and take their
+    share of the tasks as they join (Dask's queued tasks go to whichever worker is
+    free). The job does not wait about 1.2 s for processes to start; the thread's one
+    core does the first part of it meanwhile.
+
+    The scheduler listens on loopback TCP, which worker processes can reach. Closing
+    it stops the processes; one that is still starting is waited for (at most the
+    time it takes to start), so a job that ends before any process joined pays what a
+    process cluster would have.
+    """
+    from distributed import Nanny
+    from distributed.system import MEMORY_LIMIT
+
+    preload, preload_argv = _preloads(pixels)
+    logger.info(
+        "Running in this process while %d worker process%s start%s",
+        workers - 1,
+        "" if workers == 2 else "es",
+        "s" if workers == 2 else "",
+    )
+    settings = {
+        "distributed.worker.profile.enabled": False,
+        "distributed.nanny.pre-spawn-environ": _pre_spawn_environ(),
+    }
+    with (
+        dask.config.set(settings),
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=False,
+            protocol="tcp://",
+            host="127.0.0.1",
+            dashboard_address=None,
+            memory_limit=MEMORY_LIMIT,
+            local_directory=tempfile.gettempdir(),
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        cluster.new_spec = {
+            "cls": Nanny,
+            "options": {
+                "nthreads": 1,
+                "host": "127.0.0.1",
+                "preload": preload,
+                "preload_argv": preload_argv,
+                "local_directory": tempfile.gettempdir(),
+                "silence_logs": logging.ERROR,
+            },
+        }
+        cluster.scale(workers)  # returns at once: the processes start on the cluster's loop
         yield client
 
 

@@ -34,6 +34,7 @@ from dicomflow.operators.base import Operator, TableOutput
 from dicomflow.operators.flatten import Flatten
 from dicomflow.operators.write_pixels import SERIES_TASK_FAILED, WithoutSeries, WritePixels
 from dicomflow.pipelines.anonymize import AnonymizeSettings, keyed_refs, run_deidentify
+from dicomflow.pipelines.cluster import planned_workers
 from dicomflow.pipelines.deid_proof import FINGERPRINTS_TABLE, Prover, RunLogs, collect_fingerprints
 from dicomflow.pipelines.pipeline import (
     RunSummary,
@@ -363,7 +364,7 @@ class _Stages:
         return self.options.operators
 
     def workers(self) -> int:
-        return max(1, len(self.client.scheduler_info().get("workers", {})))
+        return planned_workers(self.client)
 
     def run(
         self,

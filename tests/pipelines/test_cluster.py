@@ -24,7 +24,10 @@ from dicomflow.pipelines.cluster import (
     _preloads,
     connect_client,
     default_workers,
+    growing_client,
+    grows,
     open_client,
+    planned_workers,
     runs_in_process,
 )
 from dicomflow.pipelines.worker_imports import MODULES
@@ -67,6 +70,7 @@ def _gone(pids: set[int]) -> bool:
         (1_000, 500_000_000, False, None, True),
         (100_000, None, False, None, False),
         (100, 50_000_000, True, None, True),
+        (10_000, None, False, None, False),  # over before no worker process could help
         (100_000, 50_000_000_000, True, None, False),
         (1, 10_000_000_000, True, None, False),  # one multi-frame file, but 10 GB of it
         (None, None, False, None, False),  # not listed first: a query, a retrieve
@@ -78,6 +82,7 @@ def _gone(pids: set[int]) -> bool:
         "1000-headers",
         "100000-headers",
         "100-slices",
+        "10000-headers",
         "100000-slices",
         "huge-multiframe",
         "unknown-size",
@@ -140,6 +145,81 @@ def test_a_large_job_gets_worker_processes_that_are_gone_after_it(
     # a job without pixels: its workers imported pandas, and no codec
     assert all(names == ["pandas"] for names in loaded.values())
     assert "Starting a local cluster of %d worker process%s" in {r.msg for r in caplog.records}
+
+
+@pytest.mark.parametrize(
+    ("inputs", "input_bytes", "pixels", "workers", "growing"),
+    [
+        (10_000, None, False, None, True),
+        (2_000, 2_000 * 530_000, True, None, True),
+        (100_000, None, False, None, False),  # processes cost under 5 % of such a job
+        (30_000, 30_000 * 530_000, True, None, False),
+        (None, None, False, None, False),
+        (10_000, None, False, 2, False),  # processes asked for
+    ],
+    ids=["10000-headers", "2000-slices", "100000-headers", "30000-slices", "unknown", "asked"],
+)
+def test_which_jobs_grow(
+    inputs: int | None,
+    input_bytes: int | None,
+    pixels: bool,
+    workers: int | None,
+    growing: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cluster, "default_workers", lambda: 2)
+    assert grows(inputs, input_bytes, pixels=pixels, workers=workers) is growing
+
+
+def test_a_moderate_job_works_at_once_and_grows_worker_processes(
+    no_active_client: None, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread of this process is the first worker; a worker process for the other core
+    joins it, and is gone once the job is over."""
+    monkeypatch.setattr(cluster, "default_workers", lambda: 2)
+    before = _children()
+    with (
+        caplog.at_level(logging.INFO, logger=cluster.__name__),
+        connect_client(None, None, None, inputs=10_000) as client,
+    ):
+        first = set(client.run(os.getpid).values())
+        planned = planned_workers(client)
+        client.wait_for_workers(2, timeout=60)
+        pid_of = client.run(os.getpid)
+        started = _children() - before
+        loaded = client.run(eval, LOADED.format(names={"pandas", "imagecodecs"}))
+    assert os.getpid() in first and planned == 2
+    assert all(a.startswith("tcp://127.0.0.1:") for a in pid_of)
+    (process,) = [a for a, pid in pid_of.items() if pid != os.getpid()]
+    assert pid_of[process] in started
+    assert _gone({pid_of[process]}), "a worker process outlived its cluster"
+    assert loaded[process] == ["pandas"]  # a job without pixels: the process imported no codec
+    assert "Running in this process while %d worker process%s start%s" in {
+        r.msg for r in caplog.records
+    }
+
+
+def test_a_growing_cluster_writes_the_table_of_any_other(
+    no_active_client: None, client: Client
+) -> None:
+    """Tasks run on both the thread and the worker process: the table is the same as
+    that of the suite's two worker processes."""
+    from distributed import get_task_stream
+
+    from dicomflow.pipelines.plan import PartitionPolicy
+
+    sources = [str(PYDICOM_TEST_FILES)]
+    small = PartitionPolicy(min_files=5, max_files=5)
+    with growing_client(2, pixels=False) as grown:
+        grown.wait_for_workers(2, timeout=60)
+        with get_task_stream(grown) as stream:
+            here = dicomflow.scan(sources, client=grown, progress=False, policy=small)
+            table = here.instances()
+        workers = {task["worker"] for task in stream.data}
+    assert len(workers) == 2  # the thread and the process each ran tasks
+    elsewhere = dicomflow.scan(sources, client=client, progress=False).instances()
+    assert table.num_rows > 50
+    pd.testing.assert_frame_equal(_content(table), _content(elsewhere))
 
 
 def test_workers_asked_for_are_processes_whatever_the_size(no_active_client: None) -> None:
