@@ -22,7 +22,7 @@ from distributed import Client
 from dicomflow.anonymize.config import deidentifier
 from dicomflow.anonymize.engine import Deidentifier
 from dicomflow.connectors.dicomweb.address import DicomwebError
-from dicomflow.connectors.dimse.association import DimseError
+from dicomflow.connectors.dimse.errors import DimseError
 from dicomflow.errors import ConfigError, SinkError
 from dicomflow.labels.segment_info import SegmentInfo
 from dicomflow.lake.reader import Lake, read_lake

@@ -16,9 +16,7 @@ from typing import Protocol, runtime_checkable
 from pydicom.dataset import Dataset
 
 from dicomflow.connectors.dicomweb.address import DicomwebAddress, DicomwebOptions
-from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
-from dicomflow.connectors.dimse.find import Level
-from dicomflow.connectors.dimse.move import MoveDestination
+from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions, Level, MoveDestination
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ import logging
 import weakref
 
 from fsspec.asyn import sync
-from zarr.core.sync import sync as zarr_sync
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +28,8 @@ def close_filesystems_before_loops_stop() -> None:
 
 
 def _run_loop_finalizers() -> None:
+    from zarr.core.sync import sync as zarr_sync  # imported already: the hook follows zarr
+
     registry = getattr(weakref.finalize, "_registry", {})
     for finalizer in list(registry):
         pending = finalizer.peek()

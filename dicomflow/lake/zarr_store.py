@@ -18,6 +18,7 @@ being replaced is therefore briefly absent from a bucket lake, never mixed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import shutil
@@ -25,15 +26,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numcodecs
 import numpy as np
-import zarr
-from zarr.codecs import BloscCodec
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.group import GroupMetadata
-from zarr.core.metadata import ArrayV3Metadata
 
 from dicomflow.errors import SinkError
 from dicomflow.lake.layout import PIXELS_ROOT, LakeLayout, safe_uid_component
@@ -41,11 +36,21 @@ from dicomflow.lake.loop_finalizers import close_filesystems_before_loops_stop
 from dicomflow.lake.writer import put_atomically
 from dicomflow.schemas.zarr_layout import ZARR_SCHEMA_VERSION, ome_multiscales
 
-# An empty Zarr v3 group, as zarr writes it (the study and series levels): written
-# directly, it costs a file write instead of two calls into zarr's event loop.
-GROUP_DOCUMENT = (
-    GroupMetadata(zarr_format=3).to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
-)
+if TYPE_CHECKING:  # zarr is imported where it is used: a run without pixels never needs it
+    import zarr
+    from zarr.codecs import BloscCodec
+
+
+@functools.cache
+def group_document() -> bytes:
+    """An empty Zarr v3 group, as zarr writes it (the study and series levels): written
+    directly, it costs a file write instead of two calls into zarr's event loop."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.group import GroupMetadata
+
+    metadata = GroupMetadata(zarr_format=3).to_buffer_dict(default_buffer_prototype())
+    document: bytes = metadata["zarr.json"].to_bytes()
+    return document
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,8 @@ def _url(layout: LakeLayout, relative: str) -> str:
 def open_stack_group(layout: LakeLayout, location: str, mode: Any = "r") -> zarr.Group:
     """The Zarr group at ``location``: a path under the lake root, or the absolute path
     or URL :func:`create_temporary_stack` returned."""
+    import zarr
+
     if layout.is_local():
         return zarr.open_group(str(_local_path(layout, location)), mode=mode, zarr_format=3)
     url = location if "://" in location else _url(layout, location)
@@ -107,7 +114,7 @@ def _ensure_groups(layout: LakeLayout, location: StackLocation) -> None:
             path = f"{path}/{part}"
         document = f"{root}/{path}/zarr.json"
         if not fs.exists(document):  # another worker may write the same bytes meanwhile
-            put_atomically(fs, document, GROUP_DOCUMENT)
+            put_atomically(fs, document, group_document())
 
 
 def stack_temporary(layout: LakeLayout, location: StackLocation, run_id: str | None) -> str:
@@ -213,6 +220,8 @@ def _array_of_run(layout: LakeLayout, location: str, run_id: str) -> zarr.Array 
     it) if run ``run_id`` stamped the group, else None."""
     if layout.is_local() and not (_local_path(layout, location) / "zarr.json").exists():
         return None  # nothing there (the usual case): no need to ask zarr
+    import zarr
+
     try:
         group = open_stack_group(layout, location, mode="r")
         if group.attrs.get(RUN_ID) != run_id:
@@ -227,6 +236,8 @@ COMPRESSOR = {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"}
 
 
 def _compressor() -> BloscCodec:
+    from zarr.codecs import BloscCodec
+
     return BloscCodec(**COMPRESSOR)  # type: ignore[arg-type]
 
 
@@ -241,6 +252,8 @@ class ChunkEncoder:
     unwritten (the fill value); and back."""
 
     def __init__(self) -> None:
+        import numcodecs
+
         self.codec = numcodecs.Blosc(
             cname=COMPRESSOR["cname"],
             clevel=COMPRESSOR["clevel"],
@@ -268,6 +281,9 @@ class ShardWriter:
     file, or one PUT in a bucket, each."""
 
     def __init__(self, temporary: str, layout: LakeLayout) -> None:
+        import zarr
+        from zarr.core.metadata import ArrayV3Metadata
+
         array = open_stack_group(layout, temporary, mode="r")["0"]
         assert isinstance(array, zarr.Array)
         metadata = array.metadata
@@ -326,6 +342,8 @@ def commit_stack(
     failed, or the whole series task after its worker died) finds the final stack
     stamped with ``run_id`` and only removes what was started again.
     """
+    import zarr
+
     stamp = {RUN_ID: run_id} if run_id is not None else {}
     ome = ome_multiscales(spacing, affine, channels=len(shape) == 4, levels=levels, units=units)
     if not layout.is_local():  # written in place: the attributes are the commit

@@ -23,8 +23,7 @@ that operator's outputs (:func:`run_series_operators`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import zarr
+from typing import TYPE_CHECKING
 
 from dicomflow.errors import describe_failure, is_instance_fault
 from dicomflow.lake.layout import LakeLayout
@@ -32,12 +31,17 @@ from dicomflow.lake.zarr_store import open_stack_group
 from dicomflow.operators.base import Operator
 from dicomflow.records import Batch
 
+if TYPE_CHECKING:
+    import zarr
+
 SERIES_TABLE = "series"
 
 
 def open_stack(lake: LakeLayout, zarr_path: str, level: int = 0) -> zarr.Array:
     """The array of a committed stack (its ``zarr_path`` from a ``series`` row), at
     pyramid ``level`` (0: full resolution), read-only."""
+    import zarr
+
     array = open_stack_group(lake, zarr_path, mode="r")[str(level)]
     assert isinstance(array, zarr.Array)
     return array

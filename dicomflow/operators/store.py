@@ -18,10 +18,8 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from dicomflow.connectors.dicomweb.address import DicomwebAddress, DicomwebError, DicomwebOptions
-from dicomflow.connectors.dicomweb.stow import stow
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
-from dicomflow.connectors.dimse.association import DimseError
-from dicomflow.connectors.dimse.store import c_store
+from dicomflow.connectors.dimse.errors import DimseError
 from dicomflow.connectors.local_copies import local_copies
 from dicomflow.connectors.outcomes import StoreOutcome
 from dicomflow.errors import ConfigError, DicomflowError, ErrorCode
@@ -81,9 +79,15 @@ class Store:
         return map_records(batch, self.name, lambda r: _check(r, outcomes, str(self.address)))
 
     def _send(self, paths: list[Path]) -> list[StoreOutcome]:
+        # Each protocol's client is imported when this sink sends: building a pipeline
+        # (or any run that does not send) imports neither dicomweb-client nor pynetdicom.
         if isinstance(self.address, DicomwebAddress):
+            from dicomflow.connectors.dicomweb.stow import stow
+
             assert isinstance(self.options, DicomwebOptions)
             return stow(self.address, paths, self.options)
+        from dicomflow.connectors.dimse.store import c_store
+
         assert isinstance(self.options, DimseOptions)
         return c_store(self.address, paths, self.options)
 

@@ -17,7 +17,6 @@ import logging
 import pyarrow.parquet as pq
 
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
-from dicomflow.connectors.dimse.commitment import request_commitment
 from dicomflow.errors import ErrorCode
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.lake.ledger import Ledger
@@ -67,6 +66,8 @@ def commit_sent(
 ) -> int:
     """Ask ``address`` to commit what this run sent it; commit a ``not_committed`` error
     row for each instance it did not commit; count them into ``summary``."""
+    from dicomflow.connectors.dimse.commitment import request_commitment  # pynetdicom
+
     sent = sent_by_run(layout, context.run_id, str(address))
     if not sent:
         return 0

@@ -53,11 +53,9 @@ from dicomflow.pipelines.cluster import connect_client
 from dicomflow.pipelines.commitment import commit_sent
 from dicomflow.pipelines.endpoints import Listener, dimse_options
 from dicomflow.pipelines.ingest import IngestOptions, run_ingest
-from dicomflow.pipelines.late_arrivals import late_studies
 from dicomflow.pipelines.pipeline import RunSummary, new_run_id
 from dicomflow.pipelines.plan import PartitionPolicy
 from dicomflow.pipelines.report import write_report
-from dicomflow.pipelines.retrieve import report_missing, retrieve
 from dicomflow.pipelines.sinks import commit_records
 from dicomflow.records import RunContext
 from dicomflow.registry import operators as operator_registry
@@ -202,6 +200,10 @@ class CompiledPipeline:
     def _retrieve_and_ingest(self, peer: Peer) -> RunSummary:
         """Retrieve what the query names into the lake, then ingest it in the same run
         (its ``not_retrieved`` rows included in the summary and the report)."""
+        # Retrieval brings pynetdicom and the Storage SCP: imported by the runs that retrieve.
+        from dicomflow.pipelines.late_arrivals import late_studies
+        from dicomflow.pipelines.retrieve import report_missing, retrieve
+
         source = self.spec.source
         query = dict(getattr(source, "query", {}) or {})
         if isinstance(source, DimseSource) and source.cohort:

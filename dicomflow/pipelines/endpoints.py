@@ -22,8 +22,12 @@ from typing import ClassVar
 
 from dicomflow.connectors.dicomweb.address import DicomwebAddress, DicomwebOptions
 from dicomflow.connectors.dicomweb.metadata import DicomwebMetadata
-from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions, TlsOptions
-from dicomflow.connectors.dimse.move import MoveDestination
+from dicomflow.connectors.dimse.address import (
+    DimseAddress,
+    DimseOptions,
+    MoveDestination,
+    TlsOptions,
+)
 from dicomflow.connectors.dimse.scp_guard import ScpLimits
 from dicomflow.connectors.files import FilesConnector
 from dicomflow.connectors.peers import DicomwebPeer, DimsePeer

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Literal
 from urllib.parse import urlsplit
 
 from dicomflow.errors import ConfigError
@@ -81,3 +82,23 @@ class DimseOptions:
 
     def __post_init__(self) -> None:
         valid_ae_title(self.calling_ae)
+
+
+# Where a query is made, and the information model it is made in (PS3.4 C.3).
+Level = Literal["patient", "study", "series", "image"]
+Model = Literal["patient", "study"]
+
+
+@dataclass(frozen=True)
+class MoveDestination:
+    """Where a C-MOVE sends to: our AE title as the peer knows it, and the port (and
+    interface) our Storage SCP listens on for the run."""
+
+    ae_title: str
+    port: int
+    host: str = "0.0.0.0"  # noqa: S104 - the peer connects back to us
+
+    def __post_init__(self) -> None:
+        valid_ae_title(self.ae_title)
+        if not 0 < self.port < 65536:
+            raise ConfigError("the C-MOVE destination port must be between 1 and 65535")

@@ -25,23 +25,14 @@ from pynetdicom import AE, Association
 from pynetdicom.transport import AssociationSocket
 
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
-from dicomflow.errors import ConfigError, DicomflowError, ErrorCode
+from dicomflow.connectors.dimse.errors import DimseError
+from dicomflow.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 # An A-ASSOCIATE-AC with 128 contexts, roles and a user identity response is well
 # under 200 kB; a peer announcing more before the association is up is not DICOM.
 MAX_ASSOCIATION_PDU = 1 << 20
-
-
-class DimseError(DicomflowError, ConnectionError):
-    """A DICOM peer could not be reached, refused us, or failed an operation."""
-
-    code = ErrorCode.UNREADABLE
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message if status is None else f"{message} (status 0x{status:04X})")
-        self.status = status
 
 
 class _GuardedSocket(AssociationSocket):

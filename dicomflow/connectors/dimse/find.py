@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from itertools import chain
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -30,15 +30,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
+from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions, Level, Model
 from dicomflow.connectors.dimse.association import DimseError, associate
 from dicomflow.connectors.matches import matches_table
 from dicomflow.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-Level = Literal["patient", "study", "series", "image"]
-Model = Literal["patient", "study"]
 MODELS = {
     "patient": PatientRootQueryRetrieveInformationModelFind,
     "study": StudyRootQueryRetrieveInformationModelFind,

@@ -42,9 +42,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelGet,
 )
 
-from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
+from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions, Level, Model
 from dicomflow.connectors.dimse.association import DimseError, associate
-from dicomflow.connectors.dimse.find import Level, Model, query_dataset
+from dicomflow.connectors.dimse.find import query_dataset
 from dicomflow.errors import ConfigError
 from dicomflow.lake.layout import safe_uid_component
 

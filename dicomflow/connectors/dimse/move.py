@@ -21,9 +21,15 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions, valid_ae_title
+from dicomflow.connectors.dimse.address import (
+    DimseAddress,
+    DimseOptions,
+    Level,
+    Model,
+    valid_ae_title,
+)
 from dicomflow.connectors.dimse.association import DimseError, associate
-from dicomflow.connectors.dimse.find import Level, Model, query_dataset
+from dicomflow.connectors.dimse.find import query_dataset
 from dicomflow.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -35,21 +41,6 @@ _PENDING = (0xFF00, 0xFF01)
 CANCELLED = 0xFE00
 DESTINATION_UNKNOWN = 0xA801
 _WARNING = 0xB000
-
-
-@dataclass(frozen=True)
-class MoveDestination:
-    """Where a C-MOVE sends to: our AE title as the peer knows it, and the port (and
-    interface) our Storage SCP listens on for the run."""
-
-    ae_title: str
-    port: int
-    host: str = "0.0.0.0"  # noqa: S104 - the peer connects back to us
-
-    def __post_init__(self) -> None:
-        valid_ae_title(self.ae_title)
-        if not 0 < self.port < 65536:
-            raise ConfigError("the C-MOVE destination port must be between 1 and 65535")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from dicomflow.connectors.dimse.association import DimseError
+from dicomflow.connectors.dimse.errors import DimseError
 from dicomflow.connectors.dimse.move import MoveCancelled, MoveDestinationUnknown
 
 logger = logging.getLogger(__name__)

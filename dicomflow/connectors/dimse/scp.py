@@ -22,7 +22,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomflow.connectors.dimse.address import DimseOptions, valid_ae_title
-from dicomflow.connectors.dimse.association import DimseError
+from dicomflow.connectors.dimse.errors import DimseError
 from dicomflow.connectors.dimse.get import (
     COMPRESSED,
     UNCOMPRESSED,

@@ -27,8 +27,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from pynetdicom import evt
+if TYPE_CHECKING:  # only named in annotations: the limits import no networking code
+    from pynetdicom import evt
 
 logger = logging.getLogger(__name__)
 
