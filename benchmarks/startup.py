@@ -22,7 +22,12 @@ Ways to run dicomflow (``--modes``):
   while worker processes for the other cores start and join;
 * ``processes``: ``open_client()``, a local cluster of worker processes (what every
   command started before ``connect_client`` chose by size);
-* ``cli``: the ``dicomflow`` command itself, however it is wired at the time (scans only).
+* ``warm``: a cluster the user already runs (``--scheduler``): two worker processes the
+  benchmark starts once, as a local cluster starts them, and every run of this mode
+  joins; its start is not in any command's time, its work is;
+* ``cli``: the ``dicomflow`` command itself (``scan``, or ``ingest --pixels``), however it
+  is wired at the time; ``cli-warm`` the same command given ``--scheduler`` of the warm
+  cluster.
 
 The naive loops import ``scan.py`` and ``pixels.py`` for their ``baseline``, and those
 modules import dicomflow, which the loops do not need: the time that import takes in
@@ -37,6 +42,7 @@ start, job, cluster stop), and whether any worker process outlived its command.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -98,6 +104,8 @@ elif mode == "in-process":
     context = in_process_client()
 elif mode == "growing":
     context = growing_client(default_workers(), pixels=pixels)
+elif mode == "warm":
+    context = connect_client(None, {scheduler!r}, None, inputs={inputs!r}, pixels=pixels)
 else:
     context = open_client()
 with context as client:
@@ -148,7 +156,12 @@ def run(code: str | None, argv: list[str] | None = None) -> tuple[float, dict[st
 
 
 def case_runs(
-    case: str, source: Path, paths: list[Path], work: Path, modes: list[str]
+    case: str,
+    source: Path,
+    paths: list[Path],
+    work: Path,
+    modes: list[str],
+    scheduler: str | None = None,
 ) -> dict[str, tuple[str | None, list[str] | None]]:
     """The command for each side of a case: naive and each mode."""
     pixels = case == "pixels"
@@ -160,10 +173,13 @@ def case_runs(
         "naive": (naive.format(here=str(HERE), paths=str(listing), out=str(work)), None)
     }
     for mode in modes:
-        if mode == "cli":
-            if not pixels:
-                cli = [str(Path(sys.executable).parent / "dicomflow"), "scan", str(source)]
-                commands[mode] = (None, [*cli, "--out", str(lake), "--no-progress"])
+        if mode in ("cli", "cli-warm"):
+            cli = [str(Path(sys.executable).parent / "dicomflow")]
+            cli += ["ingest", str(source), "--pixels"] if pixels else ["scan", str(source)]
+            cli += ["--out", str(lake), "--no-progress"]
+            if mode == "cli-warm":
+                cli += ["--scheduler", str(scheduler)]
+            commands[mode] = (None, cli)
             continue
         code = DICOMFLOW.format(
             mode=mode,
@@ -172,6 +188,7 @@ def case_runs(
             input_bytes=sum(p.stat().st_size for p in paths),
             source=str(source),
             out=str(lake),
+            scheduler=scheduler,
         )
         commands[mode] = (code, None)
     return commands
@@ -215,10 +232,24 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="dicomflow-startup-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"{os.cpu_count()} cores; best and median of {args.repeat} runs a side")
+    with contextlib.ExitStack() as stack:
+        scheduler = None
+        if {"warm", "cli-warm"} & set(modes):
+            from dicomflow.pipelines.cluster import open_client
+
+            warm = stack.enter_context(open_client(pixels="pixels" in args.cases))
+            scheduler = warm.scheduler.address
+        run_cases(args, modes, work, scheduler)
+
+
+def run_cases(
+    args: argparse.Namespace, modes: list[str], work: Path, scheduler: str | None
+) -> None:
+    """Each case, each side ``--repeat`` times, interleaved; then its summary."""
     try:
         for case in args.cases.split(","):
             source, paths = prepare(case, work, args.n, args.slices)
-            commands = case_runs(case, source, paths, work, modes)
+            commands = case_runs(case, source, paths, work, modes, scheduler)
             times: dict[str, list[float]] = defaultdict(list)
             reports: dict[str, list[dict[str, float]]] = defaultdict(list)
             for _ in range(args.repeat):
