@@ -132,12 +132,16 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def estimated_seconds(inputs: int, input_bytes: int | None = None, *, pixels: bool) -> float:
-    """The work of a job on one core, from its inputs and their bytes (see the constants)."""
+def estimated_seconds(
+    inputs: int, input_bytes: int | None = None, *, pixels: bool, decode_seconds: float = 0.0
+) -> float:
+    """The work of a job on one core, from its inputs and their bytes (see the constants)
+    and, with pixels, what decoding an input costs beyond an uncompressed one
+    (``decode_seconds``, :mod:`.job_size`)."""
     seconds = inputs * SECONDS_PER_INPUT
     if pixels:
         by_bytes = (input_bytes or 0) * SECONDS_PER_PIXEL_BYTE
-        seconds += max(inputs * SECONDS_PER_PIXEL_INPUT, by_bytes)
+        seconds += max(inputs * SECONDS_PER_PIXEL_INPUT, by_bytes) + inputs * decode_seconds
     return seconds
 
 
@@ -147,6 +151,7 @@ def runs_in_process(
     *,
     pixels: bool = False,
     workers: int | None = None,
+    decode_seconds: float = 0.0,
 ) -> bool:
     """Whether a job is small enough to run in this process alone: its inputs are known,
     no more than one worker was asked for, and worker processes would not help.
@@ -160,7 +165,7 @@ def runs_in_process(
     """
     if inputs is None or (workers is not None and workers > 1):
         return False
-    seconds = estimated_seconds(inputs, input_bytes, pixels=pixels)
+    seconds = estimated_seconds(inputs, input_bytes, pixels=pixels, decode_seconds=decode_seconds)
     if workers is None and default_workers() >= 2:  # a growing cluster costs no wait
         return seconds <= PROCESS_JOIN_SECONDS
     cores = max(2, default_workers())
@@ -176,14 +181,17 @@ def connect_client(
     inputs: int | None = None,
     input_bytes: int | None = None,
     pixels: bool = False,
+    decode_seconds: float = 0.0,
 ) -> AbstractContextManager[Client]:
     """A context yielding the client a job runs on, closing only what it started.
 
     ``client`` if given; else an already-active client when no scheduler is named; else
     the scheduler named by ``scheduler`` or ``DASK_SCHEDULER_ADDRESS``; else a cluster in
     this process when the job is small (``inputs`` and ``input_bytes`` known, see
-    :func:`runs_in_process`); else a local cluster of ``workers`` processes (one per core
-    by default). ``pixels`` says whether the job decodes images.
+    :func:`runs_in_process`); else a growing cluster when it is of moderate size
+    (:func:`grows`); else a local cluster of ``workers`` processes (one per core by
+    default). ``pixels`` says whether the job decodes images, ``decode_seconds`` what
+    decoding one of its inputs costs beyond an uncompressed one.
     """
     if client is not None:
         logger.info("Running on the client given")
@@ -195,7 +203,9 @@ def connect_client(
             return nullcontext(active)
     if scheduler or os.environ.get(SCHEDULER_ENV):
         return open_client(scheduler, workers, pixels=pixels)
-    if runs_in_process(inputs, input_bytes, pixels=pixels, workers=workers):
+    if runs_in_process(
+        inputs, input_bytes, pixels=pixels, workers=workers, decode_seconds=decode_seconds
+    ):
         # One task thread: pydicom's and our per-call warning filters
         # (warnings.catch_warnings) are process-wide, and tasks in two threads undo
         # each other's; worker processes give the parallelism when a job is larger.
@@ -208,7 +218,7 @@ def connect_client(
             "" if threads == 1 else "s",
         )
         return in_process_client(threads)
-    if grows(inputs, input_bytes, pixels=pixels, workers=workers):
+    if grows(inputs, input_bytes, pixels=pixels, workers=workers, decode_seconds=decode_seconds):
         return growing_client(default_workers(), pixels=pixels)
     return open_client(None, workers, pixels=pixels)
 
@@ -219,13 +229,15 @@ def grows(
     *,
     pixels: bool = False,
     workers: int | None = None,
+    decode_seconds: float = 0.0,
 ) -> bool:
     """Whether a job too large for this process alone runs on a growing cluster: its size
     is known, no worker count was asked for, there are cores to grow onto, and its work
     is at most :data:`GROWING_MAX_SECONDS` on one core."""
     if inputs is None or workers is not None or default_workers() < 2:
         return False
-    return estimated_seconds(inputs, input_bytes, pixels=pixels) <= GROWING_MAX_SECONDS
+    seconds = estimated_seconds(inputs, input_bytes, pixels=pixels, decode_seconds=decode_seconds)
+    return seconds <= GROWING_MAX_SECONDS
 
 
 def planned_workers(client: Client) -> int:

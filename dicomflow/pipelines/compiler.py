@@ -39,6 +39,7 @@ from dicomflow._version import __version__
 from dicomflow.anonymize.engine import Deidentifier
 from dicomflow.connectors.dicomweb.metadata import DicomwebMetadata
 from dicomflow.connectors.dimse.address import DimseAddress
+from dicomflow.connectors.files import FilesConnector
 from dicomflow.connectors.peers import DimsePeer, Peer
 from dicomflow.errors import ConfigError
 from dicomflow.lake.dicom_files import remove_files
@@ -53,6 +54,7 @@ from dicomflow.pipelines.cluster import connect_client
 from dicomflow.pipelines.commitment import commit_sent
 from dicomflow.pipelines.endpoints import Listener, dimse_options
 from dicomflow.pipelines.ingest import IngestOptions, run_ingest
+from dicomflow.pipelines.job_size import extra_decode_seconds
 from dicomflow.pipelines.pipeline import RunSummary, new_run_id
 from dicomflow.pipelines.plan import PartitionPolicy
 from dicomflow.pipelines.report import write_report
@@ -108,20 +110,25 @@ class CompiledPipeline:
     resources: Resources
     lake_operators: tuple[Any, ...] = ()  # kind "lake": run by after_run
 
-    def connect(
-        self, inputs: int | None = None, input_bytes: int | None = None
-    ) -> AbstractContextManager[Client]:
-        cluster = self.spec.cluster
-        decodes = self.options.pixels or any(
+    @property
+    def decodes(self) -> bool:
+        """Whether the run decodes images (the pixels operator, or one that asks)."""
+        return self.options.pixels or any(
             isinstance(op, WithImages) for op in self.options.operators
         )
+
+    def connect(
+        self, inputs: int | None = None, input_bytes: int | None = None, decode_seconds: float = 0.0
+    ) -> AbstractContextManager[Client]:
+        cluster = self.spec.cluster
         return connect_client(
             self.resources.client,
             cluster.scheduler,
             cluster.workers,
             inputs=inputs,
             input_bytes=input_bytes,
-            pixels=decodes,
+            pixels=self.decodes,
+            decode_seconds=decode_seconds,
         )
 
     def run(self) -> RunSummary:
@@ -134,7 +141,10 @@ class CompiledPipeline:
         inputs = len(listing.refs) + len(listing.failures)
         sizes = [ref.size for ref in listing.refs]
         known = None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
-        with self.connect(inputs, known) as client:
+        decode = 0.0
+        if self.decodes and listing.refs and isinstance(self.source, FilesConnector):
+            decode = extra_decode_seconds(self.source, listing.refs[0])
+        with self.connect(inputs, known, decode) as client:
             return self.after_run(client, self.ingest(client, self.source, listed=listing))
 
     def after_run(self, client: Client, summary: RunSummary) -> RunSummary:
