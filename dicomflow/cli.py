@@ -8,6 +8,8 @@ error-rate limit); 1 a crash or a systemic failure (inputs unaccounted for).
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
 import sys
@@ -1115,5 +1117,29 @@ def _peer(label: str, job: Callable[[], T]) -> T:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="dicomflow")
+    """Console-script entry point.
+
+    The command's process ends without Python's own teardown: once every exit handler
+    has run (Dask's, multiprocessing's, the filesystems') and the logs and standard
+    streams are flushed, it exits with the command's status. Freeing the modules and
+    objects a run loaded (pyarrow, pandas, Dask…) took 0.3 s of a 5,000-file scan's 4 s,
+    with nothing left to write."""
+    status: list[int] = []
+    atexit.register(_exit_without_teardown, status)  # first registered: runs last
+    try:
+        cli(prog_name="dicomflow")
+    except SystemExit as exc:
+        code = exc.code
+        status.append(code if isinstance(code, int) else 0 if code is None else 1)
+        raise
+
+
+def _exit_without_teardown(status: list[int]) -> None:
+    """The last exit handler: flush what is buffered and end the process (see :func:`main`)."""
+    if not status:  # not a normal end of the command (an uncaught error): Python's own exit
+        return
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            stream.flush()
+    os._exit(status[0])
