@@ -9,7 +9,6 @@ error-rate limit); 1 a crash or a systemic failure (inputs unaccounted for).
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import os
 import sys
@@ -1136,10 +1135,5 @@ def main() -> None:
 
 def _exit_without_teardown(status: list[int]) -> None:
     """The last exit handler: flush what is buffered and end the process (see :func:`main`)."""
-    if not status:  # not a normal end of the command (an uncaught error): Python's own exit
-        return
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(AttributeError, OSError, ValueError):
-            stream.flush()
-    os._exit(status[0])
+    if status:  # else not a normal end of the command (an uncaught error): Python's own exit
+        logs.exit_flushed(status[0])

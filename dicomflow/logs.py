@@ -8,9 +8,13 @@ kept at DEBUG (``-vv``), one line each, without tracebacks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import sys
 from datetime import UTC, datetime
+from typing import NoReturn
 
 
 class JsonFormatter(logging.Formatter):
@@ -78,3 +82,15 @@ def configure(level: int, *, json_lines: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     route_library_logs()
+
+
+def exit_flushed(status: int) -> NoReturn:
+    """End the process with ``status`` once the logs and the standard streams are
+    flushed, without Python's own teardown (freeing every module and object the process
+    loaded, which no output needs). Called last, from an exit handler, by the command
+    and by worker processes."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            stream.flush()
+    os._exit(status)

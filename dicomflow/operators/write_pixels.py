@@ -39,7 +39,7 @@ from dicomflow.pixels.series_writer import (
     has_image_row,
     write_series,
 )
-from dicomflow.pixels.slices import slice_info, slice_infos
+from dicomflow.pixels.slices import slice_infos
 from dicomflow.records import Batch, InstanceRecord
 from dicomflow.schemas import SERIES_SCHEMA_VERSION, series_schema
 from dicomflow.schemas.spec import PixelsOperator
@@ -112,9 +112,9 @@ class EncodeFrames:
     its frames encoded as their stack's chunks (``record.outputs[ENCODED_OUTPUT]``),
     which the series' stacks then take instead of decoding the instance again.
 
-    An image that failed to decode, or whose frames disagree with its header, is left
-    alone: the pixel stage decodes it itself and writes its own error row, exactly as
-    when nothing else decoded it.
+    An image that failed to decode is left alone: the pixel stage decodes it itself and
+    writes its own error row, exactly as when nothing else decoded it. The stage checks
+    the frame count of either against the header (:func:`encode_images`).
     """
 
     expand_palette: bool = False
@@ -126,15 +126,12 @@ class EncodeFrames:
         return batch.replace_records([self._one(r, encode) for r in batch.records])
 
     def _one(self, record: InstanceRecord, encode: ChunkEncoder) -> InstanceRecord:
-        info = slice_info(0, record)
-        if info is None:
-            return record
         try:
             image = image_of(record)
             if image is None:
                 return record
             pixels = with_palette(image.pixels, image.dataset, expand=self.expand_palette)
-            return record.with_output(ENCODED_OUTPUT, encode_decoded(pixels, info.frames, encode))
+            return record.with_output(ENCODED_OUTPUT, encode_decoded(pixels, encode))
         except BaseException as exc:  # decoded again, alone, by the pixel stage
             if not is_instance_fault(exc):
                 raise

@@ -49,9 +49,7 @@ def _errors_of_run(run_errors: list[dict[str, Any]]) -> Counter[tuple[str, str]]
 def _run_errors(layout: LakeLayout, run_id: str) -> list[dict[str, Any]]:
     """This run's committed error rows (source, stage, code), read once for the report
     from the run's own parts (not a dataset over the whole lake's)."""
-    columns = ["run_id", "source", "stage", "code"]
-    rows = run_rows(layout, run_id, "errors", columns)
-    return [row for row in rows if row["run_id"] == run_id]
+    return run_rows(layout, run_id, "errors", ["source", "stage", "code"])
 
 
 def build_report(

@@ -28,8 +28,7 @@ def thumbnails(
     lake has no renders."""
     from dicomflow.lake.reader import run_rows
 
-    columns = ["source", "SeriesInstanceUID", RENDER_PATH, "run_id"]
-    rows = [r for r in run_rows(layout, run_id, "instances", columns) if r["run_id"] == run_id]
+    rows = run_rows(layout, run_id, "instances", ["source", "SeriesInstanceUID", RENDER_PATH])
     if not any(r.get(RENDER_PATH) for r in rows):
         return []
     series_of = {r["source"]: r["SeriesInstanceUID"] for r in rows}

@@ -16,17 +16,14 @@ processes to end, and that shutdown took 0.2 s of the command's 2.5 s for one fi
 from __future__ import annotations
 
 import atexit
-import contextlib
 import importlib
 import logging
 import multiprocessing
-import os
-import sys
 import threading
 
 import click
 
-from dicomflow.logs import route_library_logs
+from dicomflow.logs import exit_flushed, route_library_logs
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +74,5 @@ def _exit_closed_worker() -> None:
     Dask's and multiprocessing's own exit handlers, so it runs before them; by then the
     worker has told the scheduler and the nanny that it left, its tasks' outputs are
     committed and its queues to the nanny are flushed."""
-    if not _closed.is_set():
-        return
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(AttributeError, OSError, ValueError):
-            stream.flush()
-    os._exit(0)
+    if _closed.is_set():
+        exit_flushed(0)

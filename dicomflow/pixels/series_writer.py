@@ -118,13 +118,13 @@ def encode_images(
     encoded: dict[int, EncodedImage | ErrorInfo] = {}
     for info in infos:
         record = records[info.index]
-        ready = record.outputs.get(ENCODED_OUTPUT)
-        if isinstance(ready, EncodedImage):  # encoded as the run's operators decoded it
-            encoded[info.index] = ready
-            continue
+        ready = record.outputs.get(ENCODED_OUTPUT)  # encoded as the run's operators decoded it
         try:
-            pixels = decode_instance(record.ref.url, options, record.header)
-            encoded[info.index] = encode_decoded(pixels, info.frames, encode)
+            if not isinstance(ready, EncodedImage):
+                ready = encode_decoded(
+                    decode_instance(record.ref.url, options, record.header), encode
+                )
+            encoded[info.index] = with_frames(ready, info.frames)
         except BaseException as exc:  # one bad instance must not sink the series
             if not is_instance_fault(exc):  # Ctrl-C, exit: not the instance's fault
                 raise
@@ -457,16 +457,20 @@ def decode_instance(url: str, options: PixelOptions, header: Header | None = Non
     return decode(ds, memory_budget=options.memory_budget, expand_palette=options.expand_palette)
 
 
-def encode_decoded(pixels: DecodedPixels, frames: int, encode: ChunkEncoder) -> EncodedImage:
-    """An instance's decoded ``pixels`` as its stack's chunks, one per frame; its header
-    says it holds ``frames`` frames."""
+def encode_decoded(pixels: DecodedPixels, encode: ChunkEncoder) -> EncodedImage:
+    """An instance's decoded ``pixels`` as its stack's chunks, one per frame."""
     array = pixels.array
-    if array.shape[0] != frames:
+    chunks = tuple(encode(array[f : f + 1]) for f in range(len(array)))
+    return EncodedImage(str(array.dtype), tuple(array.shape), reference_attributes(pixels), chunks)
+
+
+def with_frames(image: EncodedImage, frames: int) -> EncodedImage:
+    """``image``, whose header says it holds ``frames`` frames, if it decoded to that many."""
+    if image.shape[0] != frames:
         raise PixelDecodeError(
             "decoded frame count differs from the header", code=ErrorCode.DECODE_FAILED
         )
-    chunks = tuple(encode(array[f : f + 1]) for f in range(len(array)))
-    return EncodedImage(str(array.dtype), tuple(array.shape), reference_attributes(pixels), chunks)
+    return image
 
 
 def _locate(record: InstanceRecord, location: StackLocation, frame: int) -> InstanceRecord:
