@@ -25,7 +25,8 @@ from pydicom.dataset import Dataset
 
 from dicomflow.errors import DicomReadError, describe_failure, is_instance_fault
 from dicomflow.operators.base import Operator
-from dicomflow.pixels.decode import DEFAULT_MEMORY_BUDGET, DecodedPixels, decode
+from dicomflow.pixels.decode import DEFAULT_MEMORY_BUDGET, DecodedPixels
+from dicomflow.pixels.native import decode_with_header
 from dicomflow.pixels.series_writer import open_dataset
 from dicomflow.records import Batch, ErrorInfo, InstanceRecord
 
@@ -107,7 +108,8 @@ class WithImages:
             return record
         try:
             ds = open_dataset(record.ref.url, self.storage_options, record.header)
-            image: Image | _Undecodable = Image(ds, decode(ds, memory_budget=self.memory_budget))
+            pixels = decode_with_header(ds, record.header, memory_budget=self.memory_budget)
+            image: Image | _Undecodable = Image(ds, pixels)
         except BaseException as exc:  # kept for the operators that ask, each its own row
             if not is_instance_fault(exc):
                 raise

@@ -173,12 +173,12 @@ def _decode(ds: Dataset, memory_budget: int) -> DecodedPixels:
         array = array[np.newaxis]
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))  # big endian sources
-    rescaled, applied = _modality_lut(array, ds)
+    physical, applied = _modality_lut(array, ds)
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if photometric.startswith("YBR") and samples == 3:
         photometric = "RGB"
     return DecodedPixels(
-        array=rescaled,
+        array=physical,
         rescale_applied=applied,
         units=_units(ds) if applied else None,
         photometric_interpretation=photometric,
@@ -307,7 +307,7 @@ def _modality_lut(array: np.ndarray, ds: Dataset) -> tuple[np.ndarray, bool]:
             out = array.astype(np.float64) * factors[:, 0].reshape(shape)
             return out + factors[:, 1].reshape(shape), True
         slope, intercept = per_frame[0]
-    return _rescale(array, ds, float(slope), float(intercept)), True
+    return rescaled(array, _bits_stored(ds), float(slope), float(intercept)), True
 
 
 def frame_rescales(ds: Dataset, frames: int) -> list[tuple[float, float]] | None:
@@ -333,12 +333,13 @@ def _group_rescale(item: Dataset) -> tuple[float, float] | None:
     return float(sequence[0].RescaleSlope), float(sequence[0].RescaleIntercept)
 
 
-def _rescale(array: np.ndarray, ds: Dataset, slope: float, intercept: float) -> np.ndarray:
-    """``stored * slope + intercept`` in the narrowest dtype that holds it exactly."""
+def rescaled(array: np.ndarray, bits_stored: int, slope: float, intercept: float) -> np.ndarray:
+    """``stored * slope + intercept`` in the narrowest dtype that holds it exactly (the
+    stored values' range from ``bits_stored``; 0 when unknown: the dtype's whole range)."""
     if slope == 1.0 and intercept == 0.0:
         return array
     if slope.is_integer() and intercept.is_integer() and np.issubdtype(array.dtype, np.integer):
-        stored_min, stored_max = _stored_range(ds, array.dtype)
+        stored_min, stored_max = _stored_range(bits_stored, array.dtype)
         ends = [stored_min * slope + intercept, stored_max * slope + intercept]
         low, high = min(ends), max(ends)
         for dtype in (np.int16, np.int32, np.int64):
@@ -353,13 +354,16 @@ def _rescale(array: np.ndarray, ds: Dataset, slope: float, intercept: float) -> 
     return array.astype(np.float64) * slope + intercept
 
 
-def _stored_range(ds: Dataset, dtype: np.dtype) -> tuple[int, int]:
+def _bits_stored(ds: Dataset) -> int:
+    try:
+        return int(ds.get("BitsStored") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _stored_range(bits: int, dtype: np.dtype) -> tuple[int, int]:
     """The values Bits Stored allows (narrower than the container dtype, often 12 of 16)."""
     info = np.iinfo(dtype)
-    try:
-        bits = int(ds.get("BitsStored") or 0)
-    except (TypeError, ValueError):
-        bits = 0
     if not 0 < bits < info.bits:
         return int(info.min), int(info.max)
     if info.min < 0:

@@ -58,6 +58,7 @@ from dicomflow.pixels.decode import (
     read_dataset,
 )
 from dicomflow.pixels.header_dataset import dataset_from_header
+from dicomflow.pixels.native import NativeImage
 from dicomflow.pixels.pyramid import pyramid
 from dicomflow.pixels.slices import slice_infos
 from dicomflow.records import (
@@ -452,7 +453,20 @@ def open_dataset(
 
 
 def decode_instance(url: str, options: PixelOptions, header: Header | None = None) -> DecodedPixels:
-    """Decode the instance at ``url`` (see :func:`open_dataset`)."""
+    """Decode the instance at ``url``: a plain native monochrome image straight from its
+    ``header`` and Pixel Data (:mod:`dicomflow.pixels.native`), any other through
+    pydicom (see :func:`open_dataset`)."""
+    image = NativeImage.of(header, options.memory_budget)
+    if image is not None:
+        try:
+            with _open(url, options.storage_options) as opened:
+                pixels = image.read(cast(BinaryIO, ClampedReads.of(opened)))
+        except OSError as exc:
+            raise PixelDecodeError(
+                f"cannot read the source ({type(exc).__name__})", code=ErrorCode.UNREADABLE
+            ) from exc
+        if pixels is not None:
+            return pixels
     ds = open_dataset(url, options.storage_options, header)
     return decode(ds, memory_budget=options.memory_budget, expand_palette=options.expand_palette)
 
