@@ -58,13 +58,13 @@ def test_each_instance_is_decoded_once_for_every_operator_that_asks(
     batch: Batch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-    decode = images.decode
+    decode = images.decode_with_header
 
-    def counting(ds: pydicom.Dataset, **kwargs: Any) -> Any:
+    def counting(ds: pydicom.Dataset, header: Any, **kwargs: Any) -> Any:
         calls.append(str(ds.SOPInstanceUID))
-        return decode(ds, **kwargs)
+        return decode(ds, header, **kwargs)
 
-    monkeypatch.setattr(images, "decode", counting)
+    monkeypatch.setattr(images, "decode_with_header", counting)
     seen: list[Any] = []
     out = WithImages((Peek("first", seen), Peek("second", seen)))(batch)
     with_images = [r for r in batch.records if r.outputs["instances"]["has_pixel_data"]]

@@ -200,8 +200,11 @@ def test_share_counts(instances: int, workers: int, shares: int) -> None:
 
 
 def _counting_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every decode of an instance's Pixel Data in this process, by SOP Instance UID."""
+    """Every decode of an instance's Pixel Data in this process, by SOP Instance UID:
+    pydicom's, and the native decode from the header (its image's UID noted when the
+    header is read)."""
     from dicomflow.pixels import decode as decode_module
+    from dicomflow.pixels.native import NativeImage
 
     calls: list[str] = []
     original = decode_module._decode
@@ -211,6 +214,22 @@ def _counting_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return original(ds, memory_budget)
 
     monkeypatch.setattr(decode_module, "_decode", counting)
+    uids: dict[int, str] = {}
+    original_of, original_native = NativeImage.of.__func__, NativeImage.decode  # type: ignore[attr-defined]
+
+    def noted(cls: type[NativeImage], header: Any, *args: Any) -> NativeImage | None:
+        image = original_of(cls, header, *args)
+        if image is not None:
+            (uid,) = [e.value for e in header.elements if e.tag == 0x00080018]
+            uids[id(image)] = uid.decode().rstrip("\x00 ")
+        return image
+
+    def counting_native(image: NativeImage, value: Any) -> Any:
+        calls.append(uids[id(image)])
+        return original_native(image, value)
+
+    monkeypatch.setattr(NativeImage, "of", classmethod(noted))
+    monkeypatch.setattr(NativeImage, "decode", counting_native)
     return calls
 
 
