@@ -130,7 +130,7 @@ class NativeImage:
         worst_case = image.rows * image.columns * image.frames * 8  # as decode counts it
         return image if worst_case <= memory_budget else None
 
-    def decode(self, value: bytes | memoryview) -> DecodedPixels | None:
+    def decode(self, value: bytes | bytearray | memoryview) -> DecodedPixels | None:
         """The frames in ``value`` (the Pixel Data value's bytes), shaped (frames, rows,
         cols), with the Modality LUT applied; None if ``value`` is too short."""
         if len(value) < self.nbytes:
