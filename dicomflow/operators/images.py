@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 from dicomflow.errors import DicomReadError, describe_failure, is_instance_fault
 from dicomflow.operators.base import Operator
 from dicomflow.pixels.decode import DEFAULT_MEMORY_BUDGET, DecodedPixels
-from dicomflow.pixels.native import decode_with_header
+from dicomflow.pixels.plain import decode_with_header
 from dicomflow.pixels.series_writer import open_dataset
 from dicomflow.records import Batch, ErrorInfo, InstanceRecord
 

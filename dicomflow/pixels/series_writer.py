@@ -58,7 +58,7 @@ from dicomflow.pixels.decode import (
     read_dataset,
 )
 from dicomflow.pixels.header_dataset import dataset_from_header
-from dicomflow.pixels.native import NativeImage
+from dicomflow.pixels.plain import PlainImage
 from dicomflow.pixels.pyramid import pyramid
 from dicomflow.pixels.slices import slice_infos
 from dicomflow.records import (
@@ -454,9 +454,9 @@ def open_dataset(
 
 def decode_instance(url: str, options: PixelOptions, header: Header | None = None) -> DecodedPixels:
     """Decode the instance at ``url``: a plain native monochrome image straight from its
-    ``header`` and Pixel Data (:mod:`dicomflow.pixels.native`), any other through
+    ``header`` and Pixel Data (:mod:`dicomflow.pixels.plain`), any other through
     pydicom (see :func:`open_dataset`)."""
-    image = NativeImage.of(header, options.memory_budget)
+    image = PlainImage.of(header, options.memory_budget)
     if image is not None:
         try:
             with _open(url, options.storage_options) as opened:

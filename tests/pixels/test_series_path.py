@@ -204,7 +204,7 @@ def _counting_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     pydicom's, and the native decode from the header (its image's UID noted when the
     header is read)."""
     from dicomflow.pixels import decode as decode_module
-    from dicomflow.pixels.native import NativeImage
+    from dicomflow.pixels.plain import PlainImage
 
     calls: list[str] = []
     original = decode_module._decode
@@ -215,21 +215,21 @@ def _counting_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(decode_module, "_decode", counting)
     uids: dict[int, str] = {}
-    original_of, original_native = NativeImage.of.__func__, NativeImage.decode  # type: ignore[attr-defined]
+    original_of, original_native = PlainImage.of.__func__, PlainImage.decode  # type: ignore[attr-defined]
 
-    def noted(cls: type[NativeImage], header: Any, *args: Any) -> NativeImage | None:
+    def noted(cls: type[PlainImage], header: Any, *args: Any) -> PlainImage | None:
         image = original_of(cls, header, *args)
         if image is not None:
             (uid,) = [e.value for e in header.elements if e.tag == 0x00080018]
             uids[id(image)] = uid.decode().rstrip("\x00 ")
         return image
 
-    def counting_native(image: NativeImage, value: Any) -> Any:
+    def counting_native(image: PlainImage, value: Any) -> Any:
         calls.append(uids[id(image)])
         return original_native(image, value)
 
-    monkeypatch.setattr(NativeImage, "of", classmethod(noted))
-    monkeypatch.setattr(NativeImage, "decode", counting_native)
+    monkeypatch.setattr(PlainImage, "of", classmethod(noted))
+    monkeypatch.setattr(PlainImage, "decode", counting_native)
     return calls
 
 

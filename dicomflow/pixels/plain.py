@@ -1,20 +1,22 @@
-"""Native monochrome Pixel Data decoded straight from the header reader's element tree.
+"""Plain monochrome images decoded straight from the header reader's element tree.
 
-Most of a cohort's slices are uncompressed little-endian grayscale (CT, MR, PET).
-Decoding one through pydicom means building its ``Dataset`` and asking pydicom's
-decoder, which reads a dozen attributes through the dataset's lazy conversion: on a
-512² CT slice that costs three times the decode itself (0.8 ms against 0.1). The
-header the scan already parsed holds those attributes, so here they are read from it
-and the value's bytes become the array directly, as pydicom's native decoder makes it
-(the pixel dtype from Bits Allocated and Pixel Representation, and the bits above Bits
-Stored masked or sign-extended, its ``correct_unused_bits``), then the Modality LUT is
-applied as :func:`dicomflow.pixels.decode.decode` applies it.
+Most of a cohort's slices are grayscale (CT, MR, PET) stored uncompressed little
+endian or RLE Lossless. Decoding one through pydicom means building its ``Dataset``
+and asking pydicom's decoder, which reads a dozen attributes through the dataset's
+lazy conversion: on a 512² CT slice that costs three times an uncompressed decode
+(0.8 ms against 0.2). The header the scan already parsed holds those attributes, so
+here they are read from it, and the Pixel Data value's bytes become the array as
+pydicom makes it: native frames as they are stored, RLE frames through imagecodecs'
+DICOM RLE decoder (which :mod:`.imagecodecs_plugin` gives pydicom for RLE too), the
+pixel dtype from Bits Allocated and Pixel Representation, and the bits above Bits
+Stored masked or sign-extended (pydicom's ``correct_unused_bits``). The Modality LUT
+is then applied as :func:`dicomflow.pixels.decode.decode` applies it.
 
 Anything outside that plain case (colour, palettes, a Modality LUT Sequence,
-functional groups, Bits Allocated 1, big endian, encapsulated data, a value this code
-cannot read or a value too short) gives ``None``, and the caller decodes with pydicom,
-which also reports what is wrong with a broken image. The tests compare the two on
-every native image of the corpus.
+functional groups, Bits Allocated 1, big endian, other codecs, a value this code
+cannot read, or data that does not decode) gives ``None``, and the caller decodes
+with pydicom, which also reports what is wrong with a broken image. The tests compare
+the two on every such image of the corpus, and with pydicom's own RLE decoder.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from pydicom import uid
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 
 from dicomflow.pixels.decode import (
     DEFAULT_MEMORY_BUDGET,
@@ -36,6 +39,7 @@ from dicomflow.pixels.decode import (
 from dicomflow.records import Element, Header
 
 _NATIVE_LITTLE_ENDIAN = frozenset({uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian})
+_SEQUENCE_DELIMITER_BYTES = 8
 _MONOCHROME = frozenset({"MONOCHROME1", "MONOCHROME2"})
 
 MODALITY = 0x00080060
@@ -84,10 +88,12 @@ class _NotPlain(Exception):
 
 
 @dataclass(frozen=True)
-class NativeImage:
-    """What decoding a plain native monochrome image needs, read from its header."""
+class PlainImage:
+    """What decoding a plain monochrome image needs, read from its header."""
 
     offset: int  # of the Pixel Data value in the file
+    size: int  # bytes of the value read: the frames (native), or the items (RLE)
+    rle: bool
     rows: int
     columns: int
     frames: int
@@ -102,41 +108,50 @@ class NativeImage:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of Pixel Data the frames take (the value may hold a padding byte more)."""
+        """Bytes the decoded frames take (native: of the value, which may hold a padding
+        byte more)."""
         return self.rows * self.columns * self.frames * self.dtype.itemsize
 
     @classmethod
     def of(
         cls, header: Header | None, memory_budget: int = DEFAULT_MEMORY_BUDGET
-    ) -> NativeImage | None:
-        """The image's facts, or None when it is not plain native monochrome, or its
-        decoded frames would exceed ``memory_budget`` (pydicom's path refuses it)."""
+    ) -> PlainImage | None:
+        """The image's facts, or None when it is not plain monochrome, or its decoded
+        frames would exceed ``memory_budget`` (pydicom's path refuses it)."""
         if (
             header is None
-            or header.transfer_syntax_uid not in _NATIVE_LITTLE_ENDIAN
             or not header.is_little_endian
             or header.deflated
             or header.pixel_data_tag != PIXEL_DATA_TAG
             or header.pixel_data_offset is None
-            or header.pixel_data_length is None
         ):
             return None
+        offset, length = header.pixel_data_offset, header.pixel_data_length
+        if header.transfer_syntax_uid in _NATIVE_LITTLE_ENDIAN and length is not None:
+            rle, size = False, length
+        elif (
+            header.transfer_syntax_uid == uid.RLELossless
+            and length is None
+            and header.pixel_data_end is not None
+        ):
+            rle, size = True, header.pixel_data_end - _SEQUENCE_DELIMITER_BYTES - offset
+        else:
+            return None
         try:
-            image = _facts(header.elements, header.pixel_data_offset)
+            image = _facts(header.elements, offset, size, rle)
         except (_NotPlain, ValueError, UnicodeDecodeError):
             return None
-        if image.nbytes > header.pixel_data_length:
+        if not rle and image.nbytes > size:
             return None  # too short: pydicom's decoder names the problem
         worst_case = image.rows * image.columns * image.frames * 8  # as decode counts it
         return image if worst_case <= memory_budget else None
 
     def decode(self, value: bytes | bytearray | memoryview) -> DecodedPixels | None:
         """The frames in ``value`` (the Pixel Data value's bytes), shaped (frames, rows,
-        cols), with the Modality LUT applied; None if ``value`` is too short."""
-        if len(value) < self.nbytes:
+        cols), with the Modality LUT applied; None if they cannot be had from it."""
+        array = self._rle_frames(value) if self.rle else self._native_frames(value)
+        if array is None:
             return None
-        flat = np.frombuffer(value, dtype=self.dtype, count=self.nbytes // self.dtype.itemsize)
-        array = flat.reshape(self.frames, self.rows, self.columns)
         if self.unused_bits:  # pydicom's correct_unused_bits: mask, or sign-extend
             array = np.left_shift(array, self.unused_bits)
             np.right_shift(array, self.unused_bits, out=array)
@@ -158,7 +173,35 @@ class NativeImage:
     def read(self, fp: BinaryIO) -> DecodedPixels | None:
         """The frames, read from the file the header came from."""
         fp.seek(self.offset)
-        return self.decode(fp.read(self.nbytes))
+        return self.decode(fp.read(self.size))
+
+    def _native_frames(self, value: bytes | bytearray | memoryview) -> np.ndarray | None:
+        if len(value) < self.nbytes:
+            return None
+        flat = np.frombuffer(value, dtype=self.dtype, count=self.nbytes // self.dtype.itemsize)
+        return flat.reshape(self.frames, self.rows, self.columns)
+
+    def _rle_frames(self, value: bytes | bytearray | memoryview) -> np.ndarray | None:
+        import imagecodecs
+
+        pixels = self.rows * self.columns
+        out = np.empty((self.frames, self.rows, self.columns), dtype=self.dtype)
+        index = -1
+        try:
+            for index, frame in enumerate(
+                generate_frames(bytes(value), number_of_frames=self.frames)
+            ):
+                if index == self.frames:
+                    return None  # more frames than the header says
+                decoded = np.frombuffer(
+                    imagecodecs.dicomrle_decode(frame, dtype=self.dtype), self.dtype
+                )
+                if decoded.size != pixels:
+                    return None
+                out[index] = decoded.reshape(self.rows, self.columns)
+        except (ValueError, RuntimeError, TypeError, IndexError):
+            return None  # a broken stream: pydicom's decoder says what is wrong
+        return out if index == self.frames - 1 else None
 
 
 def decode_with_header(
@@ -170,8 +213,8 @@ def decode_with_header(
 ) -> DecodedPixels:
     """``ds``'s pixels as :func:`dicomflow.pixels.decode.decode` gives them, decoded
     from its Pixel Data value by this module when its ``header`` says the image is
-    plain native monochrome."""
-    image = NativeImage.of(header, memory_budget)
+    plain monochrome."""
+    image = PlainImage.of(header, memory_budget)
     element = ds.get_item(PIXEL_DATA_TAG) if image is not None else None
     value = getattr(element, "value", None)
     if image is not None and isinstance(value, bytes | bytearray | memoryview):
@@ -181,7 +224,7 @@ def decode_with_header(
     return decode(ds, memory_budget=memory_budget, expand_palette=expand_palette)
 
 
-def _facts(elements: tuple[Element, ...], offset: int) -> NativeImage:
+def _facts(elements: tuple[Element, ...], offset: int, size: int, rle: bool) -> PlainImage:
     values: dict[int, Any] = {}
     for element in elements:
         tag = element.tag
@@ -212,8 +255,10 @@ def _facts(elements: tuple[Element, ...], offset: int) -> NativeImage:
     slope, intercept = _decimal(values.get(RESCALE_SLOPE)), _decimal(values.get(RESCALE_INTERCEPT))
     kind = "i" if representation else "u"
     rescale_type = _text(values.get(RESCALE_TYPE))
-    return NativeImage(
+    return PlainImage(
         offset=offset,
+        size=size,
+        rle=rle,
         rows=rows,
         columns=columns,
         frames=frames,

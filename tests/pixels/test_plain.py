@@ -1,8 +1,8 @@
-"""Plain native monochrome images decoded from the header alone equal pydicom's decode.
+"""Plain monochrome images (native, RLE) decoded from the header alone equal pydicom's.
 
-The oracle is pydicom's own native decoder (``Dataset.pixel_array``, which no plugin of
-ours takes part in for native data) with its ``apply_modality_lut``; the metadata is
-compared with the pydicom path of :func:`dicomflow.pixels.decode.decode`.
+The oracle is pydicom's own decoders (its native decoder, and its own RLE decoder,
+asked by name so that no plugin of ours takes part) with its ``apply_modality_lut``; the
+metadata is compared with the pydicom path of :func:`dicomflow.pixels.decode.decode`.
 """
 
 from __future__ import annotations
@@ -10,19 +10,20 @@ from __future__ import annotations
 import warnings
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.pixels import apply_modality_lut
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.pixels import apply_modality_lut, get_decoder
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
 
 from dicomflow.dicom.header import read_header
 from dicomflow.errors import DicomReadError, ErrorCode
 from dicomflow.lake.layout import LakeLayout
 from dicomflow.pixels.decode import PixelDecodeError, decode
-from dicomflow.pixels.native import NativeImage, decode_with_header
+from dicomflow.pixels.plain import PlainImage, decode_with_header
 from dicomflow.pixels.series_writer import PixelOptions, decode_instance
 from dicomflow.records import Header
 from tests.conftest import CORPUS, corpus_files, pydicom_files
@@ -47,7 +48,11 @@ def _reference(ds: Dataset) -> np.ndarray:
     """pydicom's frames, frames first, with its Modality LUT where the file has one."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        frames = ds.pixel_array
+        syntax = ds.file_meta.TransferSyntaxUID
+        if syntax.is_encapsulated:
+            frames = get_decoder(syntax).as_array(ds, decoding_plugin="pydicom")[0]
+        else:
+            frames = ds.pixel_array
         if "RescaleSlope" in ds and "RescaleIntercept" in ds:
             frames = apply_modality_lut(frames, ds)
     return frames.reshape(int(ds.get("NumberOfFrames") or 1), ds.Rows, ds.Columns)
@@ -56,7 +61,7 @@ def _reference(ds: Dataset) -> np.ndarray:
 def _check_same_as_pydicom(data: bytes) -> bool:
     """Whether the image took the native path; if it did, its pixels are pydicom's."""
     header = _header(data)
-    image = NativeImage.of(header)
+    image = PlainImage.of(header)
     if image is None:
         return False
     pixels = image.read(BytesIO(data))
@@ -85,9 +90,9 @@ def test_native_decode_equals_pydicom(path: Path) -> None:
     _check_same_as_pydicom(path.read_bytes())
 
 
-def test_most_native_monochrome_corpus_images_take_the_native_path() -> None:
-    """The shortcut must apply where it should: the corpus's plain native grayscale images
-    (as pydicom reads them) nearly all decode without a dataset."""
+def test_most_plain_monochrome_corpus_images_take_the_plain_path() -> None:
+    """The shortcut must apply where it should: the corpus's native and RLE grayscale
+    images (as pydicom reads them) nearly all decode without a dataset."""
     if not CORPUS.exists():
         pytest.skip(f"no corpus at {CORPUS}")
     plain, taken = 0, 0
@@ -96,7 +101,7 @@ def test_most_native_monochrome_corpus_images_take_the_native_path() -> None:
         ds = _pydicom(data)
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         if (
-            syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+            syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless)
             and "PixelData" in ds
             and ds.get("SamplesPerPixel") == 1
             and ds.get("BitsAllocated") in (8, 16, 32)
@@ -118,6 +123,7 @@ def _slice(
     rescale: tuple[str, str] | None = ("1", "-1024"),
     syntax: str = ExplicitVRLittleEndian,
     frames: int | None = None,
+    rle: bool = False,
 ) -> bytes:
     ds = Dataset()
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
@@ -136,6 +142,10 @@ def _slice(
         ds.RescaleSlope, ds.RescaleIntercept = rescale
     ds.PixelData = stored.tobytes()
     ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    if rle:
+        ds.compress(RLELossless, encoding_plugin="pydicom")
+        syntax = RLELossless
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = syntax
@@ -147,38 +157,51 @@ def _slice(
 RNG = np.random.default_rng(7)
 
 
+CASES = {
+    # 12 bits stored with junk above High Bit (an overlay in the unused bits)
+    "u12-junk-bits": (
+        RNG.integers(0, 1 << 16, (32, 24), dtype=np.uint16),
+        12,
+        False,
+        ("1", "-1024"),
+    ),
+    # signed 12-bit values stored without their sign extended into the top bits
+    "s12-unextended": (
+        RNG.integers(0, 1 << 12, (32, 24), dtype=np.uint16).view(np.int16),
+        12,
+        True,
+        None,
+    ),
+    "s16-slope2": (RNG.integers(-2000, 2000, (32, 24), dtype=np.int16), 16, True, ("2", "5")),
+    "u8-fractional": (RNG.integers(0, 255, (16, 16), dtype=np.uint8), 8, False, ("0.5", "-3.25")),
+}
+NATIVE_ONLY = {  # pydicom's RLE encoder refuses 32-bit containers
+    "u32": (RNG.integers(0, 1 << 32, (8, 8), dtype=np.uint32), 32, False, ("1", "0")),
+    "u20-in-32": (RNG.integers(0, 1 << 20, (8, 8), dtype=np.uint32), 20, False, ("1", "0")),
+}
+ENCODINGS = [(name, False) for name in {**CASES, **NATIVE_ONLY}] + [(name, True) for name in CASES]
+
+
 @pytest.mark.parametrize(
-    ("stored", "bits_stored", "signed", "rescale"),
-    [
-        # 12 bits stored with junk above High Bit (an overlay in the unused bits)
-        (RNG.integers(0, 1 << 16, (32, 24), dtype=np.uint16), 12, False, ("1", "-1024")),
-        # signed 12-bit values stored without their sign extended into the top bits
-        (RNG.integers(0, 1 << 12, (32, 24), dtype=np.uint16).view(np.int16), 12, True, None),
-        (RNG.integers(-2000, 2000, (32, 24), dtype=np.int16), 16, True, ("2", "5")),
-        (RNG.integers(0, 255, (16, 16), dtype=np.uint8), 8, False, ("0.5", "-3.25")),
-        (RNG.integers(0, 1 << 20, (8, 8), dtype=np.uint32), 20, False, ("1", "0")),
-    ],
-    ids=["u12-junk-bits", "s12-unextended", "s16-slope2", "u8-fractional", "u20-in-32"],
+    ("case", "rle"), ENCODINGS, ids=[f"{c}-{'rle' if r else 'native'}" for c, r in ENCODINGS]
 )
-def test_stored_values_and_rescale_as_pydicom(
-    stored: np.ndarray, bits_stored: int, signed: bool, rescale: tuple[str, str] | None
-) -> None:
-    assert _check_same_as_pydicom(
-        _slice(stored, bits_stored=bits_stored, signed=signed, rescale=rescale)
-    )
+def test_stored_values_and_rescale_as_pydicom(case: str, rle: bool) -> None:
+    stored, bits_stored, signed, rescale = {**CASES, **NATIVE_ONLY}[case]
+    data = _slice(stored, bits_stored=bits_stored, signed=signed, rescale=rescale, rle=rle)
+    assert _check_same_as_pydicom(data)
 
 
 def test_implicit_vr_and_several_frames() -> None:
     stored = RNG.integers(0, 1 << 12, (3, 20, 10), dtype=np.uint16)
     data = _slice(stored, bits_stored=12, signed=False, syntax=ImplicitVRLittleEndian, frames=3)
     assert _check_same_as_pydicom(data)
-    assert NativeImage.of(_header(data)).frames == 3  # type: ignore[union-attr]
+    assert PlainImage.of(_header(data)).frames == 3  # type: ignore[union-attr]
 
 
 def test_a_short_value_is_left_to_pydicom_and_its_error(tmp_path: Path) -> None:
     data = _slice(RNG.integers(0, 4096, (64, 64), dtype=np.uint16), bits_stored=12, signed=False)
     header = _header(data)
-    image = NativeImage.of(header)
+    image = PlainImage.of(header)
     assert image is not None
     cut = tmp_path / "cut.dcm"
     cut.write_bytes(data[:-1000])  # the file ends inside the value its header declared
@@ -194,7 +217,7 @@ def test_a_short_value_is_left_to_pydicom_and_its_error(tmp_path: Path) -> None:
 def test_over_the_memory_budget_is_left_to_pydicom() -> None:
     data = _slice(RNG.integers(0, 4096, (64, 64), dtype=np.uint16), bits_stored=12, signed=False)
     header = _header(data)
-    assert NativeImage.of(header, memory_budget=64 * 64 * 8 - 1) is None
+    assert PlainImage.of(header, memory_budget=64 * 64 * 8 - 1) is None
     with pytest.raises(PixelDecodeError) as raised:
         decode_with_header(_pydicom(data), header, memory_budget=64 * 64 * 8 - 1)
     assert raised.value.code == ErrorCode.TOO_LARGE
@@ -218,4 +241,42 @@ def test_what_is_not_plain_goes_to_pydicom(change: dict[str, object]) -> None:
         setattr(ds, keyword, value)
     out = BytesIO()
     ds.save_as(out)
-    assert NativeImage.of(_header(out.getvalue())) is None
+    assert PlainImage.of(_header(out.getvalue())) is None
+
+
+def test_rle_with_several_frames() -> None:
+    stored = RNG.integers(0, 1 << 12, (3, 20, 10), dtype=np.uint16)
+    data = _slice(stored, bits_stored=12, signed=False, frames=3, rle=True)
+    image = PlainImage.of(_header(data))
+    assert image is not None and image.rle and image.frames == 3
+    assert _check_same_as_pydicom(data)
+
+
+def _outcome(decode_it: Any) -> np.ndarray | str:
+    try:
+        return decode_it().array
+    except PixelDecodeError as exc:
+        return str(exc.code)
+
+
+def test_a_broken_rle_stream_is_left_to_pydicom(tmp_path: Path) -> None:
+    """A stream imagecodecs refuses is not the plain path's to judge: the instance
+    decodes (or fails) exactly as pydicom's path decodes the file by itself."""
+    data = _slice(
+        RNG.integers(0, 4096, (64, 64), dtype=np.uint16), bits_stored=12, signed=False, rle=True
+    )
+    header = _header(data)
+    image = PlainImage.of(header)
+    assert image is not None
+    segments = data.index(b"\x02\x00\x00\x00\x40\x00\x00\x00")  # the RLE header: 2 segments
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(data[:segments] + b"\x07" + data[segments + 1 :])  # 7 segments
+    with broken.open("rb") as fp:
+        assert image.read(fp) is None
+    options = PixelOptions(LakeLayout(str(tmp_path / "lake")))
+    ours = _outcome(lambda: decode_instance(str(broken), options, header))
+    alone = _outcome(lambda: decode(_pydicom(broken.read_bytes())))
+    if isinstance(alone, str):
+        assert ours == alone
+    else:
+        np.testing.assert_array_equal(ours, alone)
