@@ -87,18 +87,32 @@ def baseline(paths: list[Path], out: Path) -> float:
 
 
 def decode_alone(paths: list[Path]) -> float:
-    """Seconds to decode ``paths`` one after another (files already parsed), the way each
-    worker decodes: the same codec plugins, one thread, the Modality LUT applied."""
+    """Seconds to decode ``paths`` one after another (headers already read, files in
+    memory), the way each worker decodes: a plain monochrome image from its header and
+    Pixel Data (:mod:`dicomflow.pixels.plain`), any other through pydicom with the same
+    codec plugins, one thread, the Modality LUT applied."""
     from dicomflow.pixels.decode import decode, read_dataset
 
-    datasets = []
+    steps = OurSteps.find()
+    inputs = []
     for path in paths:
-        with path.open("rb") as fp:
-            datasets.append(read_dataset(fp))
+        data = path.read_bytes()
+        inputs.append((steps.read_header(BytesIO(data), size=len(data), salvage=True), data))
     start = time.perf_counter()
-    for ds in datasets:
-        decode(ds)
+    for header, data in inputs:
+        _decode_as_workers(steps, header, data, decode, read_dataset)
     return time.perf_counter() - start
+
+
+def _decode_as_workers(
+    steps: OurSteps, header: Any, data: bytes, decode: Any, read_dataset: Any
+) -> np.ndarray:
+    image = steps.plain_image.of(header)
+    pixels = image.read(BytesIO(data)) if image is not None else None
+    if pixels is None:
+        ds = steps.dataset_from_header(header, BytesIO(data)) or read_dataset(BytesIO(data))
+        pixels = decode(ds)
+    return pixels.array
 
 
 def file_creation(folder: Path, count: int = 200) -> float:
@@ -149,6 +163,7 @@ class OurSteps:
     source_ref: Callable[..., Any]
     instance_record: Callable[..., Any]
     dataset_from_header: Callable[..., Any]
+    plain_image: Any
     chunk_encoder: Callable[[], Callable[[np.ndarray], bytes | None]]
     frames_per_shard: Callable[..., int]
     shard_bytes: Callable[..., bytes | None]
@@ -163,6 +178,7 @@ class OurSteps:
             source_ref=_required("dicomflow.records", "SourceRef"),
             instance_record=_required("dicomflow.records", "InstanceRecord"),
             dataset_from_header=_required("dicomflow.pixels.header_dataset", "dataset_from_header"),
+            plain_image=_required("dicomflow.pixels.plain", "PlainImage"),
             chunk_encoder=_required("dicomflow.lake.zarr_store", "ChunkEncoder"),
             frames_per_shard=_required("dicomflow.lake.zarr_store", "frames_per_shard"),
             shard_bytes=_required("dicomflow.lake.shards", "shard_bytes"),
@@ -236,9 +252,10 @@ def naive_split(paths: list[Path], out: Path) -> Split:
 
 def dicomflow_split(paths: list[Path], out: Path, steps: OurSteps) -> Split:
     """dicomflow's steps for a slice, as its tasks run them: read = the file's bytes;
-    header = the header reader, then flatten into the ``instances`` row; decode =
-    pydicom's dataset built from that header plus the Pixel Data, decoded with the
-    Modality LUT (:func:`dicomflow.pixels.decode.decode`); encode = the lake's chunk
+    header = the header reader, then flatten into the ``instances`` row; decode = a plain
+    monochrome image decoded from that header and its Pixel Data, any other through
+    pydicom's dataset built from the header (:func:`dicomflow.pixels.decode.decode`),
+    the Modality LUT applied; encode = the lake's chunk
     encoder, frame by frame; write = the encoded frames assembled into the stack's
     shards (as many frames a shard as the lake puts in one) and each shard written to a
     new file in ``out``."""
@@ -259,8 +276,7 @@ def dicomflow_split(paths: list[Path], out: Path, steps: OurSteps) -> Split:
             record = steps.instance_record(steps.source_ref(str(path), len(data)), header=header)
             steps.flatten_record(record, context, memo)
             clock.mark("header")
-            ds = steps.dataset_from_header(header, BytesIO(data)) or read_dataset(BytesIO(data))
-            array = decode(ds).array
+            array = _decode_as_workers(steps, header, data, decode, read_dataset)
             clock.mark("decode")
             chunks += [encode(array[frame : frame + 1]) for frame in range(len(array))]
             clock.mark("encode")
@@ -308,9 +324,10 @@ def print_splits(splits: dict[str, dict[str, Split]], slices: int) -> None:
     print(
         "naive: header = pydicom.dcmread of the bytes, decode = .pixel_array, encode = the"
         " Blosc codec alone, write = zarr's write of the frames less that encode.\n"
-        "dicomflow: header = header reader + flatten, decode = dataset from the header +"
-        " decode (Modality LUT), encode = the lake's chunk encoder, write = the shards"
-        " assembled and written (a file a shard).\n"
+        "dicomflow: header = header reader + flatten, decode = a plain monochrome image"
+        " from the header and its Pixel Data, any other through pydicom's dataset built"
+        " from the header (Modality LUT applied), encode = the lake's chunk encoder,"
+        " write = the shards assembled and written (a file a shard).\n"
         "cpu = the process's CPU time for the slice (above the sum: more than one thread)."
     )
 

@@ -18,8 +18,8 @@ being replaced is therefore briefly absent from a bucket lake, never mixed.
 
 from __future__ import annotations
 
-import functools
 import hashlib
+import json
 import math
 import shutil
 import uuid
@@ -34,23 +34,17 @@ from dicomflow.errors import SinkError
 from dicomflow.lake.layout import PIXELS_ROOT, LakeLayout, safe_uid_component
 from dicomflow.lake.loop_finalizers import close_filesystems_before_loops_stop
 from dicomflow.lake.writer import put_atomically
+from dicomflow.lake.zarr_documents import (
+    KEY_SEPARATOR,
+    chunk_key,
+    group_document,
+    sharded_array_document,
+)
 from dicomflow.schemas.zarr_layout import ZARR_SCHEMA_VERSION, ome_multiscales
 
 if TYPE_CHECKING:  # zarr is imported where it is used: a run without pixels never needs it
     import zarr
     from zarr.codecs import BloscCodec
-
-
-@functools.cache
-def group_document() -> bytes:
-    """An empty Zarr v3 group, as zarr writes it (the study and series levels): written
-    directly, it costs a file write instead of two calls into zarr's event loop."""
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.group import GroupMetadata
-
-    metadata = GroupMetadata(zarr_format=3).to_buffer_dict(default_buffer_prototype())
-    document: bytes = metadata["zarr.json"].to_bytes()
-    return document
 
 
 @dataclass(frozen=True)
@@ -190,7 +184,19 @@ def create_temporary_stack(
         for i, n in enumerate(shape)
     )
     discard_stack(temporary, layout)  # a killed attempt's leftovers, or the previous version
+    document = sharded_array_document(
+        shape=shape,
+        dtype=dtype,
+        chunks=chunks,
+        shards=shards,
+        dimension_names=dimension_names(len(shape)),
+        blosc=COMPRESSOR,
+    )
     try:
+        if document is not None:  # the group and its array, written without zarr
+            _put(layout, f"{temporary}/zarr.json", group_document(_stamp(run_id)))
+            _put(layout, f"{temporary}/0/zarr.json", document)
+            return temporary
         group = open_stack_group(layout, temporary, mode="w")
         group.create_array(
             "0",
@@ -200,8 +206,7 @@ def create_temporary_stack(
             dtype=dtype,
             compressors=[_compressor()],
             fill_value=0,
-            # "c.7.0.0", not "c/7/0/0": no directory per shard
-            chunk_key_encoding={"name": "default", "separator": "."},
+            chunk_key_encoding={"name": "default", "separator": KEY_SEPARATOR},
             dimension_names=dimension_names(len(shape)),
         )
         if run_id is not None:
@@ -213,6 +218,27 @@ def create_temporary_stack(
 
 
 RUN_ID = "run_id"  # attribute: the run that wrote the stack (and is writing it, before commit)
+
+
+def _stamp(run_id: str | None) -> dict[str, str]:
+    return {RUN_ID: run_id} if run_id is not None else {}
+
+
+def _put(layout: LakeLayout, path: str, data: bytes) -> None:
+    """Write ``data`` at ``path`` (a local path, or a URL in the lake's bucket)."""
+    if layout.is_local():
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    else:
+        layout.filesystem()[0].pipe_file(path, data)
+
+
+def _get(layout: LakeLayout, path: str) -> bytes:
+    if layout.is_local():
+        return Path(path).read_bytes()
+    data: bytes = layout.filesystem()[0].cat_file(path)
+    return data
 
 
 def _array_of_run(layout: LakeLayout, location: str, run_id: str) -> zarr.Array | None:
@@ -281,23 +307,18 @@ class ShardWriter:
     file, or one PUT in a bucket, each."""
 
     def __init__(self, temporary: str, layout: LakeLayout) -> None:
-        import zarr
-        from zarr.core.metadata import ArrayV3Metadata
-
-        array = open_stack_group(layout, temporary, mode="r")["0"]
-        assert isinstance(array, zarr.Array)
-        metadata = array.metadata
-        assert isinstance(metadata, ArrayV3Metadata)  # stacks are always Zarr v3
-        self.axis = frame_axis(array.ndim)
-        self.ndim = array.ndim
-        self.keys = metadata.chunk_key_encoding
+        document = json.loads(_get(layout, f"{temporary}/0/zarr.json"))
+        if document["chunk_key_encoding"]["configuration"]["separator"] != KEY_SEPARATOR:
+            raise SinkError("a pixel stack being written has an unexpected chunk key encoding")
+        self.ndim = len(document["shape"])
+        self.axis = frame_axis(self.ndim)
         self.root = f"{temporary}/0"
         self.fs = None if layout.is_local() else layout.filesystem()[0]
 
     def __call__(self, number: int, data: bytes) -> None:
         """Write shard ``number`` (counted along z)."""
         position = tuple(number if i == self.axis else 0 for i in range(self.ndim))
-        key = f"{self.root}/{self.keys.encode_chunk_key(position)}"
+        key = f"{self.root}/{chunk_key(position)}"
         if self.fs is None:
             Path(key).write_bytes(data)
         else:
@@ -315,7 +336,7 @@ def write_level(temporary: str, layout: LakeLayout, level: int, data: np.ndarray
         dtype=data.dtype,
         compressors=[_compressor()],
         fill_value=0,
-        chunk_key_encoding={"name": "default", "separator": "."},
+        chunk_key_encoding={"name": "default", "separator": KEY_SEPARATOR},
         dimension_names=dimension_names(data.ndim),
     )
     array[...] = data
@@ -342,15 +363,15 @@ def commit_stack(
     failed, or the whole series task after its worker died) finds the final stack
     stamped with ``run_id`` and only removes what was started again.
     """
-    import zarr
-
-    stamp = {RUN_ID: run_id} if run_id is not None else {}
     ome = ome_multiscales(spacing, affine, channels=len(shape) == 4, levels=levels, units=units)
+    document = group_document(_stack_attributes({**attributes, **_stamp(run_id)}, affine, ome))
     if not layout.is_local():  # written in place: the attributes are the commit
         try:
-            group = open_stack_group(layout, temporary, mode="r+")
-            group.attrs.put(_stack_attributes({**attributes, **stamp}, affine, ome))
-        except (OSError, zarr.errors.GroupNotFoundError) as exc:
+            fs = layout.filesystem()[0]
+            if not fs.exists(f"{temporary}/0/zarr.json"):
+                raise SinkError("cannot commit a pixel stack (its array is missing)")
+            fs.pipe_file(f"{temporary}/zarr.json", document)
+        except OSError as exc:
             raise SinkError(f"cannot commit a pixel stack ({type(exc).__name__})") from exc
         return
     final = _local_root(layout) / location.relative_path
@@ -359,8 +380,9 @@ def commit_stack(
         shutil.rmtree(staged, ignore_errors=True)  # this run committed the stack already
         return
     try:
-        group = zarr.open_group(str(staged), mode="r+")
-        group.attrs.put(_stack_attributes({**attributes, **stamp}, affine, ome))
+        if not (staged / "0" / "zarr.json").exists():
+            raise SinkError("cannot commit a pixel stack (its array is missing)")
+        (staged / "zarr.json").write_bytes(document)
         if final.exists():
             # ``.tmp`` at the end: the next run sweeps it if we die before the rmtree
             trash = final.parent / f".{final.name}.{uuid.uuid4().hex}.old.tmp"
