@@ -21,8 +21,7 @@ from dicomflow.render.errors import RenderError
 from dicomflow.render.geometry import resize
 from dicomflow.render.overlays import burn, overlay_mask
 from dicomflow.render.settings import RenderedFrame, RenderSettings
-from dicomflow.render.tabulated import tabulated
-from dicomflow.render.voi import MinMax, Voi, apply_voi, choose_voi
+from dicomflow.render.voi import Voi, apply_voi, choose_voi
 
 if TYPE_CHECKING:
     from dicomflow.pixels.decode import DecodedPixels
@@ -125,18 +124,12 @@ def _grayscale(
         if voi is None:
             voi = gsps.full_range(ds, rescale)
         plut, inverse = gsps.presentation_lut(ps)
-
-    def display(stored: np.ndarray) -> np.ndarray:  # each value on its own
-        normalized = apply_voi(stored, voi)
-        if plut is not None:
-            normalized = gsps.through_presentation_lut(normalized, plut)
-        if inverse:
-            normalized = 1.0 - normalized
-        return quantize(normalized, settings.bits)
-
-    if isinstance(voi, MinMax):  # its range comes from the whole frame
-        return display(values)
-    return tabulated(values, display)
+    normalized = apply_voi(values, voi)
+    if plut is not None:
+        normalized = gsps.through_presentation_lut(normalized, plut)
+    if inverse:
+        normalized = 1.0 - normalized
+    return quantize(normalized, settings.bits)
 
 
 def quantize(normalized: np.ndarray, bits: int) -> np.ndarray:
