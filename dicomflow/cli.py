@@ -1125,12 +1125,39 @@ def main() -> None:
     with nothing left to write."""
     status: list[int] = []
     atexit.register(_exit_without_teardown, status)  # first registered: runs last
+    if _may_grow(sys.argv[1:]):
+        from dicomflow import early_start
+
+        early_start.start(pixels=bool(PIXEL_FLAGS.intersection(sys.argv[1:])))
     try:
         cli(prog_name="dicomflow")
     except SystemExit as exc:
         code = exc.code
         status.append(code if isinstance(code, int) else 0 if code is None else 1)
         raise
+
+
+JOB_COMMANDS = frozenset({"scan", "ingest"})
+PIXEL_FLAGS = frozenset({"--pixels", "--renders", "--labels"})
+# Where the job runs is decided elsewhere: a named cluster, a worker count, or no job.
+NOT_GROWING = ("--scheduler", "--workers", "--print-spec", "--help", "-h")
+
+
+def _may_grow(arguments: list[str]) -> bool:
+    """Whether the command may run its job on a growing cluster, and so starts its early
+    worker before importing anything heavy (:mod:`dicomflow.early_start`): a
+    ``scan`` or ``ingest`` job, on several cores, where no cluster or worker count is
+    named."""
+    if (
+        not arguments
+        or arguments[0] not in JOB_COMMANDS
+        or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    ):
+        return False
+    if any(a.split("=", 1)[0] in NOT_GROWING for a in arguments[1:]):
+        return False
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (cores or 1) >= 2
 
 
 def _exit_without_teardown(status: list[int]) -> None:

@@ -41,6 +41,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 import dask
 from distributed import Client, LocalCluster
 
+from dicomflow.early_start import WORKER_MALLOC_ENV, EarlyWorker, claim, dismiss
 from dicomflow.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -91,10 +92,7 @@ PROCESS_JOIN_SECONDS = 1.2
 # handed the heap's top back after every slice (1.58 ms a slice in one process, against
 # 1.33 with it at 4 MiB or more), so it goes to 16 MiB as well: a worker keeps at most
 # 16 MiB of freed heap. A value the user configured is kept.
-WORKER_MALLOC_ENV = {
-    "MALLOC_MMAP_THRESHOLD_": str(16 * 2**20),
-    "MALLOC_TRIM_THRESHOLD_": str(16 * 2**20),
-}
+# (WORKER_MALLOC_ENV, in dicomflow.early_start: the early worker starts before Dask is imported.)
 
 
 # Imported by each worker as it starts, so the first run's tasks do not pay for imports.
@@ -193,15 +191,19 @@ def connect_client(
     default). ``pixels`` says whether the job decodes images, ``decode_seconds`` what
     decoding one of its inputs costs beyond an uncompressed one.
     """
+    early = claim()  # the command's early worker, taken only by a growing cluster
     if client is not None:
+        dismiss(early)
         logger.info("Running on the client given")
         return nullcontext(client)
     if scheduler is None:
         active = _current_client()
         if active is not None:
+            dismiss(early)
             logger.info("Running on the active Dask client")
             return nullcontext(active)
     if scheduler or os.environ.get(SCHEDULER_ENV):
+        dismiss(early)
         return open_client(scheduler, workers, pixels=pixels)
     if runs_in_process(
         inputs, input_bytes, pixels=pixels, workers=workers, decode_seconds=decode_seconds
@@ -210,6 +212,7 @@ def connect_client(
         # (warnings.catch_warnings) are process-wide, and tasks in two threads undo
         # each other's; worker processes give the parallelism when a job is larger.
         threads = 1
+        dismiss(early)
         logger.info(
             "Running in this process (%d input%s, %d worker thread%s)",
             inputs,
@@ -219,7 +222,8 @@ def connect_client(
         )
         return in_process_client(threads)
     if grows(inputs, input_bytes, pixels=pixels, workers=workers, decode_seconds=decode_seconds):
-        return growing_client(default_workers(), pixels=pixels)
+        return growing_client(default_workers(), pixels=pixels, early=early)
+    dismiss(early)
     return open_client(None, workers, pixels=pixels)
 
 
@@ -245,7 +249,11 @@ def planned_workers(client: Client) -> int:
     starting has joined (a growing cluster plans its processes from the start)."""
     joined = len(client.scheduler_info().get("workers", {}))
     spec = getattr(client.cluster, "worker_spec", None) or {}
-    return max(1, joined, len(spec))
+    planned = getattr(client.cluster, PLANNED_WORKERS, 0)  # a growing cluster's, early worker too
+    return max(1, joined, len(spec), planned)
+
+
+PLANNED_WORKERS = "dicomflow_planned_workers"  # attribute of a growing cluster
 
 
 def _current_client() -> Client | None:
@@ -285,25 +293,29 @@ def in_process_client(workers: int = 1) -> Iterator[Client]:
 
 
 @contextmanager
-def growing_client(workers: int, *, pixels: bool = True) -> Iterator[Client]:
+def growing_client(
+    workers: int, *, pixels: bool = True, early: EarlyWorker | None = None
+) -> Iterator[Client]:
     """Yield a client of a cluster that works from the first moment: its scheduler and one
     single-threaded worker run in this process, as in :func:`in_process_client`, and
-    ``workers - 1`` single-threaded worker processes start beside it and take their
-    share of the tasks as they join (Dask's queued tasks go to whichever worker is
-    free). The job does not wait about 1.2 s for processes to start; the thread's one
-    core does the first part of it meanwhile.
+    ``workers - 1`` single-threaded worker processes join it and take their share of
+    the tasks as they come (Dask's queued tasks go to whichever worker is free). The job
+    does not wait about 1.2 s for processes to start; the thread's one core does the
+    first part of it meanwhile.
 
-    The scheduler listens on loopback TCP, which worker processes can reach. Closing
-    it stops the processes; one that is still starting is waited for (at most the
-    time it takes to start), so a job that ends before any process joined pays what a
-    process cluster would have.
+    The command's ``early`` worker (:mod:`dicomflow.early_start`), started with the command and
+    waiting at a loopback address, is one of those processes: the scheduler listens
+    there. The others start now (Nanny processes). The scheduler listens on loopback
+    TCP, which worker processes can reach. Closing it stops the processes; one that is
+    still starting is waited for (at most the time it takes to start), so a job that
+    ends before any process joined pays what a process cluster would have.
     """
     from distributed import Nanny
     from distributed.system import MEMORY_LIMIT
 
     preload, preload_argv = _preloads(pixels)
     logger.info(
-        "Running in this process while %d worker process%s start%s",
+        "Running in this process while %d worker process%s join%s",
         workers - 1,
         "" if workers == 2 else "es",
         "s" if workers == 2 else "",
@@ -312,34 +324,49 @@ def growing_client(workers: int, *, pixels: bool = True) -> Iterator[Client]:
         "distributed.worker.profile.enabled": False,
         "distributed.nanny.pre-spawn-environ": _pre_spawn_environ(),
     }
-    with (
-        dask.config.set(settings),
-        LocalCluster(
-            n_workers=1,
-            threads_per_worker=1,
-            processes=False,
-            protocol="tcp://",
-            host="127.0.0.1",
-            dashboard_address=None,
-            memory_limit=MEMORY_LIMIT,
-            local_directory=tempfile.gettempdir(),
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        cluster.new_spec = {
-            "cls": Nanny,
-            "options": {
-                "nthreads": 1,
-                "host": "127.0.0.1",
-                "preload": preload,
-                "preload_argv": preload_argv,
-                "local_directory": tempfile.gettempdir(),
-                "silence_logs": logging.ERROR,
-            },
-        }
-        cluster.scale(workers)  # returns at once: the processes start on the cluster's loop
-        yield client
+    options = {
+        "n_workers": 1,
+        "threads_per_worker": 1,
+        "processes": False,
+        "protocol": "tcp://",
+        "host": "127.0.0.1",
+        "dashboard_address": None,
+        "memory_limit": MEMORY_LIMIT,
+        "local_directory": tempfile.gettempdir(),
+        "silence_logs": logging.ERROR,
+    }
+    with dask.config.set(settings):
+        cluster = _listening_at(early, options)
+        with cluster, Client(cluster) as client:
+            setattr(cluster, PLANNED_WORKERS, workers)
+            started = 1 + (early is not None and cluster.scheduler_address == early.address)
+            if workers > started:
+                cluster.new_spec = {
+                    "cls": Nanny,
+                    "options": {
+                        "nthreads": 1,
+                        "host": "127.0.0.1",
+                        "preload": preload,
+                        "preload_argv": preload_argv,
+                        "local_directory": tempfile.gettempdir(),
+                        "silence_logs": logging.ERROR,
+                    },
+                }
+                # the thread plus the Nanny processes (the early worker is not in the spec)
+                cluster.scale(1 + workers - started)  # returns at once: they start on its loop
+            yield client
+
+
+def _listening_at(early: EarlyWorker | None, options: dict[str, object]) -> LocalCluster:
+    """The growing cluster's in-process part, its scheduler at the ``early`` worker's
+    address when that port is still free (else anywhere, and the early worker leaves)."""
+    if early is not None:
+        try:
+            return LocalCluster(scheduler_port=early.port, **options)
+        except (OSError, RuntimeError):
+            logger.debug("the early worker's port was taken: it is not used")
+            dismiss(early)
+    return LocalCluster(**options)
 
 
 @contextmanager
