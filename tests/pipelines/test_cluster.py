@@ -194,7 +194,7 @@ def test_a_moderate_job_works_at_once_and_grows_worker_processes(
     assert pid_of[process] in started
     assert _gone({pid_of[process]}), "a worker process outlived its cluster"
     assert loaded[process] == ["pandas"]  # a job without pixels: the process imported no codec
-    assert "Running in this process while %d worker process%s start%s" in {
+    assert "Running in this process while %d worker process%s join%s" in {
         r.msg for r in caplog.records
     }
 
