@@ -83,6 +83,10 @@ GROWING_MAX_SECONDS = 50.0
 # tasks need): 1.15-1.85 s. A job shorter than that on one core is over before a
 # process could take a share of it.
 PROCESS_JOIN_SECONDS = 1.2
+# The command's early worker (dicomflow.early_start) starts with the command and joins
+# about 0.3 s after the job begins (1.1 s after the command, whose imports and listing
+# take 0.8 s): a job of more than 0.5 s on one core is then done sooner on both cores.
+EARLY_JOIN_SECONDS = 0.5
 
 # Dask starts workers with MALLOC_TRIM_THRESHOLD_ at 64 KiB, and glibc then also fixes its
 # mmap threshold at 128 KiB: every decoded frame becomes a fresh mmap whose pages fault in
@@ -150,12 +154,14 @@ def runs_in_process(
     pixels: bool = False,
     workers: int | None = None,
     decode_seconds: float = 0.0,
+    early: bool = False,
 ) -> bool:
     """Whether a job is small enough to run in this process alone: its inputs are known,
     no more than one worker was asked for, and worker processes would not help.
 
     Where a growing cluster can be used (no worker count asked, several cores), that is
-    a job done before a worker process could join it (:data:`PROCESS_JOIN_SECONDS`).
+    a job done before a worker process could join it (:data:`PROCESS_JOIN_SECONDS`, or
+    :data:`EARLY_JOIN_SECONDS` when the command's ``early`` worker is waiting).
     Otherwise: with ``n`` cores, processes take a job of ``w`` seconds on one core down
     to ``w / n`` at best, so they pay when ``w * (1 - 1/n)`` exceeds their start and
     stop. ``n`` is taken as at least 2: on one core they never pay, but they still keep
@@ -165,7 +171,7 @@ def runs_in_process(
         return False
     seconds = estimated_seconds(inputs, input_bytes, pixels=pixels, decode_seconds=decode_seconds)
     if workers is None and default_workers() >= 2:  # a growing cluster costs no wait
-        return seconds <= PROCESS_JOIN_SECONDS
+        return seconds <= (EARLY_JOIN_SECONDS if early else PROCESS_JOIN_SECONDS)
     cores = max(2, default_workers())
     saved = seconds * (1 - 1 / cores)
     return saved <= (PROCESS_CLUSTER_PIXEL_SECONDS if pixels else PROCESS_CLUSTER_SECONDS)
@@ -206,7 +212,12 @@ def connect_client(
         dismiss(early)
         return open_client(scheduler, workers, pixels=pixels)
     if runs_in_process(
-        inputs, input_bytes, pixels=pixels, workers=workers, decode_seconds=decode_seconds
+        inputs,
+        input_bytes,
+        pixels=pixels,
+        workers=workers,
+        decode_seconds=decode_seconds,
+        early=early is not None,
     ):
         # One task thread: pydicom's and our per-call warning filters
         # (warnings.catch_warnings) are process-wide, and tasks in two threads undo

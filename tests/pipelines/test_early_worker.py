@@ -153,3 +153,16 @@ def test_a_command_leaves_no_early_worker_behind(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     time.sleep(0.5)
     assert not (_early_workers() - before), "a command left its early worker running"
+
+
+@pytest.mark.parametrize(
+    ("inputs", "alone", "alone_with_early"), [(500, True, True), (1_500, True, False)]
+)
+def test_an_early_worker_makes_smaller_jobs_worth_growing(
+    inputs: int, alone: bool, alone_with_early: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Headers at about 0.6 ms each: 1,500 are 0.9 s of work, under the 1.2 s a worker
+    process takes to join after the job starts, over the 0.5 s an early one takes."""
+    monkeypatch.setattr(cluster, "default_workers", lambda: 2)
+    assert cluster.runs_in_process(inputs) is alone
+    assert cluster.runs_in_process(inputs, early=True) is alone_with_early
