@@ -238,3 +238,16 @@ def test_a_ct_thumbnail_renders_and_encodes_in_a_few_milliseconds() -> None:
         encode_image(render_instance(ds, pixels, settings)[0])
         timings.append(time.perf_counter() - start)
     assert sorted(timings)[len(timings) // 2] < 0.025  # ~4 ms here; slack for busy machines
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8])
+@pytest.mark.parametrize("colour", [False, True])
+def test_an_exact_reduction_is_each_blocks_rounded_mean(factor: int, colour: bool) -> None:
+    """Shrinking by 2, 4 or 8 gives each block's mean, rounded half up (numpy's sums)."""
+    from dicomflow.render.geometry import resize
+
+    shape = (16 * factor, 12 * factor, 3) if colour else (16 * factor, 12 * factor)
+    image = np.random.default_rng(factor).integers(0, 256, shape, dtype=np.uint8)
+    blocks = image.reshape(16, factor, 12, factor, *shape[2:]).astype(np.int64).sum(axis=(1, 3))
+    expected = (blocks + factor * factor // 2) // (factor * factor)
+    np.testing.assert_array_equal(resize(image, 16), expected)
