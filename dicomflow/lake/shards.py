@@ -15,11 +15,13 @@ from collections.abc import Sequence
 
 import google_crc32c
 
+Chunk = bytes | memoryview  # an encoded chunk's bytes, or a view of them (see series_tasks)
+
 EMPTY = 2**64 - 1  # offset and length of a chunk the shard does not hold
 INDEX_ENTRY = struct.Struct("<QQ")
 
 
-def shard_bytes(chunks: Sequence[bytes | None]) -> bytes | None:
+def shard_bytes(chunks: Sequence[Chunk | None]) -> bytes | None:
     """The shard holding ``chunks`` (its inner chunks in C order, None where a chunk is
     empty), or None when every chunk is empty: zarr then writes no shard at all."""
     if all(chunk is None for chunk in chunks):

@@ -293,7 +293,9 @@ class ChunkEncoder:
         data: bytes = self.codec.encode(np.ascontiguousarray(as_chunk(frames)))
         return data
 
-    def decode(self, data: bytes | None, dtype: np.dtype, shape: Sequence[int]) -> np.ndarray:
+    def decode(
+        self, data: bytes | memoryview | None, dtype: np.dtype, shape: Sequence[int]
+    ) -> np.ndarray:
         """The frames (as decoded, shaped ``shape``) that :meth:`__call__` encoded."""
         if data is None:
             return np.zeros(shape, dtype)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -98,18 +99,63 @@ class SeriesRows:
     infos: tuple[SliceInfo, ...] = ()
     table: pa.Table | None = None  # the instances table of records (see .instance_rows)
 
-    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
-        """Pickled with the table packed in one piece (:func:`.instance_rows.packed`)."""
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, tuple[dict[str, Any]]]:
+        """Pickled with the table packed in one piece (:func:`.instance_rows.packed`) and
+        the encoded frames in another (:func:`packed_chunks`; out of band from protocol 5,
+        Dask's)."""
         state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if self.table is not None:
             state["table"] = packed(self.table)
+        state["encoded"], data = packed_chunks(self.encoded)
+        state["chunk_data"] = data if protocol >= 5 else data.raw().tobytes()
         return _series_rows, (state,)
 
 
 def _series_rows(state: dict[str, Any]) -> SeriesRows:
     if state["table"] is not None:
         state["table"] = unpacked(state["table"])
+    state["encoded"] = unpacked_chunks(state["encoded"], state.pop("chunk_data"))
     return SeriesRows(**state)
+
+
+def packed_chunks(
+    encoded: dict[int, EncodedImage | ErrorInfo],
+) -> tuple[dict[int, EncodedImage | ErrorInfo], pickle.PickleBuffer]:
+    """The images with their chunks' bytes gathered in one buffer, which pickle protocol
+    5 (Dask's) moves out of band, and each chunk as its length (None stays None).
+
+    Pickled as they are, a reading task's 200 chunks of 100 KB are copied into the
+    pickle stream and out again: moving 400 slices' worth from one worker to the series'
+    writer took 0.23 s of an 800-slice job's 1.5 s."""
+    parts: list[bytes | memoryview] = []
+    images: dict[int, EncodedImage | ErrorInfo] = {}
+    for index, image in encoded.items():
+        if isinstance(image, EncodedImage):
+            lengths = tuple(None if c is None else len(c) for c in image.chunks)
+            parts.extend(c for c in image.chunks if c is not None)
+            image = dataclasses.replace(image, chunks=lengths)  # type: ignore[arg-type]
+        images[index] = image
+    return images, pickle.PickleBuffer(b"".join(parts))
+
+
+def unpacked_chunks(
+    images: dict[int, EncodedImage | ErrorInfo], data: Any
+) -> dict[int, EncodedImage | ErrorInfo]:
+    """The images :func:`packed_chunks` packed, their chunks views of ``data``."""
+    view, offset = memoryview(data).cast("B"), 0
+    encoded: dict[int, EncodedImage | ErrorInfo] = {}
+    for index, image in images.items():
+        if isinstance(image, EncodedImage):
+            chunks: list[memoryview | None] = []
+            for length in image.chunks:
+                if length is None:
+                    chunks.append(None)
+                    continue
+                chunks.append(view[offset : offset + length])  # type: ignore[operator]
+                offset += length  # type: ignore[operator]
+            image = dataclasses.replace(image, chunks=tuple(chunks))
+        encoded[index] = image
+    return encoded
 
 
 def series_rows_bytes(rows: SeriesRows) -> int:

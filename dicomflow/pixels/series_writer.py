@@ -34,7 +34,7 @@ from dicomflow.dicom.clamped import ClampedReads
 from dicomflow.dicom.geometry import SliceInfo, Stack, split_stacks
 from dicomflow.errors import ErrorCode, describe_failure, is_instance_fault
 from dicomflow.lake.layout import LakeLayout
-from dicomflow.lake.shards import shard_bytes
+from dicomflow.lake.shards import Chunk, shard_bytes
 from dicomflow.lake.zarr_store import (
     ChunkEncoder,
     ShardWriter,
@@ -99,7 +99,7 @@ class EncodedImage:
     dtype: str
     shape: tuple[int, ...]  # as decoded: (frames, rows, cols[, samples])
     reference: dict[str, Any]
-    chunks: tuple[bytes | None, ...]
+    chunks: tuple[Chunk | None, ...]
 
     @property
     def nbytes(self) -> int:
@@ -199,12 +199,12 @@ def write_series(
 
 def _stack_frames(
     stack_plan: StackPlan, plan: SeriesPlan, encoded: Encoded, options: PixelOptions
-) -> list[bytes | None] | None:
+) -> list[Chunk | None] | None:
     """Every frame of the stack as its chunk bytes, in stack order (None for frames that
     are all zero or whose instance failed), typed and shaped by the stack's first
     decoded instance; None when no instance decoded. Records each outcome."""
     first: EncodedImage | None = None
-    placed: dict[int, tuple[bytes | None, ...]] = {}  # first frame -> the instance's chunks
+    placed: dict[int, tuple[Chunk | None, ...]] = {}  # first frame -> the instance's chunks
     offset = 0
     for info in stack_plan.stack.slices:
         start, offset = offset, offset + info.frames
@@ -224,7 +224,7 @@ def _stack_frames(
             plan.outcomes[info.index] = error_info(exc)
     if first is None:  # nothing decoded: no frames are held for what headers claimed
         return None
-    frames: list[bytes | None] = [None] * stack_plan.stack.frames
+    frames: list[Chunk | None] = [None] * stack_plan.stack.frames
     for start, chunks in placed.items():
         frames[start : start + len(chunks)] = chunks
     stack_plan.reference, stack_plan.dtype = first.reference, first.dtype
@@ -233,7 +233,7 @@ def _stack_frames(
     return frames
 
 
-def fitted(image: EncodedImage, first: EncodedImage) -> tuple[bytes | None, ...]:
+def fitted(image: EncodedImage, first: EncodedImage) -> tuple[Chunk | None, ...]:
     """``image``'s chunks as its stack (typed and shaped by ``first``) holds them: as they
     are, or decoded, cast (when every value fits) and encoded again."""
     if image.shape[1:] != first.shape[1:]:
@@ -253,7 +253,7 @@ def fitted(image: EncodedImage, first: EncodedImage) -> tuple[bytes | None, ...]
 
 
 def _write_stack(
-    stack_plan: StackPlan, frames: list[bytes | None], options: PixelOptions, run_id: str
+    stack_plan: StackPlan, frames: list[Chunk | None], options: PixelOptions, run_id: str
 ) -> None:
     """Create the stack's array and write its shards (each whole) and pyramid levels."""
     assert stack_plan.shape is not None and stack_plan.dtype is not None
@@ -286,7 +286,7 @@ def _write_stack(
 
 
 def _grouped(
-    frames: Sequence[bytes | None], per_chunk: int, dtype: np.dtype, shape: tuple[int, ...]
+    frames: Sequence[Chunk | None], per_chunk: int, dtype: np.dtype, shape: tuple[int, ...]
 ) -> list[bytes | None]:
     """Frames encoded one a chunk as chunks of ``per_chunk`` frames each."""
     codec, frame_shape = ChunkEncoder(), (1, *decoded_frame_shape(shape))
