@@ -10,6 +10,7 @@ and writing it is one file or one PUT (a test checks the bytes against zarr's ow
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Sequence
 
@@ -21,9 +22,11 @@ EMPTY = 2**64 - 1  # offset and length of a chunk the shard does not hold
 INDEX_ENTRY = struct.Struct("<QQ")
 
 
-def shard_bytes(chunks: Sequence[Chunk | None]) -> bytes | None:
+def shard_parts(chunks: Sequence[Chunk | None]) -> list[Chunk] | None:
     """The shard holding ``chunks`` (its inner chunks in C order, None where a chunk is
-    empty), or None when every chunk is empty: zarr then writes no shard at all."""
+    empty) as the pieces that make its bytes in order, or None when every chunk is empty:
+    zarr then writes no shard at all. Written piece by piece (:func:`write_parts`), a
+    shard is never copied whole in memory."""
     if all(chunk is None for chunk in chunks):
         return None
     index = bytearray()
@@ -35,4 +38,30 @@ def shard_bytes(chunks: Sequence[Chunk | None]) -> bytes | None:
         index += INDEX_ENTRY.pack(offset, len(chunk))
         offset += len(chunk)
     checksum = struct.pack("<I", google_crc32c.value(bytes(index)))
-    return b"".join([*(c for c in chunks if c is not None), bytes(index), checksum])
+    return [*(c for c in chunks if c is not None), bytes(index) + checksum]
+
+
+def shard_bytes(chunks: Sequence[Chunk | None]) -> bytes | None:
+    """The shard holding ``chunks`` as one ``bytes`` (see :func:`shard_parts`)."""
+    parts = shard_parts(chunks)
+    return None if parts is None else b"".join(parts)
+
+
+def write_parts(path: str, parts: Sequence[Chunk]) -> None:
+    """Write ``parts`` one after another as the file ``path`` (created or truncated),
+    gathered by the kernel (``writev``) rather than joined here."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        pending = [memoryview(part).cast("B") for part in parts if len(part)]
+        while pending:
+            written = os.writev(descriptor, pending[:WRITEV_MAX])
+            while pending and written >= len(pending[0]):
+                written -= len(pending[0])
+                pending.pop(0)
+            if written:
+                pending[0] = pending[0][written:]
+    finally:
+        os.close(descriptor)
+
+
+WRITEV_MAX = 512  # buffers a writev takes at once (Linux allows 1024)

@@ -33,6 +33,7 @@ import numpy as np
 from dicomflow.errors import SinkError
 from dicomflow.lake.layout import PIXELS_ROOT, LakeLayout, safe_uid_component
 from dicomflow.lake.loop_finalizers import close_filesystems_before_loops_stop
+from dicomflow.lake.shards import Chunk, write_parts
 from dicomflow.lake.writer import put_atomically
 from dicomflow.lake.zarr_documents import (
     KEY_SEPARATOR,
@@ -317,14 +318,16 @@ class ShardWriter:
         self.root = f"{temporary}/0"
         self.fs = None if layout.is_local() else layout.filesystem()[0]
 
-    def __call__(self, number: int, data: bytes) -> None:
-        """Write shard ``number`` (counted along z)."""
+    def __call__(self, number: int, data: bytes | Sequence[Chunk]) -> None:
+        """Write shard ``number`` (counted along z): its bytes, or the pieces that make
+        them in order (:func:`dicomflow.lake.shards.shard_parts`)."""
         position = tuple(number if i == self.axis else 0 for i in range(self.ndim))
         key = f"{self.root}/{chunk_key(position)}"
+        parts = [data] if isinstance(data, bytes) else data
         if self.fs is None:
-            Path(key).write_bytes(data)
+            write_parts(key, parts)
         else:
-            self.fs.pipe_file(key, data)
+            self.fs.pipe_file(key, parts[0] if len(parts) == 1 else b"".join(parts))
 
 
 def write_level(temporary: str, layout: LakeLayout, level: int, data: np.ndarray) -> None:

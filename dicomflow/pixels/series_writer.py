@@ -34,7 +34,7 @@ from dicomflow.dicom.clamped import ClampedReads
 from dicomflow.dicom.geometry import SliceInfo, Stack, split_stacks
 from dicomflow.errors import ErrorCode, describe_failure, is_instance_fault
 from dicomflow.lake.layout import LakeLayout
-from dicomflow.lake.shards import Chunk, shard_bytes
+from dicomflow.lake.shards import Chunk, shard_parts
 from dicomflow.lake.zarr_store import (
     ChunkEncoder,
     ShardWriter,
@@ -273,9 +273,9 @@ def _write_stack(
     write = ShardWriter(temporary, options.layout)
     for number in range(math.ceil(len(chunks) / per_shard)):
         shard = list(chunks[number * per_shard : (number + 1) * per_shard])
-        data = shard_bytes(shard + [None] * (per_shard - len(shard)))
-        if data is not None:
-            write(number, data)
+        parts = shard_parts(shard + [None] * (per_shard - len(shard)))
+        if parts is not None:
+            write(number, parts)
     if stack_plan.levels > 1:
         codec, frame = ChunkEncoder(), (1, *decoded_frame_shape(shape))
         volume = np.concatenate([codec.decode(f, dtype, frame) for f in frames])

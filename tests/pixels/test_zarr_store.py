@@ -189,3 +189,15 @@ def test_a_stack_is_known_as_committed_by_its_run_only(tmp_path: Path, where: st
         assert hidden_entries(tmp_path / "lake", location) == []
     other = create_temporary_stack(layout, location, shape=frames.shape, dtype=frames.dtype)
     assert not open_stack_group(layout, other)["0"][:].any()  # nothing of run-a's reused
+
+
+def test_a_shard_written_in_pieces_is_the_shard_joined(tmp_path: Path) -> None:
+    """writev may take part of what it is given: every byte still lands, in order."""
+    from dicomflow.lake import shards
+
+    rng = np.random.default_rng(5)
+    chunks = [None if i % 7 == 3 else rng.bytes(int(rng.integers(1, 5000))) for i in range(1500)]
+    parts = shards.shard_parts(chunks)
+    assert parts is not None and len(parts) > shards.WRITEV_MAX  # several writev calls
+    shards.write_parts(str(tmp_path / "shard"), parts)
+    assert (tmp_path / "shard").read_bytes() == shards.shard_bytes(chunks)
