@@ -115,7 +115,7 @@ def _pre_spawn_environ() -> dict[str, object]:
     return {**WORKER_MALLOC_ENV, **configured}
 
 
-def _preloads(pixels: bool) -> tuple[list[str], list[list[str]]]:
+def worker_preloads(pixels: bool) -> tuple[list[str], list[list[str]]]:
     """The user's worker preloads with ours last, and each one's arguments (Dask takes
     one list of arguments for all preloads, or one list per preload)."""
     preload = dask.config.get("distributed.worker.preload", None) or []
@@ -324,7 +324,7 @@ def growing_client(
     from distributed import Nanny
     from distributed.system import MEMORY_LIMIT
 
-    preload, preload_argv = _preloads(pixels)
+    preload, preload_argv = worker_preloads(pixels)
     logger.info(
         "Running in this process while %d worker process%s join%s",
         workers - 1,
@@ -404,7 +404,7 @@ def open_client(
     n_workers = workers or default_workers()
     if n_workers < 1:
         raise ConfigError("--workers must be at least 1")
-    preload, preload_argv = _preloads(pixels)
+    preload, preload_argv = worker_preloads(pixels)
     logger.info(
         "Starting a local cluster of %d worker process%s",
         n_workers,

@@ -1,8 +1,8 @@
 """The command's early worker, in its own process (see :mod:`dicomflow.early_start`).
 
 ``python -m dicomflow.pipelines.early_worker ADDRESS pixels|headers``: import what tasks
-need (the preload of every local worker, :mod:`.worker_imports`), then serve the
-scheduler at ``ADDRESS`` once it is up, until the cluster closes this worker. It leaves
+need (the preloads of every local worker: the user's, then :mod:`.worker_imports`),
+then serve the scheduler at ``ADDRESS`` once it is up, until the cluster closes it. It leaves
 when no scheduler came within :data:`WAIT_SECONDS`, when it is dismissed (SIGTERM),
 and when the command's process ends (its standard input closes).
 """
@@ -36,9 +36,11 @@ def _run(address: str, pixels: bool) -> None:
     from distributed.system import MEMORY_LIMIT
 
     from dicomflow.logs import exit_flushed, route_library_logs
+    from dicomflow.pipelines.cluster import worker_preloads
 
     route_library_logs()
     logging.getLogger("distributed").setLevel(logging.ERROR)
+    preload, preload_argv = worker_preloads(pixels)  # the user's preloads, then ours
 
     async def serve() -> None:
         worker = Worker(
@@ -48,8 +50,8 @@ def _run(address: str, pixels: bool) -> None:
             death_timeout=WAIT_SECONDS,
             memory_limit=MEMORY_LIMIT,
             local_directory=tempfile.gettempdir(),
-            preload=["dicomflow.pipelines.worker_imports"],
-            preload_argv=[[] if pixels else ["--headers-only"]],
+            preload=preload,
+            preload_argv=preload_argv,
         )
         async with worker:
             await worker.finished()

@@ -21,7 +21,6 @@ from dicomflow.pipelines.cluster import (
     WORKER_IMPORTS,
     WORKER_MALLOC_ENV,
     _pre_spawn_environ,
-    _preloads,
     connect_client,
     default_workers,
     growing_client,
@@ -29,6 +28,7 @@ from dicomflow.pipelines.cluster import (
     open_client,
     planned_workers,
     runs_in_process,
+    worker_preloads,
 )
 from dicomflow.pipelines.worker_imports import MODULES
 from tests.conftest import PYDICOM_TEST_FILES
@@ -303,13 +303,13 @@ def _malloc_environment() -> dict[str, str | None]:
 def test_the_users_preload_arguments_stay_with_their_preloads() -> None:
     config = {"distributed.worker.preload": ["tabnanny"], "distributed.worker.preload-argv": []}
     with dask.config.set(config):
-        assert _preloads(pixels=False) == (
+        assert worker_preloads(pixels=False) == (
             ["tabnanny", WORKER_IMPORTS],
             [[], ["--headers-only"]],
         )
     config["distributed.worker.preload-argv"] = ["--verbose"]
     with dask.config.set(config):
-        assert _preloads(pixels=True) == (["tabnanny", WORKER_IMPORTS], [["--verbose"], []])
+        assert worker_preloads(pixels=True) == (["tabnanny", WORKER_IMPORTS], [["--verbose"], []])
 
 
 def test_a_trim_threshold_the_user_configured_is_kept() -> None:

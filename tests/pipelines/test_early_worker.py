@@ -166,3 +166,22 @@ def test_an_early_worker_makes_smaller_jobs_worth_growing(
     monkeypatch.setattr(cluster, "default_workers", lambda: 2)
     assert cluster.runs_in_process(inputs) is alone
     assert cluster.runs_in_process(inputs, early=True) is alone_with_early
+
+
+def test_the_early_worker_runs_the_users_preloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As every local worker does: the user's preloads (Dask's configuration), then ours."""
+    monkeypatch.setattr(cluster, "_current_client", lambda: None)
+    monkeypatch.setattr(cluster, "default_workers", lambda: 2)
+    monkeypatch.delenv(early_start.ENV, raising=False)
+    monkeypatch.setenv("DASK_DISTRIBUTED__WORKER__PRELOAD", '["tabnanny"]')
+    worker = early_start.start(pixels=False)
+    try:
+        with connect_client(None, None, None, inputs=10_000) as client:
+            client.wait_for_workers(2, timeout=60)
+            loaded = client.run(eval, "'tabnanny' in __import__('sys').modules", workers=None)
+            pids = client.run(os.getpid)
+            (address,) = [a for a, pid in pids.items() if pid == worker.pid]
+            assert loaded[address] is True
+    finally:
+        early_start.dismiss(worker)
+    assert _gone_within(worker.pid, 10)
