@@ -19,7 +19,6 @@ being replaced is therefore briefly absent from a bucket lake, never mixed.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import shutil
 import uuid
@@ -235,13 +234,6 @@ def _put(layout: LakeLayout, path: str, data: bytes) -> None:
         layout.filesystem()[0].pipe_file(path, data)
 
 
-def _get(layout: LakeLayout, path: str) -> bytes:
-    if layout.is_local():
-        return Path(path).read_bytes()
-    data: bytes = layout.filesystem()[0].cat_file(path)
-    return data
-
-
 def _array_of_run(layout: LakeLayout, location: str, run_id: str) -> zarr.Array | None:
     """Array ``0`` of the stack group at ``location`` (as :func:`open_stack_group` takes
     it) if run ``run_id`` stamped the group, else None."""
@@ -309,12 +301,11 @@ class ShardWriter:
     """Writes whole shards (:mod:`dicomflow.lake.shards`) of one stack being built: one
     file, or one PUT in a bucket, each."""
 
-    def __init__(self, temporary: str, layout: LakeLayout) -> None:
-        document = json.loads(_get(layout, f"{temporary}/0/zarr.json"))
-        if document["chunk_key_encoding"]["configuration"]["separator"] != KEY_SEPARATOR:
-            raise SinkError("a pixel stack being written has an unexpected chunk key encoding")
-        self.ndim = len(document["shape"])
-        self.axis = frame_axis(self.ndim)
+    def __init__(self, temporary: str, layout: LakeLayout, ndim: int) -> None:
+        """``ndim``: the array's dimensions, as :func:`create_temporary_stack` made it
+        (its shards keyed as :func:`dicomflow.lake.zarr_documents.chunk_key` keys them)."""
+        self.ndim = ndim
+        self.axis = frame_axis(ndim)
         self.root = f"{temporary}/0"
         self.fs = None if layout.is_local() else layout.filesystem()[0]
 

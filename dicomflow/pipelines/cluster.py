@@ -197,45 +197,48 @@ def connect_client(
     default). ``pixels`` says whether the job decodes images, ``decode_seconds`` what
     decoding one of its inputs costs beyond an uncompressed one.
     """
-    early = claim()  # the command's early worker, taken only by a growing cluster
-    if client is not None:
-        dismiss(early)
-        logger.info("Running on the client given")
-        return nullcontext(client)
-    if scheduler is None:
-        active = _current_client()
-        if active is not None:
-            dismiss(early)
-            logger.info("Running on the active Dask client")
-            return nullcontext(active)
-    if scheduler or os.environ.get(SCHEDULER_ENV):
-        dismiss(early)
-        return open_client(scheduler, workers, pixels=pixels)
-    if runs_in_process(
-        inputs,
-        input_bytes,
-        pixels=pixels,
-        workers=workers,
-        decode_seconds=decode_seconds,
-        early=early is not None,
-    ):
-        # One task thread: pydicom's and our per-call warning filters
-        # (warnings.catch_warnings) are process-wide, and tasks in two threads undo
-        # each other's; worker processes give the parallelism when a job is larger.
-        threads = 1
-        dismiss(early)
-        logger.info(
-            "Running in this process (%d input%s, %d worker thread%s)",
+    early = claim()  # the command's early worker: a growing cluster takes it, else it stops
+    try:
+        if client is not None:
+            logger.info("Running on the client given")
+            return nullcontext(client)
+        if scheduler is None:
+            active = _current_client()
+            if active is not None:
+                logger.info("Running on the active Dask client")
+                return nullcontext(active)
+        if scheduler or os.environ.get(SCHEDULER_ENV):
+            return open_client(scheduler, workers, pixels=pixels)
+        if runs_in_process(
             inputs,
-            "" if inputs == 1 else "s",
-            threads,
-            "" if threads == 1 else "s",
-        )
-        return in_process_client(threads)
-    if grows(inputs, input_bytes, pixels=pixels, workers=workers, decode_seconds=decode_seconds):
-        return growing_client(default_workers(), pixels=pixels, early=early)
-    dismiss(early)
-    return open_client(None, workers, pixels=pixels)
+            input_bytes,
+            pixels=pixels,
+            workers=workers,
+            decode_seconds=decode_seconds,
+            early=early is not None,
+        ):
+            # One task thread: pydicom's and our per-call warning filters
+            # (warnings.catch_warnings) are process-wide, and tasks in two threads undo
+            # each other's; worker processes give the parallelism when a job is larger.
+            threads = 1
+            logger.info(
+                "Running in this process (%d input%s, %d worker thread%s)",
+                inputs,
+                "" if inputs == 1 else "s",
+                threads,
+                "" if threads == 1 else "s",
+            )
+            return in_process_client(threads)
+        if grows(
+            inputs, input_bytes, pixels=pixels, workers=workers, decode_seconds=decode_seconds
+        ):
+            growing = growing_client(default_workers(), pixels=pixels, early=early)
+            early = None  # the growing cluster's now
+            return growing
+        return open_client(None, workers, pixels=pixels)
+    finally:
+        if early is not None:
+            dismiss(early)
 
 
 def grows(

@@ -72,7 +72,12 @@ def expected_bytes(ds: Dataset) -> int:
     rows, cols = header_int(ds, "Rows", 0), header_int(ds, "Columns", 0)
     frames = header_int(ds, "NumberOfFrames", 1)
     samples = header_int(ds, "SamplesPerPixel", 1)
-    return rows * cols * frames * samples * 8
+    return worst_case_bytes(rows, cols, frames, samples)
+
+
+def worst_case_bytes(rows: int, columns: int, frames: int, samples: int) -> int:
+    """Bytes of that many frames as float64, the widest the Modality LUT makes them."""
+    return rows * columns * frames * samples * 8
 
 
 def decode(

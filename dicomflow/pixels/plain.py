@@ -35,6 +35,7 @@ from dicomflow.pixels.decode import (
     DecodedPixels,
     decode,
     rescaled,
+    worst_case_bytes,
 )
 from dicomflow.records import Element, Header
 
@@ -143,7 +144,7 @@ class PlainImage:
             return None
         if not rle and image.nbytes > size:
             return None  # too short: pydicom's decoder names the problem
-        worst_case = image.rows * image.columns * image.frames * 8  # as decode counts it
+        worst_case = worst_case_bytes(image.rows, image.columns, image.frames, 1)
         return image if worst_case <= memory_budget else None
 
     def decode(self, value: bytes | bytearray | memoryview) -> DecodedPixels | None:

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -270,7 +271,7 @@ def _write_stack(
     stack_plan.temporary = temporary
     chunks = frames if per_chunk == 1 else _grouped(frames, per_chunk, dtype, shape)
     per_shard = frames_per_shard(shape, dtype, per_chunk) // per_chunk
-    write = ShardWriter(temporary, options.layout)
+    write = ShardWriter(temporary, options.layout, len(shape))
     for number in range(math.ceil(len(chunks) / per_shard)):
         shard = list(chunks[number * per_shard : (number + 1) * per_shard])
         parts = shard_parts(shard + [None] * (per_shard - len(shard)))
@@ -432,39 +433,41 @@ def _open(url: str, storage_options: Mapping[str, Any]) -> BinaryIO:
     return cast(BinaryIO, fs.open(path, "rb"))
 
 
+@contextmanager
+def _reading(url: str, storage_options: Mapping[str, Any]) -> Iterator[BinaryIO]:
+    """The source at ``url``, its reads clamped (a damaged length costs no more); failing
+    to read it is the instance's :class:`PixelDecodeError`."""
+    try:
+        with _open(url, storage_options) as opened:
+            yield cast(BinaryIO, ClampedReads.of(opened))
+    except OSError as exc:
+        raise PixelDecodeError(
+            f"cannot read the source ({type(exc).__name__})", code=ErrorCode.UNREADABLE
+        ) from exc
+
+
 def open_dataset(
     url: str, storage_options: Mapping[str, Any], header: Header | None = None
 ) -> Dataset:
     """The whole instance at ``url`` as pydicom reads it, Pixel Data included; with the
     ``header`` its scan read, only Pixel Data is read from the file
     (:mod:`dicomflow.pixels.header_dataset`)."""
-    try:
-        with _open(url, storage_options) as opened:
-            fp = cast(BinaryIO, ClampedReads.of(opened))  # a damaged length costs no more
-            ds = dataset_from_header(header, fp) if header is not None else None
-            if ds is None:
-                fp.seek(0)
-                ds = read_dataset(fp)
-    except OSError as exc:
-        raise PixelDecodeError(
-            f"cannot read the source ({type(exc).__name__})", code=ErrorCode.UNREADABLE
-        ) from exc
+    with _reading(url, storage_options) as fp:
+        ds = dataset_from_header(header, fp) if header is not None else None
+        if ds is None:
+            fp.seek(0)
+            ds = read_dataset(fp)
     return ds
 
 
 def decode_instance(url: str, options: PixelOptions, header: Header | None = None) -> DecodedPixels:
-    """Decode the instance at ``url``: a plain native monochrome image straight from its
-    ``header`` and Pixel Data (:mod:`dicomflow.pixels.plain`), any other through
+    """Decode the instance at ``url``: a plain monochrome image (native or RLE) straight
+    from its ``header`` and Pixel Data (:mod:`dicomflow.pixels.plain`), any other through
     pydicom (see :func:`open_dataset`)."""
     image = PlainImage.of(header, options.memory_budget)
     if image is not None:
-        try:
-            with _open(url, options.storage_options) as opened:
-                pixels = image.read(cast(BinaryIO, ClampedReads.of(opened)))
-        except OSError as exc:
-            raise PixelDecodeError(
-                f"cannot read the source ({type(exc).__name__})", code=ErrorCode.UNREADABLE
-            ) from exc
+        with _reading(url, options.storage_options) as fp:
+            pixels = image.read(fp)
         if pixels is not None:
             return pixels
     ds = open_dataset(url, options.storage_options, header)

@@ -108,7 +108,7 @@ def test_a_stack_written_without_zarr_reads_back_through_zarr(tmp_path: Path, dt
     )
     encode = ChunkEncoder()
     chunks = [encode(frames[i : i + 1]) for i in range(len(frames))]
-    write = ShardWriter(temporary, layout)
+    write = ShardWriter(temporary, layout, frames.ndim)
     per_shard = json.loads((Path(temporary) / "0" / "zarr.json").read_text())["chunk_grid"]
     per_shard = per_shard["configuration"]["chunk_shape"][0]
     for number, first in enumerate(range(0, len(chunks), per_shard)):

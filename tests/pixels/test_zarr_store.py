@@ -65,7 +65,7 @@ def test_assembled_shards_are_the_bytes_zarr_writes(
     chunks = [encode(frames[f : f + 1]) for f in range(len(frames))]
     assert chunks[1] is None
     temporary = create_temporary_stack(layout, location, shape=stored.shape, dtype=frames.dtype)
-    write = ShardWriter(temporary, layout)
+    write = ShardWriter(temporary, layout, stored.ndim)
     for number in range(0, len(chunks), per_shard):
         group = chunks[number : number + per_shard]
         data = shard_bytes(group + [None] * (per_shard - len(group)))
@@ -132,7 +132,7 @@ def test_commit_moves_the_stack_into_place_atomically(tmp_path: Path) -> None:
         frames = np.full((2, 4, 4), value, "u1")
         data = shard_bytes([encode(frames[:1]), encode(frames[1:])])
         assert data is not None
-        ShardWriter(temporary, layout)(0, data)
+        ShardWriter(temporary, layout, frames.ndim)(0, data)
         commit_stack(
             temporary,
             layout,
@@ -168,7 +168,7 @@ def test_a_stack_is_known_as_committed_by_its_run_only(tmp_path: Path, where: st
     encode = ChunkEncoder()
     data = shard_bytes([encode(frames[f : f + 1]) for f in range(3)])
     assert data is not None
-    ShardWriter(temporary, layout)(0, data)
+    ShardWriter(temporary, layout, frames.ndim)(0, data)
     assert committed_array(layout, location, "run-a") is None  # not committed yet
     commit_stack(
         temporary,
