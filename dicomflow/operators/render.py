@@ -100,6 +100,8 @@ class Render:
         return record.with_output("instances", located)
 
     def _presentation_state(self, image: Image) -> Dataset | None:
+        if not self.referenced:
+            return None
         sop = str(image.dataset.get("SOPInstanceUID", ""))
         for index in self.referenced.get(sop, ()):
             state = _presentation_state(self.presentation_states[index])

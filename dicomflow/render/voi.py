@@ -39,6 +39,17 @@ class Window:
         if self.width <= 0:
             raise RenderError("a window must have a positive width")
 
+    def affine(self) -> tuple[float, float] | None:
+        """(scale, offset) with which the window maps x to ``x * scale + offset`` before
+        clipping to [0, 1]; None where it is no straight line (SIGMOID, and LINEAR of
+        width 1, a threshold)."""
+        c, w = self.center, self.width
+        if self.function == "LINEAR_EXACT":
+            return 1.0 / w, 0.5 - c / w
+        if self.function == "SIGMOID" or w == 1:
+            return None
+        return 1.0 / (w - 1), 0.5 - (c - 0.5) / (w - 1)
+
 
 @dataclass(frozen=True)
 class MinMax:
@@ -66,12 +77,10 @@ def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
     if window.function == "SIGMOID":
         out = 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
         return out.astype(np.float32, copy=False)
-    if window.function == "LINEAR_EXACT":
-        scale, offset = 1.0 / w, 0.5 - c / w
-    elif w == 1:  # LINEAR with width 1 is a threshold at c - 0.5
+    affine = window.affine()
+    if affine is None:  # LINEAR with width 1 is a threshold at c - 0.5
         return (x > c - 0.5).astype(np.float32)
-    else:
-        scale, offset = 1.0 / (w - 1), 0.5 - (c - 0.5) / (w - 1)
+    scale, offset = affine
     out = x * np.float32(scale) if x.dtype == np.float32 else x * scale
     out += offset
     out = np.clip(out, 0.0, 1.0, out=out)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut
 
-from dicomflow.pixels.decode import decode
+from dicomflow.pixels.decode import DecodedPixels, decode
 from dicomflow.render import RenderSettings, render_instance
 from dicomflow.render.voi import MinMax, Window, apply_minmax, apply_window, choose_voi
 from tests.conftest import CORPUS, require
@@ -102,6 +103,35 @@ def test_linear_exact_and_sigmoid_follow_the_formulas() -> None:
     linear = apply_window(x, Window(50, 21))  # C.11.2.1.2.1: (x - (c - 0.5)) / (w - 1) + 0.5
     assert np.allclose(linear, np.clip((x - 49.5) / 20 + 0.5, 0, 1))
     assert apply_window(np.array([49.0, 50.0]), Window(50, 1)).tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT"])
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize(("dtype", "bits"), [(np.int16, 8), (np.int16, 16), (np.float64, 8)])
+def test_a_straight_window_quantized_in_one_pass_follows_the_formulas(
+    function: str, inverse: bool, dtype: type, bits: int
+) -> None:
+    """The one-pass window of a render equals PS3.3 C.11.2.1.2.1 / C.11.2.1.3.2 computed in
+    float64 and rounded to nearest, within one level where float32 rounds a tie."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(-2048, 4096, size=(64, 64)).astype(dtype)
+    if dtype == np.float64:
+        x = x * 0.37 + 0.125
+    c, w = 40.0, 400.0
+    ds = Dataset()
+    ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = c, w, function
+    ds.PresentationLUTShape = "INVERSE" if inverse else "IDENTITY"
+    pixels = DecodedPixels(x[None], True, "HU", "MONOCHROME2", None, None)
+    (frame,) = render_instance(ds, pixels, RenderSettings(size=None, bits=bits))
+    if function == "LINEAR":
+        levels = np.clip((x.astype(np.float64) - (c - 0.5)) / (w - 1) + 0.5, 0, 1)
+    else:
+        levels = np.clip((x.astype(np.float64) - c) / w + 0.5, 0, 1)
+    top = (1 << bits) - 1
+    expected = np.floor((1 - levels if inverse else levels) * top + 0.5)
+    difference = np.abs(frame.image.astype(np.int64) - expected)
+    assert frame.image.dtype == (np.uint8 if bits == 8 else np.uint16)
+    assert difference.max() <= 1 and (difference == 0).mean() > 0.999
 
 
 def test_percentile_fallback_ignores_outliers() -> None:
