@@ -8,7 +8,10 @@ OIDC_PROVIDER := .tools/node_modules/oidc-provider/package.json
 
 .PHONY: install demo test bench fuzz lint docs clean
 
+# Compiled as pip compiles an installed package: an editable install is compiled only
+# where Python may write its cache, which PYTHONDONTWRITEBYTECODE forbids.
 install: $(STAMP)
+	$(BIN)/python -m compileall -q dicomflow
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

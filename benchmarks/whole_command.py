@@ -3,11 +3,18 @@ cluster start and stop included."""
 
 from __future__ import annotations
 
+import compileall
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import dicomflow
+
+# As pip compiles an installed package, so that no command pays for compiling it (an
+# editable install is not compiled where PYTHONDONTWRITEBYTECODE is set).
+compileall.compile_dir(Path(dicomflow.__file__).parent, quiet=1)
 
 
 def whole(command: list[str]) -> float:
