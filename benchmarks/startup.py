@@ -55,6 +55,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import psutil
+from whole_command import USER_ENVIRONMENT
 
 HERE = Path(__file__).parent
 
@@ -144,7 +145,9 @@ def run(code: str | None, argv: list[str] | None = None) -> tuple[float, dict[st
     since = time.time() - 0.01
     command = [sys.executable, "-c", code] if code is not None else argv or []
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        command, capture_output=True, text=True, check=False, env=USER_ENVIRONMENT
+    )
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"{command[:2]} failed:\n{result.stderr[-3000:]}")
