@@ -94,6 +94,21 @@ def test_registered_sources_and_sinks_declare_their_config(
         assert callable(unit.build)
 
 
+def test_an_operator_installed_after_the_registry_was_read_is_found(
+    plugin_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entry points are read once per process, and again when a name is missing."""
+    assert "sequence_stats" not in registry.operators.names()
+    monkeypatch.syspath_prepend(str(plugin_path))  # the plugin "installed" now
+    try:
+        unit = registry.operators.get("sequence_stats")
+        assert unit.name == "sequence_stats"
+        assert "sequence_stats" in registry.operators.names()
+    finally:
+        monkeypatch.undo()
+        registry._listed.cache_clear()  # forget the plugin again for the other tests
+
+
 def test_unknown_registry_names_are_config_errors() -> None:
     with pytest.raises(ValueError, match=r"unknown dicomflow\.operators entry"):
         registry.operators.get("no-such-operator")
