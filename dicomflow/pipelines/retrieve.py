@@ -22,9 +22,11 @@ flight is sent C-CANCEL before the run stops.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import math
 import signal
 import tempfile
 import threading
@@ -76,26 +78,50 @@ def arrived(layout: LakeLayout, request: SeriesRequest) -> dict[str, str]:
     return {uid: layout.url(path) for uid, path in paths.items() if path in present}
 
 
+PART_INSTANCES = 500  # a series of at least twice this many is fetched in parts at once
+
+
+def series_parts(request: SeriesRequest, max_associations: int) -> list[SeriesRequest]:
+    """``request`` as the parts fetched side by side: a large series in up to
+    ``max_associations`` parts of at least :data:`PART_INSTANCES` instances, each over an
+    association of its own, else the series whole. One association receives at the
+    pace of one Python process (pynetdicom spent 4.3 ms of CPU on each 512² slice that
+    Orthanc sent in 16 KB PDUs); two, in two worker processes, at about twice that."""
+    count = min(max_associations, len(request.instances) // PART_INSTANCES)
+    if count < 2:
+        return [request]
+    uids = sorted(request.instances)
+    size = math.ceil(len(uids) / count)
+    pieces = [uids[i : i + size] for i in range(0, len(uids), size)]
+    return [
+        dataclasses.replace(request, instances={u: request.instances[u] for u in piece})
+        for piece in pieces
+    ]
+
+
 def retrieve_series(
     peer: Peer,
     request: SeriesRequest,
     layout: LakeLayout,
     max_associations: int,
     scratch: str | None = None,
+    *,
+    whole: bool = True,
 ) -> dict[str, str]:
     """Task: fetch one series (only what is not already there); SOP UID → path.
 
     A series with nothing on disk is asked for whole; a series already partly
     there (an earlier run was interrupted) and whatever the series-level fetch
     did not bring are asked for by SOP Instance UID, so nothing is fetched twice.
-    ``scratch``: the local folder files land in before a bucket lake (a C-MOVE's,
-    where our Storage SCP files them), else a temporary one.
+    A part of a series (``whole=False``, :func:`series_parts`) is always asked for by
+    SOP Instance UID. ``scratch``: the local folder files land in before a bucket lake
+    (a C-MOVE's, where our Storage SCP files them), else a temporary one.
     """
     have = arrived(layout, request)
     if len(have) < len(request.instances):
         limit = associations_limit(peer, max_associations)
         with limit(), _landing(layout, request, scratch) as land:
-            if not have:
+            if not have and whole:
                 have.update(land(peer.fetch_series(request, land.folder)))
             still = [uid for uid in request.instances if uid not in have]
             if still:
@@ -187,20 +213,22 @@ def retrieve(
         return _retrieve_by_move(peer, requests, layout, max_associations)
     task = delayed(retrieve_series, pure=False)
     token = uuid.uuid4().hex[:12]  # keys unique to this retrieval
+    parts = [part for request in requests for part in series_parts(request, max_associations)]
     graph = [
         task(
             peer,
-            request,
+            part,
             layout,
             max_associations,
+            whole=len(part.instances) == len(request.instances),
             dask_key_name=f"dicomflow-retrieve-{token}-{number}",
         )
-        for number, request in enumerate(requests)
+        for number, (part, request) in enumerate(_with_series(parts, requests))
     ]
     results = client.compute(graph, retries=retries)
     paths: list[str] = []
     missing: list[str] = []
-    for request, future in zip(requests, results, strict=True):
+    for request, future in zip(parts, results, strict=True):
         try:
             got = future.result()
         except ConfigError:  # e.g. a secret's variable missing on the workers: not the peer's
@@ -210,6 +238,15 @@ def retrieve(
         paths.extend(got.values())
         missing.extend(uid for uid in request.instances if uid not in got)
     return sorted(paths), missing
+
+
+def _with_series(
+    parts: Sequence[SeriesRequest], requests: Sequence[SeriesRequest]
+) -> Iterator[tuple[SeriesRequest, SeriesRequest]]:
+    """Each part with the series request it was cut from."""
+    series = {(r.study_uid, r.series_uid): r for r in requests}
+    for part in parts:
+        yield part, series[(part.study_uid, part.series_uid)]
 
 
 def joined_plans(plans: Sequence[Sequence[SeriesRequest]]) -> list[SeriesRequest]:

@@ -197,6 +197,109 @@ def test_ingest_from_the_pacs_writes_the_lake_and_reruns_fetch_nothing(
     assert len(uids) == summary.rows == len(set(uids.to_pylist()))
 
 
+@pytest.mark.parametrize(
+    ("instances", "associations", "sizes"),
+    [(999, 2, [999]), (1000, 2, [500, 500]), (1000, 1, [1000]), (1601, 4, [534, 534, 533])],
+)
+def test_a_large_series_is_cut_into_parts_of_its_own_instances(
+    instances: int, associations: int, sizes: list[int]
+) -> None:
+    from dicomflow.connectors.peers import SeriesRequest
+    from dicomflow.pipelines.retrieve import series_parts
+
+    request = SeriesRequest(
+        "1.2", "1.2.3", {f"1.2.3.{i}": "1.2.840.10008.5.1.4.1.1.2" for i in range(instances)}
+    )
+    parts = series_parts(request, associations)
+    assert [len(p.instances) for p in parts] == sizes
+    assert {(p.study_uid, p.series_uid) for p in parts} == {("1.2", "1.2.3")}
+    joined = [uid for p in parts for uid in p.instances]
+    assert sorted(joined) == sorted(request.instances) and len(set(joined)) == instances
+
+
+def test_a_part_is_fetched_by_its_instances_never_as_the_whole_series(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contextlib
+
+    from dicomflow.connectors.peers import SeriesRequest
+    from dicomflow.lake.layout import LakeLayout
+    from dicomflow.pipelines import retrieve
+    from dicomflow.pipelines.retrieve import retrieve_series
+
+    # outside a cluster: no cluster-wide semaphore to hold
+    monkeypatch.setattr(retrieve, "associations_limit", lambda *_: contextlib.nullcontext)
+
+    asked: list[object] = []
+
+    class Recording:  # a peer that writes what it is asked for, and notes how it was asked
+        def __str__(self) -> str:
+            return "dimse://RECORDING@127.0.0.1:104"
+
+        def plan(self, query: object) -> list[SeriesRequest]:
+            return []
+
+        def fetch_series(self, request: SeriesRequest, folder: Path) -> dict[str, Path]:
+            asked.append("series")
+            return self.fetch_instances(request, folder, list(request.instances))
+
+        def fetch_instances(
+            self, request: SeriesRequest, folder: Path, uids: list[str]
+        ) -> dict[str, Path]:
+            asked.append(sorted(uids))
+            folder.mkdir(parents=True, exist_ok=True)
+            for uid in uids:
+                (folder / f"{uid}.dcm").write_bytes(b"x")
+            return {uid: folder / f"{uid}.dcm" for uid in uids}
+
+    series = SeriesRequest("1.2", "1.2.3", {"1.2.3.1": "c", "1.2.3.2": "c", "1.2.3.3": "c"})
+    part = SeriesRequest("1.2", "1.2.3", {"1.2.3.1": "c", "1.2.3.2": "c"})
+    layout = LakeLayout(str(tmp_path / "lake"))
+    got = retrieve_series(Recording(), part, layout, 2, whole=False)  # type: ignore[arg-type]
+    assert asked == [["1.2.3.1", "1.2.3.2"]] and set(got) == set(part.instances)
+    got = retrieve_series(Recording(), series, layout, 2)  # type: ignore[arg-type]
+    assert asked[1:] == [["1.2.3.3"]]  # the rest of the series, by instance: none twice
+
+
+def test_a_series_fetched_in_parts_arrives_whole(
+    tmp_path: Path, client: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two parts by SOP Instance UID, side by side, bring every instance of the series,
+    byte for byte as the PACS holds it, and the lake's rows are the files'."""
+    import pydicom
+    from distributed import get_task_stream
+
+    import dicomflow
+    from dicomflow.pipelines import retrieve
+    from tests.helpers import ct_series
+
+    require(orthanc_binary() is not None, "Orthanc (Debian package orthanc)")
+    monkeypatch.setattr(retrieve, "PART_INSTANCES", 3)
+    files = ct_series(tmp_path / "series", 7)
+    originals = {str(pydicom.dcmread(f).SOPInstanceUID): f for f in files}
+    with running_orthanc(tmp_path / "pacs") as server:
+        assert all(server.upload(f) for f in files)
+        study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+        with get_task_stream(client) as stream:  # type: ignore[arg-type]
+            summary = dicomflow.ingest(
+                [server.url],
+                out=str(tmp_path / "lake"),
+                query={"StudyInstanceUID": study},
+                client=client,
+                progress=False,
+                max_associations=2,
+            )
+    fetches = {t["key"] for t in stream.data if "retrieve" in str(t["key"])}
+    assert len(fetches) == 2  # 7 instances, parts of at least 3, two associations
+    assert (summary.rows, summary.errors) == (7, 0)
+    retrieved = {p.stem: p for p in (tmp_path / "lake" / "_retrieved").rglob("*.dcm")}
+    assert set(retrieved) == set(originals)
+    for uid, path in retrieved.items():
+        assert pydicom.dcmread(path).PixelData == pydicom.dcmread(originals[uid]).PixelData
+    rows = dicomflow.read_lake(str(tmp_path / "lake")).instances(columns=["SOPInstanceUID"])
+    assert sorted(rows.column(0).to_pylist()) == sorted(originals)
+
+
 @pytest.mark.integration
 def test_instances_the_pacs_cannot_send_become_not_retrieved(
     tmp_path: Path, client: object
