@@ -58,4 +58,4 @@ lint: install
 	$(BIN)/mypy dicomflow
 
 clean:
-	rm -rf $(VENV) demo-out demo-out-deidentified .pytest_cache site fuzz-out
+	rm -rf $(VENV) demo-out demo-out-deidentified demo-out-model-seg.dcm .pytest_cache site fuzz-out

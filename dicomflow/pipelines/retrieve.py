@@ -5,9 +5,11 @@
 2. One Dask task per series fetches it (C-GET, or WADO-RS) into
    ``<lake>/_retrieved/<study>/<series>/`` (validated path components), holding
    a cluster-wide semaphore so no more than ``max_associations`` connections hit
-   the peer at once. Instances already retrieved are not fetched again: a series
-   partly there (an interrupted run) and the instances missing after the
-   series-level fetch are asked for by SOP Instance UID.
+   the peer at once; a large series over C-GET is cut into parts fetched side by
+   side, a task and an association each (:func:`series_parts`). Instances already
+   retrieved are not fetched again: a series partly there (an interrupted run) and
+   the instances missing after the series-level fetch are asked for by SOP Instance
+   UID.
 3. The retrieved files go through the usual ingest; whatever is still missing
    becomes an error row ``not_retrieved``.
 
@@ -26,7 +28,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import signal
 import tempfile
 import threading
@@ -82,21 +83,24 @@ PART_INSTANCES = 500  # a series of at least twice this many is fetched in parts
 
 
 def series_parts(request: SeriesRequest, max_associations: int) -> list[SeriesRequest]:
-    """``request`` as the parts fetched side by side: a large series in up to
-    ``max_associations`` parts of at least :data:`PART_INSTANCES` instances, each over an
-    association of its own, else the series whole. One association receives at the
-    pace of one Python process (pynetdicom spent 4.3 ms of CPU on each 512² slice that
-    Orthanc sent in 16 KB PDUs); two, in two worker processes, at about twice that."""
+    """``request`` as the parts fetched side by side: a series of at least twice
+    :data:`PART_INSTANCES` instances in up to ``max_associations`` parts of at least
+    that many (their sizes within one of each other), each over an association of its
+    own, else the series whole. One association receives at the pace of one Python
+    process (pynetdicom spent 4.3 ms of CPU on each 512² slice that Orthanc sent in
+    16 KB PDUs); two, run by two worker processes, at about twice that."""
     count = min(max_associations, len(request.instances) // PART_INSTANCES)
     if count < 2:
         return [request]
     uids = sorted(request.instances)
-    size = math.ceil(len(uids) / count)
-    pieces = [uids[i : i + size] for i in range(0, len(uids), size)]
-    return [
-        dataclasses.replace(request, instances={u: request.instances[u] for u in piece})
-        for piece in pieces
-    ]
+    size, larger = divmod(len(uids), count)
+    parts, start = [], 0
+    for number in range(count):
+        end = start + size + (number < larger)
+        piece = {uid: request.instances[uid] for uid in uids[start:end]}
+        parts.append(dataclasses.replace(request, instances=piece))
+        start = end
+    return parts
 
 
 def retrieve_series(
@@ -213,22 +217,29 @@ def retrieve(
         return _retrieve_by_move(peer, requests, layout, max_associations)
     task = delayed(retrieve_series, pure=False)
     token = uuid.uuid4().hex[:12]  # keys unique to this retrieval
-    parts = [part for request in requests for part in series_parts(request, max_associations)]
+    jobs: list[tuple[SeriesRequest, bool]] = []  # (what to fetch, whether a whole series)
+    for request in requests:
+        # Parts only where a part is one request for its list of UIDs (a C-GET); a
+        # DICOMweb part would be one request per instance instead of one for the series.
+        parts = [request]
+        if isinstance(peer, DimsePeer):
+            parts = series_parts(request, max_associations)
+        jobs.extend((part, len(parts) == 1) for part in parts)
     graph = [
         task(
             peer,
             part,
             layout,
             max_associations,
-            whole=len(part.instances) == len(request.instances),
+            whole=whole,
             dask_key_name=f"dicomflow-retrieve-{token}-{number}",
         )
-        for number, (part, request) in enumerate(_with_series(parts, requests))
+        for number, (part, whole) in enumerate(jobs)
     ]
     results = client.compute(graph, retries=retries)
     paths: list[str] = []
     missing: list[str] = []
-    for request, future in zip(parts, results, strict=True):
+    for (request, _), future in zip(jobs, results, strict=True):
         try:
             got = future.result()
         except ConfigError:  # e.g. a secret's variable missing on the workers: not the peer's
@@ -238,15 +249,6 @@ def retrieve(
         paths.extend(got.values())
         missing.extend(uid for uid in request.instances if uid not in got)
     return sorted(paths), missing
-
-
-def _with_series(
-    parts: Sequence[SeriesRequest], requests: Sequence[SeriesRequest]
-) -> Iterator[tuple[SeriesRequest, SeriesRequest]]:
-    """Each part with the series request it was cut from."""
-    series = {(r.study_uid, r.series_uid): r for r in requests}
-    for part in parts:
-        yield part, series[(part.study_uid, part.series_uid)]
 
 
 def joined_plans(plans: Sequence[Sequence[SeriesRequest]]) -> list[SeriesRequest]:

@@ -124,9 +124,9 @@ def _grayscale(
         if voi is None:
             voi = gsps.full_range(ds, rescale)
         plut, inverse = gsps.presentation_lut(ps)
-    affine = voi.affine() if isinstance(voi, Window) and plut is None else None
-    if affine is not None:  # one pass for a straight window (a 512² slice: 0.2 ms, not 0.7)
-        return quantize_line(values, *affine, inverse, settings.bits)
+    line = voi.line() if isinstance(voi, Window) and plut is None else None
+    if line is not None:  # one pass for a straight window (a 512² slice: 0.25 ms, not 0.7)
+        return quantize_line(values, *line, inverse, settings.bits)
     normalized = apply_voi(values, voi)
     if plut is not None:
         normalized = gsps.through_presentation_lut(normalized, plut)
@@ -146,16 +146,15 @@ def quantize(normalized: np.ndarray, bits: int) -> np.ndarray:
 
 
 def quantize_line(
-    values: np.ndarray, scale: float, offset: float, inverse: bool, bits: int
+    values: np.ndarray, pivot: float, slope: float, inverse: bool, bits: int
 ) -> np.ndarray:
-    """``quantize(clip(values * scale + offset, 0, 1))`` (inverted on request) in one pass:
-    the window's line and the quantizer's scaling folded into one multiply-add."""
+    """``quantize(clip((values - pivot) * slope + 0.5, 0, 1))`` (inverted on request) in
+    one pass: the window's line and the quantizer's scaling folded together."""
     top = (1 << bits) - 1
-    if inverse:  # 1 - clip(v, 0, 1) == clip(1 - v, 0, 1)
-        scale, offset = -scale, 1.0 - offset
     dtype = np.float64 if values.dtype == np.float64 else np.float32
-    out = np.multiply(values, dtype(scale * top), dtype=dtype)
-    out += dtype(offset * top + 0.5)
+    out = np.subtract(values, dtype(pivot), dtype=dtype)
+    out *= dtype(-slope * top if inverse else slope * top)  # 1 - v mirrors about the pivot
+    out += dtype(0.5 * top + 0.5)
     np.clip(out, 0.5, top + 0.5, out=out)
     return out.astype(np.uint8 if bits == 8 else np.uint16)
 

@@ -39,16 +39,17 @@ class Window:
         if self.width <= 0:
             raise RenderError("a window must have a positive width")
 
-    def affine(self) -> tuple[float, float] | None:
-        """(scale, offset) with which the window maps x to ``x * scale + offset`` before
-        clipping to [0, 1]; None where it is no straight line (SIGMOID, and LINEAR of
-        width 1, a threshold)."""
+    def line(self) -> tuple[float, float] | None:
+        """(pivot, slope) with which the window maps x to ``(x - pivot) * slope + 0.5``
+        before clipping to [0, 1]; None where it is no straight line (SIGMOID, and LINEAR
+        of width 1, a threshold). Centred on the pivot, a narrow window far from zero
+        keeps float32's precision (``x * slope + offset`` cancels large terms)."""
         c, w = self.center, self.width
         if self.function == "LINEAR_EXACT":
-            return 1.0 / w, 0.5 - c / w
+            return c, 1.0 / w
         if self.function == "SIGMOID" or w == 1:
             return None
-        return 1.0 / (w - 1), 0.5 - (c - 0.5) / (w - 1)
+        return c - 0.5, 1.0 / (w - 1)
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,13 @@ def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
     if window.function == "SIGMOID":
         out = 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
         return out.astype(np.float32, copy=False)
-    affine = window.affine()
-    if affine is None:  # LINEAR with width 1 is a threshold at c - 0.5
+    line = window.line()
+    if line is None:  # LINEAR with width 1 is a threshold at c - 0.5
         return (x > c - 0.5).astype(np.float32)
-    scale, offset = affine
-    out = x * np.float32(scale) if x.dtype == np.float32 else x * scale
-    out += offset
+    pivot, slope = line
+    out = x - (np.float32(pivot) if x.dtype == np.float32 else pivot)
+    out *= np.float32(slope) if x.dtype == np.float32 else slope
+    out += 0.5
     out = np.clip(out, 0.0, 1.0, out=out)
     return out.astype(np.float32, copy=False)
 

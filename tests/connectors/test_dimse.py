@@ -199,7 +199,13 @@ def test_ingest_from_the_pacs_writes_the_lake_and_reruns_fetch_nothing(
 
 @pytest.mark.parametrize(
     ("instances", "associations", "sizes"),
-    [(999, 2, [999]), (1000, 2, [500, 500]), (1000, 1, [1000]), (1601, 4, [534, 534, 533])],
+    [
+        (999, 2, [999]),
+        (1000, 2, [500, 500]),
+        (1000, 1, [1000]),
+        (1601, 4, [534, 534, 533]),
+        (2001, 4, [501, 500, 500, 500]),
+    ],
 )
 def test_a_large_series_is_cut_into_parts_of_its_own_instances(
     instances: int, associations: int, sizes: list[int]

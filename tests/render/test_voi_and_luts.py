@@ -3,6 +3,8 @@ feature, the formulas of PS3.3 C.11.2 where it has not (LINEAR_EXACT, percentile
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -107,28 +109,47 @@ def test_linear_exact_and_sigmoid_follow_the_formulas() -> None:
 
 @pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT"])
 @pytest.mark.parametrize("inverse", [False, True])
-@pytest.mark.parametrize(("dtype", "bits"), [(np.int16, 8), (np.int16, 16), (np.float64, 8)])
+@pytest.mark.parametrize(
+    ("dtype", "bits", "center", "width", "values"),
+    [
+        (np.int16, 8, 40.0, 400.0, (-2048, 4096)),
+        (np.int16, 16, 40.0, 400.0, (-2048, 4096)),
+        (np.float64, 8, 40.0, 400.0, (-2048, 4096)),
+        (np.int16, 16, 3000.0, 3.0, (2990, 3010)),  # narrow, far from zero
+        (np.uint16, 16, 30000.0, 20.0, (29980, 30020)),
+        (np.uint16, 16, 30000.0, 20000.0, (0, 65535)),
+    ],
+)
 def test_a_straight_window_quantized_in_one_pass_follows_the_formulas(
-    function: str, inverse: bool, dtype: type, bits: int
+    function: str,
+    inverse: bool,
+    dtype: type,
+    bits: int,
+    center: float,
+    width: float,
+    values: tuple[int, int],
 ) -> None:
     """The one-pass window of a render equals PS3.3 C.11.2.1.2.1 / C.11.2.1.3.2 computed in
-    float64 and rounded to nearest, within one level where float32 rounds a tie."""
+    exact arithmetic and rounded to nearest, within one level where float32 rounds a tie."""
     rng = np.random.default_rng(7)
-    x = rng.integers(-2048, 4096, size=(64, 64)).astype(dtype)
+    x = rng.integers(*values, size=(64, 64), endpoint=True).astype(dtype)
     if dtype == np.float64:
         x = x * 0.37 + 0.125
-    c, w = 40.0, 400.0
     ds = Dataset()
-    ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = c, w, function
+    ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = center, width, function
     ds.PresentationLUTShape = "INVERSE" if inverse else "IDENTITY"
     pixels = DecodedPixels(x[None], True, "HU", "MONOCHROME2", None, None)
     (frame,) = render_instance(ds, pixels, RenderSettings(size=None, bits=bits))
-    if function == "LINEAR":
-        levels = np.clip((x.astype(np.float64) - (c - 0.5)) / (w - 1) + 0.5, 0, 1)
-    else:
-        levels = np.clip((x.astype(np.float64) - c) / w + 0.5, 0, 1)
-    top = (1 << bits) - 1
-    expected = np.floor((1 - levels if inverse else levels) * top + 0.5)
+    c, w, half, top = Fraction(center), Fraction(width), Fraction(1, 2), (1 << bits) - 1
+
+    def level(value: float) -> int:  # in exact rational arithmetic: no rounding but the last
+        v = Fraction(value)
+        t = (v - (c - half)) / (w - 1) + half if function == "LINEAR" else (v - c) / w + half
+        t = min(max(t, Fraction(0)), Fraction(1))
+        return math.floor((1 - t if inverse else t) * top + half)
+
+    table = {value: level(value) for value in np.unique(x).tolist()}
+    expected = np.vectorize(table.__getitem__, otypes=[np.int64])(x)
     difference = np.abs(frame.image.astype(np.int64) - expected)
     assert frame.image.dtype == (np.uint8 if bits == 8 else np.uint16)
     assert difference.max() <= 1 and (difference == 0).mean() > 0.999
