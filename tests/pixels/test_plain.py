@@ -17,7 +17,13 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut, get_decoder
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000TransferSyntaxes,
+    RLELossless,
+    generate_uid,
+)
 
 from dicomflow.dicom.header import read_header
 from dicomflow.errors import DicomReadError, ErrorCode
@@ -49,8 +55,9 @@ def _reference(ds: Dataset) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         syntax = ds.file_meta.TransferSyntaxUID
-        if syntax.is_encapsulated:
-            frames = get_decoder(syntax).as_array(ds, decoding_plugin="pydicom")[0]
+        if syntax.is_encapsulated:  # pydicom's own RLE decoder; pylibjpeg's OpenJPEG
+            plugin = "pylibjpeg" if syntax in JPEG2000TransferSyntaxes else "pydicom"
+            frames = get_decoder(syntax).as_array(ds, decoding_plugin=plugin)[0]
         else:
             frames = ds.pixel_array
         if "RescaleSlope" in ds and "RescaleIntercept" in ds:
@@ -65,7 +72,9 @@ def _check_same_as_pydicom(data: bytes) -> bool:
     if image is None:
         return False
     pixels = image.read(BytesIO(data))
-    assert pixels is not None
+    if pixels is None:  # a JPEG 2000 codestream pydicom reinterprets (or a JP2 file) is its
+        assert image.codec == "j2k"
+        return False
     ds = _pydicom(data)
     np.testing.assert_array_equal(pixels.array, _reference(ds))
     assert pixels.array.flags.writeable
@@ -88,6 +97,41 @@ def _check_same_as_pydicom(data: bytes) -> bool:
 @pytest.mark.parametrize("path", FILES, ids=[str(p) for p in FILES])
 def test_native_decode_equals_pydicom(path: Path) -> None:
     _check_same_as_pydicom(path.read_bytes())
+
+
+def test_jpeg_2000_images_whose_codestream_matches_their_header_take_the_plain_path() -> None:
+    """Where OpenJPEG's own reading of the codestream (pylibjpeg-openjpeg's parameters)
+    gives one component of the image's Bits Stored and Pixel Representation, the plain
+    path decodes it (and equals pydicom: ``test_native_decode_equals_pydicom``)."""
+    import openjpeg
+    from pydicom.encaps import generate_frames
+
+    if not CORPUS.exists():
+        pytest.skip(f"no corpus at {CORPUS}")
+    matching, taken = 0, 0
+    for path in corpus_files():
+        data = path.read_bytes()
+        ds = _pydicom(data)
+        meta = getattr(ds, "file_meta", None)
+        if meta is None or meta.get("TransferSyntaxUID") not in JPEG2000TransferSyntaxes:
+            continue
+        try:
+            frames = int(ds.get("NumberOfFrames") or 1)
+            first = next(generate_frames(ds.PixelData, number_of_frames=frames))
+            found = openjpeg.get_parameters(first, j2k_format=0)
+        except Exception:  # not a raw codestream, or no readable Pixel Data
+            continue
+        if (found["samples_per_pixel"], found["is_signed"], found["precision"]) != (
+            1,
+            bool(ds.get("PixelRepresentation")),
+            ds.get("BitsStored"),
+        ) or ds.get("PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2"):
+            continue
+        if ds.get("BitsAllocated") == 1:  # bit-packed images are pydicom's (module docstring)
+            continue
+        matching += 1
+        taken += _check_same_as_pydicom(data)
+    assert matching >= 10 and taken == matching, (taken, matching)
 
 
 def test_most_plain_monochrome_corpus_images_take_the_plain_path() -> None:
@@ -248,7 +292,7 @@ def test_rle_with_several_frames() -> None:
     stored = RNG.integers(0, 1 << 12, (3, 20, 10), dtype=np.uint16)
     data = _slice(stored, bits_stored=12, signed=False, frames=3, rle=True)
     image = PlainImage.of(_header(data))
-    assert image is not None and image.rle and image.frames == 3
+    assert image is not None and image.codec == "rle" and image.frames == 3
     assert _check_same_as_pydicom(data)
 
 
