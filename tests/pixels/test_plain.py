@@ -8,6 +8,7 @@ metadata is compared with the pydicom path of :func:`dicomflow.pixels.decode.dec
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,17 @@ def test_native_decode_equals_pydicom(path: Path) -> None:
     _check_same_as_pydicom(path.read_bytes())
 
 
+def _corpus_datasets() -> Iterator[tuple[bytes, Dataset, Any]]:
+    """Each corpus file's bytes, pydicom's dataset of it and its transfer syntax (None
+    without file meta); skips the test without the corpus."""
+    if not CORPUS.exists():
+        pytest.skip(f"no corpus at {CORPUS}")
+    for path in corpus_files():
+        data = path.read_bytes()
+        ds = _pydicom(data)
+        yield data, ds, getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+
+
 def test_jpeg_2000_images_whose_codestream_matches_their_header_take_the_plain_path() -> None:
     """Where OpenJPEG's own reading of the codestream (pylibjpeg-openjpeg's parameters)
     gives one component of the image's Bits Stored and Pixel Representation, the plain
@@ -106,14 +118,9 @@ def test_jpeg_2000_images_whose_codestream_matches_their_header_take_the_plain_p
     import openjpeg
     from pydicom.encaps import generate_frames
 
-    if not CORPUS.exists():
-        pytest.skip(f"no corpus at {CORPUS}")
     matching, taken = 0, 0
-    for path in corpus_files():
-        data = path.read_bytes()
-        ds = _pydicom(data)
-        meta = getattr(ds, "file_meta", None)
-        if meta is None or meta.get("TransferSyntaxUID") not in JPEG2000TransferSyntaxes:
+    for data, ds, syntax in _corpus_datasets():
+        if syntax not in JPEG2000TransferSyntaxes:
             continue
         try:
             frames = int(ds.get("NumberOfFrames") or 1)
@@ -137,13 +144,8 @@ def test_jpeg_2000_images_whose_codestream_matches_their_header_take_the_plain_p
 def test_most_plain_monochrome_corpus_images_take_the_plain_path() -> None:
     """The shortcut must apply where it should: the corpus's native and RLE grayscale
     images (as pydicom reads them) nearly all decode without a dataset."""
-    if not CORPUS.exists():
-        pytest.skip(f"no corpus at {CORPUS}")
     plain, taken = 0, 0
-    for path in corpus_files():
-        data = path.read_bytes()
-        ds = _pydicom(data)
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    for data, ds, syntax in _corpus_datasets():
         if (
             syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless)
             and "PixelData" in ds
