@@ -53,9 +53,13 @@ def test_c_echo_to_a_closed_port_is_a_clear_error() -> None:
 
 
 def test_wrong_called_ae_is_rejected(orthanc: Orthanc) -> None:
+    """Every time: Orthanc closes the connection as it rejects, and pynetdicom then
+    reported an abort for about 1 in 75 rejections (the A-ASSOCIATE-RJ it had read
+    says otherwise)."""
     address = DimseAddress("NOT-ORTHANC", "127.0.0.1", orthanc.dicom_port)
-    with pytest.raises(DimseError, match="rejected"):
-        c_echo(address)
+    for _ in range(300):
+        with pytest.raises(DimseError, match="rejected the association"):
+            c_echo(address)
 
 
 def test_study_level_find_matches_orthancs_own_index(orthanc: Orthanc) -> None:

@@ -21,7 +21,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from pynetdicom import AE, Association
+from pynetdicom import AE, Association, evt
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.transport import AssociationSocket
 
 from dicomflow.connectors.dimse.address import DimseAddress, DimseOptions
@@ -132,16 +133,22 @@ def associate(
     context = _tls_context(options)
     tls_args = (context, address.host) if context else None
     started = time.perf_counter()
+    answers: list[object] = []
+    heard = (evt.EVT_PDU_RECV, lambda event: answers.append(event.pdu))
     assoc = ae.associate(
         address.host,
         address.port,
         ae_title=address.called_ae,
         tls_args=tls_args,
         ext_neg=[*_user_identity(options), *roles] or None,
-        evt_handlers=list(handlers) or None,
+        evt_handlers=[*handlers, heard],
     )
+    assoc.unbind(*heard)  # only the answer to the request: not every PDU of the association
     if not assoc.is_established:
-        if assoc.is_rejected:
+        # A peer that rejects and closes at once can have pynetdicom report an abort
+        # (it handles the closed connection before the A-ASSOCIATE-RJ it already read:
+        # 4 of 300 rejections by Orthanc): the rejection PDU itself says what happened.
+        if assoc.is_rejected or any(isinstance(pdu, A_ASSOCIATE_RJ) for pdu in answers):
             reason = "rejected the association"
         elif _connected(assoc):
             reason = "gave no valid answer to the association request"
