@@ -161,8 +161,10 @@ class PlainImage:
     def decode(self, value: bytes | bytearray | memoryview) -> DecodedPixels | None:
         """The frames in ``value`` (the Pixel Data value's bytes), shaped (frames, rows,
         cols), with the Modality LUT applied; None if they cannot be had from it."""
-        frames = {"native": self._native_frames, "rle": self._rle_frames, "j2k": self._j2k_frames}
-        array = frames[self.codec](value)
+        if self.codec == "native":
+            array = self._native_frames(value)
+        else:
+            array = self._encapsulated_frames(value)
         if array is None:
             return None
         if self.unused_bits:  # pydicom's correct_unused_bits: mask, or sign-extend
@@ -194,10 +196,10 @@ class PlainImage:
         flat = np.frombuffer(value, dtype=self.dtype, count=self.nbytes // self.dtype.itemsize)
         return flat.reshape(self.frames, self.rows, self.columns)
 
-    def _rle_frames(self, value: bytes | bytearray | memoryview) -> np.ndarray | None:
-        import imagecodecs
-
-        pixels = self.rows * self.columns
+    def _encapsulated_frames(self, value: bytes | bytearray | memoryview) -> np.ndarray | None:
+        """Each frame of the encapsulated value through this codec's frame decoder; None
+        when a frame does not decode to one of the image's, or the count differs."""
+        decode_frame = self._rle_frame if self.codec == "rle" else self._j2k_frame
         out = np.empty((self.frames, self.rows, self.columns), dtype=self.dtype)
         index = -1
         try:
@@ -206,39 +208,36 @@ class PlainImage:
             ):
                 if index == self.frames:
                     return None  # more frames than the header says
-                decoded = np.frombuffer(
-                    imagecodecs.dicomrle_decode(frame, dtype=self.dtype), self.dtype
-                )
-                if decoded.size != pixels:
-                    return None
-                out[index] = decoded.reshape(self.rows, self.columns)
-        except (ValueError, RuntimeError, TypeError, IndexError):
-            return None  # a broken stream: pydicom's decoder says what is wrong
-        return out if index == self.frames - 1 else None
-
-    def _j2k_frames(self, value: bytes | bytearray | memoryview) -> np.ndarray | None:
-        """JPEG 2000 frames through imagecodecs' OpenJPEG on one thread, as
-        :mod:`.imagecodecs_plugin` decodes them for pydicom; only codestreams whose
-        one component has the image's Bits Stored and Pixel Representation (what
-        pydicom would otherwise reinterpret is left to it)."""
-        import imagecodecs
-
-        out = np.empty((self.frames, self.rows, self.columns), dtype=self.dtype)
-        signed = self.dtype.kind == "i"
-        index = -1
-        try:
-            for index, frame in enumerate(
-                generate_frames(bytes(value), number_of_frames=self.frames)
-            ):
-                if index == self.frames or _j2k_component(frame) != (signed, self.bits_stored):
-                    return None
-                decoded = imagecodecs.jpeg2k_decode(frame, numthreads=1)
-                if decoded.shape != (self.rows, self.columns) or decoded.dtype != self.dtype:
+                decoded = decode_frame(frame)
+                if decoded is None:
                     return None
                 out[index] = decoded
-        except (ValueError, RuntimeError, TypeError, IndexError, imagecodecs.Jpeg2kError):
+        except (ValueError, RuntimeError, TypeError, IndexError):  # imagecodecs': RuntimeError
             return None  # a broken stream: pydicom's decoder says what is wrong
         return out if index == self.frames - 1 else None
+
+    def _rle_frame(self, frame: bytes) -> np.ndarray | None:
+        """One frame through imagecodecs' DICOM RLE decoder."""
+        import imagecodecs
+
+        decoded = np.frombuffer(imagecodecs.dicomrle_decode(frame, dtype=self.dtype), self.dtype)
+        if decoded.size != self.rows * self.columns:
+            return None
+        return decoded.reshape(self.rows, self.columns)
+
+    def _j2k_frame(self, frame: bytes) -> np.ndarray | None:
+        """One frame through imagecodecs' OpenJPEG on one thread, as
+        :mod:`.imagecodecs_plugin` decodes it for pydicom; only a codestream whose one
+        component has the image's Bits Stored and Pixel Representation (what pydicom
+        would otherwise reinterpret is left to it)."""
+        import imagecodecs
+
+        if _j2k_component(frame) != (self.dtype.kind == "i", self.bits_stored):
+            return None
+        decoded = imagecodecs.jpeg2k_decode(frame, numthreads=1)
+        if decoded.shape != (self.rows, self.columns) or decoded.dtype != self.dtype:
+            return None
+        return decoded
 
 
 def _j2k_component(frame: bytes) -> tuple[bool, int] | None:

@@ -82,8 +82,8 @@ def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
     if line is None:  # LINEAR with width 1 is a threshold at c - 0.5
         return (x > c - 0.5).astype(np.float32)
     pivot, slope = line
-    out = x - (np.float32(pivot) if x.dtype == np.float32 else pivot)
-    out *= np.float32(slope) if x.dtype == np.float32 else slope
+    out = x - pivot  # a Python float keeps the array's float32 or float64
+    out *= slope
     out += 0.5
     out = np.clip(out, 0.0, 1.0, out=out)
     return out.astype(np.float32, copy=False)
