@@ -10,6 +10,12 @@ a job that reads no pixels: its workers start 0.1 s sooner. The retrieval tasks'
 modules are left to the first retrieval task, which waits on its peer anyway: the
 worker of a job over files joins 0.1 s sooner.
 
+Once imported, what the worker holds is frozen out of the cyclic garbage collector's
+sight (:func:`freeze_startup_objects`): a full collection walked its 130,000 objects,
+60 ms a time, on every worker at once, in every other 400-slice run. Frozen, it takes
+3 ms, and the median 400-slice RLE run on a running cluster went from 0.612 s to 0.550 s
+(20 runs a side, interleaved).
+
 As it stops, a worker that was closed cleanly leaves without Python's own shutdown
 (freeing every module and object it holds): the local cluster's ``close`` waits for its
 processes to end, and that shutdown took 0.2 s of the command's 2.5 s for one file.
@@ -18,6 +24,7 @@ processes to end, and that shutdown took 0.2 s of the command's 2.5 s for one fi
 from __future__ import annotations
 
 import atexit
+import gc
 import importlib
 import logging
 import multiprocessing
@@ -62,6 +69,15 @@ def dask_setup(worker: object, headers_only: bool) -> None:
     if multiprocessing.parent_process() is not None:  # never in the user's own process
         route_library_logs()  # codecs' messages at DEBUG, as in the client's process
         atexit.register(_exit_closed_worker)
+        freeze_startup_objects()
+
+
+def freeze_startup_objects() -> None:
+    """Leave the objects a worker process made as it started (its modules, mostly) out of
+    every later garbage collection (:func:`gc.freeze`): they live as long as the process,
+    and a full collection walked them all. Only in a process dicomflow started, never in
+    the user's own: a frozen object left in a reference cycle is never freed."""
+    gc.freeze()
 
 
 def dask_teardown(worker: object) -> None:

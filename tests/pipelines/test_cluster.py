@@ -3,8 +3,10 @@ scheduler, the clusters' workers, and their teardown."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import time
 from collections.abc import Iterator
 
 import dask
@@ -188,12 +190,15 @@ def test_a_moderate_job_works_at_once_and_grows_worker_processes(
         pid_of = client.run(os.getpid)
         started = _children() - before
         loaded = client.run(eval, LOADED.format(names={"pandas", "imagecodecs"}))
+        frozen = client.run(eval, FROZEN)
     assert os.getpid() in first and planned == 2
     assert all(a.startswith("tcp://127.0.0.1:") for a in pid_of)
     (process,) = [a for a, pid in pid_of.items() if pid != os.getpid()]
     assert pid_of[process] in started
     assert _gone({pid_of[process]}), "a worker process outlived its cluster"
     assert loaded[process] == ["pandas"]  # a job without pixels: the process imported no codec
+    assert frozen[process] > FROZEN_AT_LEAST  # the worker process's own imports
+    assert gc.get_freeze_count() == 0, "the user's own process was frozen"
     assert "Running in this process while %d worker process%s join%s" in {
         r.msg for r in caplog.records
     }
@@ -292,8 +297,28 @@ def test_local_workers_start_with_the_malloc_setting_and_the_task_imports() -> N
     ):
         environment = client.run(_malloc_environment)
         loaded = client.run(eval, LOADED.format(names=wanted | {"tabnanny"}))
+        frozen = client.run(eval, FROZEN)
+        client.submit(_busy, 0.3).result()  # 30 samples, were the profiler on
+        time.sleep(1.2)  # a profile shows once its cycle (1 s) is over
+        profiled = client.profile()["count"]
     assert list(environment.values()) == [WORKER_MALLOC_ENV]
     assert list(loaded.values()) == [sorted(wanted | {"tabnanny"})]
+    assert all(count > FROZEN_AT_LEAST for count in frozen.values()), frozen
+    assert profiled == 0, "the workers' statistical profiler sampled the task"
+
+
+# How many objects the garbage collector leaves alone (gc.freeze) in a process. A worker's
+# imports make about 130,000 objects, its event loop and connections a few thousand.
+FROZEN = "__import__('gc').get_freeze_count()"
+FROZEN_AT_LEAST = 50_000
+
+
+def _busy(seconds: float) -> int:
+    """Python code running for ``seconds`` (what a statistical profiler samples)."""
+    start, turns = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        turns += 1
+    return turns
 
 
 def _malloc_environment() -> dict[str, str | None]:
