@@ -401,6 +401,10 @@ def open_client(
             client = Client(address, timeout="30s")
         except (OSError, TimeoutError) as exc:
             raise ConfigError(f"cannot reach the Dask scheduler at {address}") from exc
+        except (ValueError, AssertionError) as exc:  # Dask's for a port or protocol it lacks
+            raise ConfigError(
+                f"{address!r} is not a Dask scheduler address (say tcp://host:8786)"
+            ) from exc
         with client:
             logger.info("Running on the Dask scheduler at %s", client.scheduler.address)
             logger.info("Dask dashboard: %s", client.dashboard_link)

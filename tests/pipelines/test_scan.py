@@ -191,6 +191,25 @@ def test_cli_unreachable_scheduler_is_a_config_error(tmp_path: Path) -> None:
     assert "cannot reach the Dask scheduler" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "address", ["synchronous", "tcp://127.0.0.1", "tcp://127.0.0.1:port", "smtp://127.0.0.1:25"]
+)
+def test_cli_a_scheduler_that_is_no_address_is_a_config_error(address: str, tmp_path: Path) -> None:
+    """Dask's own errors for these (a missing or bad port, a protocol it does not know) are
+    a ValueError and an AssertionError: a traceback, where the user needs one line."""
+    result = _run_cli(
+        "scan",
+        str(PYDICOM_TEST_FILES / "CT_small.dcm"),
+        "--out",
+        str(tmp_path / "lake"),
+        "--scheduler",
+        address,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"{address!r} is not a Dask scheduler address" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_cli_version() -> None:
     result = _run_cli("--version")
     assert result.returncode == 0 and dicomflow.__version__ in result.stdout
