@@ -17,7 +17,11 @@ small in its process or on worker processes).
 
 It also times dicomflow's decode alone, one slice after another in this process, as each
 worker decodes: the workers cannot beat the baseline by more than the baseline's time
-over that decode time shared among them ("decode bound"), whatever the rest costs. Best
+over that decode time shared among them ("decode bound"), whatever the rest costs; the
+share is that shared decode time over dicomflow's run. That bound assumes each worker
+decodes as fast as one process alone, so the same decode is also timed in as many
+processes as workers, started together, each decoding its share of the slices
+(:func:`decode_alone_at_once`): the bound the machine gives, and the share of it. Best
 of ``--repeat`` runs per side; dirty pages are flushed (``os.sync``) before each timed
 run, so neither side pays for the other's writes. The ratio of each repeat's pair of
 runs is printed too (their spread is the machine's noise), and so is what creating a
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import multiprocessing
 import os
 import shutil
 import sys
@@ -86,7 +91,7 @@ def baseline(paths: list[Path], out: Path) -> float:
     return time.perf_counter() - start
 
 
-def decode_alone(paths: list[Path]) -> float:
+def decode_alone(paths: list[Path], barrier: Any = None) -> float:
     """Seconds to decode ``paths`` one after another (headers already read, files in
     memory), the way each worker decodes: a plain monochrome image from its header and
     Pixel Data (:mod:`dicomflow.pixels.plain`), any other through pydicom with the same
@@ -98,10 +103,39 @@ def decode_alone(paths: list[Path]) -> float:
     for path in paths:
         data = path.read_bytes()
         inputs.append((steps.read_header(BytesIO(data), size=len(data), salvage=True), data))
+    if barrier is not None:
+        barrier.wait()  # the others are ready too (see decode_alone_at_once)
     start = time.perf_counter()
     for header, data in inputs:
         _decode_as_workers(steps, header, data, decode, read_dataset)
     return time.perf_counter() - start
+
+
+def decode_alone_at_once(paths: list[Path], processes: int) -> float:
+    """Seconds for ``processes`` processes, started together, to decode ``paths`` between
+    them as :func:`decode_alone` does (each every ``processes``-th slice): what the machine
+    gives two decoders at once, where the decode bound assumes each runs as fast as one
+    alone (two cores sharing caches and memory bandwidth may not)."""
+    context = multiprocessing.get_context("spawn")  # no fork of a process running a cluster
+    barrier = context.Barrier(processes + 1)
+    results = context.Queue()
+    workers = [
+        context.Process(target=_decode_share, args=(paths[n::processes], barrier, results))
+        for n in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    barrier.wait()  # every process has imported and read its files: go
+    seconds = max(results.get(timeout=600) for _ in workers)
+    for worker in workers:
+        worker.join()
+    return seconds
+
+
+def _decode_share(paths: list[Path], barrier: Any, results: Any) -> None:
+    """One process of :func:`decode_alone_at_once`: warm up, wait for the others, decode."""
+    decode_alone(paths[:1])
+    results.put(decode_alone(paths, barrier))
 
 
 def _decode_as_workers(
@@ -380,7 +414,7 @@ def main() -> None:
                     data, args.n, size=args.size, transfer_syntax=SYNTAXES[syntax]
                 )
                 series[syntax] = paths
-                base, ours, alone = [], [], []
+                base, ours, alone, at_once = [], [], [], []
                 lake = work / f"lake-{syntax}"
                 creation = file_creation(work)
                 for _ in range(args.repeat):
@@ -395,8 +429,9 @@ def main() -> None:
                     ours.append(time.perf_counter() - start)
                     assert summary.rows == args.n and summary.errors == 0
                     alone.append(decode_alone(paths))
+                    at_once.append(decode_alone_at_once(paths, workers))
                 compression = decoded_mb * 1e6 / stored_bytes(lake / "pixels.zarr")
-                b, o, d = min(base), min(ours), min(alone)
+                b, o, d, m = min(base), min(ours), min(alone), min(at_once)
                 pairs = sorted(x / y for x, y in zip(base, ours, strict=True))
                 print(
                     f"{syntax:13s} baseline {decoded_mb / b:6.1f} MB/s | dicomflow "
@@ -406,7 +441,9 @@ def main() -> None:
                 )
                 print(
                     f"{'':13s} decode alone {d / args.n * 1e3:5.2f} ms a slice on one core:"
-                    f" decode bound on {workers} workers {b / (d / workers):.2f}x"
+                    f" decode bound on {workers} workers {b / (d / workers):.2f}x (share"
+                    f" {d / workers / o:.2f}); {workers} processes decoding at once"
+                    f" {b / m:.2f}x (share {m / o:.2f})"
                 )
                 print(
                     f"{'':13s} each repeat's ratio {pairs[0]:.2f}-{pairs[-1]:.2f}x; creating a"
