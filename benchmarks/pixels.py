@@ -41,6 +41,7 @@ import argparse
 import importlib
 import multiprocessing
 import os
+import queue
 import shutil
 import sys
 import tempfile
@@ -91,7 +92,7 @@ def baseline(paths: list[Path], out: Path) -> float:
     return time.perf_counter() - start
 
 
-def decode_alone(paths: list[Path], barrier: Any = None) -> float:
+def decode_alone(paths: list[Path], ready: Callable[[], object] | None = None) -> float:
     """Seconds to decode ``paths`` one after another (headers already read, files in
     memory), the way each worker decodes: a plain monochrome image from its header and
     Pixel Data (:mod:`dicomflow.pixels.plain`), any other through pydicom with the same
@@ -103,8 +104,8 @@ def decode_alone(paths: list[Path], barrier: Any = None) -> float:
     for path in paths:
         data = path.read_bytes()
         inputs.append((steps.read_header(BytesIO(data), size=len(data), salvage=True), data))
-    if barrier is not None:
-        barrier.wait()  # the others are ready too (see decode_alone_at_once)
+    if ready is not None:
+        ready()  # the inputs are read: wait for the others (see decode_alone_at_once)
     start = time.perf_counter()
     for header, data in inputs:
         _decode_as_workers(steps, header, data, decode, read_dataset)
@@ -117,25 +118,40 @@ def decode_alone_at_once(paths: list[Path], processes: int) -> float:
     gives two decoders at once, where the decode bound assumes each runs as fast as one
     alone (two cores sharing caches and memory bandwidth may not)."""
     context = multiprocessing.get_context("spawn")  # no fork of a process running a cluster
-    barrier = context.Barrier(processes + 1)
-    results = context.Queue()
+    messages, go = context.Queue(), context.Event()
     workers = [
-        context.Process(target=_decode_share, args=(paths[n::processes], barrier, results))
+        context.Process(target=_decode_share, args=(paths[n::processes], messages, go))
         for n in range(processes)
     ]
     for worker in workers:
         worker.start()
-    barrier.wait()  # every process has imported and read its files: go
-    seconds = max(results.get(timeout=600) for _ in workers)
-    for worker in workers:
-        worker.join()
-    return seconds
+    try:
+        for _ in workers:  # each has imported and read its files
+            _message(messages, workers)
+        go.set()
+        return max(_message(messages, workers) for _ in workers)
+    finally:
+        for worker in workers:
+            if not go.is_set():  # one failed before the start: the others wait for nothing
+                worker.kill()
+            worker.join()
 
 
-def _decode_share(paths: list[Path], barrier: Any, results: Any) -> None:
-    """One process of :func:`decode_alone_at_once`: warm up, wait for the others, decode."""
+def _message(messages: Any, workers: list[Any]) -> Any:
+    """The next message of the decoding processes; an exit if one of them died."""
+    while True:
+        try:
+            return messages.get(timeout=1)
+        except queue.Empty:
+            if any(w.exitcode not in (None, 0) for w in workers):
+                raise SystemExit("benchmarks/pixels.py: a decoding process failed") from None
+
+
+def _decode_share(paths: list[Path], messages: Any, go: Any) -> None:
+    """One process of :func:`decode_alone_at_once`: warm up, say so, wait for the word,
+    decode, and send the seconds."""
     decode_alone(paths[:1])
-    results.put(decode_alone(paths, barrier))
+    messages.put(decode_alone(paths, ready=lambda: (messages.put("ready"), go.wait())))
 
 
 def _decode_as_workers(
