@@ -138,12 +138,14 @@ def decode_alone_at_once(paths: list[Path], processes: int) -> float:
 
 
 def _message(messages: Any, workers: list[Any]) -> Any:
-    """The next message of the decoding processes; an exit if one of them died."""
+    """The next message of the decoding processes; an exit if one of them failed, or if
+    every one has ended with none left to send."""
     while True:
         try:
             return messages.get(timeout=1)
         except queue.Empty:
-            if any(w.exitcode not in (None, 0) for w in workers):
+            failed = any(w.exitcode not in (None, 0) for w in workers)
+            if failed or all(w.exitcode is not None for w in workers):
                 raise SystemExit("benchmarks/pixels.py: a decoding process failed") from None
 
 

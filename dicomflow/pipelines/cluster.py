@@ -40,6 +40,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import dask
 from distributed import Client, LocalCluster
+from distributed.comm.addressing import get_address_host_port
 
 from dicomflow.early_start import WORKER_MALLOC_ENV, EarlyWorker, claim, dismiss
 from dicomflow.errors import ConfigError
@@ -101,6 +102,7 @@ EARLY_JOIN_SECONDS = 0.5
 
 # Imported by each worker as it starts, so the first run's tasks do not pay for imports.
 WORKER_IMPORTS = "dicomflow.pipelines.worker_imports"
+FREEZE_IMPORTS = "--freeze-imports"  # its argument in the worker processes we start
 
 
 def _pre_spawn_environ() -> dict[str, object]:
@@ -117,7 +119,9 @@ def _pre_spawn_environ() -> dict[str, object]:
 
 def worker_preloads(pixels: bool) -> tuple[list[str], list[list[str]]]:
     """The user's worker preloads with ours last, and each one's arguments (Dask takes
-    one list of arguments for all preloads, or one list per preload)."""
+    one list of arguments for all preloads, or one list per preload). Ours is told to
+    freeze what the worker imported (:func:`.worker_imports.freeze_startup_objects`):
+    these are the worker processes dicomflow starts itself."""
     preload = dask.config.get("distributed.worker.preload", None) or []
     preload = [preload] if isinstance(preload, str) else list(preload)
     argv = dask.config.get("distributed.worker.preload-argv", None) or []
@@ -127,7 +131,8 @@ def worker_preloads(pixels: bool) -> tuple[list[str], list[list[str]]]:
         per_preload = [list(item) for item in argv]
     else:
         per_preload = [[] for _ in preload]
-    return [*preload, WORKER_IMPORTS], [*per_preload, [] if pixels else ["--headers-only"]]
+    ours = [FREEZE_IMPORTS] + ([] if pixels else ["--headers-only"])
+    return [*preload, WORKER_IMPORTS], [*per_preload, ours]
 
 
 def default_workers() -> int:
@@ -397,14 +402,11 @@ def open_client(
     if address:
         if workers is not None:
             logger.warning("--workers is ignored when connecting to an existing scheduler")
+        check_scheduler_address(address)
         try:
             client = Client(address, timeout="30s")
         except (OSError, TimeoutError) as exc:
             raise ConfigError(f"cannot reach the Dask scheduler at {address}") from exc
-        except (ValueError, AssertionError) as exc:  # Dask's for a port or protocol it lacks
-            raise ConfigError(
-                f"{address!r} is not a Dask scheduler address (say tcp://host:8786)"
-            ) from exc
         with client:
             logger.info("Running on the Dask scheduler at %s", client.scheduler.address)
             logger.info("Dask dashboard: %s", client.dashboard_link)
@@ -440,6 +442,18 @@ def open_client(
         if _has_dashboard():
             logger.info("Dask dashboard: %s", client.dashboard_link)
         yield client
+
+
+def check_scheduler_address(address: str) -> None:
+    """Raise :class:`ConfigError` unless ``address`` names a host and port under a protocol
+    Dask knows. Checked before any client is built: Dask's own errors for these (a
+    ValueError from inside ``Client``) are a traceback, and leave a half-started client."""
+    try:
+        get_address_host_port(address)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{address!r} is not a Dask scheduler address (say tcp://host:8786)"
+        ) from exc
 
 
 def _has_dashboard() -> bool:

@@ -37,7 +37,6 @@ def _run(address: str, pixels: bool) -> None:
 
     from dicomflow.logs import exit_flushed, route_library_logs
     from dicomflow.pipelines.cluster import worker_preloads
-    from dicomflow.pipelines.worker_imports import freeze_startup_objects
 
     route_library_logs()
     logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -55,7 +54,6 @@ def _run(address: str, pixels: bool) -> None:
             preload_argv=preload_argv,
         )
         async with worker:
-            freeze_startup_objects()  # its preloads ran: not a worker process's branch
             await worker.finished()
 
     with (

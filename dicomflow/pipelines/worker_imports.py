@@ -10,8 +10,9 @@ a job that reads no pixels: its workers start 0.1 s sooner. The retrieval tasks'
 modules are left to the first retrieval task, which waits on its peer anyway: the
 worker of a job over files joins 0.1 s sooner.
 
-Once imported, what the worker holds is frozen out of the cyclic garbage collector's
-sight (:func:`freeze_startup_objects`): a full collection walked its 130,000 objects,
+In the worker processes dicomflow starts (told so by ``--freeze-imports``), what the
+worker holds once imported is frozen out of the cyclic garbage collector's sight
+(:func:`freeze_startup_objects`): a full collection walked its 130,000 objects,
 60 ms a time, on every worker at once, in every other 400-slice run. Frozen, it takes
 3 ms, and the median 400-slice RLE run on a running cluster went from 0.612 s to 0.550 s
 (20 runs a side, interleaved).
@@ -57,10 +58,15 @@ _closed = threading.Event()  # the worker was closed (not killed, nor failing to
 
 @click.command()
 @click.option("--headers-only", is_flag=True, help="Leave out the pixel codecs.")
-def dask_setup(worker: object, headers_only: bool) -> None:
+@click.option(
+    "--freeze-imports", is_flag=True, help="Leave what was imported out of garbage collections."
+)
+def dask_setup(worker: object, headers_only: bool, freeze_imports: bool) -> None:
     """Import :data:`MODULES` (:data:`HEADER_MODULES` with ``--headers-only``); one that
     is missing or fails to import is skipped (the task that needs it reports the
-    problem), never the worker's start. In a worker process, arrange the quick exit."""
+    problem), never the worker's start. In a worker process, arrange the quick exit.
+    With ``--freeze-imports`` (only in the worker processes dicomflow starts), freeze
+    what the worker holds."""
     for name in HEADER_MODULES if headers_only else MODULES:
         try:
             importlib.import_module(name)
@@ -69,14 +75,16 @@ def dask_setup(worker: object, headers_only: bool) -> None:
     if multiprocessing.parent_process() is not None:  # never in the user's own process
         route_library_logs()  # codecs' messages at DEBUG, as in the client's process
         atexit.register(_exit_closed_worker)
+    if freeze_imports:
         freeze_startup_objects()
 
 
 def freeze_startup_objects() -> None:
     """Leave the objects a worker process made as it started (its modules, mostly) out of
     every later garbage collection (:func:`gc.freeze`): they live as long as the process,
-    and a full collection walked them all. Only in a process dicomflow started, never in
-    the user's own: a frozen object left in a reference cycle is never freed."""
+    and a full collection walked them all. Only in a worker process dicomflow started
+    (never in the user's own, nor in a worker the user started with this preload): a
+    frozen object left in a reference cycle is never freed."""
     gc.freeze()
 
 

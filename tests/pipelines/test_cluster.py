@@ -6,7 +6,8 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import time
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import dask
@@ -14,11 +15,12 @@ import pandas as pd
 import psutil
 import pyarrow as pa
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, Worker
 
 import dicomflow
 from dicomflow.pipelines import cluster
 from dicomflow.pipelines.cluster import (
+    FREEZE_IMPORTS,
     SCHEDULER_ENV,
     WORKER_IMPORTS,
     WORKER_MALLOC_ENV,
@@ -298,13 +300,11 @@ def test_local_workers_start_with_the_malloc_setting_and_the_task_imports() -> N
         environment = client.run(_malloc_environment)
         loaded = client.run(eval, LOADED.format(names=wanted | {"tabnanny"}))
         frozen = client.run(eval, FROZEN)
-        client.submit(_busy, 0.3).result()  # 30 samples, were the profiler on
-        time.sleep(1.2)  # a profile shows once its cycle (1 s) is over
-        profiled = client.profile()["count"]
+        sampling = client.run(_samples_its_stack)
     assert list(environment.values()) == [WORKER_MALLOC_ENV]
     assert list(loaded.values()) == [sorted(wanted | {"tabnanny"})]
     assert all(count > FROZEN_AT_LEAST for count in frozen.values()), frozen
-    assert profiled == 0, "the workers' statistical profiler sampled the task"
+    assert list(sampling.values()) == [False], "the workers' statistical profiler is on"
 
 
 # How many objects the garbage collector leaves alone (gc.freeze) in a process. A worker's
@@ -313,12 +313,9 @@ FROZEN = "__import__('gc').get_freeze_count()"
 FROZEN_AT_LEAST = 50_000
 
 
-def _busy(seconds: float) -> int:
-    """Python code running for ``seconds`` (what a statistical profiler samples)."""
-    start, turns = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        turns += 1
-    return turns
+def _samples_its_stack(dask_worker: Worker) -> bool:
+    """Whether the worker runs Dask's statistical profiler (its sampling callback)."""
+    return "profile" in dask_worker.periodic_callbacks
 
 
 def _malloc_environment() -> dict[str, str | None]:
@@ -330,11 +327,61 @@ def test_the_users_preload_arguments_stay_with_their_preloads() -> None:
     with dask.config.set(config):
         assert worker_preloads(pixels=False) == (
             ["tabnanny", WORKER_IMPORTS],
-            [[], ["--headers-only"]],
+            [[], [FREEZE_IMPORTS, "--headers-only"]],
         )
     config["distributed.worker.preload-argv"] = ["--verbose"]
     with dask.config.set(config):
-        assert worker_preloads(pixels=True) == (["tabnanny", WORKER_IMPORTS], [["--verbose"], []])
+        assert worker_preloads(pixels=True) == (
+            ["tabnanny", WORKER_IMPORTS],
+            [["--verbose"], [FREEZE_IMPORTS]],
+        )
+
+
+def test_our_preload_in_the_users_own_process_freezes_nothing() -> None:
+    """A user may name our preload in Dask's configuration (as the connectors page shows
+    for their own workers); workers in their own process then run it too, and must not
+    freeze that process (a frozen object left in a reference cycle is never freed)."""
+    assert gc.get_freeze_count() == 0
+    try:
+        with (
+            dask.config.set({"distributed.worker.preload": [WORKER_IMPORTS]}),
+            cluster.in_process_client() as client,
+        ):
+            ran = client.run(
+                eval, "'dicomflow.pipelines.worker_imports' in __import__('sys').modules"
+            )
+        assert list(ran.values()) == [True]  # the preload did run here
+        assert gc.get_freeze_count() == 0, "the preload froze the user's own process"
+    finally:
+        gc.unfreeze()
+
+
+def test_a_worker_the_user_starts_with_our_preload_and_its_flag_freezes(
+    running_scheduler: str,
+) -> None:
+    """The command the connectors page gives for one's own workers."""
+    command = [
+        sys.executable,
+        "-m",
+        "distributed.cli.dask_worker",
+        running_scheduler,
+        "--nthreads",
+        "1",
+        "--preload",
+        WORKER_IMPORTS,
+        FREEZE_IMPORTS,
+    ]
+    worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with Client(running_scheduler) as client:
+            before = set(_addresses(client))
+            client.wait_for_workers(len(before) + 1, timeout=60)
+            (address,) = set(_addresses(client)) - before
+            frozen = client.run(eval, FROZEN, workers=[address])
+        assert frozen[address] > FROZEN_AT_LEAST
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
 
 
 def test_a_trim_threshold_the_user_configured_is_kept() -> None:
