@@ -200,7 +200,6 @@ def test_a_moderate_job_works_at_once_and_grows_worker_processes(
     assert _gone({pid_of[process]}), "a worker process outlived its cluster"
     assert loaded[process] == ["pandas"]  # a job without pixels: the process imported no codec
     assert frozen[process] > FROZEN_AT_LEAST  # the worker process's own imports
-    assert gc.get_freeze_count() == 0, "the user's own process was frozen"
     assert "Running in this process while %d worker process%s join%s" in {
         r.msg for r in caplog.records
     }
