@@ -22,6 +22,12 @@ from dicomflow.operators.flatten import OUTPUT, Flatten
 from dicomflow.records import Batch, ErrorInfo, RunContext, SourceRef
 from dicomflow.schemas import ColumnSpec
 
+# Asked of a worker (``client.run(eval, FROZEN)``): how many objects its garbage collector
+# leaves alone (gc.freeze). A worker's imports make about 130,000, its event loop and
+# connections a few thousand.
+FROZEN = "__import__('gc').get_freeze_count()"
+FROZEN_AT_LEAST = 50_000
+
 
 def flatten_path(path: Path) -> tuple[dict[str, Any] | None, ErrorInfo | None]:
     """Read and flatten one file exactly as a partition task would."""

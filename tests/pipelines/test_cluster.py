@@ -36,6 +36,7 @@ from dicomflow.pipelines.cluster import (
 )
 from dicomflow.pipelines.worker_imports import MODULES
 from tests.conftest import PYDICOM_TEST_FILES
+from tests.helpers import FROZEN, FROZEN_AT_LEAST
 
 # Asked of each fresh worker before it runs any task. ``eval`` is pickled by reference,
 # so asking imports nothing on the worker (a function from this module would).
@@ -304,12 +305,6 @@ def test_local_workers_start_with_the_malloc_setting_and_the_task_imports() -> N
     assert list(loaded.values()) == [sorted(wanted | {"tabnanny"})]
     assert all(count > FROZEN_AT_LEAST for count in frozen.values()), frozen
     assert list(sampling.values()) == [False], "the workers' statistical profiler is on"
-
-
-# How many objects the garbage collector leaves alone (gc.freeze) in a process. A worker's
-# imports make about 130,000 objects, its event loop and connections a few thousand.
-FROZEN = "__import__('gc').get_freeze_count()"
-FROZEN_AT_LEAST = 50_000
 
 
 def _samples_its_stack(dask_worker: Worker) -> bool:
